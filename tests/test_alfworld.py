@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
 from collections import Counter
+from itertools import zip_longest
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from alfworld_data import alfworld_data_dir
-from ragdistill.environments import registry
+from ragdistill.environments import alfworld, registry
 from ragdistill.environments.alfworld import (
     TASK_TYPES,
     AlfworldEnv,
@@ -147,6 +150,86 @@ def test_real_valid_unseen_has_the_published_type_counts() -> None:
     }
     assert {task.task_type for task in list_tasks(data_dir, "valid_unseen", limit=12)} == set(TASK_TYPES)
     assert all(task.instruction for task in tasks)
+
+
+@functools.cache
+def every_solvable_game(data_dir: Path, split: str) -> tuple[TaskInfo, ...]:
+    """Every solvable game of a split in path order, every file parsed (how list_tasks worked before
+    it became lazy)."""
+    split_dir = data_dir / "alfworld" / "json_2.1.1" / split
+    games: list[TaskInfo] = []
+    for path in sorted(split_dir.glob("*/trial_*/game.tw-pddl")):
+        game = json.loads(path.read_text())
+        if game.get("solvable", False):
+            found = re.search(r'"rhs":\s*"Your task is to: (?P<task>[^"]*)"', str(game.get("grammar", "")))
+            task_id = path.parent.relative_to(split_dir).as_posix()
+            task_type = task_type_of(path.parent.parent.name)
+            games.append(TaskInfo("alfworld", split, task_id, task_type, found["task"] if found else ""))
+    return tuple(games)
+
+
+def eager_list_tasks(
+    data_dir: Path, split: str, task_types: list[str] | None, balanced: bool
+) -> list[TaskInfo]:
+    """The unlimited listing as list_tasks computed it before it became lazy."""
+    ordered = [
+        task
+        for task in every_solvable_game(data_dir, split)
+        if not task_types or task.task_type in task_types
+    ]
+    if balanced:
+        by_type = [[task for task in ordered if task.task_type == task_type] for task_type in TASK_TYPES]
+        ordered = [task for round_ in zip_longest(*by_type) for task in round_ if task is not None]
+    return ordered
+
+
+SELECTIONS: list[tuple[list[str] | None, bool]] = [
+    (None, True),
+    (None, False),
+    (["clean"], True),
+    (["heat", "put"], True),
+    (["examine", "puttwo", "cool"], False),
+]
+
+
+@pytest.mark.parametrize(("task_types", "balanced"), SELECTIONS)
+def test_a_limited_listing_is_the_head_of_the_full_one(
+    fake_games: Path, task_types: list[str] | None, balanced: bool
+) -> None:
+    full = eager_list_tasks(fake_games, "valid_unseen", task_types, balanced)
+    for limit in [None, *range(1, len(full) + 2)]:
+        expected = full[:limit]
+        assert list_tasks(fake_games, "valid_unseen", limit, task_types, balanced) == expected, limit
+    data_dir = alfworld_data_dir()
+    small = eager_list_tasks(data_dir, "valid_unseen", task_types, balanced)
+    for limit in (None, 1, 2, 5, 6, 7, 12, 13, 40, len(small) - 1, len(small), len(small) + 1):
+        assert list_tasks(data_dir, "valid_unseen", limit, task_types, balanced) == small[:limit], limit
+    large = eager_list_tasks(data_dir, "train", task_types, balanced)
+    assert len(large) > 100
+    for limit in (None, 1, 6, 7, 50, 333):
+        assert list_tasks(data_dir, "train", limit, task_types, balanced) == large[:limit], limit
+
+
+def test_a_small_limit_reads_only_a_handful_of_game_files(monkeypatch: pytest.MonkeyPatch) -> None:
+    data_dir = alfworld_data_dir()
+    read: list[Path] = []
+
+    def counting_read_game(path: Path) -> dict[str, Any]:
+        read.append(path)
+        return real_read_game(path)
+
+    real_read_game = alfworld.read_game
+    monkeypatch.setattr(alfworld, "read_game", counting_read_game)
+    six = list_tasks(data_dir, "train", limit=6)
+    assert {task.task_type for task in six} == set(TASK_TYPES)
+    assert len(read) == 6
+    read.clear()
+    assert len(list_tasks(data_dir, "train", limit=6, balanced=False)) == 6 and len(read) == 6
+    read.clear()
+    assert len(list_tasks(data_dir, "train", limit=3, task_types=["cool"])) == 3 and len(read) == 3
+    read.clear()
+    everything = list_tasks(data_dir, "train")
+    assert len(read) == len(everything) > 3000
 
 
 def test_registry_knows_alfworld_and_takes_new_envs(monkeypatch: pytest.MonkeyPatch) -> None:

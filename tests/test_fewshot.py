@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -30,6 +32,7 @@ from ragdistill.agents.fewshot import (
     react_examples,
 )
 from ragdistill.agents.formats import THINK_OBSERVATION, get_format
+from ragdistill.environments import registry
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -252,9 +255,11 @@ def test_examine_plan_follows_the_walkthrough_order() -> None:
 
 def test_trajectory_json_round_trip_and_cache(tmp_path: Path) -> None:
     path = cache_path(tmp_path, "heat")
-    save_expert_trajectories(path, [HEAT])
-    assert load_expert_trajectories(path) == [HEAT]
+    other = replace(HEAT, task_id="pick_heat_then_place_in_recep-Egg-None-CounterTop-2/trial_1")
+    save_expert_trajectories(path, [HEAT, other])
+    assert load_expert_trajectories(path) == [HEAT, other]
     assert load_or_collect_expert_trajectories(tmp_path, "heat", 1) == [HEAT]
+    assert load_or_collect_expert_trajectories(tmp_path, "heat", 1, exclude_task_id=HEAT.task_id) == [other]
     assert build_examples("expert", "stateact", "heat", 1, tmp_path) == [
         render_expert_example(HEAT, "stateact")
     ]
@@ -271,8 +276,10 @@ def test_build_examples_sources(tmp_path: Path) -> None:
 
 
 @needs_react_prompts
-def test_build_examples_react_source() -> None:
-    assert build_examples("react", "act", "clean", 2, MIRROR) == react_examples(MIRROR, "act", "clean", 2)
+def test_build_examples_react_source_ignores_the_excluded_game() -> None:
+    expected = react_examples(MIRROR, "act", "clean", 2)
+    assert build_examples("react", "act", "clean", 2, MIRROR) == expected
+    assert build_examples("react", "act", "clean", 2, MIRROR, exclude_task_id="react_clean_1") == expected
 
 
 class WalkthroughEnvDouble:
@@ -297,6 +304,97 @@ class WalkthroughEnvDouble:
 
     def close(self) -> None:
         pass
+
+
+EXPERT_DOUBLE = "expert-games-double"
+
+
+class ExpertGamesDouble:
+    """Heat games g0…g4 whose walkthrough wins on its last action; g1's is too long to be an example.
+    Every reset is recorded in ``PLAYED`` so a test can tell which games were actually played."""
+
+    name = EXPERT_DOUBLE
+    PLAYED: ClassVar[list[str]] = []
+    WALKTHROUGHS: ClassVar[dict[str, int]] = {"g0": 2, "g1": 30, "g2": 3, "g3": 2, "g4": 4}
+
+    def __init__(self, data_dir: object = None) -> None:
+        self.task: TaskInfo | None = None
+        self.position = 0
+
+    def reset(self, task: TaskInfo) -> ResetResult:
+        self.PLAYED.append(task.task_id)
+        self.task, self.position = task, 0
+        return ResetResult(task, f"Room of {task.task_id}.\n\nYour task is to: {task.instruction}", [])
+
+    def step(self, action: str) -> StepResult:
+        assert self.task is not None
+        self.position += 1
+        done = self.position == self.WALKTHROUGHS[self.task.task_id]
+        return StepResult(f"{self.task.task_id} after {action}", float(done), done, done, [])
+
+    def expert_actions(self) -> list[str]:
+        assert self.task is not None
+        return [f"look {index}" for index in range(self.WALKTHROUGHS[self.task.task_id])]
+
+    def close(self) -> None:
+        self.task = None
+
+
+def list_expert_double_tasks(task_types: list[str] | None = None, **_: object) -> list[TaskInfo]:
+    tasks = [
+        TaskInfo(EXPERT_DOUBLE, "train", task_id, "heat", f"heat some {task_id} and put it in countertop.")
+        for task_id in ExpertGamesDouble.WALKTHROUGHS
+    ]
+    return [task for task in tasks if not task_types or task.task_type in task_types]
+
+
+@pytest.fixture
+def expert_games(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The double registered under EXPERT_DOUBLE; returns the list of games played, emptied."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    registry.register_env(EXPERT_DOUBLE, ExpertGamesDouble, list_expert_double_tasks)
+    monkeypatch.setattr(ExpertGamesDouble, "PLAYED", [])
+    return ExpertGamesDouble.PLAYED
+
+
+def games_shown(examples: list[str]) -> list[str]:
+    return [example.split()[2].rstrip(".") for example in examples]
+
+
+def test_expert_examples_never_show_the_game_being_played(tmp_path: Path, expert_games: list[str]) -> None:
+    def examples(exclude: str | None) -> list[str]:
+        shown = build_examples(
+            "expert", "act", "heat", 2, tmp_path, exclude_task_id=exclude, env_name=EXPERT_DOUBLE
+        )
+        return games_shown(shown)
+
+    assert examples(None) == ["g0", "g2"]
+    assert expert_games == ["g0", "g1", "g2", "g3"]  # n + 1 collected; g1's walkthrough is too long
+    cached = load_expert_trajectories(cache_path(tmp_path, "heat", env_name=EXPERT_DOUBLE))
+    assert [trajectory.task_id for trajectory in cached] == ["g0", "g2", "g3"]
+    assert examples("g0") == ["g2", "g3"]
+    assert examples("g2") == ["g0", "g3"]
+    assert examples("g3") == examples("g4") == examples(None) == ["g0", "g2"]
+    assert expert_games == ["g0", "g1", "g2", "g3"]  # every later call read the cache
+    assert not cache_path(tmp_path, "heat").exists()  # the alfworld cache is another file
+
+
+def test_an_old_cache_with_too_few_trajectories_is_extended(tmp_path: Path, expert_games: list[str]) -> None:
+    path = cache_path(tmp_path, "heat", env_name=EXPERT_DOUBLE)
+    played_before = collect_expert_trajectories(tmp_path, "heat", 2, env_name=EXPERT_DOUBLE)
+    assert [trajectory.task_id for trajectory in played_before] == ["g0", "g2"]
+    from_old_cache = [replace(trajectory, instruction="as cached") for trajectory in played_before]
+    save_expert_trajectories(path, from_old_cache)  # what the cache held when it kept exactly n
+    expert_games.clear()
+    result = load_or_collect_expert_trajectories(
+        tmp_path, "heat", 2, exclude_task_id="g0", env_name=EXPERT_DOUBLE
+    )
+    assert [trajectory.task_id for trajectory in result] == ["g2", "g3"]
+    assert result[0] == from_old_cache[1]
+    assert expert_games == ["g1", "g3"]  # only the games the cache lacked were played
+    assert load_expert_trajectories(path)[:2] == from_old_cache and len(load_expert_trajectories(path)) == 3
+    with pytest.raises(EnvError, match=r"found only 4 of 5 expert trajectories for 'heat'"):
+        load_or_collect_expert_trajectories(tmp_path, "heat", 4, env_name=EXPERT_DOUBLE)
 
 
 def test_play_expert_records_steps_and_requires_a_win() -> None:
@@ -333,3 +431,14 @@ def test_collect_expert_trajectory_from_a_real_training_game(tmp_path: Path) -> 
         assert [action for action in actions if action] == [action for action, _ in trajectory.steps]
     save_expert_trajectories(cache_path(tmp_path, "put"), [trajectory])
     assert load_expert_trajectories(cache_path(tmp_path, "put")) == [trajectory]
+
+
+@pytest.mark.slow
+@needs_games
+def test_expert_examples_from_real_training_games_leave_out_the_game_played(tmp_path: Path) -> None:
+    (tmp_path / "alfworld").symlink_to(DATA_DIR / "alfworld")
+    first, second = load_or_collect_expert_trajectories(tmp_path, "cool", 2)
+    assert len(load_expert_trajectories(cache_path(tmp_path, "cool"))) == 3
+    (shown,) = build_examples("expert", "act", "cool", 1, tmp_path, exclude_task_id=first.task_id)
+    assert shown == render_expert_example(second, "act")
+    assert build_examples("expert", "act", "cool", 1, tmp_path) == [render_expert_example(first, "act")]

@@ -1,7 +1,10 @@
 """Expert trajectories: play a training game's walkthrough and keep what the environment answered.
 
 Collected once per task type and cached as JSON under ``<data_dir>/fewshot/``; later runs read the
-cache. Only training games are used, so examples never come from an evaluation split.
+cache. Only training games are used, so examples never come from an evaluation split. The cache holds
+one trajectory more than the examples asked for, so that a rollout on a training game can leave out
+that game's own solution and still show as many examples. The environment is reached by name through
+the registry (``env_name``), never imported.
 """
 
 from __future__ import annotations
@@ -9,14 +12,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from ragdistill.agents.demonstrations import ExpertTrajectory
 from ragdistill.environments.base import Env, EnvError, TaskInfo
+from ragdistill.environments.registry import list_tasks, make_env
 
 FEWSHOT_SUBDIR = "fewshot"
+DEFAULT_ENV = "alfworld"
 CACHE_VERSION = 1
+"""Version 1: ``{"version": 1, "trajectories": [...]}``, the first qualifying walkthroughs of a type in
+task-list order. A cache with fewer than a call needs is extended in place (see
+:func:`load_or_collect_expert_trajectories`), so caches written before the extra trajectory still work."""
 DEFAULT_MAX_STEPS = 12
 """Walkthroughs longer than this are skipped: short examples keep the prompt small."""
 
@@ -52,30 +60,39 @@ def collect_expert_trajectories(
     split: str = "train",
     max_steps: int = DEFAULT_MAX_STEPS,
     env_factory: Callable[[], Env] | None = None,
+    *,
+    env_name: str = DEFAULT_ENV,
+    known: Mapping[str, ExpertTrajectory] | None = None,
 ) -> list[ExpertTrajectory]:
-    """Play walkthroughs of ``split`` games of ``task_type`` (in ``list_tasks`` order) until ``n`` won
-    with at most ``max_steps`` steps. Games that fail to load or to win are skipped."""
-    from ragdistill.environments.alfworld import AlfworldEnv, list_tasks
-
+    """Play walkthroughs of ``split`` games of ``task_type`` (in the task lister's order) until ``n`` won
+    with at most ``max_steps`` steps. Games that fail to load or to win are skipped. A game whose
+    trajectory is in ``known`` (by task id, e.g. from a cache) is taken from there instead of played.
+    The environment is ``env_factory()`` or else ``make_env(env_name, data_dir=data_dir)``."""
     if n <= 0:
         return []
-    tasks = list_tasks(data_dir, split=split, task_types=[task_type], balanced=False)
-    env = env_factory() if env_factory is not None else AlfworldEnv(data_dir)
+    tasks = list_tasks(env_name, data_dir=data_dir, split=split, task_types=[task_type], balanced=False)
+    known = known or {}
+    env: Env | None = None
     trajectories: list[ExpertTrajectory] = []
     problems: list[str] = []
     try:
         for task in tasks:
-            try:
-                trajectory = play_expert(env, task)
-            except EnvError as error:
-                problems.append(str(error))
-                continue
+            trajectory = known.get(task.task_id)
+            if trajectory is None:
+                if env is None:
+                    env = env_factory() if env_factory is not None else make_env(env_name, data_dir=data_dir)
+                try:
+                    trajectory = play_expert(env, task)
+                except EnvError as error:
+                    problems.append(str(error))
+                    continue
             if len(trajectory.steps) <= max_steps:
                 trajectories.append(trajectory)
             if len(trajectories) == n:
                 break
     finally:
-        env.close()
+        if env is not None:
+            env.close()
     if len(trajectories) < n:
         raise EnvError(
             f"found only {len(trajectories)} of {n} expert trajectories for {task_type!r} in {split} "
@@ -84,8 +101,12 @@ def collect_expert_trajectories(
     return trajectories
 
 
-def cache_path(data_dir: Path | str, task_type: str, split: str = "train") -> Path:
-    return Path(data_dir) / FEWSHOT_SUBDIR / f"expert-{split}-{task_type}.json"
+def cache_path(
+    data_dir: Path | str, task_type: str, split: str = "train", env_name: str = DEFAULT_ENV
+) -> Path:
+    """``<data_dir>/fewshot/expert-<split>-<type>.json`` (another environment's name goes first)."""
+    env_part = "" if env_name == DEFAULT_ENV else f"{env_name}-"
+    return Path(data_dir) / FEWSHOT_SUBDIR / f"expert-{env_part}{split}-{task_type}.json"
 
 
 def save_expert_trajectories(path: Path, trajectories: list[ExpertTrajectory]) -> None:
@@ -115,14 +136,32 @@ def load_expert_trajectories(path: Path) -> list[ExpertTrajectory]:
 
 
 def load_or_collect_expert_trajectories(
-    data_dir: Path | str, task_type: str, n: int, split: str = "train"
+    data_dir: Path | str,
+    task_type: str,
+    n: int,
+    split: str = "train",
+    *,
+    exclude_task_id: str | None = None,
+    env_name: str = DEFAULT_ENV,
 ) -> list[ExpertTrajectory]:
-    """The cached trajectories of ``task_type`` when there are at least ``n``, else collect and cache."""
-    path = cache_path(data_dir, task_type, split)
-    if path.is_file():
-        cached = load_expert_trajectories(path)
-        if len(cached) >= n:
-            return cached[:n]
-    trajectories = collect_expert_trajectories(data_dir, task_type, n, split=split)
-    save_expert_trajectories(path, trajectories)
-    return trajectories
+    """``n`` expert trajectories of ``task_type``, none of them ``exclude_task_id``'s.
+
+    The cache keeps ``n + 1`` (so ``n`` remain whichever game is left out); a cache with fewer is
+    extended: its trajectories are reused, only the missing games are played, and the file rewritten.
+    Without ``exclude_task_id`` the result is the first ``n``, as before the cache held one more.
+    """
+    if n <= 0:
+        return []
+    path = cache_path(data_dir, task_type, split, env_name)
+    cached = load_expert_trajectories(path) if path.is_file() else []
+    if len(cached) < n + 1:
+        cached = collect_expert_trajectories(
+            data_dir,
+            task_type,
+            n + 1,
+            split=split,
+            env_name=env_name,
+            known={trajectory.task_id: trajectory for trajectory in cached},
+        )
+        save_expert_trajectories(path, cached)
+    return [trajectory for trajectory in cached if trajectory.task_id != exclude_task_id][:n]

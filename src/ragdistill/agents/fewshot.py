@@ -107,11 +107,16 @@ def build_examples(
     task_type: str,
     n: int,
     data_dir: Path | str,
+    *,
+    exclude_task_id: str | None = None,
+    env_name: str = "alfworld",
 ) -> list[str]:
     """The few-shot examples an agent config asks for (``agent.fewshot_source``, ``fewshot_count``).
 
-    ``expert`` examples come from walkthroughs of training games, collected once and cached under
-    ``<data_dir>/fewshot/`` (the first call plays the games: a few seconds per game).
+    ``expert`` examples come from walkthroughs of ``env_name``'s training games, collected once and
+    cached under ``<data_dir>/fewshot/`` (the first call plays the games: a few seconds per game); the
+    game ``exclude_task_id`` is never among them, so an episode on a training game is not shown its
+    own solution. ReAct's transcripts are not games of ours: ``exclude_task_id`` leaves them alone.
     """
     get_format(format_name)
     if source == "none" or n == 0:
@@ -123,6 +128,8 @@ def build_examples(
         from ragdistill.agents.expert import load_or_collect_expert_trajectories
 
         _check_task_type(task_type)
-        trajectories = load_or_collect_expert_trajectories(data_dir, task_type, n)
-        return [render_expert_example(trajectory, format_name) for trajectory in trajectories[:n]]
+        trajectories = load_or_collect_expert_trajectories(
+            data_dir, task_type, n, exclude_task_id=exclude_task_id, env_name=env_name
+        )
+        return [render_expert_example(trajectory, format_name) for trajectory in trajectories]
     raise ValueError(f"unknown few-shot source {source!r}; expected react, expert or none")

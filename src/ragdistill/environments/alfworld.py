@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
-from itertools import zip_longest
+from collections.abc import Iterator, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -107,7 +107,8 @@ def list_tasks(
     Games are sorted by path; ``solvable: false`` games are skipped. ``task_types`` keeps only those
     types. With ``balanced`` the list interleaves the types round-robin (put, clean, heat, cool,
     examine, puttwo, put, …) so that any ``limit`` of at least six covers every type; otherwise the
-    sorted order is kept and ``limit`` takes its head.
+    sorted order is kept and ``limit`` takes its head. A game file is read only when it is the next
+    candidate for the list, so a small ``limit`` reads a handful of files, not the whole split.
     """
     root = games_root(data_dir)
     if not root.is_dir():
@@ -127,29 +128,43 @@ def list_tasks(
     if limit is not None and limit <= 0:
         raise EnvError(f"limit must be positive, got {limit}")
 
-    by_type: dict[str, list[TaskInfo]] = {task_type: [] for task_type in TASK_TYPES}
-    ordered: list[TaskInfo] = []
+    by_type: dict[str, list[Path]] = {task_type: [] for task_type in TASK_TYPES}
+    ordered: list[Path] = []
     for path in sorted(split_dir.glob(f"*/trial_*/{GAME_FILE}")):
         task_type = task_type_of(path.parent.parent.name)
-        if wanted is not None and task_type not in wanted:
-            continue
+        if wanted is None or task_type in wanted:
+            by_type[task_type].append(path)
+            ordered.append(path)
+    if not balanced:
+        return list(islice(_solvable_tasks(ordered, split_dir, split), limit))
+    streams = [_solvable_tasks(by_type[task_type], split_dir, split) for task_type in TASK_TYPES]
+    tasks: list[TaskInfo] = []
+    while streams:
+        for stream in list(streams):
+            if limit is not None and len(tasks) == limit:
+                return tasks
+            task = next(stream, None)
+            if task is None:
+                streams.remove(stream)
+            else:
+                tasks.append(task)
+    return tasks
+
+
+def _solvable_tasks(paths: Sequence[Path], split_dir: Path, split: str) -> Iterator[TaskInfo]:
+    """The solvable games among ``paths``, in order, each file read when the next task is asked for."""
+    for path in paths:
         game = read_game(path)
         if not game.get("solvable", False):
             continue
         found = _GRAMMAR_TASK.search(str(game.get("grammar", "")))
-        task = TaskInfo(
+        yield TaskInfo(
             env=ENV_NAME,
             split=split,
             task_id=path.parent.relative_to(split_dir).as_posix(),
-            task_type=task_type,
+            task_type=task_type_of(path.parent.parent.name),
             instruction=found["task"] if found else "",
         )
-        by_type[task_type].append(task)
-        ordered.append(task)
-    if balanced:
-        rounds = zip_longest(*(by_type[task_type] for task_type in TASK_TYPES))
-        ordered = [task for round_ in rounds for task in round_ if task is not None]
-    return ordered[:limit] if limit is not None else ordered
 
 
 class AlfworldEnv:

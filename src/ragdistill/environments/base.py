@@ -58,4 +58,11 @@ class Env(Protocol):
 
 
 class EnvError(UserFacingError, RuntimeError):
-    """The environment could not load or play a task; the message names the task and the cause."""
+    """The environment could not load or play a task; the message names the task and the cause.
+
+    ``transient`` marks a fault of the machinery rather than of the task (a worker process that died or
+    stopped answering): the same task may well play fine when tried again."""
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient

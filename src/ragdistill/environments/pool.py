@@ -1,24 +1,31 @@
-"""Many episodes at once over a fixed set of worker processes.
+"""Many episodes at once over a fixed number of worker processes.
 
 The rollout engine keeps N episodes alive (N may exceed the number of workers) and steps all of them
 every turn. Each episode lives in a *slot*: an id the pool hands out at reset, pinned to one worker
-process that holds one environment object per slot. A batch call sends every worker its share of the
-work in one message, then gathers the replies, so workers run in parallel while each plays its own
-slots in order. Worker processes live for the whole pool: loading an ALFWorld game costs 1-3 s, a
-process costs that plus imports.
+process that holds one environment object per slot. A batch call sends every process its share of the
+work in one message, then gathers the replies, so processes run in parallel while each plays its own
+slots in order. Processes are reused across games: loading an ALFWorld game costs 1-3 s, a process
+costs that plus imports.
 
 Worker processes are recycled: each game loaded leaves memory behind that TextWorld never frees
 (every ALFWorld load maps a fresh copy of fast-downward's shared library, ~5 MB a game, measured).
-After ``recycle_after`` games a worker takes no new episodes; once its last episode is released it
-is replaced by a fresh process.
+No process ever loads more than ``recycle_after`` games. One that has is *retired*: it takes no new
+games, keeps playing the episodes it holds and is told to exit when its last one is released, while
+a fresh process takes its place for new games at once. So ``workers`` processes take new games and
+the retiring ones come on top: for a while there are more processes than ``workers``. A worker's
+retiring predecessor normally finishes its episodes long before the worker wears out too (the default
+200 games against a rollout's few dozen live episodes per worker), so there is at most one retiring
+process per worker index. Only a batch of live episodes far beyond ``workers * recycle_after`` needs
+more; the pool then still keeps the per-process limit, and since every retiring process holds a live
+episode there are never more than ``workers`` plus the live episodes.
 
 Workers are started with ``spawn`` (safe next to the threads of an inference engine): a script
 that builds a pool must do so under ``if __name__ == "__main__":``.
 
 Failures stay per episode: an exception inside a worker (a broken game file, a crashing action)
 comes back as an :class:`EnvError` in that item's place, naming the task. A worker that dies or hangs
-is replaced; the episodes it held come back as errors. Workers ignore Ctrl-C (the parent decides)
-and exit when the parent closes the pool or disappears.
+is replaced (a retiring one is just dropped); the episodes it held come back as errors. Workers
+ignore Ctrl-C (the parent decides) and exit when the parent closes the pool or disappears.
 """
 
 from __future__ import annotations
@@ -95,14 +102,18 @@ def _worker_main(conn: Connection, factory: EnvFactory, kwargs: dict[str, Any]) 
         conn.close()
 
 
-@dataclass
+@dataclass(eq=False)
 class _Worker:
+    """One worker process; compared and hashed by identity (the pool keys its messages by worker)."""
+
     index: int
     process: BaseProcess
     conn: Connection
     slots: set[int] = field(default_factory=set)
     releases: list[int] = field(default_factory=list)
     games: int = 0
+    started: bool = True
+    broken: bool = False
 
 
 class EnvPool:
@@ -110,7 +121,8 @@ class EnvPool:
 
     ``EnvPool("alfworld", {"data_dir": "data"}, workers=2)`` or ``EnvPool("alfworld", workers=2,
     data_dir="data")``: ``env_kwargs`` and extra keyword arguments go to the environment's factory.
-    Use it as a context manager (or call :meth:`close`) so the workers always stop.
+    ``recycle_after`` caps the games one process loads (``None``: no cap). Use it as a context manager
+    (or call :meth:`close`) so the workers always stop.
     """
 
     def __init__(
@@ -127,6 +139,8 @@ class EnvPool:
     ) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if recycle_after is not None and recycle_after < 1:
+            raise ValueError(f"recycle_after must be at least 1 (or None for no limit), got {recycle_after}")
         self.env_name = env_name
         self._factory = get_env(env_name).factory
         self._kwargs = {**(env_kwargs or {}), **kwargs}
@@ -135,7 +149,10 @@ class EnvPool:
         self._start_timeout_s = start_timeout_s
         self._recycle_after = recycle_after
         self._workers: list[_Worker] = []
-        self._slot_worker: dict[int, int] = {}
+        self._retiring: list[_Worker] = []
+        self._exiting: list[_Worker] = []
+        self._games_by_pid: dict[int, int] = {}
+        self._slot_worker: dict[int, _Worker] = {}
         self._lost: dict[int, str] = {}
         self._next_slot = 0
         self._closed = False
@@ -151,6 +168,7 @@ class EnvPool:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     def _spawn(self, index: int) -> _Worker:
+        """Start a process; it counts as started once :meth:`_await_ready` has heard from it."""
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(
             target=_worker_main,
@@ -160,7 +178,9 @@ class EnvPool:
         )
         process.start()
         child_conn.close()
-        return _Worker(index, process, parent_conn)
+        if process.pid is not None:
+            self._games_by_pid[process.pid] = 0
+        return _Worker(index, process, parent_conn, started=False)
 
     def _await_ready(self, worker: _Worker) -> _Worker:
         if not worker.conn.poll(self._start_timeout_s):
@@ -176,29 +196,43 @@ class EnvPool:
                 "a script that builds a pool must do so under `if __name__ == '__main__':` (spawned workers "
                 "re-import the main module)"
             ) from None
+        worker.started = True
         return worker
 
     @property
     def workers(self) -> int:
+        """The number of processes that take new games (retiring ones not counted)."""
         return len(self._workers)
 
     def worker_pids(self) -> list[int]:
+        """The processes that take new games, by worker index."""
         return [worker.process.pid for worker in self._workers if worker.process.pid is not None]
+
+    def retiring_pids(self) -> list[int]:
+        """Processes that have loaded ``recycle_after`` games and still play episodes they hold."""
+        return [worker.process.pid for worker in self._retiring if worker.process.pid is not None]
+
+    def games_played_by_pid(self) -> dict[int, int]:
+        """Every process this pool started, alive or not, and how many games it was given to load."""
+        return dict(self._games_by_pid)
 
     def live_slots(self) -> list[int]:
         return sorted(self._slot_worker)
 
     def close(self) -> None:
-        """Stop every worker: ask politely, then terminate, then kill. Safe to call twice."""
+        """Stop every process: ask politely, then terminate, then kill. Safe to call twice."""
         if self._closed:
             return
         self._closed = True
-        for worker in self._workers:
+        everyone = self._workers + self._retiring + self._exiting
+        for worker in everyone:
             with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(None)
-        for worker in self._workers:
+        for worker in everyone:
             _stop(worker.process)
             worker.conn.close()
+        self._retiring.clear()
+        self._exiting.clear()
         self._slot_worker.clear()
 
     def __enter__(self) -> EnvPool:
@@ -217,32 +251,36 @@ class EnvPool:
     # ---- episodes --------------------------------------------------------------------------------
 
     def reset_many(self, tasks: Sequence[TaskInfo]) -> list[tuple[int, ResetResult] | EnvError]:
-        """Start one episode per task, each in a new slot on the least-loaded worker.
+        """Start one episode per task, each in a new slot on the least-loaded process taking games.
 
         Returns ``(slot, ResetResult)`` per task, or an :class:`EnvError` (the slot is then freed).
         """
         self._check_open()
-        self._recycle_idle()
+        self._reap_exited()
         slots: list[int] = []
-        ops: dict[int, list[tuple[int, Op]]] = defaultdict(list)
+        ops: dict[_Worker, list[tuple[int, Op]]] = defaultdict(list)
         for position, task in enumerate(tasks):
-            worker = self._pick_worker()
+            worker = self._worker_for_new_game()
             slot = self._next_slot
             self._next_slot += 1
             worker.slots.add(slot)
             worker.games += 1
-            self._slot_worker[slot] = worker.index
+            if worker.process.pid is not None:
+                self._games_by_pid[worker.process.pid] += 1
+            self._slot_worker[slot] = worker
             slots.append(slot)
-            ops[worker.index].append((position, ("reset", slot, task)))
+            ops[worker].append((position, ("reset", slot, task)))
+        self._start_fresh_workers(slots)
         replies = self._dispatch(ops, len(tasks))
         results: list[tuple[int, ResetResult] | EnvError] = []
         for slot, (ok, value) in zip(slots, replies, strict=True):
             if ok:
                 results.append((slot, value))
             else:
-                self._forget(slot)
+                if slot not in self._lost:
+                    self._release_in_worker(slot)
                 self._lost.pop(slot, None)
-                results.append(EnvError(value))
+                results.append(value if isinstance(value, EnvError) else EnvError(value))
         return results
 
     def step_many(self, actions: Sequence[tuple[int, str]]) -> list[StepResult | EnvError]:
@@ -253,6 +291,7 @@ class EnvPool:
             if slot in seen:
                 raise ValueError(f"slot {slot} appears twice in one step_many call")
             seen.add(slot)
+        self._reap_exited()
         return self._run_on_slots([(slot, ("step", slot, action)) for slot, action in actions])
 
     def expert_actions(self, slot: int) -> list[str]:
@@ -264,15 +303,12 @@ class EnvPool:
         return list(value)
 
     def release(self, slot: int) -> None:
-        """End the episode in ``slot``; its environment object is closed with the worker's next message."""
+        """End the episode in ``slot``: its environment object is closed with the process's next message;
+        a retiring process whose last episode this was is told to exit now."""
         if slot in self._lost:
             del self._lost[slot]
             return
-        index = self._slot_worker.get(slot)
-        if index is None:
-            return
-        self._forget(slot)
-        self._workers[index].releases.append(slot)
+        self._release_in_worker(slot)
 
     # ---- plumbing --------------------------------------------------------------------------------
 
@@ -281,52 +317,92 @@ class EnvPool:
             raise EnvError("the environment pool is closed")
 
     def _worn_out(self, worker: _Worker) -> bool:
-        return self._recycle_after is not None and worker.games >= self._recycle_after
+        return worker.broken or (self._recycle_after is not None and worker.games >= self._recycle_after)
 
-    def _pick_worker(self) -> _Worker:
-        """The least-loaded worker that still takes games (any worker, if all are due for recycling)."""
-        candidates = [worker for worker in self._workers if not self._worn_out(worker)] or self._workers
-        return min(candidates, key=lambda worker: (len(worker.slots), worker.index))
+    def _worker_for_new_game(self) -> _Worker:
+        """The least-loaded process that may load one more game; worn-out ones are retired first and a
+        fresh process (started by :meth:`_start_fresh_workers`) takes each one's place."""
+        for index, worker in enumerate(self._workers):
+            if self._worn_out(worker):
+                self._retire(worker)
+                self._workers[index] = self._spawn(index)
+        return min(self._workers, key=lambda worker: (len(worker.slots), worker.index))
 
-    def _recycle_idle(self) -> None:
-        for worker in list(self._workers):
-            if self._worn_out(worker) and not worker.slots:
-                self._respawn(worker)
+    def _start_fresh_workers(self, slots_of_this_call: list[int]) -> None:
+        """Wait for the processes :meth:`_worker_for_new_game` started. If one fails to start, no
+        episode of this call begins, the error is raised, and the next call replaces that process."""
+        fresh = [worker for worker in self._workers + self._retiring if not worker.started]
+        try:
+            for worker in fresh:
+                self._await_ready(worker)
+        except EnvError:
+            for worker in fresh:
+                worker.broken = worker.broken or not worker.started
+            for slot in slots_of_this_call:
+                self._slot_worker.pop(slot, None)
+            for worker in self._workers + self._retiring:
+                worker.slots.difference_update(slots_of_this_call)
+            for worker in [worker for worker in self._retiring if not worker.slots]:
+                self._retiring.remove(worker)
+                self._dismiss(worker)
+            raise
 
-    def _respawn(self, worker: _Worker) -> None:
+    def _retire(self, worker: _Worker) -> None:
+        if worker.slots:
+            self._retiring.append(worker)
+        else:
+            self._dismiss(worker)
+
+    def _dismiss(self, worker: _Worker) -> None:
+        """Tell a process with no episodes left to exit (it closes its environments on the way out)."""
         with contextlib.suppress(OSError, ValueError):
             worker.conn.send(None)
-        _stop(worker.process)
-        worker.conn.close()
-        self._workers[worker.index] = self._await_ready(self._spawn(worker.index))
+        self._exiting.append(worker)
 
-    def _forget(self, slot: int) -> None:
-        index = self._slot_worker.pop(slot, None)
-        if index is not None:
-            self._workers[index].slots.discard(slot)
+    def _reap_exited(self) -> None:
+        still: list[_Worker] = []
+        for worker in self._exiting:
+            worker.process.join(0)
+            if worker.process.is_alive():
+                still.append(worker)
+            else:
+                worker.conn.close()
+        self._exiting = still
+
+    def _release_in_worker(self, slot: int) -> None:
+        """Forget ``slot``; its process closes its environment with the next message, or exits when it
+        is retiring and this was its last episode."""
+        worker = self._slot_worker.pop(slot, None)
+        if worker is None:
+            return
+        worker.slots.discard(slot)
+        if worker in self._retiring and not worker.slots:
+            self._retiring.remove(worker)
+            self._dismiss(worker)
+            return
+        worker.releases.append(slot)
 
     def _run_on_slots(self, items: Sequence[tuple[int, Op]]) -> list[Any]:
-        ops: dict[int, list[tuple[int, Op]]] = defaultdict(list)
+        ops: dict[_Worker, list[tuple[int, Op]]] = defaultdict(list)
         early: dict[int, EnvError] = {}
         for position, (slot, op) in enumerate(items):
             if slot in self._lost:
-                early[position] = EnvError(self._lost[slot])
+                early[position] = EnvError(self._lost[slot], transient=True)
             elif slot in self._slot_worker:
                 ops[self._slot_worker[slot]].append((position, op))
             else:
                 raise ValueError(f"slot {slot} holds no live episode (never reset, or already released)")
         replies = self._dispatch(ops, len(items))
         return [
-            early[i] if i in early else (value if ok else EnvError(value))
+            early[i] if i in early else (value if ok or isinstance(value, EnvError) else EnvError(value))
             for i, (ok, value) in enumerate(replies)
         ]
 
-    def _dispatch(self, ops: Mapping[int, list[tuple[int, Op]]], size: int) -> list[Reply]:
-        """Send each worker its ops in one message, then collect; replies land at their positions."""
+    def _dispatch(self, ops: Mapping[_Worker, list[tuple[int, Op]]], size: int) -> list[Reply]:
+        """Send each process its ops in one message, then collect; replies land at their positions."""
         replies: list[Reply] = [(False, "no reply")] * size
         sent: list[tuple[_Worker, list[tuple[int, Op]], int]] = []
-        for index, items in ops.items():
-            worker = self._workers[index]
+        for worker, items in ops.items():
             releases = [("release", slot, None) for slot in worker.releases]
             worker.releases = []
             try:
@@ -350,16 +426,24 @@ class EnvPool:
         return replies
 
     def _replace(self, worker: _Worker, why: str, items: list[tuple[int, Op]], replies: list[Reply]) -> None:
-        """A worker died or hung: fail its in-flight ops and live slots, start a fresh process."""
+        """A process died or hung: fail its in-flight ops and live slots, stop it, and start a fresh
+        process in its place if it was taking new games."""
         message = f"{self.env_name} worker {worker.index} failed: {why}"
         for position, (kind, slot, payload) in items:
             label = _task_label(payload, slot) if kind == "reset" else f"slot {slot}"
-            replies[position] = (False, f"{message}; lost {label}")
+            replies[position] = (False, EnvError(f"{message}; lost {label}", transient=True))
         for slot in worker.slots:
             self._lost[slot] = f"{message}; the episode in slot {slot} was lost"
             self._slot_worker.pop(slot, None)
         worker.slots.clear()
-        self._respawn(worker)
+        with contextlib.suppress(OSError, ValueError):
+            worker.conn.send(None)
+        _stop(worker.process)
+        worker.conn.close()
+        if worker in self._retiring:
+            self._retiring.remove(worker)
+        elif self._workers[worker.index] is worker:
+            self._workers[worker.index] = self._await_ready(self._spawn(worker.index))
 
 
 def _stop(process: BaseProcess, grace_s: float = 5.0) -> None:
