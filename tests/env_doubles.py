@@ -59,3 +59,15 @@ register_env(DOUBLE, CounterEnvDouble, list_counter_tasks, replace=True)
 
 def tasks(*ids: str) -> list[TaskInfo]:
     return [TaskInfo(DOUBLE, "test", task_id, "count") for task_id in ids]
+
+
+def _register_hint_style() -> None:
+    """Mining needs a hint style per environment: the counter game borrows ALFWorld's wording."""
+    from dataclasses import replace
+
+    from ragdistill.retrieval.hints import HINT_STYLES
+
+    HINT_STYLES[DOUBLE] = replace(HINT_STYLES["alfworld"], env=DOUBLE, description="a counting game")
+
+
+_register_hint_style()

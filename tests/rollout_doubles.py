@@ -59,6 +59,8 @@ class CountdownPoolDouble:
         self.next_slot = 0
         self.stepped: list[tuple[int, str]] = []
         self.max_live = 0
+        self.observation_suffix: dict[str, str] = {}
+        """Text appended to the first observation of these task ids (a long or special task)."""
 
     def reset_many(self, tasks: Sequence[TaskInfo]) -> list[tuple[int, ResetResult] | EnvError]:
         results: list[tuple[int, ResetResult] | EnvError] = []
@@ -71,6 +73,7 @@ class CountdownPoolDouble:
             self.slots[slot] = [remaining]
             self.max_live = max(self.max_live, len(self.slots))
             observation = f"Counter at {remaining}.\nYour task is to: count down to zero."
+            observation += self.observation_suffix.get(task.task_id, "")
             results.append((slot, ResetResult(task, observation, ["inc", "look"])))
         return results
 

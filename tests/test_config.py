@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from ragdistill.config import ConfigError, ExperimentConfig, config_hash, load_config, with_overrides
+from ragdistill.config import (
+    ConfigError,
+    ExperimentConfig,
+    config_hash,
+    engine_key,
+    load_config,
+    with_overrides,
+)
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -83,3 +90,43 @@ def test_shipped_configs_validate(path: Path) -> None:
 def test_configs_are_shipped() -> None:
     names = {path.name for path in CONFIGS}
     assert {"demo-alfworld.yaml", "paper-alfworld-react.yaml", "paper-alfworld-stateact.yaml"} <= names
+
+
+def test_in_process_engines_that_ask_for_more_than_one_gpu_are_rejected_with_what_to_change() -> None:
+    overrides = {
+        "models.agent.backend.gpu_memory_utilization": 0.85,
+        "models.extractor.model.name": "other-model",
+        "models.extractor.backend.gpu_memory_utilization": 0.3,
+    }
+    with pytest.raises(
+        ConfigError, match=r"ask for 1\.15 of one GPU's memory \(agent 0\.85 \+ extractor 0\.3\)"
+    ):
+        with_overrides(ExperimentConfig(), overrides)
+    served = with_overrides(ExperimentConfig(), {**overrides, "models.extractor.backend.kind": "openai",
+                                                 "models.extractor.backend.base_url": "http://127.0.0.1:1/v1"})  # fmt: skip
+    assert served.models.agent.backend.gpu_share() == 0.85
+
+
+def test_engines_without_a_gpu_share_split_what_is_left_and_shared_engines_count_once() -> None:
+    config = ExperimentConfig()
+    assert config.models.agent.backend.gpu_share() == config.models.extractor.backend.gpu_share() == 0.9
+    two = with_overrides(config, {"models.extractor.model.max_model_len": 4096})
+    assert two.models.agent.backend.gpu_share() == two.models.extractor.backend.gpu_share() == 0.45
+    mixed = with_overrides(
+        config,
+        {"models.extractor.model.max_model_len": 4096, "models.agent.backend.gpu_memory_utilization": 0.5},
+    )
+    assert mixed.models.extractor.backend.gpu_share() == pytest.approx(0.4)
+    assert "gpu_memory_utilization" in mixed.model_dump()["models"]["extractor"]["backend"]
+    assert mixed.model_dump()["models"]["extractor"]["backend"]["gpu_memory_utilization"] is None
+
+
+@pytest.mark.parametrize("name", ["paper-alfworld-react", "paper-alfworld-stateact", "demo-alfworld"])
+def test_shipped_configs_fit_one_gpu(name: str) -> None:
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    engines = {
+        engine_key(role): role.backend.gpu_share()
+        for role in config.engine_roles().values()
+        if role.backend.kind == "vllm"
+    }
+    assert sum(engines.values()) <= 1.0

@@ -172,16 +172,32 @@ def test_adapter_model_name_is_the_folder_name() -> None:
     assert adapter_model_name("runs/sft") == "sft"
 
 
+CONTEXT_LENGTH_MESSAGE = (
+    "This model's maximum context length is 2048 tokens. However, your prompt contains 2300 input tokens"
+)
+
+
 class FlakyOpenAIServerDouble:
     """A real loopback HTTP server speaking just enough of ``/v1/chat/completions``, from a script.
 
     One script item per incoming request: an HTTP status (200 answers normally), "hang" (sleeps past
-    the client's timeout, then answers), "no-usage" (200 without a usage block). Once the script is used
-    up every request gets 200. The 200 reply echoes the last user message.
+    the client's timeout, then answers), "no-usage" (200 without a usage block), "no-choices" (200 with
+    an error object instead of choices), "non-json" (200 with an HTML page), "truncated" (200 whose
+    body stops short of its content-length), "context-length" (vLLM's 400 for a prompt over the
+    window). ``by_prompt`` holds a script per last user message, used before ``script`` for requests
+    with that message. Once a script is used up every request gets 200. The 200 reply echoes the last
+    user message.
     """
 
-    def __init__(self, script: list[int | str], delay_s: float = 0.0, finish_reason: str = "length") -> None:
+    def __init__(
+        self,
+        script: list[int | str],
+        delay_s: float = 0.0,
+        finish_reason: str = "length",
+        by_prompt: dict[str, list[int | str]] | None = None,
+    ) -> None:
         self.script = list(script)
+        self.by_prompt = {prompt: list(actions) for prompt, actions in (by_prompt or {}).items()}
         self.delay_s = delay_s
         self.finish_reason = finish_reason
         self.bodies: list[dict[str, Any]] = []
@@ -211,7 +227,13 @@ class FlakyOpenAIServerDouble:
             self.authorizations.append(authorization)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            prompt_script = self.by_prompt.get(body["messages"][-1]["content"])
+            if prompt_script:
+                return prompt_script.pop(0)
             return self.script.pop(0) if self.script else 200
+
+    def prompts_sent(self) -> list[str]:
+        return [body["messages"][-1]["content"] for body in self.bodies]
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         double = self
@@ -221,12 +243,16 @@ class FlakyOpenAIServerDouble:
                 return
 
             def _send(
-                self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None
+                self,
+                status: int,
+                payload: dict[str, Any] | str,
+                headers: dict[str, str] | None = None,
+                missing_bytes: int = 0,
             ) -> None:
-                data = json.dumps(payload).encode()
+                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
+                self.send_header("content-length", str(len(data) + missing_bytes))
                 for key, value in (headers or {}).items():
                     self.send_header(key, value)
                 self.end_headers()
@@ -238,6 +264,15 @@ class FlakyOpenAIServerDouble:
                 try:
                     if action == "hang":
                         time.sleep(1.0)
+                    if action == "context-length":
+                        self._send(400, {"error": {"message": CONTEXT_LENGTH_MESSAGE, "code": 400}})
+                        return
+                    if action == "no-choices":
+                        self._send(200, {"object": "error", "message": "scripted: no choices"})
+                        return
+                    if action == "non-json":
+                        self._send(200, "<html><body>502 Bad Gateway</body></html>")
+                        return
                     if isinstance(action, int) and action != 200:
                         headers = {"retry-after": "0"} if action == 429 else {}
                         self._send(action, {"error": {"message": f"scripted {action}"}}, headers)
@@ -256,7 +291,7 @@ class FlakyOpenAIServerDouble:
                     }
                     if action != "no-usage":
                         reply["usage"] = {"prompt_tokens": 7, "completion_tokens": 3}
-                    self._send(200, reply)
+                    self._send(200, reply, missing_bytes=40 if action == "truncated" else 0)
                 except (BrokenPipeError, ConnectionResetError):
                     pass
                 finally:
@@ -312,33 +347,114 @@ def test_a_timeout_is_retried() -> None:
     assert len(server.bodies) == 2 and len(sleep.delays) == 1
 
 
-def test_a_4xx_fails_at_once_with_the_servers_message() -> None:
+def assert_failed(generation: Generation, kind: str, *fragments: str) -> None:
+    assert generation.failed and generation.error is not None, generation
+    assert generation.error_kind == kind and generation.finish_reason == "error", generation
+    assert generation.text == "" and generation.completion_tokens == 0, generation
+    for fragment in fragments:
+        assert fragment in generation.error, (fragment, generation.error)
+
+
+def test_a_4xx_fails_its_request_at_once_with_the_servers_message() -> None:
     sleep = SleepRecorder()
     with FlakyOpenAIServerDouble([400]) as server:
         backend = OpenAIBackend(openai_role(server.base_url), sleep=sleep)
-        with pytest.raises(BackendError, match=r"answered 400: .*scripted 400.*not retried"):
-            backend.generate(one_request())
+        [generation] = backend.generate(one_request())
+    assert_failed(generation, "request", "request 0: ", server.base_url, "answered 400", "scripted 400")
     assert len(server.bodies) == 1 and sleep.delays == []
 
 
-def test_retries_stop_after_max_retries() -> None:
+def test_retries_stop_after_max_retries_and_the_request_fails_transient() -> None:
     sleep = SleepRecorder()
     with FlakyOpenAIServerDouble([503] * 10) as server:
         backend = OpenAIBackend(openai_role(server.base_url, max_retries=2), sleep=sleep, rand=lambda: 1.0)
-        with pytest.raises(BackendError, match="failed 3 time"):
-            backend.generate(one_request())
+        [generation] = backend.generate(one_request())
+    assert_failed(generation, "transient", "request 0: ", "failed 3 time(s), last with HTTP 503")
     assert len(server.bodies) == 3 and sleep.delays == [0.5, 1.0]
 
 
-def test_connection_errors_are_retried_then_reported() -> None:
+def test_connection_errors_are_retried_then_reported_transient() -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     sleep = SleepRecorder()
     backend = OpenAIBackend(openai_role(f"http://127.0.0.1:{port}/v1", max_retries=1), sleep=sleep)
-    with pytest.raises(BackendError, match="ConnectError"):
-        backend.generate(one_request())
+    [generation] = backend.generate(one_request())
+    assert_failed(generation, "transient", f"127.0.0.1:{port}", "ConnectError")
     assert len(sleep.delays) == 1
+
+
+def test_one_requests_fault_stays_with_it_and_the_rest_arrive_in_order(tiny_tokenizer_dir: Path) -> None:
+    """A batch with a prompt over the server's window, one that exhausts its retries on 503 and one
+    answered without choices: those three fail in their places, the siblings are served."""
+    prompts = ["first", "too long", "second", "flaky", "empty", "third"]
+    scripts: dict[str, list[int | str]] = {
+        "too long": ["context-length"],
+        "flaky": [503] * 3,
+        "empty": ["no-choices"],
+    }
+    sleep = SleepRecorder()
+    with FlakyOpenAIServerDouble([], delay_s=0.05, by_prompt=scripts) as server:
+        role = openai_role(server.base_url, max_retries=2, max_concurrency=3)
+        backend = OpenAIBackend(role, tokenizer_path=str(tiny_tokenizer_dir), sleep=sleep, rand=lambda: 1.0)
+        requests = [one_request(prompt)[0] for prompt in prompts]
+        generations = backend.generate(requests)
+    first, too_long, second, flaky, empty, third = generations
+    assert [g.text for g in (first, second, third)] == ["echo first", "echo second", "echo third"]
+    assert not any(g.failed or g.error_kind for g in (first, second, third))
+    assert_failed(
+        too_long, "request", "request 1: ", server.base_url, "answered 400", "maximum context length"
+    )
+    assert_failed(flaky, "transient", "request 3: ", server.base_url, "failed 3 time(s)", "HTTP 503")
+    assert_failed(empty, "request", "request 4: ", server.base_url, "without choices", "scripted: no choices")
+    prompt_count = backend.count_tokens(requests[1].messages)[0]
+    assert too_long.prompt_tokens == prompt_count > 0  # counted with the tokenizer at hand
+    assert sorted(server.prompts_sent()) == sorted([*prompts, "flaky", "flaky"])  # only 503 is retried
+    assert sleep.delays == [0.5, 1.0]
+
+
+def test_a_non_json_200_is_retried_then_fails_transient() -> None:
+    sleep = SleepRecorder()
+    with FlakyOpenAIServerDouble(["non-json", 200]) as server:
+        backend = OpenAIBackend(openai_role(server.base_url), sleep=sleep)
+        assert backend.generate(one_request())[0].text == "echo hello"
+    assert len(server.bodies) == 2 and len(sleep.delays) == 1
+    with FlakyOpenAIServerDouble(["non-json"] * 3) as server:
+        backend = OpenAIBackend(openai_role(server.base_url, max_retries=2), sleep=SleepRecorder())
+        [generation] = backend.generate(one_request())
+    assert_failed(generation, "transient", "failed 3 time(s)", "not JSON", "502 Bad Gateway")
+
+
+def test_a_body_cut_short_is_retried() -> None:
+    sleep = SleepRecorder()
+    with FlakyOpenAIServerDouble(["truncated", 200]) as server:
+        backend = OpenAIBackend(openai_role(server.base_url), sleep=sleep)
+        assert backend.generate(one_request())[0].text == "echo hello"
+    assert len(server.bodies) == 2 and len(sleep.delays) == 1
+
+
+@pytest.mark.parametrize(("status", "fix"), [(401, "api_key_env"), (403, "key"), (404, "served_model_name")])
+def test_an_answer_that_would_fail_every_request_raises_for_the_batch(status: int, fix: str) -> None:
+    sleep = SleepRecorder()
+    with FlakyOpenAIServerDouble([], delay_s=0.05, by_prompt={"b": [status]}) as server:
+        backend = OpenAIBackend(openai_role(server.base_url), sleep=sleep)
+        with pytest.raises(
+            BackendError, match=rf"{server.base_url}/chat/completions answered {status}"
+        ) as caught:
+            backend.generate([one_request(prompt)[0] for prompt in "abc"])
+    assert fix in str(caught.value) and sleep.delays == []
+
+
+def test_a_base_url_that_is_not_http_fails_before_any_request() -> None:
+    with pytest.raises(BackendError, match=r"'ftp://example\.org/v1' is not an http:// or https:// URL"):
+        OpenAIBackend(openai_role("ftp://example.org/v1"))
+
+
+def test_generation_keeps_its_positional_fields_and_says_whether_it_failed() -> None:
+    served = Generation("text", "stop", 5, 2)
+    assert not served.failed and served.error is None and served.error_kind is None
+    failed = Generation.failure("transient", "request 3: down", prompt_tokens=9)
+    assert failed == Generation("", "error", 9, 0, "request 3: down", "transient") and failed.failed
 
 
 def test_concurrency_is_capped_and_results_keep_request_order() -> None:
@@ -428,6 +544,111 @@ def test_a_reply_that_ended_on_a_stop_counts_its_text_with_the_tokenizer(tiny_to
     )
 
 
+# --- hf backend on a tiny random model: fault isolation without the SmolLM2 checkpoint ------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tiny_tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real, randomly initialised one-layer Llama on the tiny tokenizer: loads and decodes in a second."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    for file in tiny_tokenizer_dir.iterdir():
+        shutil.copy(file, folder)
+    tokenizer = load_tokenizer(str(folder))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    LlamaForCausalLM(config).save_pretrained(str(folder))
+    return folder
+
+
+TINY_WINDOW = 48
+
+
+@pytest.fixture(scope="module")
+def tiny_hf_backend(tiny_llama_dir: Path) -> Iterator[Any]:
+    from ragdistill.inference.hf_backend import HFBackend
+
+    role = RoleConfig(
+        model=ModelSpec(name=str(tiny_llama_dir), dtype="float32", max_model_len=TINY_WINDOW),
+        backend=BackendConfig(kind="hf", batch_size=4, torch_threads=1),
+    )
+    backend = HFBackend(role, model_path=str(tiny_llama_dir))
+    yield backend
+    backend.close()
+
+
+def test_hf_fails_only_the_prompt_over_the_window_and_stops_others_at_the_window(
+    tiny_hf_backend: Any,
+) -> None:
+    requests = [
+        GenerationRequest(messages=[ChatMessage("user", "Hello")], max_tokens=4),
+        GenerationRequest(messages=[ChatMessage("user", "Hello world " * 30)], max_tokens=4),
+        GenerationRequest(messages=[ChatMessage("user", "Hello world " * 10)], max_tokens=40),
+        GenerationRequest(messages=[ChatMessage("user", "Hello")], max_tokens=40),  # batched with the above
+    ]
+    short, too_long, near_full, roomy = tiny_hf_backend.generate(requests)
+    prompt_count = tiny_hf_backend.count_tokens(requests[1].messages)[0]
+    assert_failed(too_long, "request", "request 1: ", "transformers on", f"{prompt_count} tokens", "is 48")
+    assert too_long.prompt_tokens == prompt_count >= TINY_WINDOW
+    assert not short.failed and short.completion_tokens > 0
+    room = TINY_WINDOW - near_full.prompt_tokens
+    assert 0 < room < 40
+    assert near_full.finish_reason == "length" and near_full.completion_tokens == room
+    assert roomy.completion_tokens > room
+
+
+class GenerateRefusingMarkerDouble:
+    """Wraps a real model's ``generate`` and raises, as an engine would, for any batch holding a prompt
+    with ``marker``: the hf backend must then run the batch one request at a time."""
+
+    def __init__(self, generate: Any, tokenizer: Any, marker: str) -> None:
+        self.generate = generate
+        self.tokenizer = tokenizer
+        self.marker = marker
+        self.batch_sizes: list[int] = []
+
+    def __call__(self, **inputs: Any) -> Any:
+        rows = [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in inputs["input_ids"]]
+        self.batch_sizes.append(len(rows))
+        if any(self.marker in row for row in rows):
+            raise RuntimeError(f"scripted refusal of a prompt with {self.marker!r}")
+        return self.generate(**inputs)
+
+
+def test_hf_runs_a_failed_batch_one_at_a_time_so_only_the_culprit_fails(
+    tiny_hf_backend: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = [
+        GenerationRequest(messages=[ChatMessage("user", text)], max_tokens=4)
+        for text in ("Hello", "The capital of France", "more text here")
+    ]
+    alone = [tiny_hf_backend.generate([request])[0] for request in requests]
+    double = GenerateRefusingMarkerDouble(
+        tiny_hf_backend._model.generate, tiny_hf_backend._tokenizer, "France"
+    )
+    monkeypatch.setattr(tiny_hf_backend._model, "generate", double)
+    first, culprit, third = tiny_hf_backend.generate(requests)
+    assert double.batch_sizes == [3, 1, 1, 1]
+    assert (first, third) == (alone[0], alone[2])
+    assert_failed(culprit, "request", "request 1: ", "RuntimeError: scripted refusal")
+    assert culprit.prompt_tokens == alone[1].prompt_tokens
+
+
 # --- slow: the real tiny model -------------------------------------------------------------------
 
 
@@ -454,9 +675,9 @@ def lora_adapter(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     return folder
 
 
-def smollm2_role(path: Path, **backend: Any) -> RoleConfig:
+def smollm2_role(path: Path, max_model_len: int = 2048, **backend: Any) -> RoleConfig:
     return RoleConfig(
-        model=ModelSpec(name=str(path), dtype="float32", max_model_len=2048),
+        model=ModelSpec(name=str(path), dtype="float32", max_model_len=max_model_len),
         backend=BackendConfig(**backend),
     )
 
@@ -524,6 +745,59 @@ def test_vllm_backend_mixed_batch_with_json_schema_and_lora(smollm2: Path, lora_
         assert base.completion_tokens == 12
         assert backend.generate([requests[4]])[0].text == base.text  # the adapter did not leak into base
         assert_counts_match(backend, requests, generations)
+    finally:
+        backend.close()
+
+
+SMALL_WINDOW = 256
+FILLER = "The robot walked along the quiet road and looked at every house it passed. " * 12
+
+
+def window_requests() -> list[GenerationRequest]:
+    """Under a 256-token window: three that fit, a prompt over it, one that leaves less room than max_tokens."""
+    return [
+        *capital_requests(max_tokens=24, stop=["."]),
+        GenerationRequest(messages=ask("Summarise this. " + "word " * 300), max_tokens=24),
+        GenerationRequest(messages=[ChatMessage("system", FILLER), *STORY], max_tokens=120, temperature=0.0),
+    ]
+
+
+def check_window_generations(generations: list[Generation], engine: str) -> None:
+    *capitals, too_long, near_full = generations
+    check_capitals(capitals)
+    assert_failed(too_long, "request", "request 3: ", engine, "model.max_model_len) is 256")
+    assert too_long.prompt_tokens > SMALL_WINDOW
+    assert not near_full.failed and SMALL_WINDOW - 120 < near_full.prompt_tokens < SMALL_WINDOW
+    assert near_full.finish_reason == "length"
+    assert near_full.prompt_tokens + near_full.completion_tokens == SMALL_WINDOW
+
+
+@pytest.mark.slow
+def test_hf_backend_fails_only_the_prompt_over_a_small_window(smollm2: Path) -> None:
+    backend = make_backend(smollm2_role(smollm2, SMALL_WINDOW, kind="hf", batch_size=4, torch_threads=1))
+    try:
+        check_window_generations(backend.generate(window_requests()), "transformers on")
+    finally:
+        backend.close()
+
+
+@pytest.mark.slow
+def test_vllm_backend_isolates_a_prompt_over_the_window_and_a_request_the_engine_refuses(
+    smollm2: Path,
+) -> None:
+    """The over-window prompt is refused before vLLM sees it; the unusable schema is refused by vLLM
+    itself, which fails the whole ``LLM.generate`` call: the backend reruns that wave one at a time."""
+    backend = make_backend(smollm2_role(smollm2, SMALL_WINDOW, kind="vllm", kv_cache_gib=1))
+    try:
+        requests = window_requests()
+        broken_schema = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+        requests.append(
+            GenerationRequest(messages=ask("Answer in JSON."), max_tokens=24, json_schema=broken_schema)
+        )
+        generations = backend.generate(requests)
+        check_window_generations(generations[:5], "vLLM engine on")
+        assert_failed(generations[5], "request", "request 5: ", "vLLM engine on", "$defs/missing")
+        assert backend.generate(requests[:3]) == generations[:3]  # the engine is left clean
     finally:
         backend.close()
 
@@ -605,3 +879,11 @@ def test_openai_backend_against_a_real_vllm_server(
     assert adapted.text != base.text
     assert backend.generate([requests[4]])[0].text == base.text  # the adapter did not leak into base
     assert_counts_match(backend, requests, generations)
+
+    over_window = GenerationRequest(messages=ask("Summarise this. " + "word " * 2100), max_tokens=12)
+    served, refused = backend.generate([requests[4], over_window])
+    assert served.text == base.text
+    assert_failed(refused, "request", "request 1: ", vllm_server, "answered 400", "maximum context length")
+    unserved = GenerationRequest(messages=STORY, max_tokens=12, adapter="/runs/x/adapters/not-served")
+    with pytest.raises(BackendError, match=r"answered 404: .*not-served.*served_model_name"):
+        backend.generate([requests[4], unserved])

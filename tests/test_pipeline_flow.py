@@ -17,7 +17,7 @@ from ragdistill.config import load_config
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference import shared
 from ragdistill.inference.base import ChatMessage, Generation, GenerationRequest
-from ragdistill.store import ArtifactStore, read_records
+from ragdistill.store import ArtifactStore, read_manifest, read_records
 
 REPO = Path(__file__).resolve().parents[1]
 HINTS = {"hints": [{"text": "Open {container} before looking for {object} inside it."}]}
@@ -62,19 +62,43 @@ def flow_config(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_pipeline_flow_runs_every_stage_then_hits_the_cache(
-    prefect_server: None, flow_config: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def edited_config(path: Path, name: str, change: dict) -> Path:
+    """A copy of the config file with ``change`` merged in (one level deep), as a user would edit it."""
+    data = yaml.safe_load(path.read_text())
+    for section, values in change.items():
+        data.setdefault(section, {}).update(values)
+    edited = path.with_name(name)
+    edited.write_text(yaml.safe_dump(data))
+    return edited
+
+
+def run_pipeline(config_path: Path, double: AgentAndExtractorDouble) -> tuple[dict, dict[str, str]]:
+    """Run the flow on the test server; its summary and each task's final state name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
     from ragdistill.flows.pipeline import pipeline_flow
 
-    config = load_config(flow_config)
-    double = AgentAndExtractorDouble()
-    monkeypatch.setitem(shared._BACKENDS, shared._key(config.models.agent), double)
+    config = load_config(config_path)
+    shared._BACKENDS[shared._key(config.models.agent)] = double
+    state = pipeline_flow(str(config_path), return_state=True)
+    summary = state.result()
+    flow_run_id = state.state_details.flow_run_id
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return summary, {run.name.rsplit("-", 1)[0]: run.state_name for run in runs}
 
-    summary = pipeline_flow(str(flow_config))
+
+@pytest.mark.slow
+def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
+    prefect_server: None, flow_config: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    double = AgentAndExtractorDouble()
+    summary, states = run_pipeline(flow_config, double)
+    assert states == dict.fromkeys(("rollout", "mine", "index", "teach"), "Completed")
     assert summary["base"]["episodes"] == 2 and summary["teacher"]["episodes"] == 2
     assert summary["hints"]["bank_size"] >= 1
+    config = load_config(flow_config)
     store = ArtifactStore(config.run.run_root)
     for data in read_records(store, "rollouts/teacher"):
         record = EpisodeRecord.from_dict(data)
@@ -83,9 +107,59 @@ def test_pipeline_flow_runs_every_stage_then_hits_the_cache(
         assert len(record.hint_ids) == 1 and record.source == "teacher"
         (block,) = [segment.text for segment in record.prompt if segment.kind == "hints"]
         assert HINTS["hints"][0]["text"] in block
+    calls = double.calls
 
-    calls_after_first_run = double.calls
-    monkeypatch.setitem(shared._BACKENDS, shared._key(config.models.agent), double)
-    again = pipeline_flow(str(flow_config))
-    assert again == summary
-    assert double.calls == calls_after_first_run, "a re-run with nothing changed must come from the cache"
+    # Nothing changed: every stage is a cache hit, no model call is made.
+    again, states = run_pipeline(flow_config, double)
+    assert states == dict.fromkeys(("rollout", "mine", "index", "teach"), "Cached")
+    assert again == summary and double.calls == calls
+
+    # A setting no stage reads (training is not a stage yet) re-runs nothing.
+    unrelated = edited_config(flow_config, "unrelated.yaml", {"training": {"learning_rate": 1e-4}})
+    _, states = run_pipeline(unrelated, double)
+    assert states == dict.fromkeys(("rollout", "mine", "index", "teach"), "Cached") and double.calls == calls
+
+    # A deleted index is rebuilt. The teacher reads the index by content: a bit-identical rebuild leaves
+    # its episodes current; any other content re-runs it.
+    index_digest = read_manifest(store, "index").digest
+    store.delete("index")
+    _, states = run_pipeline(flow_config, double)
+    assert states["rollout"] == states["mine"] == "Cached" and states["index"] == "Completed"
+    assert store.exists("index/manifest.json") and store.exists("index/meta.json")
+    rebuilt_same = read_manifest(store, "index").digest == index_digest
+    assert states["teach"] == ("Cached" if rebuilt_same else "Completed")
+
+    # A deleted teacher shard is rebuilt.
+    (shard,) = [p for p in store.list("rollouts/teacher") if p.endswith(".jsonl")]
+    store.delete(shard)
+    _, states = run_pipeline(flow_config, double)
+    assert states == {"rollout": "Cached", "mine": "Cached", "index": "Cached", "teach": "Completed"}
+    assert double.calls > calls and store.exists(shard)
+
+    # A changed retrieval k re-runs the teacher only.
+    calls = double.calls
+    more_hints = edited_config(flow_config, "k.yaml", {"retrieval": {"k": 5}})
+    _, states = run_pipeline(more_hints, double)
+    assert states == {"rollout": "Cached", "mine": "Cached", "index": "Cached", "teach": "Completed"}
+    assert double.calls > calls
+
+    # An edit of the rollout code re-runs the rollout and everything after it, with no error.
+    from ragdistill import identity
+
+    source = Path(identity.PACKAGE_DIR) / "rollout.py"
+    edited = flow_config.parent / "rollout_edited.py"
+    edited.write_text(source.read_text() + "\nEDITED_IN_A_TEST = True\n")
+    real_module_file = identity._module_file
+    monkeypatch.setattr(
+        identity,
+        "_module_file",
+        lambda name: edited if name == "ragdistill.rollout" else real_module_file(name),
+    )
+    identity._module_summary.cache_clear()
+    identity.code_fingerprint.cache_clear()
+    try:
+        _, states = run_pipeline(more_hints, double)
+    finally:
+        identity._module_summary.cache_clear()
+        identity.code_fingerprint.cache_clear()
+    assert states == dict.fromkeys(("rollout", "mine", "index", "teach"), "Completed")

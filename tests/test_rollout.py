@@ -12,8 +12,9 @@ from ragdistill.agents.formats import get_format
 from ragdistill.agents.segments import render_messages
 from ragdistill.config import ExperimentConfig, with_overrides
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.rollout import RetrievedHints, RolloutEngine, call_segments, finished_task_ids
-from ragdistill.store import ArtifactStore, ShardWriter, read_records
+from ragdistill.inference.base import Generation
+from ragdistill.rollout import EngineSettings, RetrievedHints, RolloutEngine, call_segments
+from ragdistill.store import ArtifactStore, RecordLog
 from rollout_doubles import CountdownPoolDouble, ScriptedBackendDouble, count_down, countdown_tasks
 
 TESTS_DIR = Path(__file__).parent
@@ -28,13 +29,23 @@ def make_engine(
 ) -> tuple[RolloutEngine, ArtifactStore]:
     config = with_overrides(ExperimentConfig(), {"rollout.batch_size": 4, **(overrides or {})})
     store = ArtifactStore(f"file://{tmp_path}")
-    writer = ShardWriter(store, "rollouts/base", shard_size=5)
-    engine = RolloutEngine(config, backend, pool, get_format("react"), lambda _: [], writer, **kwargs)
+    settings = EngineSettings(config.agent, config.models.agent, config.rollout.batch_size)
+    engine = RolloutEngine(
+        settings, backend, pool, get_format("react"), lambda _: [], record_log(store), **kwargs
+    )
     return engine, store
 
 
+def record_log(store: ArtifactStore) -> RecordLog:
+    return RecordLog(store, "rollouts/base", key=lambda record: record["task_id"], shard_size=5)
+
+
 def records(store: ArtifactStore) -> list[EpisodeRecord]:
-    return [EpisodeRecord.from_dict(item) for item in read_records(store, "rollouts/base")]
+    return [EpisodeRecord.from_dict(item) for item in record_log(store).records()]
+
+
+def finished_task_ids(store: ArtifactStore) -> set[str]:
+    return record_log(store).keys()
 
 
 def test_lock_step_batches_and_every_episode_is_recorded(tmp_path: Path) -> None:
@@ -109,12 +120,11 @@ def test_recorded_token_counts_equal_retokenising_the_recorded_prompts(tmp_path:
     backend = ScriptedBackendDouble(think_then_inc)
     engine, store = make_engine(tmp_path, backend, CountdownPoolDouble())
     engine.run(countdown_tasks([3, 2]))
-    fmt = get_format("react")
     for record in records(store):
         assert record.policy_prompt_tokens == sum(step.prompt_tokens for step in record.steps)
         for index, step in enumerate(record.steps):
             prompt, completion = backend.count_tokens(
-                render_messages(call_segments(fmt, record, index)), step.output
+                render_messages(call_segments(record, index)), step.output
             )
             assert (prompt, completion) == (step.prompt_tokens, step.completion_tokens)
 
@@ -126,9 +136,8 @@ def test_long_histories_drop_the_oldest_turns_and_record_it(tmp_path: Path) -> N
     engine.run(countdown_tasks([60]))
     (record,) = records(store)
     assert record.success and record.truncated_turns > 0
-    fmt = get_format("react")
     for index, step in enumerate(record.steps):
-        messages = render_messages(call_segments(fmt, record, index))
+        messages = render_messages(call_segments(record, index))
         assert backend.count_tokens(messages)[0] == step.prompt_tokens <= 300 - 16
         assert messages[0].role == "system" and "Here is the task." in messages[1].content
 
@@ -167,16 +176,18 @@ import sys, json
 sys.path.insert(0, {tests!r})
 from rollout_doubles import CountdownPoolDouble, ScriptedBackendDouble, count_down, countdown_tasks
 from ragdistill.agents.formats import get_format
-from ragdistill.config import ExperimentConfig, with_overrides
-from ragdistill.rollout import RolloutEngine, finished_task_ids
-from ragdistill.store import ArtifactStore, ShardWriter
+from ragdistill.config import ExperimentConfig
+from ragdistill.rollout import EngineSettings, RolloutEngine
+from ragdistill.store import ArtifactStore, RecordLog
 
 store = ArtifactStore({root!r})
-done = finished_task_ids(store, "rollouts/base")
+log = RecordLog(store, "rollouts/base", key=lambda record: record["task_id"], shard_size=3)
+done = log.keys()
 tasks = [t for t in countdown_tasks([2] * 16) if t.task_id not in done]
-config = with_overrides(ExperimentConfig(), {{"rollout.batch_size": 4}})
-engine = RolloutEngine(config, ScriptedBackendDouble(lambda _: "inc", delay_s={delay}), CountdownPoolDouble(),
-                       get_format("react"), lambda _: [], ShardWriter(store, "rollouts/base", shard_size=3))
+config = ExperimentConfig()
+settings = EngineSettings(config.agent, config.models.agent, batch_size=4)
+engine = RolloutEngine(settings, ScriptedBackendDouble(lambda _: "inc", delay_s={delay}), CountdownPoolDouble(),
+                       get_format("react"), lambda _: [], log)
 stats = engine.run(tasks)
 print(json.dumps(stats.started_task_ids))
 """
@@ -192,19 +203,19 @@ def test_killed_rollout_resumes_redoing_only_the_episodes_in_flight(tmp_path: Pa
     store = ArtifactStore(root)
     process = run_script(root, delay=0.15)
     deadline = time.monotonic() + 60
-    while len(finished_task_ids(store, "rollouts/base")) < 6:
+    while len(finished_task_ids(store)) < 6:
         assert time.monotonic() < deadline and process.poll() is None
         time.sleep(0.02)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    finished_before = finished_task_ids(store, "rollouts/base")
+    finished_before = finished_task_ids(store)
     assert 6 <= len(finished_before) < 16
 
     rerun = run_script(root, delay=0.0)
     out, _ = rerun.communicate(timeout=60)
     assert rerun.returncode == 0
     started_again = set(json.loads(out.strip().splitlines()[-1]))
-    all_ids = [item["task_id"] for item in read_records(store, "rollouts/base")]
+    all_ids = [item["task_id"] for item in record_log(store).records()]
     assert len(all_ids) == 16 and len(set(all_ids)) == 16
     assert started_again == {t.task_id for t in countdown_tasks([2] * 16)} - finished_before
     assert not started_again & finished_before
@@ -218,4 +229,71 @@ def test_memory_holds_only_active_episodes(tmp_path: Path, batch_size: int) -> N
     )
     engine.run(countdown_tasks([1] * 200))
     assert pool.max_live == batch_size
-    assert len(finished_task_ids(store, "rollouts/base")) == 200
+    assert len(finished_task_ids(store)) == 200
+
+
+class OneFailingRequestDouble(ScriptedBackendDouble):
+    """Fails the requests whose task text contains ``poison`` the way a backend reports one request it
+    could not serve (a context-length error from a server), and answers the rest with the policy."""
+
+    def __init__(self, policy, poison: str, kind: str = "request") -> None:
+        super().__init__(policy)
+        self.poison, self.kind = poison, kind
+
+    def generate(self, requests):
+        answers = super().generate(requests)
+        return [
+            Generation("", "error", 0, 0, error=f"request {i}: context length exceeded", error_kind=self.kind)
+            if any(self.poison in message.content for message in request.messages)
+            else answer
+            for i, (request, answer) in enumerate(zip(requests, answers, strict=True))
+        ]
+
+
+@pytest.mark.parametrize("kind", ["request", "transient"])
+def test_a_request_the_backend_cannot_serve_ends_only_its_episode(tmp_path: Path, kind: str) -> None:
+    tasks = countdown_tasks([2, 2, 2, 2])
+    backend = OneFailingRequestDouble(lambda _: "inc", poison="POISON", kind=kind)
+    pool = CountdownPoolDouble()
+    pool.observation_suffix = {tasks[1].task_id: " POISON"}
+    engine, store = make_engine(tmp_path, backend, pool)
+    stats = engine.run(tasks)
+    assert stats.finished == 4 and stats.won == 3 and stats.errors == 1
+    failed = next(r for r in records(store) if r.stop_reason == "error")
+    assert failed.task_id == tasks[1].task_id and failed.error_kind == kind
+    assert "context length" in failed.error and failed.is_transient_failure == (kind == "transient")
+
+
+def test_a_prompt_over_the_context_budget_ends_only_its_episode(tmp_path: Path) -> None:
+    tasks = countdown_tasks([2, 2, 2])
+    pool = CountdownPoolDouble()
+    pool.observation_suffix = {tasks[0].task_id: " word" * 400}
+    overrides = {"models.agent.model.max_model_len": 300, "models.agent.sampling.max_tokens": 16}
+    engine, store = make_engine(tmp_path, ScriptedBackendDouble(lambda _: "inc"), pool, overrides)
+    stats = engine.run(tasks)
+    assert stats.finished == 3 and stats.won == 2
+    overflowed = next(r for r in records(store) if not r.success)
+    assert overflowed.task_id == tasks[0].task_id and overflowed.stop_reason == "context_overflow"
+    assert overflowed.error_kind == "request" and "budget" in overflowed.error
+
+
+def test_rebuilt_calls_use_the_stored_history_text_not_a_new_parse(tmp_path: Path) -> None:
+    """A record rebuilds the same messages after the parser changes: the history text is stored."""
+    engine, store = make_engine(tmp_path, ScriptedBackendDouble(lambda _: "> inc  "), CountdownPoolDouble())
+    engine.run(countdown_tasks([2]))
+    (record,) = records(store)
+    before = [render_messages(call_segments(record, i)) for i in range(len(record.steps))]
+    assert record.steps[0].history_text == "inc" and record.steps[0].output == "> inc  "
+
+    import ragdistill.agents.formats as formats
+
+    original = formats._parse_line
+    try:
+        formats._parse_line = lambda output, allow_think, format_name: formats.ParsedOutput(
+            action="changed", text="a different canonical form"
+        )
+        after = [render_messages(call_segments(record, i)) for i in range(len(record.steps))]
+    finally:
+        formats._parse_line = original
+    assert after == before
+    assert before[1][-2].content == "inc"

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ragdistill.cli_server import server_app
 from ragdistill.config import ConfigError, ExperimentConfig, load_config
 from ragdistill.errors import UserFacingError
 
@@ -21,6 +22,7 @@ env_app = typer.Typer(no_args_is_help=True, help="Check an environment end to en
 app.add_typer(data_app, name="data")
 app.add_typer(models_app, name="models")
 app.add_typer(env_app, name="env")
+app.add_typer(server_app, name="server")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML under configs/.")]
 RunRootOption = Annotated[str | None, typer.Option("--run-root", help="Override run.run_root (fsspec URL).")]
@@ -256,11 +258,15 @@ def teach(
 
 @app.command()
 def pipeline(config: ConfigOption, run_root: RunRootOption = None) -> None:
-    """Every stage in order as one Prefect flow (a local server if PREFECT_API_URL is unset)."""
+    """Every stage in order as one Prefect flow, reported to PREFECT_API_URL when set, else to the
+    project's Prefect server (`ragdistill server start`), else to one started for this run."""
     load_or_exit(config, {"run.run_root": run_root})
-    from ragdistill.flows.pipeline import pipeline_flow
+    from ragdistill.orchestration.server import prefect_api
 
-    summary = pipeline_flow(str(config), run_root)
+    with prefect_api():
+        from ragdistill.flows.pipeline import pipeline_flow
+
+        summary = pipeline_flow(str(config), run_root)
     print_json_line(
         {"stage": "pipeline", **{f"{k}_{n}": v for k, counts in summary.items() for n, v in counts.items()}}
     )

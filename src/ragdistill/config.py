@@ -13,13 +13,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from ragdistill.errors import UserFacingError
 
 
 class ConfigError(UserFacingError, ValueError):
     """A configuration file or override that cannot be used; the message says where and why."""
+
+
+DEFAULT_GPU_SHARE = 0.9
+"""The share of one GPU's memory that in-process vLLM engines without an explicit setting divide."""
 
 
 class StrictModel(BaseModel):
@@ -52,7 +56,13 @@ class BackendConfig(StrictModel):
         0.5, gt=0, description="openai: first retry delay; doubles per retry (with jitter), at most 30 s."
     )
     kv_cache_gib: float = Field(2.0, gt=0, description="vllm on CPU: KV cache size (VLLM_CPU_KVCACHE_SPACE).")
-    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="vllm on a GPU: this engine's share of the GPU's memory (weights + KV cache). None: "
+        f"{DEFAULT_GPU_SHARE} split evenly among the run's in-process engines that leave it unset.",
+    )
     tensor_parallel_size: int = Field(1, gt=0)
     enable_prefix_caching: bool = True
     max_lora_rank: int = Field(64, gt=0)
@@ -64,6 +74,12 @@ class BackendConfig(StrictModel):
     max_loras: int = Field(2, gt=0, description="vllm: distinct adapters within one batch.")
     batch_size: int = Field(16, gt=0, description="hf: sequences per generate call.")
     torch_threads: int | None = Field(None, gt=0, description="hf: torch intra-op threads.")
+    _resolved_gpu_share: float | None = PrivateAttr(None)
+
+    def gpu_share(self) -> float:
+        """The GPU memory share this engine starts with: the setting, else the even share the experiment
+        gave it (``ExperimentConfig``), else ``DEFAULT_GPU_SHARE``."""
+        return self.gpu_memory_utilization or self._resolved_gpu_share or DEFAULT_GPU_SHARE
 
 
 class SamplingConfig(StrictModel):
@@ -105,7 +121,13 @@ class EnvConfig(StrictModel):
     task_types: list[str] | None = Field(None, description="Keep only these task types (None: all).")
     data_dir: Path = Field(Path("data"), description="Where `ragdistill data setup` installed the data.")
     workers: int = Field(2, gt=0, description="Environment worker processes.")
-    seed: int = 42
+    max_games_per_worker: int = Field(
+        200,
+        gt=0,
+        description="Games one worker process loads before a fresh process replaces it (TextWorld keeps "
+        "~5 MB of every game it loaded).",
+    )
+    seed: int = Field(42, description="Seed for environments that draw at random (ALFWorld does not).")
 
 
 class AgentConfig(StrictModel):
@@ -129,6 +151,20 @@ class AgentConfig(StrictModel):
 class RolloutConfig(StrictModel):
     batch_size: int = Field(16, gt=0, description="Episodes stepped in lock-step per generate call.")
     shard_size: int = Field(50, gt=0, description="Episode records per JSONL shard.")
+    max_error_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="A rollout stage fails when more than this share of its episodes ended in an error "
+        "(a request the backend could not serve, a game that would not load, a crashed worker); the "
+        "records are kept, and a re-run plays the infrastructure failures again.",
+    )
+    transient_retries: int = Field(
+        1,
+        ge=0,
+        description="Within one run, how often episodes ended by an infrastructure fault (a crashed "
+        "worker, a lost HTTP call) are played again before the stage ends.",
+    )
 
 
 class MiningConfig(StrictModel):
@@ -137,7 +173,12 @@ class MiningConfig(StrictModel):
     dedupe: Literal["fuzzy", "embedding"] = "fuzzy"
     fuzzy_threshold: float = Field(0.85, gt=0, le=1, description="Paper: ratio > 0.85 is a duplicate.")
     embedding_threshold: float = Field(0.9, gt=0, le=1)
-    max_failures: int | None = Field(None, gt=0)
+    max_failures: int | None = Field(None, gt=0, description="Mine at most this many failures in all.")
+    chunk_size: int = Field(
+        32,
+        gt=0,
+        description="Failures sent to the extractor per commit: a crash loses at most one chunk's answers.",
+    )
     constrain_hint_text: bool = Field(
         False,
         description="Constrain each hint's text in the JSON schema: it starts with an imperative verb of the "
@@ -176,6 +217,12 @@ class TrainingConfig(StrictModel):
 class RunConfig(StrictModel):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     run_root: str = Field("file://./runs/demo", description="fsspec URL all artifacts live under.")
+    lease_wait_s: float = Field(
+        0.0,
+        ge=0,
+        description="When another run is writing a stage folder: wait this long for it, then stop with "
+        "that run's name.",
+    )
 
 
 class ExperimentConfig(StrictModel):
@@ -187,6 +234,48 @@ class ExperimentConfig(StrictModel):
     mining: MiningConfig = Field(default_factory=MiningConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    def engine_roles(self) -> dict[str, RoleConfig]:
+        """The model roles a pipeline run loads (the re-ranker only for the ``llm-rerank`` retriever)."""
+        roles = {"agent": self.models.agent, "extractor": self.models.extractor}
+        if self.retrieval.retriever == "llm-rerank":
+            roles["reranker"] = self.models.reranker
+        return roles
+
+    @model_validator(mode="after")
+    def _in_process_engines_fit_one_gpu(self) -> ExperimentConfig:
+        """In-process vLLM engines stay loaded for the whole run and share the GPU: together they may ask
+        for at most all of one GPU's memory (``gpu_memory_utilization`` is per engine). Engines without a
+        setting get an even share of what the others leave, at most ``DEFAULT_GPU_SHARE`` in all."""
+        engines: dict[str, list[tuple[str, RoleConfig]]] = {}
+        for name, role in self.engine_roles().items():
+            if role.backend.kind == "vllm":
+                engines.setdefault(engine_key(role), []).append((name, role))
+        explicit = {key: roles[0][1].backend.gpu_memory_utilization for key, roles in engines.items()}
+        fixed = sum(share for share in explicit.values() if share is not None)
+        unset = [key for key, share in explicit.items() if share is None]
+        if unset:
+            share = round(min(DEFAULT_GPU_SHARE, 1.0) - min(fixed, DEFAULT_GPU_SHARE), 4) / len(unset)
+            if share < 0.05:
+                raise ValueError(
+                    f"the in-process vLLM engines with gpu_memory_utilization set take {fixed:g} of one GPU's "
+                    "memory and leave too little for the others; lower those settings or set every role's"
+                )
+            for key in unset:
+                for _, role in engines[key]:
+                    role.backend._resolved_gpu_share = share
+        total = sum(roles[0][1].backend.gpu_share() for roles in engines.values())
+        if total > 1.0 + 1e-9:
+            parts = " + ".join(
+                f"{'/'.join(name for name, _ in roles)} {roles[0][1].backend.gpu_share():g}"
+                for roles in engines.values()
+            )
+            raise ValueError(
+                f"the in-process vLLM engines ask for {total:g} of one GPU's memory ({parts}); lower "
+                "models.<role>.backend.gpu_memory_utilization so they add up to at most 1, let roles share one "
+                "engine (the same model and backend settings), or serve a role through backend.kind 'openai'"
+            )
+        return self
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -244,6 +333,21 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> N
             raise ConfigError(f"{source}: cannot set {dotted}: {part} is not a section")
         node = child
     node[leaf] = value
+
+
+def engine_key(role: RoleConfig) -> str:
+    """Roles with equal keys share one loaded engine: the same base weights and backend settings.
+    Sampling and the adapter travel with each request, so they are not part of the key."""
+    return json.dumps(
+        {
+            "model": role.model.model_dump(mode="json", exclude={"adapter"}),
+            "backend": role.backend.model_dump(mode="json"),
+            "lora": role.backend.enable_lora
+            if role.backend.enable_lora is not None
+            else role.model.adapter is not None,
+        },
+        sort_keys=True,
+    )
 
 
 def config_hash(section: BaseModel | dict[str, Any]) -> str:

@@ -1,14 +1,32 @@
-"""The episode record: one JSON line per finished episode, the contract between every stage."""
+"""The episode record: one JSON line per finished episode, the contract between every stage.
+
+A record is self-contained: it holds the prompt segments and, for every model call, the assistant text
+exactly as later calls saw it in their history (``Step.history_text``), so :func:`call_segments`
+rebuilds what the model saw without parsing anything again: a later parser change cannot alter a
+rebuilt training example. This module imports no inference, config or agent-format code.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ragdistill.agents.segments import Segment
+from ragdistill.errors import UserFacingError
+
+SCHEMA_VERSION = 2
+"""2: ``Step.history_text``, ``schema_version``, ``prompt_version`` and ``error_kind`` were added."""
 
 EpisodeSource = Literal["agent", "teacher", "expert"]
 StopReason = Literal["done", "max_calls", "repeated_output", "context_overflow", "error"]
+ErrorKind = Literal["request", "transient"]
+"""``request``: this episode's own input failed (kept as a finished failure); ``transient``: the
+infrastructure failed (a worker crash, a lost HTTP call): the episode is played again on resume."""
+
+
+class RecordError(UserFacingError, ValueError):
+    """A stored record that cannot be read as an episode; the message says which and why."""
 
 
 @dataclass
@@ -26,6 +44,8 @@ class Step:
     finish_reason: str = ""
     parse_error: str | None = None
     dropped_turns: int = 0
+    history_text: str = ""
+    """The assistant turn as the history of later calls showed it (the format's canonical text)."""
 
 
 @dataclass
@@ -55,7 +75,10 @@ class EpisodeRecord:
     stop_reason: StopReason = "done"
     truncated_turns: int = 0
     error: str | None = None
+    error_kind: ErrorKind | None = None
     seconds: float = 0.0
+    prompt_version: str = ""
+    schema_version: int = SCHEMA_VERSION
 
     @property
     def policy_tokens(self) -> int:
@@ -66,17 +89,51 @@ class EpisodeRecord:
         data["prompt"] = [segment.to_dict() for segment in self.prompt]
         return data
 
+    @property
+    def is_transient_failure(self) -> bool:
+        """An infrastructure fault ended it: resuming the stage plays it again."""
+        return self.stop_reason == "error" and self.error_kind == "transient"
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EpisodeRecord:
         """Rebuild a record, failing with the missing or unknown field's name on a malformed line."""
+        version = data.get("schema_version", 1)
+        if version != SCHEMA_VERSION:
+            raise RecordError(
+                f"episode record for task {data.get('task_id')!r} has schema version {version}, this "
+                f"ragdistill reads {SCHEMA_VERSION}: run the stage that wrote it again"
+            )
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"episode record has unknown fields {sorted(unknown)}")
+            raise RecordError(f"episode record has unknown fields {sorted(unknown)}")
         fields = dict(data)
         try:
             fields["prompt"] = [Segment.from_dict(item) for item in data["prompt"]]
             fields["steps"] = [Step(**step) for step in data.get("steps", [])]
             return cls(**fields)
-        except (KeyError, TypeError) as error:
-            raise ValueError(f"malformed episode record for task {data.get('task_id')!r}: {error}") from None
+        except (KeyError, TypeError, ValueError) as error:
+            raise RecordError(f"malformed episode record for task {data.get('task_id')!r}: {error}") from None
+
+
+def turn_segments(history_text: str, observation: str) -> list[Segment]:
+    """One history turn: the model's output as the history shows it, then what the environment said."""
+    return [Segment("history", "assistant", history_text), Segment("history", "user", observation.strip())]
+
+
+def history_segments(steps: Sequence[Step]) -> list[Segment]:
+    """The history turns of recorded steps, from their stored texts (no parsing)."""
+    return [segment for step in steps for segment in turn_segments(step.history_text, step.observation)]
+
+
+def call_segments(record: EpisodeRecord, step_index: int) -> list[Segment]:
+    """Exactly the segments the model saw for call ``step_index`` of a recorded episode: the prompt,
+    then the history turns of the earlier calls minus the oldest ``dropped_turns`` of them."""
+    history = history_segments(record.steps[:step_index])
+    dropped = record.steps[step_index].dropped_turns
+    return [*record.prompt, *history[2 * dropped :]]
+
+
+def episode_segments(record: EpisodeRecord) -> list[Segment]:
+    """The whole episode as one conversation: the prompt, then every call's output and observation."""
+    return [*record.prompt, *history_segments(record.steps)]

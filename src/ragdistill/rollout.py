@@ -5,8 +5,11 @@ parsed; the environment pool steps all the resulting actions in parallel; finish
 at once as one record each and their places are refilled from the task queue. Only active episodes are
 held in memory, so thousands of episodes cost no more memory than ``batch_size`` of them.
 
-Restarting the same rollout reads the finished task ids from the shards and plays only the rest: a
-killed run loses at most the episodes that were in flight.
+Faults stay with their episode: a request the backend could not serve, a prompt that no longer fits
+the context, or a game whose worker crashed ends that episode alone, recorded with its reason and
+whether it was the episode's own input (``request``) or the infrastructure (``transient``: played again
+on resume). Restarting the same rollout plays only the tasks without a finished record: a killed run
+loses at most the episodes that were in flight.
 """
 
 from __future__ import annotations
@@ -22,11 +25,20 @@ from typing import Any, Protocol
 from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budget
 from ragdistill.agents.formats import AgentFormat, observation_without_env
 from ragdistill.agents.segments import Segment, render_messages
-from ragdistill.config import ExperimentConfig
+from ragdistill.config import AgentConfig, RoleConfig
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
-from ragdistill.episodes import EpisodeRecord, EpisodeSource, Step, StopReason
+from ragdistill.episodes import (
+    EpisodeRecord,
+    EpisodeSource,
+    ErrorKind,
+    Step,
+    StopReason,
+    call_segments,
+    turn_segments,
+)
 from ragdistill.inference.base import Backend, Generation, GenerationRequest
-from ragdistill.store import ArtifactStore, ShardWriter, read_records
+
+__all__ = ["EpisodeRecord", "RolloutEngine", "call_segments"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +55,12 @@ class HintSource(Protocol):
     """Retrieves hints once per episode, for a whole batch of starting episodes at a time."""
 
     def hints_for(self, starts: Sequence[tuple[TaskInfo, str]]) -> list[RetrievedHints]: ...
+
+
+class RecordSink(Protocol):
+    """Where finished episodes go (``store.RecordLog``): one call per episode, durable on return."""
+
+    def append(self, record: dict[str, Any]) -> None: ...
 
 
 class EpisodePool(Protocol):
@@ -63,6 +81,7 @@ class RolloutStats:
     finished: int = 0
     won: int = 0
     errors: int = 0
+    transient_errors: int = 0
     model_calls: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -83,25 +102,17 @@ ProgressCallback = Callable[[EpisodeRecord, int, int], None]
 """Called after each finished episode with (record, finished so far, episodes in this run)."""
 
 
-def finished_task_ids(store: ArtifactStore, prefix: str) -> set[str]:
-    return {record["task_id"] for record in read_records(store, prefix)}
+@dataclass(frozen=True)
+class EngineSettings:
+    """What the engine needs beyond its collaborators: the agent's rules, the role it plays with, the
+    batch size, and how records name the adapter (its content digest) and the prompt code version."""
 
-
-def history_segments(fmt: AgentFormat, steps: Sequence[Step]) -> list[Segment]:
-    """Rebuild the history turns of an episode from its recorded steps (pure; the format renders them)."""
-    segments: list[Segment] = []
-    for step in steps:
-        segments.extend(fmt.turn(step.output, step.observation))
-    return segments
-
-
-def call_segments(fmt: AgentFormat, record: EpisodeRecord, step_index: int) -> list[Segment]:
-    """Exactly the segments the model saw for call ``step_index`` of a recorded episode."""
-    history = history_segments(fmt, record.steps[:step_index])
-    dropped = record.steps[step_index].dropped_turns
-    turn_starts = [i for i, segment in enumerate(history) if segment.role == "assistant"]
-    cut = turn_starts[dropped] if dropped < len(turn_starts) else len(history)
-    return [*record.prompt, *history[cut:]]
+    agent: AgentConfig
+    role: RoleConfig
+    batch_size: int = 16
+    adapter_path: str | None = None
+    adapter_digest: str | None = None
+    prompt_version: str = ""
 
 
 class RolloutEngine:
@@ -109,25 +120,24 @@ class RolloutEngine:
 
     def __init__(
         self,
-        config: ExperimentConfig,
+        settings: EngineSettings,
         backend: Backend,
         pool: EpisodePool,
         fmt: AgentFormat,
-        examples_for: Callable[[str], list[str]],
-        writer: ShardWriter,
+        examples_for: Callable[[TaskInfo], list[str]],
+        sink: RecordSink,
         *,
         source: EpisodeSource = "agent",
         hint_source: HintSource | None = None,
         run_id: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> None:
-        self.config, self.backend, self.pool, self.fmt = config, backend, pool, fmt
-        self.examples_for, self.writer, self.source = examples_for, writer, source
+        self.settings, self.backend, self.pool, self.fmt = settings, backend, pool, fmt
+        self.examples_for, self.sink, self.source = examples_for, sink, source
         self.hint_source, self.progress = hint_source, progress
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        role = config.models.agent
+        role = settings.role
         self.sampling = role.sampling
-        self.adapter = role.model.adapter
         self.model_name = role.model.name
         self.budget = role.model.max_model_len - role.sampling.max_tokens
         if self.budget <= 0:
@@ -146,7 +156,7 @@ class RolloutEngine:
         self._total = len(tasks)
         queue = deque(tasks)
         active: list[_Active] = []
-        batch_size = self.config.rollout.batch_size
+        batch_size = self.settings.batch_size
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="env-reset") as loader:
             while queue or active:
                 # With nothing to generate, load only one game per worker: the model starts on those
@@ -157,7 +167,9 @@ class RolloutEngine:
                 runnable, generations, overflowed = self._generate(active)
                 started = self._start(admitted, loading.result()) if loading else []
                 for episode, error in overflowed:
-                    self._finish(episode, "context_overflow", won=False, reward=0.0, error=error)
+                    self._finish(
+                        episode, "context_overflow", won=False, reward=0.0, error=error, error_kind="request"
+                    )
                 active = self._apply(runnable, generations) + started
         self.stats.seconds = time.perf_counter() - start
         return self.stats
@@ -169,7 +181,7 @@ class RolloutEngine:
         started: list[tuple[int, ResetResult]] = []
         for task, outcome in zip(tasks, outcomes, strict=True):
             if isinstance(outcome, EnvError):
-                self._write_error(task, str(outcome))
+                self._write_error(task, str(outcome), _error_kind(outcome))
             else:
                 started.append(outcome)
         hints: list[RetrievedHints | None] = [None] * len(started)
@@ -184,7 +196,7 @@ class RolloutEngine:
         prompt = self.fmt.prompt(
             task,
             reset.observation,
-            self.examples_for(task.task_type),
+            self.examples_for(task),
             hints.texts if hints and hints.texts else None,
         )
         record = self._new_record(
@@ -194,18 +206,16 @@ class RolloutEngine:
             retrieval_tokens=hints.tokens if hints else 0,
             retrieval_note=hints.reason if hints else None,
         )
-        rules = StopRules(self.config.agent.max_calls, self.config.agent.repeat_stop)
+        rules = StopRules(self.settings.agent.max_calls, self.settings.agent.repeat_stop)
         return _Active(slot, record, prompt, [], rules, time.perf_counter())
 
     def _count_prompt_tokens(self, segments: list[Segment]) -> int:
         return self.backend.count_tokens(render_messages(segments))[0]
 
     def _fit(self, episode: _Active) -> tuple[list[Segment], int]:
-        segments = [*episode.prompt, *episode.history]
-        # A token spans at least one character, so a prompt this short cannot overflow: skip tokenising.
-        if sum(len(segment.text) for segment in segments) < self.budget:
-            return segments, 0
-        return fit_to_budget(segments, self._count_prompt_tokens, self.budget)
+        """The prompt with the fewest oldest turns dropped so that it counts at most ``budget`` tokens,
+        counted with the model's tokenizer and chat template (a true bound, not an estimate)."""
+        return fit_to_budget([*episode.prompt, *episode.history], self._count_prompt_tokens, self.budget)
 
     def _generate(
         self, active: list[_Active]
@@ -226,7 +236,10 @@ class RolloutEngine:
             runnable.append((episode, dropped))
             requests.append(
                 GenerationRequest.sampled(
-                    render_messages(segments), self.sampling, stop=list(self.fmt.stop), adapter=self.adapter
+                    render_messages(segments),
+                    self.sampling,
+                    stop=list(self.fmt.stop),
+                    adapter=self.settings.adapter_path,
                 )
             )
         generations = self.backend.generate(requests) if requests else []
@@ -236,7 +249,21 @@ class RolloutEngine:
         """Parse every output, step the environment for all actions at once, record and finish episodes."""
         pending: list[tuple[_Active, Step, str | None]] = []
         env_actions: list[tuple[int, str]] = []
+        if len(generations) != len(runnable):
+            raise RuntimeError(
+                f"backend {self.backend.name!r} returned {len(generations)} answers for {len(runnable)} requests"
+            )
         for (episode, dropped), generation in zip(runnable, generations, strict=True):
+            if generation.error is not None:
+                self._finish(
+                    episode,
+                    "error",
+                    won=False,
+                    reward=0.0,
+                    error=generation.error,
+                    error_kind=generation.error_kind or "transient",
+                )
+                continue
             parsed = self.fmt.parse(generation.text)
             local_observation = observation_without_env(parsed)
             step = Step(
@@ -251,6 +278,7 @@ class RolloutEngine:
                 finish_reason=generation.finish_reason,
                 parse_error=parsed.error,
                 dropped_turns=dropped,
+                history_text=parsed.text,
             )
             stop_reason = episode.rules.update(generation.text)
             pending.append((episode, step, stop_reason))
@@ -265,7 +293,14 @@ class RolloutEngine:
                 outcome = next(results)
                 if isinstance(outcome, EnvError):
                     self._record_step(episode, step)
-                    self._finish(episode, "error", won=False, reward=0.0, error=str(outcome))
+                    self._finish(
+                        episode,
+                        "error",
+                        won=False,
+                        reward=0.0,
+                        error=str(outcome),
+                        error_kind=_error_kind(outcome),
+                    )
                     continue
                 step.observation, step.reward, step.done = outcome.observation, outcome.reward, outcome.done
                 record.env_steps += 1
@@ -288,33 +323,42 @@ class RolloutEngine:
         record.policy_prompt_tokens += step.prompt_tokens
         record.policy_completion_tokens += step.completion_tokens
         record.truncated_turns = max(record.truncated_turns, step.dropped_turns)
-        episode.history.extend(self.fmt.turn(step.output, step.observation))
+        episode.history.extend(turn_segments(step.history_text, step.observation))
         self.stats.model_calls += 1
         self.stats.completion_tokens += step.completion_tokens
 
     def _finish(
-        self, episode: _Active, reason: StopReason, *, won: bool, reward: float, error: str | None = None
+        self,
+        episode: _Active,
+        reason: StopReason,
+        *,
+        won: bool,
+        reward: float,
+        error: str | None = None,
+        error_kind: ErrorKind | None = None,
     ) -> None:
         record = episode.record
         record.stop_reason = reason
         record.success = bool(won)
         record.score = float(reward)
         record.error = error
+        record.error_kind = error_kind
         record.seconds = time.perf_counter() - episode.started
         self.pool.release(episode.slot)
         self._emit(record)
 
     def _emit(self, record: EpisodeRecord) -> None:
         """Write a finished episode at once: from here on a restart will not play it again."""
-        self.writer.append(record.to_dict())
+        self.sink.append(record.to_dict())
         self.stats.finished += 1
         self.stats.won += int(record.success)
         self.stats.errors += int(record.stop_reason == "error")
+        self.stats.transient_errors += int(record.is_transient_failure)
         if self.progress:
             self.progress(record, self.stats.finished, self._total)
 
-    def _write_error(self, task: TaskInfo, message: str) -> None:
-        self._emit(self._new_record(task, [], stop_reason="error", error=message))
+    def _write_error(self, task: TaskInfo, message: str, kind: ErrorKind) -> None:
+        self._emit(self._new_record(task, [], stop_reason="error", error=message, error_kind=kind))
 
     def _new_record(self, task: TaskInfo, prompt: list[Segment], **fields: Any) -> EpisodeRecord:
         return EpisodeRecord(
@@ -327,8 +371,14 @@ class RolloutEngine:
             agent=self.fmt.name,
             source=self.source,
             model=self.model_name,
-            adapter=self.adapter,
+            adapter=self.settings.adapter_digest,
             seed=self.sampling.seed,
             prompt=prompt,
+            prompt_version=self.settings.prompt_version,
             **fields,
         )
+
+
+def _error_kind(error: EnvError) -> ErrorKind:
+    """A crashed or hung worker is the infrastructure's fault; a game that fails is the task's own."""
+    return "transient" if error.transient else "request"

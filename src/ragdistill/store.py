@@ -1,10 +1,11 @@
 """The artifact store: every stage reads and writes under one run-root URL (``file://`` or ``s3://``).
 
 Writes are atomic: a reader sees the old object or the new one, never a partial one (a temp file and a
-rename on local disks, a single PUT on object stores). JSONL shards hold finished records and are
-rewritten whole on each append, so a crash mid-write leaves the previous complete shard behind.
-Each stage ends with a manifest (counts, sha256 of each file, config hash, code version) that
-:func:`verify_manifest` checks file by file.
+rename on local disks, a single PUT on object stores). A stage appends records as one small object each
+(:class:`RecordLog`: cheap on S3, where objects cannot be appended to) and compacts them into JSONL
+shards when it ends. Each stage ends with a manifest: the exact files it produced with their sha256,
+its identity (``ragdistill.identity``) and content-derived counts. Downstream stages read exactly the
+files a manifest lists, and :func:`verify_manifest` checks them file by file.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import posixpath
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -27,7 +28,11 @@ from ragdistill.errors import UserFacingError
 from ragdistill.version import code_version
 
 MANIFEST_NAME = "manifest.json"
+RUN_STATS_NAME = "run-stats.json"
+MANIFEST_VERSION = 2
+PARTS_DIR = "parts"
 _SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.jsonl$")
+_PART_PATTERN = re.compile(r"^part-(\d{9})\.jsonl$")
 
 
 class ArtifactError(UserFacingError, RuntimeError):
@@ -51,8 +56,9 @@ class ArtifactStore:
         options = _storage_options(protocol) | storage_options
         self.fs, root = fsspec.core.url_to_fs(root_url, **options)
         self.root = root.rstrip("/")
-        self.root_url = root_url.rstrip("/")
         self.is_local = isinstance(self.fs, LocalFileSystem)
+        # Absolute for local disks, so "file://./runs/x" in two checkouts are two different roots.
+        self.root_url = f"file://{self.root}" if self.is_local else root_url.rstrip("/")
 
     def __repr__(self) -> str:
         return f"ArtifactStore({self.root_url!r})"
@@ -118,122 +124,178 @@ class ArtifactStore:
     def exists(self, relative: str) -> bool:
         return self.fs.exists(self.path(relative))
 
-    def list(self, prefix: str = "") -> list[str]:
-        """Relative paths of every file under ``prefix`` (recursive, sorted; temp files excluded)."""
+    def list(self, prefix: str = "", *, hidden: bool = False) -> list[str]:
+        """Relative paths of every file under ``prefix`` (recursive, sorted). Files whose name starts with
+        a dot (temp files, leases) are left out unless ``hidden``."""
         base = self.path(prefix)
+        if not self.is_local:
+            self.fs.invalidate_cache(base)
         if not self.fs.exists(base):
             return []
         found = self.fs.find(base)
         relative = [posixpath.relpath(path, self.root) for path in found]
-        return sorted(path for path in relative if not posixpath.basename(path).startswith("."))
+        return sorted(path for path in relative if hidden or not posixpath.basename(path).startswith("."))
 
     def delete(self, relative: str) -> None:
         target = self.path(relative)
         if self.fs.exists(target):
             self.fs.rm(target, recursive=True)
+        if not self.is_local:
+            self.fs.invalidate_cache()
 
     def sha256(self, relative: str) -> str:
         return hashlib.sha256(self.read_bytes(relative)).hexdigest()
 
 
-class ShardWriter:
-    """Appends finished records to ``<prefix>/shard-NNNNN.jsonl``; reopening continues where it stopped.
-
-    The open shard is kept in memory (at most ``shard_size`` records) and rewritten atomically on each
-    append, so memory stays flat however many records a stage writes and no reader sees half a line.
-    """
-
-    def __init__(self, store: ArtifactStore, prefix: str, shard_size: int = 50) -> None:
-        if shard_size <= 0:
-            raise ValueError("shard_size must be positive")
-        self.store, self.prefix, self.shard_size = store, prefix.strip("/"), shard_size
-        shards = shard_paths(store, self.prefix)
-        self._index = len(shards)
-        self._lines: list[str] = []
-        self.count = 0
-        for shard in shards:
-            self.count += len(_read_shard_lines(store, shard))
-        if shards:
-            last_lines = _read_shard_lines(store, shards[-1])
-            if len(last_lines) < shard_size:
-                self._index, self._lines = len(shards) - 1, last_lines
-
-    def _shard_name(self) -> str:
-        return f"{self.prefix}/shard-{self._index:05d}.jsonl"
-
-    def append(self, record: dict[str, Any]) -> None:
-        line = json.dumps(record, sort_keys=True, ensure_ascii=False)
-        self.store.write_text(self._shard_name(), "".join(f"{item}\n" for item in [*self._lines, line]))
-        self._lines.append(line)
-        self.count += 1
-        if len(self._lines) >= self.shard_size:
-            self._index, self._lines = self._index + 1, []
+def _parse_lines(store: ArtifactStore, relative: str) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(store.read_text(relative).splitlines(), start=1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ArtifactError(
+                f"{store.uri(relative)} line {number} is not a complete JSON record; the file is "
+                "corrupted: delete it to redo its records"
+            ) from None
+    return records
 
 
 def shard_paths(store: ArtifactStore, prefix: str) -> list[str]:
-    paths = [p for p in store.list(prefix) if _SHARD_PATTERN.match(posixpath.basename(p))]
-    return sorted(paths)
+    return [p for p in store.list(prefix) if _SHARD_PATTERN.match(posixpath.basename(p))]
 
 
-def _read_shard_lines(store: ArtifactStore, shard: str) -> list[str]:
-    lines = store.read_text(shard).splitlines()
-    for number, line in enumerate(lines, start=1):
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            raise ArtifactError(
-                f"{store.uri(shard)} line {number} is not a complete JSON record; "
-                "the shard is corrupted: delete it to redo its episodes"
-            ) from None
-    return lines
+def read_records(
+    store: ArtifactStore, prefix: str, manifest: Manifest | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every record of a finished stage, file by file (one file in memory at a time).
+
+    With a manifest, exactly the shards it lists; without one, the shards found under ``prefix``."""
+    names = (
+        [
+            f"{prefix.strip('/')}/{name}"
+            for name in manifest.files
+            if _SHARD_PATTERN.match(posixpath.basename(name))
+        ]
+        if manifest is not None
+        else shard_paths(store, prefix)
+    )
+    for relative in sorted(names):
+        yield from _parse_lines(store, relative)
 
 
-def read_records(store: ArtifactStore, prefix: str) -> Iterator[dict[str, Any]]:
-    """Every record under ``prefix``, shard by shard (one shard in memory at a time)."""
-    for shard in shard_paths(store, prefix):
-        for line in _read_shard_lines(store, shard):
-            yield json.loads(line)
+class RecordLog:
+    """The records of one stage folder: compacted shards plus records appended since as small parts.
+
+    :meth:`append` writes one object per record (``parts/part-NNNNNNNNN.jsonl``), so appending costs the
+    same on S3 as on a local disk and a crash loses nothing that was appended. :meth:`records` reads
+    shards, then parts, in order; when several records share a key (a crashed compaction, or an episode
+    played again after an infrastructure fault) the last one wins. :meth:`compact` rewrites them as
+    ``shard-NNNNN.jsonl`` files of ``shard_size`` records and removes the parts; records only ever move to
+    earlier positions, so a crash during compaction leaves every record readable.
+    """
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        prefix: str,
+        key: Callable[[dict[str, Any]], str],
+        shard_size: int = 50,
+    ) -> None:
+        if shard_size <= 0:
+            raise ValueError("shard_size must be positive")
+        self.store, self.prefix, self.key, self.shard_size = store, prefix.strip("/"), key, shard_size
+        parts = self._part_paths()
+        self._next_part = int(_PART_PATTERN.match(posixpath.basename(parts[-1]))[1]) + 1 if parts else 0
+
+    def _part_paths(self) -> list[str]:
+        return [
+            p
+            for p in self.store.list(f"{self.prefix}/{PARTS_DIR}")
+            if _PART_PATTERN.match(posixpath.basename(p))
+        ]
+
+    def append(self, record: dict[str, Any]) -> None:
+        line = json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n"
+        self.store.write_text(f"{self.prefix}/{PARTS_DIR}/part-{self._next_part:09d}.jsonl", line)
+        self._next_part += 1
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every record, the last one of each key, in the order of those last occurrences."""
+        latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        position = 0
+        for relative in [*shard_paths(self.store, self.prefix), *self._part_paths()]:
+            for record in _parse_lines(self.store, relative):
+                latest[self.key(record)] = (position, record)
+                position += 1
+        return [record for _, record in sorted(latest.values(), key=lambda item: item[0])]
+
+    def keys(self) -> set[str]:
+        return {self.key(record) for record in self.records()}
+
+    def compact(self, keep: Callable[[dict[str, Any]], bool] = lambda _: True) -> list[str]:
+        """Rewrite the kept records as shards, remove the parts and surplus shards; the shard paths."""
+        kept = [record for record in self.records() if keep(record)]
+        old_shards, parts = shard_paths(self.store, self.prefix), self._part_paths()
+        written: list[str] = []
+        for index in range(0, len(kept), self.shard_size):
+            name = f"{self.prefix}/shard-{index // self.shard_size:05d}.jsonl"
+            chunk = kept[index : index + self.shard_size]
+            self.store.write_text(
+                name, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in chunk)
+            )
+            written.append(name)
+        for stale in [*parts, *(path for path in old_shards if path not in written)]:
+            self.store.delete(stale)
+        self._next_part = 0
+        return written
 
 
 @dataclass
 class Manifest:
+    """What a finished stage produced: exactly these files, made by a stage of this identity.
+
+    ``identity`` is the stage's identity key (settings + input contents + code; ``ragdistill.identity``);
+    ``inputs`` names the upstream content digests it was built from; ``counts`` are derived from the
+    content alone. Per-run statistics (how much was played now, how long it took) live beside it in
+    ``run-stats.json``, never in a manifest."""
+
     stage: str
-    config_hash: str
+    identity: str
     files: dict[str, dict[str, Any]]
     counts: dict[str, int] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
     code_version: str = field(default_factory=code_version)
     created_at: float = field(default_factory=time.time)
     extra: dict[str, Any] = field(default_factory=dict)
+    version: int = MANIFEST_VERSION
 
     @property
     def digest(self) -> str:
-        """What downstream cache keys use: the content, not when it was written."""
-        content = {k: v for k, v in asdict(self).items() if k != "created_at"}
-        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+        """The content digest downstream identities use: the files and their hashes, nothing else."""
+        return hashlib.sha256(json.dumps(self.files, sort_keys=True).encode()).hexdigest()
 
 
 def write_manifest(
     store: ArtifactStore,
     stage_dir: str,
     stage: str,
-    config_hash: str,
+    identity: str,
+    files: Iterable[str],
     counts: dict[str, int] | None = None,
     inputs: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> Manifest:
-    """Hash every file under ``stage_dir`` and write ``<stage_dir>/manifest.json`` last."""
-    files: dict[str, dict[str, Any]] = {}
-    for relative in store.list(stage_dir):
-        name = posixpath.relpath(relative, stage_dir.strip("/"))
-        if name == MANIFEST_NAME:
-            continue
-        data = store.read_bytes(relative)
-        files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    """Hash the stage's output ``files`` (paths under ``stage_dir``) and write the manifest last."""
+    stage_dir = stage_dir.strip("/")
+    hashed: dict[str, dict[str, Any]] = {}
+    for name in sorted(files):
+        name = posixpath.relpath(name, stage_dir) if name.startswith(stage_dir + "/") else name
+        data = store.read_bytes(f"{stage_dir}/{name}")
+        hashed[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
     manifest = Manifest(
         stage=stage,
-        config_hash=config_hash,
-        files=files,
+        identity=identity,
+        files=hashed,
         counts=counts or {},
         inputs=inputs or {},
         extra=extra or {},
@@ -247,15 +309,18 @@ def read_manifest(store: ArtifactStore, stage_dir: str) -> Manifest:
     if not store.exists(relative):
         raise ArtifactError(f"{store.uri(relative)} is missing: the stage did not finish; run it again")
     data = store.read_json(relative)
+    if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
+        raise ArtifactError(
+            f"{store.uri(relative)} was written by another ragdistill version; run the stage again"
+        )
     try:
         return Manifest(**data)
     except TypeError as error:
         raise ArtifactError(f"{store.uri(relative)} is not a manifest: {error}") from None
 
 
-def verify_manifest(store: ArtifactStore, stage_dir: str) -> Manifest:
-    """Check every file the manifest lists; raise one error naming every missing or altered file."""
-    manifest = read_manifest(store, stage_dir)
+def manifest_problems(store: ArtifactStore, stage_dir: str, manifest: Manifest) -> list[str]:
+    """Every listed file that is missing or whose content changed, as readable lines."""
     problems: list[str] = []
     for name, expected in sorted(manifest.files.items()):
         relative = f"{stage_dir.strip('/')}/{name}"
@@ -267,10 +332,17 @@ def verify_manifest(store: ArtifactStore, stage_dir: str) -> Manifest:
             problems.append(
                 f"corrupted: {store.uri(relative)} (sha256 {actual[:12]}…, manifest says {expected['sha256'][:12]}…)"
             )
+    return problems
+
+
+def verify_manifest(store: ArtifactStore, stage_dir: str) -> Manifest:
+    """Check every file the manifest lists; raise one error naming every missing or altered file."""
+    manifest = read_manifest(store, stage_dir)
+    problems = manifest_problems(store, stage_dir, manifest)
     if problems:
         raise ArtifactError(
             f"stage '{manifest.stage}' artifacts under {store.uri(stage_dir)} failed verification:\n  "
             + "\n  ".join(problems)
-            + "\nDelete the stage folder and re-run the stage to rebuild it."
+            + "\nRun the stage again (the pipeline rebuilds it and everything after it)."
         )
     return manifest

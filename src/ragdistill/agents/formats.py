@@ -34,6 +34,7 @@ from ragdistill.agents.parsing import (
 )
 from ragdistill.agents.segments import Segment
 from ragdistill.environments.base import TaskInfo
+from ragdistill.episodes import turn_segments
 
 HOUSEHOLD_INSTRUCTION = "Interact with a household to solve a task."
 THINK_OBSERVATION = "OK."
@@ -103,12 +104,18 @@ def hint_block(hints: Sequence[str]) -> str:
     return HINTS_PREAMBLE + "\n" + "\n".join(lines)
 
 
-def fewshot_block(examples: Sequence[str]) -> str:
+def fewshot_block(examples: Sequence[str], how_to_read: str = "") -> str:
+    """The few-shot segment: a header, how to read the transcripts, then the examples.
+
+    Everything about "the examples" lives here, never in the system prompt: distillation removes this
+    segment, and a student prompt must not refer to examples it does not have."""
     count = len(examples)
     if count == 1:
         header = "Here is an example."
     else:
         header = f"Here are {_NUMBER_WORDS.get(count, str(count))} examples."
+    if how_to_read:
+        header += " " + how_to_read
     return header + "\n\n" + "\n\n".join(example.strip() for example in examples)
 
 
@@ -131,6 +138,7 @@ class _BaseFormat(ABC):
     name: ClassVar[str]
     stop_strings: ClassVar[tuple[str, ...]]
     output_rules: ClassVar[str]
+    how_to_read_examples: ClassVar[str] = ""
 
     def __init__(self) -> None:
         self.stop: list[str] = list(self.stop_strings)
@@ -149,7 +157,7 @@ class _BaseFormat(ABC):
         if hints:
             segments.append(Segment("hints", "user", hint_block(hints)))
         if examples:
-            segments.append(Segment("fewshot", "user", fewshot_block(examples)))
+            segments.append(Segment("fewshot", "user", fewshot_block(examples, self.how_to_read_examples)))
         segments.append(Segment("task", "user", task_block(task, first_observation)))
         return segments
 
@@ -160,10 +168,7 @@ class _BaseFormat(ABC):
     def transcript(self, first_observation: str, turns: Sequence[tuple[str, str]]) -> str: ...
 
     def turn(self, output: str, observation: str) -> list[Segment]:
-        return [
-            Segment("history", "assistant", self.parse(output).text),
-            Segment("history", "user", observation.strip()),
-        ]
+        return turn_segments(self.parse(output).text, observation)
 
 
 def _parse_line(output: str, allow_think: bool, format_name: str) -> ParsedOutput:
@@ -197,6 +202,10 @@ class _OneLineFormat(_BaseFormat):
     """ReAct and Act: one line per turn, shown as ``> line`` in transcripts; they differ in thoughts."""
 
     allow_think: bool
+    how_to_read_examples = (
+        "In them, lines that start with `>` are the agent's replies and the line after each is what the "
+        "household answered; write only your reply, without the `>`."
+    )
 
     def parse(self, output: str) -> ParsedOutput:
         return _parse_line(output, allow_think=self.allow_think, format_name=self.name)
@@ -213,8 +222,7 @@ class ReActFormat(_OneLineFormat):
         "Reply with exactly one line, either an action for the household (for example "
         "`go to cabinet 1`, `take apple 1 from countertop 1`, `open fridge 1`) or a thought that starts "
         'with `think:` (for example `think: First I need to find an apple.`). A thought is answered with "OK." '
-        "and changes nothing. In the examples, lines that start with `>` are the agent's replies and the "
-        "line after each is what the household answered; write only your reply, without the `>`."
+        "and changes nothing. Write only your reply."
     )
 
 
@@ -224,9 +232,7 @@ class ActFormat(_OneLineFormat):
     stop_strings = ("\n",)
     output_rules = (
         "Reply with exactly one line: an action for the household (for example `go to cabinet 1`, "
-        "`take apple 1 from countertop 1`, `open fridge 1`). In the examples, lines that start with `>` are "
-        "the agent's replies and the line after each is what the household answered; write only your "
-        "reply, without the `>`."
+        "`take apple 1 from countertop 1`, `open fridge 1`). Write only your reply."
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from ragdistill.inference.base import ChatMessage, Role
+from ragdistill.messages import ROLES, ChatMessage, Role
 
 SegmentKind = Literal["system", "fewshot", "hints", "task", "history"]
 SEGMENT_KINDS: tuple[SegmentKind, ...] = ("system", "fewshot", "hints", "task", "history")
@@ -31,7 +31,7 @@ class Segment:
         kind, role = data["kind"], data["role"]
         if kind not in SEGMENT_KINDS:
             raise ValueError(f"unknown segment kind {kind!r}; expected one of {SEGMENT_KINDS}")
-        if role not in ("system", "user", "assistant"):
+        if role not in ROLES:
             raise ValueError(f"unknown segment role {role!r}")
         return cls(kind=kind, role=role, text=str(data["text"]))
 

@@ -8,6 +8,7 @@ from prefect import flow
 
 from ragdistill.config import load_config
 from ragdistill.inference.shared import close_shared_backends
+from ragdistill.tasks.common import on_run_root
 from ragdistill.tasks.rollout import rollout_task
 
 
@@ -22,6 +23,6 @@ def rollout_flow(
     overrides = {"env.split": split, "env.limit": limit, "run.run_root": run_root}
     config = load_config(config_path, {key: value for key, value in overrides.items() if value is not None})
     try:
-        return rollout_task(config, stage)
+        return on_run_root(rollout_task, config)(config, stage)
     finally:
         close_shared_backends()

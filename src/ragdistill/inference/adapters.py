@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import shutil
 from pathlib import Path
 
 from ragdistill.inference.base import BackendError
@@ -39,3 +43,52 @@ class AdapterRegistry:
 
     def known(self) -> dict[Path, int]:
         return dict(self._ids)
+
+
+ADAPTER_CACHE_SUBDIR = "adapters"
+_COMPLETE = ".complete"
+
+
+def adapter_digest(folder: Path) -> str:
+    """``sha256:<hex>`` over every file of an adapter folder (names and contents): how records name it."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def materialize_adapter(reference: str, cache_root: Path | None = None) -> Path:
+    """A local folder holding the adapter ``reference`` names: a local path or ``file://`` URL as is,
+    any other fsspec URL (``s3://…``) fetched once into ``<cache>/adapters/<listing digest>/``.
+
+    The cache entry is named by the remote listing (names, sizes, ETags), so a changed adapter is fetched
+    again and an unchanged one is not."""
+    if reference.startswith("file://") or "://" not in reference:
+        return local_adapter_path(reference)
+    from ragdistill.models import default_cache_root
+    from ragdistill.store import ArtifactStore
+
+    store = ArtifactStore(reference)
+    names = store.list()
+    if "adapter_config.json" not in names:
+        raise BackendError(f"{reference} is not a peft LoRA adapter folder (it has no adapter_config.json)")
+    details = [store.fs.info(store.path(name)) for name in names]
+    listing = [
+        (name, info.get("size"), info.get("ETag") or info.get("etag"))
+        for name, info in zip(names, details, strict=True)
+    ]
+    key = hashlib.sha256(json.dumps([reference, listing], default=str).encode()).hexdigest()[:24]
+    target = (cache_root or default_cache_root()) / ADAPTER_CACHE_SUBDIR / key
+    if (target / _COMPLETE).is_file():
+        return target
+    partial = target.with_name(f".{key}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for name in names:
+        destination = partial / name
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(store.read_bytes(name))
+    (partial / _COMPLETE).write_text(reference + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target

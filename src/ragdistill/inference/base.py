@@ -7,14 +7,9 @@ from typing import Any, Literal, Protocol
 
 from ragdistill.config import SamplingConfig
 from ragdistill.errors import UserFacingError
+from ragdistill.messages import ChatMessage
 
-Role = Literal["system", "user", "assistant"]
-
-
-@dataclass(frozen=True)
-class ChatMessage:
-    role: Role
-    content: str
+FailureKind = Literal["request", "transient"]
 
 
 @dataclass(frozen=True)
@@ -47,14 +42,53 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class Generation:
+    """One request's outcome, in its place in the batch: a completion, or a failure of this request alone.
+
+    A failed request has ``finish_reason == "error"``, empty ``text``, ``completion_tokens == 0``,
+    ``prompt_tokens`` = the prompt's count when the backend knew it (else 0), ``error`` = a message that
+    names the request's index in the batch, the server or engine and the cause, and ``error_kind``:
+
+    - ``"transient"``: the infrastructure failed (connection error, timeout, 429/5xx or a malformed body
+      after the backend's own retries); the same request may succeed later.
+    - ``"request"``: this request cannot be served as it is (prompt over the context window, a 4xx that
+      is not retryable, a reply without choices, an engine error on this request alone); sending it
+      again unchanged fails again.
+    """
+
     text: str
     finish_reason: str
     prompt_tokens: int
     completion_tokens: int
+    error: str | None = None
+    error_kind: FailureKind | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+    @classmethod
+    def failure(cls, kind: FailureKind, error: str, prompt_tokens: int = 0) -> Generation:
+        return cls(
+            text="",
+            finish_reason="error",
+            prompt_tokens=prompt_tokens,
+            completion_tokens=0,
+            error=error,
+            error_kind=kind,
+        )
 
 
 class Backend(Protocol):
-    """Generates for many requests at once; results come back in request order."""
+    """Generates for many requests at once; results come back in request order, one per request.
+
+    ``generate`` never raises because one request failed: that request's place holds a failed
+    :class:`Generation` (``failed``, ``error``, ``error_kind``) and every other request is served. It
+    raises :class:`BackendError` only for a fault that would fail every request, so the whole backend is
+    unusable until the user fixes a setting: a base URL with the wrong scheme, a 401/403 (the key), a
+    404/405 (the URL, or a model or adapter the server does not serve), a LoRA adapter that is not
+    there or a LoRA-less engine asked for one, a dead engine. Its message names the server or engine
+    and what to fix.
+    """
 
     name: str
 
@@ -67,5 +101,17 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def prompt_over_window(prompt_tokens: int, max_model_len: int) -> str:
+    """Why an in-process engine refuses a prompt: it leaves no room for a single completion token."""
+    return (
+        f"the prompt has {prompt_tokens} tokens, the context window (model.max_model_len) is "
+        f"{max_model_len}; drop old history turns before calling"
+    )
+
+
+def describe_error(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
 class BackendError(UserFacingError, RuntimeError):
-    """A backend could not serve a request; the message says which and what to do."""
+    """A backend cannot serve any request (see :class:`Backend`); the message says what to fix."""

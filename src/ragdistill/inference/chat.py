@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ragdistill.inference.base import ChatMessage
+from ragdistill.messages import ChatMessage
 
 Tokenizer = Any  # a transformers PreTrainedTokenizerBase; kept loose so this module imports fast
 

@@ -7,6 +7,12 @@ first one, with ``finish_reason`` "stop".
 
 No constrained decoding: a request's ``json_schema`` is ignored here, so callers that want JSON must
 parse the text tolerantly (the vllm and openai backends do constrain it).
+
+The context window follows the vllm backend, so both serve the same requests the same way: a prompt
+of ``model.max_model_len`` tokens or more fails "request" (see
+:class:`ragdistill.inference.base.Backend`), and a completion is cut where prompt plus completion fill
+the window (``finish_reason`` "length"). When ``generate`` raises for a batch, its requests run again
+one at a time, so only the one that fails alone is marked failed ("request").
 """
 
 from __future__ import annotations
@@ -19,10 +25,18 @@ from typing import Any
 
 from ragdistill.config import RoleConfig
 from ragdistill.inference.adapters import AdapterRegistry, local_adapter_path
-from ragdistill.inference.base import BackendError, ChatMessage, Generation, GenerationRequest
+from ragdistill.inference.base import (
+    BackendError,
+    ChatMessage,
+    Generation,
+    GenerationRequest,
+    describe_error,
+    prompt_over_window,
+)
 from ragdistill.inference.chat import (
     completion_token_count,
     count_chat_tokens,
+    encode_chat,
     load_tokenizer,
     render_chat,
     strip_trailing_special,
@@ -83,19 +97,31 @@ class HFBackend:
             from peft import PeftModel
 
             log.info("loading LoRA adapter %s as %s", adapter, name)
-            if self._loaded:
-                self._model.load_adapter(str(adapter), adapter_name=name)
-            else:
-                self._model = PeftModel.from_pretrained(self._model, str(adapter), adapter_name=name)
-                self._model.eval()
+            try:
+                if self._loaded:
+                    self._model.load_adapter(str(adapter), adapter_name=name)
+                else:
+                    self._model = PeftModel.from_pretrained(self._model, str(adapter), adapter_name=name)
+                    self._model.eval()
+            except (OSError, RuntimeError, ValueError, KeyError) as error:
+                raise BackendError(
+                    f"cannot load LoRA adapter {adapter} onto {self.model_path} ({describe_error(error)}); "
+                    "name an adapter trained on this base model"
+                ) from error
             self._loaded.add(adapter)
         self._model.set_adapter(name)
         return nullcontext()
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        limit = self._role.model.max_model_len
+        results: dict[int, Generation] = {}
         groups: dict[GroupKey, list[int]] = defaultdict(list)
         for index, request in enumerate(requests):
-            adapter = request.adapter or self._role.model.adapter
+            prompt_tokens = len(encode_chat(self._tokenizer, request.messages))
+            if prompt_tokens >= limit:
+                results[index] = self._failed(index, prompt_over_window(prompt_tokens, limit), prompt_tokens)
+                continue
+            adapter = request.adapter
             key: GroupKey = (
                 local_adapter_path(adapter) if adapter else None,
                 request.max_tokens,
@@ -105,16 +131,39 @@ class HFBackend:
                 tuple(request.stop),
             )
             groups[key].append(index)
-        results: dict[int, Generation] = {}
         size = self._role.backend.batch_size
         for key, indexes in groups.items():
             for start in range(0, len(indexes), size):
-                chunk = indexes[start : start + size]
-                for index, generation in zip(
-                    chunk, self._generate_batch(key, [requests[i] for i in chunk]), strict=True
-                ):
-                    results[index] = generation
+                results.update(self._generate_chunk(key, indexes[start : start + size], requests))
         return [results[index] for index in range(len(requests))]
+
+    def _generate_chunk(
+        self, key: GroupKey, indexes: list[int], requests: list[GenerationRequest]
+    ) -> dict[int, Generation]:
+        """One ``generate`` call; when it raises, each request alone, so only the culprit fails."""
+        try:
+            generations = self._generate_batch(key, [requests[i] for i in indexes])
+            return dict(zip(indexes, generations, strict=True))
+        except BackendError:
+            raise
+        except (RuntimeError, ValueError) as error:
+            if len(indexes) == 1:
+                prompt_tokens = len(encode_chat(self._tokenizer, requests[indexes[0]].messages))
+                return {indexes[0]: self._failed(indexes[0], describe_error(error), prompt_tokens)}
+            log.warning(
+                "transformers generate failed on %d requests (%s); running them one at a time",
+                len(indexes),
+                describe_error(error),
+            )
+        results: dict[int, Generation] = {}
+        for index in indexes:
+            results.update(self._generate_chunk(key, [index], requests))
+        return results
+
+    def _failed(self, index: int, cause: str, prompt_tokens: int) -> Generation:
+        message = f"request {index}: transformers on {self.model_path}: {cause}"
+        log.warning("%s (request failure)", message)
+        return Generation.failure("request", message, prompt_tokens)
 
     def _generate_batch(self, key: GroupKey, requests: list[GenerationRequest]) -> list[Generation]:
         import torch
@@ -122,8 +171,10 @@ class HFBackend:
         adapter, max_tokens, temperature, top_p, seed, stops = key
         prompts = [render_chat(self._tokenizer, request.messages) for request in requests]
         encoded = self._tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+        prompt_lengths = [int(length) for length in encoded["attention_mask"].sum(dim=1)]
+        rooms = [self._role.model.max_model_len - length for length in prompt_lengths]
         options: dict[str, Any] = {
-            "max_new_tokens": max_tokens,
+            "max_new_tokens": min(max_tokens, max(rooms)),
             "pad_token_id": self._tokenizer.pad_token_id,
             "eos_token_id": self._eos_ids,
         }
@@ -134,23 +185,20 @@ class HFBackend:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if stops:
             options.update(stop_strings=list(stops), tokenizer=self._tokenizer)
-        try:
-            with self._activate(adapter), torch.inference_mode():
-                output = self._model.generate(**encoded, **options)
-        except (RuntimeError, ValueError) as error:
-            raise BackendError(
-                f"transformers generate failed on {len(requests)} requests: {error}"
-            ) from error
+        with self._activate(adapter), torch.inference_mode():
+            output = self._model.generate(**encoded, **options)
         prompt_width = encoded["input_ids"].shape[1]
         generations = []
         for row, new_ids in enumerate(output[:, prompt_width:].tolist()):
             ids, ended = self._cut_at_end(new_ids)
+            if len(ids) > rooms[row]:  # the window is full: vLLM stops here too
+                ids, ended = ids[: rooms[row]], False
             text, stopped = truncate_at_stop(self._tokenizer.decode(ids, skip_special_tokens=True), stops)
             generations.append(
                 Generation(
                     text=text,
                     finish_reason="stop" if ended or stopped else "length",
-                    prompt_tokens=int(encoded["attention_mask"][row].sum()),
+                    prompt_tokens=prompt_lengths[row],
                     completion_tokens=completion_token_count(self._tokenizer, ids, text),
                 )
             )

@@ -1,9 +1,19 @@
 """Any OpenAI-compatible chat server (vLLM's ``vllm.entrypoints.openai.api_server``, TGI, a hosted API).
 
-Requests go out concurrently (at most ``backend.max_concurrency`` in flight) over httpx. Connection
-errors, timeouts, 429 and 5xx answers are retried with exponential backoff and jitter; other 4xx
-answers are the caller's mistake and fail at once. The API key is read from the environment variable
-named by ``backend.api_key_env`` and is never logged.
+Requests go out concurrently (at most ``backend.max_concurrency`` in flight) over httpx. A request's
+fault stays with it (see :class:`ragdistill.inference.base.Backend`); its siblings are served:
+
+- connection errors, timeouts, a cut-off body, 408, 429 and 5xx answers, and a 200 whose body is not
+  JSON (a proxy's page, a body cut short) are retried with exponential backoff and jitter (at least
+  the server's Retry-After); after ``backend.max_retries`` retries the request fails "transient";
+- any other 4xx (400 for a prompt over the context window, 413, 422, …) fails the request at once,
+  "request", with the server's message;
+- a JSON 200 without ``choices[0].message`` fails the request at once, "request": the server parsed
+  and answered it, so sending it again gets the same answer;
+- 401, 403, 404, 405 and redirects would fail every request (the key, the URL, the model name):
+  ``generate`` raises :class:`BackendError` at once, naming the server and what to fix.
+
+The API key is read from the environment variable named by ``backend.api_key_env`` and is never logged.
 
 A request's ``adapter`` selects the model name on the server: the adapter folder's name, so serve it
 under that name (vLLM: ``--enable-lora --lora-modules NAME=PATH``). Requests for different models
@@ -26,13 +36,20 @@ import random
 import threading
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from ragdistill.config import RoleConfig
-from ragdistill.inference.base import BackendError, ChatMessage, Generation, GenerationRequest
+from ragdistill.inference.base import (
+    BackendError,
+    ChatMessage,
+    FailureKind,
+    Generation,
+    GenerationRequest,
+)
 from ragdistill.inference.chat import count_chat_tokens, load_tokenizer, message_dicts, truncate_at_stop
 
 log = logging.getLogger(__name__)
@@ -50,7 +67,31 @@ def backoff_delay(attempt: int, base_s: float, rand: Callable[[], float] = rando
 
 
 def is_retryable_status(status: int) -> bool:
-    return status == 429 or status >= 500
+    return status in (408, 429) or status >= 500
+
+
+BACKEND_FAULT_FIXES = {
+    401: "set the API key in the environment variable named by backend.api_key_env",
+    403: "use a key that may call this model",
+    404: "check backend.base_url (it ends in /v1) and that the server serves the model name "
+    "(backend.served_model_name, or the adapter folder's name for a LoRA)",
+    405: "check backend.base_url: it should be the server's /v1 URL",
+}
+
+
+def backend_fault_fix(status: int) -> str | None:
+    """What to fix when an answer with this status would fail every request; None when it would not."""
+    if 300 <= status < 400:
+        return "check backend.base_url: the server redirects it (http vs https, a missing /v1?)"
+    return BACKEND_FAULT_FIXES.get(status)
+
+
+@dataclass(frozen=True)
+class RequestFault:
+    """Why one request got no reply."""
+
+    kind: FailureKind
+    cause: str
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
@@ -85,6 +126,11 @@ class OpenAIBackend:
         backend = role.backend
         if not backend.base_url:
             raise BackendError("backend.kind 'openai' needs backend.base_url (the server's /v1 URL)")
+        if not backend.base_url.startswith(("http://", "https://")):
+            raise BackendError(
+                f"backend.base_url {backend.base_url!r} is not an http:// or https:// URL; "
+                "name the server's /v1 URL, e.g. http://127.0.0.1:8000/v1"
+            )
         self._role = role
         self._url = backend.base_url.rstrip("/") + "/chat/completions"
         self._model_name = backend.served_model_name or role.model.name
@@ -113,7 +159,7 @@ class OpenAIBackend:
             return self._tokenizer
 
     def _body_model(self, request: GenerationRequest) -> str:
-        adapter = request.adapter or self._role.model.adapter
+        adapter = request.adapter
         return adapter_model_name(adapter) if adapter else self._model_name
 
     def _body(self, request: GenerationRequest) -> dict[str, Any]:
@@ -155,8 +201,10 @@ class OpenAIBackend:
 
             async def one(index: int, request: GenerationRequest) -> Generation:
                 async with semaphore:
-                    reply = await self._post(client, self._body(request), index)
-                return self._to_generation(request, reply, index)
+                    outcome = await self._post(client, self._body(request), index)
+                if isinstance(outcome, RequestFault):
+                    return self._failed(request, index, outcome)
+                return self._to_generation(request, outcome, index)
 
             waves: dict[str, list[int]] = {}
             for index, request in enumerate(requests):
@@ -166,39 +214,47 @@ class OpenAIBackend:
                 try:
                     async with asyncio.TaskGroup() as group:
                         tasks = {i: group.create_task(one(i, requests[i])) for i in indexes}
-                except ExceptionGroup as failures:
+                except ExceptionGroup as failures:  # only a fault of the whole backend gets here
                     raise _first_leaf(failures) from None
                 results.update({i: task.result() for i, task in tasks.items()})
         return [results[index] for index in range(len(requests))]
 
-    async def _post(self, client: httpx.AsyncClient, body: dict[str, Any], index: int) -> dict[str, Any]:
+    async def _post(
+        self, client: httpx.AsyncClient, body: dict[str, Any], index: int
+    ) -> dict[str, Any] | RequestFault:
+        """The server's JSON reply, or why this request got none; raises only for a fault of the backend."""
         backend = self._role.backend
         attempt = 0
         while True:
             wait_hint: float | None = None
             try:
                 response = await client.post(self._url, json=body)
-            except httpx.TransportError as error:
+            except (httpx.TransportError, httpx.DecodingError) as error:
                 problem = f"{type(error).__name__}: {error}"
             else:
-                if response.status_code == 200:
+                status = response.status_code
+                if status == 200:
                     try:
                         return response.json()
                     except ValueError as error:
-                        raise BackendError(
-                            f"request {index}: {self._url} answered 200 with non-JSON: {error}"
-                        ) from None
-                if not is_retryable_status(response.status_code):
+                        problem = f"a 200 whose body is not JSON ({error}): {response.text[:200]!r}"
+                elif (fix := backend_fault_fix(status)) is not None:
                     raise BackendError(
-                        f"request {index}: {self._url} answered {response.status_code}: {response.text[:500]} "
-                        "(not retried: fix the request, model name or key)"
+                        f"{self._url} answered {status}: {response.text[:300]}; every request would fail "
+                        f"the same way: {fix}"
                     )
-                problem = f"HTTP {response.status_code}"
-                wait_hint = _retry_after_s(response)
+                elif not is_retryable_status(status):
+                    return RequestFault(
+                        "request", f"{self._url} answered {status}: {response.text[:500]} (not retried)"
+                    )
+                else:
+                    problem = f"HTTP {status}"
+                    wait_hint = _retry_after_s(response)
             if attempt >= backend.max_retries:
-                raise BackendError(
-                    f"request {index}: {self._url} failed {attempt + 1} time(s), last with {problem}; "
-                    "check that the server is up (GET /health) or raise backend.max_retries / timeout_s"
+                return RequestFault(
+                    "transient",
+                    f"{self._url} failed {attempt + 1} time(s), last with {problem}; check that the server "
+                    "is up (GET /health) or raise backend.max_retries / timeout_s",
                 )
             delay = backoff_delay(attempt, backend.retry_backoff_s, self._rand)
             delay = max(delay, wait_hint) if wait_hint is not None else delay
@@ -206,13 +262,22 @@ class OpenAIBackend:
             await self._sleep(delay)
             attempt += 1
 
+    def _failed(self, request: GenerationRequest, index: int, fault: RequestFault) -> Generation:
+        """A failed Generation for this request, with its prompt count when a tokenizer is at hand."""
+        tokenizer = self.tokenizer()
+        prompt_tokens = count_chat_tokens(tokenizer, request.messages)[0] if tokenizer is not None else 0
+        message = f"request {index}: {fault.cause}"
+        log.warning("%s (%s failure)", message, fault.kind)
+        return Generation.failure(fault.kind, message, prompt_tokens)
+
     def _to_generation(self, request: GenerationRequest, reply: dict[str, Any], index: int) -> Generation:
         try:
             choice = reply["choices"][0]
             text = choice["message"].get("content") or ""
             finish = choice.get("finish_reason") or "stop"
         except (KeyError, IndexError, TypeError, AttributeError) as error:
-            raise BackendError(f"request {index}: reply without choices[0].message ({error!r})") from None
+            cause = f"{self._url} answered 200 without choices[0].message ({error!r}): {str(reply)[:300]}"
+            return self._failed(request, index, RequestFault("request", cause))
         text, stopped = truncate_at_stop(text, request.stop)
         finish = "stop" if stopped else finish
         usage = reply.get("usage") or {}

@@ -8,10 +8,9 @@ until :func:`close_shared_backends` (the CLI and flows call it at exit).
 from __future__ import annotations
 
 import atexit
-import json
 import threading
 
-from ragdistill.config import RoleConfig
+from ragdistill.config import RoleConfig, engine_key
 from ragdistill.inference.base import Backend
 from ragdistill.inference.factory import make_backend
 
@@ -20,8 +19,9 @@ _LOCK = threading.Lock()
 
 
 def _key(role: RoleConfig) -> str:
-    """Roles that differ only in sampling share an engine: sampling travels with each request."""
-    return json.dumps(role.model_dump(mode="json", exclude={"sampling"}), sort_keys=True)
+    """Engines are keyed by base weights and backend settings (``config.engine_key``): sampling and
+    the adapter travel with each request."""
+    return engine_key(role)
 
 
 def shared_backend(role: RoleConfig) -> Backend:

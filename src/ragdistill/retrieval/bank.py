@@ -215,3 +215,17 @@ class HintBank:
     @classmethod
     def load(cls, store: ArtifactStore, path: str = BANK_PATH, **options: object) -> HintBank:
         return cls.from_jsonl(store.read_text(path), source=store.uri(path), **options)
+
+
+def load_nonempty_bank(store: ArtifactStore, path: str = BANK_PATH) -> HintBank:
+    """The mined bank, refusing an empty one: a teacher without hints is just the base agent again."""
+    bank = HintBank.load(store, path)
+    if len(bank) == 0:
+        folder = path.rpartition("/")[0]
+        raise BankFormatError(
+            f"the hint bank {store.uri(path)} is empty: mining accepted no hints (the reasons are counted in "
+            f"{store.uri(folder + '/manifest.json')} and listed in {store.uri(folder + '/rejected.jsonl')}). "
+            "Mine more failures, use a stronger extractor (models.extractor), or set "
+            "mining.constrain_hint_text for a small extractor on vLLM"
+        )
+    return bank

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ragdistill.config import MiningConfig, SamplingConfig
@@ -148,6 +148,39 @@ def extraction_request(
 
 
 @dataclass
+class MinedEpisode:
+    """What the extractor answered about one failed episode, validated: one entry of the mining ledger.
+
+    Only episodes whose request was answered are entries; an answer lost to an infrastructure fault is
+    not, so the episode is sent again next time."""
+
+    episode_id: str
+    env: str
+    task_type: str
+    hints: list[str] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    """(text, reason code) of every hint validation refused."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cut_at_max_tokens: bool = False
+    without_json: bool = False
+    salvaged: bool = False
+    error: str | None = None
+    """The extractor could not serve this request (e.g. the trajectory is over its context window)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["rejected"] = [list(item) for item in self.rejected]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MinedEpisode:
+        fields = dict(data)
+        fields["rejected"] = [(str(text), str(reason)) for text, reason in data.get("rejected", [])]
+        return cls(**fields)
+
+
+@dataclass
 class MiningResult:
     """Every accepted hint (one per mention, not yet deduplicated: the bank does that), counts by
     outcome and rejection reason, and each rejection as (episode id, text, reason)."""
@@ -157,19 +190,12 @@ class MiningResult:
     rejected: list[tuple[str, str, str]] = field(default_factory=list)
 
 
-def mine_hints(
-    records: Iterable[EpisodeRecord],
-    backend: Backend,
-    *,
-    max_hints: int = 4,
-    max_chars: int = 120,
-    sampling: SamplingConfig | None = None,
-    max_failures: int | None = None,
-    constrain_hint_text: bool = False,
-) -> MiningResult:
-    """Extract hints from every failed episode (episodes that ended in an error are skipped: their
-    trajectory shows an infrastructure fault, not the agent's mistake). The keyword settings mirror
-    :class:`~ragdistill.config.MiningConfig`; see :func:`mine_hints_from_config`."""
+def select_failures(
+    records: Iterable[EpisodeRecord], max_failures: int | None = None
+) -> tuple[list[EpisodeRecord], Counter[str]]:
+    """The failed episodes worth mining, in order, and how many of each kind were skipped. Episodes
+    that ended in an error are skipped: their trajectory shows an infrastructure or input fault, not
+    the agent's mistake."""
     counts: Counter[str] = Counter()
     failures: list[EpisodeRecord] = []
     for record in records:
@@ -185,37 +211,104 @@ def mine_hints(
         else:
             failures.append(record)
     counts["failures"] = len(failures)
+    return failures, counts
+
+
+def extract_hints(
+    failures: list[EpisodeRecord],
+    backend: Backend,
+    *,
+    max_hints: int = 4,
+    max_chars: int = 120,
+    sampling: SamplingConfig | None = None,
+    constrain_hint_text: bool = False,
+) -> list[MinedEpisode]:
+    """One batched generate call for ``failures``; an entry per answered request, in order."""
+    if not failures:
+        return []
+    requests = [
+        extraction_request(r, r.env, max_hints, sampling, max_chars, constrain_hint_text) for r in failures
+    ]
+    generations = backend.generate(requests)
+    if len(generations) != len(requests):
+        raise RuntimeError(
+            f"backend {backend.name!r} returned {len(generations)} answers for {len(requests)} requests"
+        )
+    mined: list[MinedEpisode] = []
+    for record, generation in zip(failures, generations, strict=True):
+        entry = MinedEpisode(episode_id(record), record.env, record.task_type)
+        if generation.error is not None:
+            if generation.error_kind == "transient":
+                continue
+            entry.error = generation.error
+            mined.append(entry)
+            continue
+        parsed = parse_hints(generation.text, record.env, max_hints, max_chars)
+        entry.hints = list(parsed.hints)
+        entry.rejected = [(rejection.text, rejection.reason) for rejection in parsed.rejected]
+        entry.prompt_tokens, entry.completion_tokens = generation.prompt_tokens, generation.completion_tokens
+        entry.cut_at_max_tokens = generation.finish_reason == "length"
+        entry.without_json, entry.salvaged = parsed.error is not None, parsed.salvaged
+        mined.append(entry)
+    return mined
+
+
+def summarize(mined: Iterable[MinedEpisode], counts: Counter[str] | None = None) -> MiningResult:
+    """The hints, rejections and outcome counts of ledger entries (added to ``counts``)."""
+    counts = Counter(counts or {})
     result = MiningResult()
-    if failures:
-        requests = [
-            extraction_request(r, r.env, max_hints, sampling, max_chars, constrain_hint_text)
-            for r in failures
-        ]
-        generations = backend.generate(requests)
-        if len(generations) != len(requests):
-            raise RuntimeError(
-                f"backend {backend.name!r} returned {len(generations)} answers for {len(requests)} requests"
-            )
-        for record, generation in zip(failures, generations, strict=True):
-            counts["extractor_prompt_tokens"] += generation.prompt_tokens
-            counts["extractor_completion_tokens"] += generation.completion_tokens
-            if generation.finish_reason == "length":
-                counts["answers_cut_at_max_tokens"] += 1
-            parsed = parse_hints(generation.text, record.env, max_hints, max_chars)
-            source = episode_id(record)
-            if parsed.error is not None:
-                counts["answers_without_json"] += 1
-            if parsed.salvaged:
-                counts["answers_salvaged"] += 1
-            for text in parsed.hints:
-                result.hints.append(Hint.create(text, record.env, record.task_type, [source]))
-            for rejection in parsed.rejected:
-                counts[f"rejected_{rejection.reason}"] += 1
-                result.rejected.append((source, rejection.text, rejection.reason))
+    for entry in mined:
+        counts["extractor_prompt_tokens"] += entry.prompt_tokens
+        counts["extractor_completion_tokens"] += entry.completion_tokens
+        counts["answers_cut_at_max_tokens"] += int(entry.cut_at_max_tokens)
+        counts["answers_without_json"] += int(entry.without_json)
+        counts["answers_salvaged"] += int(entry.salvaged)
+        counts["extractor_errors"] += int(entry.error is not None)
+        for text in entry.hints:
+            result.hints.append(Hint.create(text, entry.env, entry.task_type, [entry.episode_id]))
+        for text, reason in entry.rejected:
+            counts[f"rejected_{reason}"] += 1
+            result.rejected.append((entry.episode_id, text, reason))
     counts["hints_accepted"] = len(result.hints)
     counts["hints_rejected"] = len(result.rejected)
-    result.counts = dict(counts)
+    result.counts = {
+        name: value for name, value in counts.items() if value or not name.startswith("answers_")
+    }
     return result
+
+
+def mine_hints(
+    records: Iterable[EpisodeRecord],
+    backend: Backend,
+    *,
+    max_hints: int = 4,
+    max_chars: int = 120,
+    sampling: SamplingConfig | None = None,
+    max_failures: int | None = None,
+    constrain_hint_text: bool = False,
+) -> MiningResult:
+    """Extract hints from every failed episode in one call (the keyword settings mirror
+    :class:`~ragdistill.config.MiningConfig`). The mining stage does the same chunk by chunk."""
+    failures, counts = select_failures(records, max_failures)
+    mined = extract_hints(
+        failures,
+        backend,
+        max_hints=max_hints,
+        max_chars=max_chars,
+        sampling=sampling,
+        constrain_hint_text=constrain_hint_text,
+    )
+    return summarize(mined, counts)
+
+
+def extraction_options(mining: MiningConfig, sampling: SamplingConfig) -> dict[str, Any]:
+    """:func:`extract_hints` keyword settings from the ``mining`` section and the extractor's sampling."""
+    return {
+        "max_hints": mining.max_hints_per_failure,
+        "max_chars": mining.max_hint_chars,
+        "sampling": sampling,
+        "constrain_hint_text": mining.constrain_hint_text,
+    }
 
 
 def mine_hints_from_config(
@@ -223,11 +316,5 @@ def mine_hints_from_config(
 ) -> MiningResult:
     """:func:`mine_hints` with the ``mining`` section and the extractor role's sampling."""
     return mine_hints(
-        records,
-        backend,
-        max_hints=mining.max_hints_per_failure,
-        max_chars=mining.max_hint_chars,
-        sampling=sampling,
-        max_failures=mining.max_failures,
-        constrain_hint_text=mining.constrain_hint_text,
+        records, backend, max_failures=mining.max_failures, **extraction_options(mining, sampling)
     )

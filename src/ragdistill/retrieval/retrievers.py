@@ -284,8 +284,11 @@ class LLMRerankRetriever:
             )
         for position, generation in zip(asked, generations, strict=True):
             hints = self.bank.hints(queries[position].task_type)
-            chosen, invalid = parse_indices(generation.text, len(hints), k)
             result = results[position]
+            if generation.failed:
+                result.reason = f"the re-ranker failed: {generation.error}"
+                continue
+            chosen, invalid = parse_indices(generation.text, len(hints), k)
             result.hints = [hints[i] for i in chosen]
             result.tokens = generation.prompt_tokens + generation.completion_tokens
             if len(chosen) < k:

@@ -1,4 +1,4 @@
-"""Prefect task for stage A: a thin wrapper over ``stages.run_rollout``."""
+"""Prefect task for stage A: a thin wrapper over ``stages.rollout.run_rollout``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from ragdistill.config import ExperimentConfig
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.rollout import ProgressCallback
-from ragdistill.stages import run_rollout
-from ragdistill.tasks.common import STAGE_CACHE_POLICY, publish_manifest
+from ragdistill.stages.layout import rollout_prefix
+from ragdistill.stages.lifecycle import StageIdentity
+from ragdistill.stages.rollout import base_plan, plan_identity, run_rollout
+from ragdistill.tasks.common import publish_manifest, stage_cache_policy
 
 
 def progress_reporter(stage: str) -> ProgressCallback:
@@ -24,7 +26,12 @@ def progress_reporter(stage: str) -> ProgressCallback:
     return on_episode
 
 
-@task(name="rollout", cache_policy=STAGE_CACHE_POLICY, persist_result=True, result_serializer="json")
+def _identify(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
+    stage = parameters.get("stage", "base")
+    return rollout_prefix(stage), plan_identity(config, base_plan(config, stage))
+
+
+@task(name="rollout", cache_policy=stage_cache_policy(_identify, __name__), result_serializer="json")
 def rollout_task(config: ExperimentConfig, stage: str = "base") -> dict[str, Any]:
     manifest = run_rollout(config, stage, progress=progress_reporter(stage))
     return publish_manifest(

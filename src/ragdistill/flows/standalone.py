@@ -12,9 +12,10 @@ from prefect import flow
 
 from ragdistill.config import load_config
 from ragdistill.inference.shared import close_shared_backends
-from ragdistill.stages import BASE_STAGE, HINTS_DIR, INDEX_DIR, rollout_prefix
+from ragdistill.stages.layout import BASE_STAGE, HINTS_DIR, INDEX_DIR, rollout_prefix
 from ragdistill.store import ArtifactStore, read_manifest
-from ragdistill.tasks.stages import index_task, mine_task, teach_task
+from ragdistill.tasks.common import on_run_root
+from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
 
 
 def _digest(run_root: str, stage_dir: str) -> str:
@@ -25,7 +26,9 @@ def _digest(run_root: str, stage_dir: str) -> str:
 def mine_flow(config_path: str, run_root: str | None = None) -> dict[str, Any]:
     config = load_config(config_path, {"run.run_root": run_root} if run_root else None)
     try:
-        return mine_task(config, _digest(config.run.run_root, rollout_prefix(BASE_STAGE)))
+        return on_run_root(mine_task, config)(
+            config, _digest(config.run.run_root, rollout_prefix(BASE_STAGE))
+        )
     finally:
         close_shared_backends()
 
@@ -33,7 +36,7 @@ def mine_flow(config_path: str, run_root: str | None = None) -> dict[str, Any]:
 @flow(name="index", log_prints=True)
 def index_flow(config_path: str, run_root: str | None = None) -> dict[str, Any]:
     config = load_config(config_path, {"run.run_root": run_root} if run_root else None)
-    return index_task(config, _digest(config.run.run_root, HINTS_DIR))
+    return on_run_root(index_task, config)(config, _digest(config.run.run_root, HINTS_DIR))
 
 
 @flow(name="teach", log_prints=True)
@@ -41,6 +44,6 @@ def teach_flow(config_path: str, run_root: str | None = None) -> dict[str, Any]:
     config = load_config(config_path, {"run.run_root": run_root} if run_root else None)
     index_digest = _digest(config.run.run_root, INDEX_DIR) if config.retrieval.retriever == "faiss" else None
     try:
-        return teach_task(config, _digest(config.run.run_root, HINTS_DIR), index_digest)
+        return on_run_root(teach_task, config)(config, _digest(config.run.run_root, HINTS_DIR), index_digest)
     finally:
         close_shared_backends()

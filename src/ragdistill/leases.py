@@ -1,0 +1,171 @@
+"""One writer per stage folder: a lease taken before a stage writes, refreshed while it runs.
+
+Two runs pointed at the same run root must never append to the same shards. A run that wants a stage
+folder writes a *candidate* object of its own, ``<stage dir>/.lease-<token>.json`` (who it is, since
+when), then lists the folder's candidates: it holds the lease only if its candidate is the only live
+one; otherwise it withdraws its candidate and waits. Two runs can never both hold: the later writer's
+listing always shows the earlier candidate. The protocol needs only read-after-write consistent
+listings, so it behaves the same on a local disk, on AWS S3, on MinIO and on S3 servers that ignore
+conditional writes (s3rver, which the tests use).
+
+The holder refreshes its candidate every ``heartbeat_s``. A candidate of a dead process on this host,
+or one not refreshed for ``stale_after_s``, is stale and removed by whoever sees it. A run that finds the
+folder held waits up to ``wait_s``, then stops with an error naming the holder.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import random
+import socket
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from types import TracebackType
+
+from ragdistill.errors import UserFacingError
+from ragdistill.store import ArtifactError, ArtifactStore
+
+LEASE_PREFIX = ".lease-"
+
+
+class LeaseHeldError(UserFacingError, RuntimeError):
+    """Another run holds the stage folder; the message names it."""
+
+
+@dataclass(frozen=True)
+class LeaseHolder:
+    token: str
+    host: str
+    pid: int
+    label: str
+    acquired_at: float
+    refreshed_at: float
+
+    def describe(self) -> str:
+        age = time.time() - self.acquired_at
+        return f"{self.label!r} (pid {self.pid} on {self.host}, for {age:.0f} s)"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class StageLease:
+    """``with StageLease(store, "rollouts/base", label="demo: rollouts/base"):`` holds the folder."""
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        stage_dir: str,
+        label: str,
+        *,
+        wait_s: float = 0.0,
+        heartbeat_s: float = 30.0,
+        stale_after_s: float = 300.0,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.store, self.stage_dir, self.label = store, stage_dir.strip("/"), label
+        self.wait_s, self.heartbeat_s, self.stale_after_s, self.poll_s = (
+            wait_s,
+            heartbeat_s,
+            stale_after_s,
+            poll_s,
+        )
+        self.token = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}"
+        self.path = f"{self.stage_dir}/{LEASE_PREFIX}{self.token}.json"
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        self._held = False
+        self._acquired_at = 0.0
+
+    def _candidates(self) -> list[LeaseHolder]:
+        """Every live candidate of the folder; stale ones are removed on the way."""
+        live: list[LeaseHolder] = []
+        for relative in self.store.list(self.stage_dir, hidden=True):
+            name = posixpath.basename(relative)
+            if posixpath.dirname(relative) != self.stage_dir or not name.startswith(LEASE_PREFIX):
+                continue
+            try:
+                holder = LeaseHolder(**self.store.read_json(relative))
+            except (ArtifactError, TypeError):
+                continue  # withdrawn while we listed, or half-written by a crashed writer
+            if self._is_stale(holder):
+                self.store.delete(relative)
+            else:
+                live.append(holder)
+        return live
+
+    def _is_stale(self, holder: LeaseHolder) -> bool:
+        if holder.token == self.token:
+            return False
+        if holder.host == socket.gethostname() and not _process_alive(holder.pid):
+            return True
+        return time.time() - holder.refreshed_at > self.stale_after_s
+
+    def _write(self, acquired_at: float) -> None:
+        holder = LeaseHolder(
+            self.token, socket.gethostname(), os.getpid(), self.label, acquired_at, time.time()
+        )
+        self.store.write_json(self.path, asdict(holder))
+
+    def _try_acquire(self) -> LeaseHolder | None:
+        """None when the lease is ours; else a holder to name."""
+        before = self._candidates()
+        if before:
+            return before[0]
+        self._acquired_at = time.time()
+        self._write(self._acquired_at)
+        others = [holder for holder in self._candidates() if holder.token != self.token]
+        if not others:
+            return None
+        self.store.delete(self.path)
+        return min(others, key=lambda holder: holder.acquired_at)
+
+    def acquire(self) -> StageLease:
+        deadline = time.monotonic() + self.wait_s
+        while True:
+            holder = self._try_acquire()
+            if holder is None:
+                break
+            if time.monotonic() >= deadline:
+                raise LeaseHeldError(
+                    f"{self.store.uri(self.stage_dir)} is being written by {holder.describe()}; wait for that "
+                    "run to finish (or stop it), set run.lease_wait_s to wait for it, or give this run another "
+                    "run.run_root"
+                )
+            time.sleep(self.poll_s * (0.5 + random.random()))
+        self._held = True
+        self._stop.clear()
+        self._heartbeat = threading.Thread(target=self._refresh, name="stage-lease", daemon=True)
+        self._heartbeat.start()
+        return self
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self._write(self._acquired_at)
+
+    def release(self) -> None:
+        if not self._held:
+            return
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+        self.store.delete(self.path)
+        self._held = False
+
+    def __enter__(self) -> StageLease:
+        return self.acquire()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

@@ -1,0 +1,203 @@
+"""The life of one stage folder: hold it, decide whether its outputs are current, start or resume it,
+and end with its manifest.
+
+Every stage function runs inside :class:`StageRun`::
+
+    with StageRun(store, "index", identity, label=config.run.name) as run:
+        if run.current is not None:      # outputs exist, unchanged, made by this identity
+            return run.current
+        ...                              # write outputs
+        return run.finish(files, counts=...)
+
+On entry the run takes the folder's lease (one writer per folder), then:
+
+- when the manifest matches the identity and every file it lists is unchanged, ``run.current`` holds it
+  and nothing is written;
+- otherwise the manifest is removed first (the folder is now stale: downstream stages refuse it until
+  :meth:`StageRun.finish` writes the new manifest, last) and the folder is *claimed*: work left by a run
+  of the same settings, inputs and code is kept and resumed, anything else is cleared (with a log line
+  saying what changed), so one folder never mixes two experiments.
+
+``identity.growable`` holds what may change while finished work is kept: a rollout's task list (a
+larger ``env.limit`` plays only the new tasks), the episodes mining reads (new failures are mined,
+earlier answers reused).
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from dataclasses import asdict, dataclass, field
+from types import TracebackType
+from typing import Any
+
+from ragdistill.errors import UserFacingError
+from ragdistill.identity import digest
+from ragdistill.leases import StageLease
+from ragdistill.store import (
+    MANIFEST_NAME,
+    RUN_STATS_NAME,
+    ArtifactError,
+    ArtifactStore,
+    Manifest,
+    manifest_problems,
+    read_manifest,
+    verify_manifest,
+    write_manifest,
+)
+
+log = logging.getLogger("ragdistill.stages")
+
+IDENTITY_NAME = "identity.json"
+BOOKKEEPING = frozenset({MANIFEST_NAME, RUN_STATS_NAME, IDENTITY_NAME})
+
+
+class StageError(UserFacingError, RuntimeError):
+    """A stage cannot run on what the previous stages produced; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class StageIdentity:
+    """What a stage's output is a function of (``ragdistill.identity`` explains each part)."""
+
+    stage: str
+    settings: dict[str, Any]
+    code: str
+    inputs: dict[str, str] = field(default_factory=dict)
+    growable: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """Equal keys mean equal outputs: the manifest records it, Prefect's cache keys on it."""
+        return digest(asdict(self))
+
+    @property
+    def resume_key(self) -> str:
+        """Equal resume keys mean finished work in the folder may be kept."""
+        return digest(
+            {"stage": self.stage, "settings": self.settings, "code": self.code, "inputs": self.inputs}
+        )
+
+    def differences(self, recorded: dict[str, Any]) -> list[str]:
+        """The parts that differ from an identity recorded earlier, named for a log line."""
+        changed: list[str] = []
+        for part in ("settings", "code", "inputs"):
+            old, new = recorded.get(part), getattr(self, part)
+            if old == new:
+                continue
+            if isinstance(old, dict) and isinstance(new, dict):
+                keys = sorted(key for key in old.keys() | new.keys() if old.get(key) != new.get(key))
+                changed.append(f"{part} ({', '.join(keys)})")
+            else:
+                changed.append(part)
+        return changed
+
+
+def current_manifest(store: ArtifactStore, stage_dir: str, identity: StageIdentity) -> Manifest | None:
+    """The stage's manifest when its outputs are current: same identity, every listed file unchanged,
+    and no episode waiting to be played again after an infrastructure fault."""
+    try:
+        manifest = read_manifest(store, stage_dir)
+    except ArtifactError:
+        return None
+    if manifest.identity != identity.key or manifest.counts.get("transient_errors", 0):
+        return None
+    return None if manifest_problems(store, stage_dir, manifest) else manifest
+
+
+def input_digest(store: ArtifactStore, stage_dir: str) -> str:
+    """The content digest of a finished upstream stage (its manifest, files verified)."""
+    return verify_manifest(store, stage_dir).digest
+
+
+def recorded_input_digest(store: ArtifactStore, stage_dir: str) -> str:
+    """The content digest an upstream manifest records, without re-hashing its files (for cache keys;
+    the stage itself verifies its inputs before reading them)."""
+    return read_manifest(store, stage_dir).digest
+
+
+class StageRun:
+    """Holds one stage folder for one run; see the module docstring."""
+
+    def __init__(
+        self,
+        store: ArtifactStore,
+        stage_dir: str,
+        identity: StageIdentity,
+        *,
+        label: str,
+        lease_wait_s: float = 0.0,
+    ) -> None:
+        self.store, self.stage_dir, self.identity = store, stage_dir.strip("/"), identity
+        self.lease = StageLease(store, self.stage_dir, label=label, wait_s=lease_wait_s)
+        self.current: Manifest | None = None
+
+    def __enter__(self) -> StageRun:
+        self.lease.acquire()
+        try:
+            self.current = current_manifest(self.store, self.stage_dir, self.identity)
+            if self.current is None:
+                self._claim()
+        except BaseException:
+            self.lease.release()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.lease.release()
+
+    def _claim(self) -> None:
+        self.store.delete(f"{self.stage_dir}/{MANIFEST_NAME}")
+        path = f"{self.stage_dir}/{IDENTITY_NAME}"
+        recorded = self._recorded_identity(path)
+        if recorded is not None and recorded.get("resume_key") != self.identity.resume_key:
+            changed = self.identity.differences(recorded) or ["its format"]
+            log.warning(
+                "%s was made with other %s: clearing it and starting the stage again",
+                self.store.uri(self.stage_dir),
+                " and ".join(changed),
+            )
+            self.clear()
+        self.store.write_json(path, {**asdict(self.identity), "resume_key": self.identity.resume_key})
+
+    def _recorded_identity(self, path: str) -> dict[str, Any] | None:
+        if not self.store.exists(path):
+            return {} if self.output_files() else None
+        try:
+            recorded = self.store.read_json(path)
+        except ArtifactError:
+            return {}
+        return recorded if isinstance(recorded, dict) else {}
+
+    def clear(self) -> None:
+        """Remove everything the folder holds except the lease."""
+        for relative in self.store.list(self.stage_dir):
+            self.store.delete(relative)
+
+    def output_files(self) -> list[str]:
+        """Paths (relative to the stage folder) of every file but the bookkeeping ones."""
+        names = [posixpath.relpath(path, self.stage_dir) for path in self.store.list(self.stage_dir)]
+        return [name for name in names if name not in BOOKKEEPING]
+
+    def finish(
+        self,
+        files: list[str] | None = None,
+        *,
+        counts: dict[str, int] | None = None,
+        extra: dict[str, Any] | None = None,
+        run_stats: dict[str, Any] | None = None,
+    ) -> Manifest:
+        """Write ``run-stats.json`` and then, last, the manifest over ``files`` (default: every output)."""
+        self.store.write_json(f"{self.stage_dir}/{RUN_STATS_NAME}", run_stats or {})
+        return write_manifest(
+            self.store,
+            self.stage_dir,
+            stage=self.identity.stage,
+            identity=self.identity.key,
+            files=self.output_files() if files is None else files,
+            counts=counts,
+            inputs=self.identity.inputs,
+            extra=extra,
+        )

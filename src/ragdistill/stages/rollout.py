@@ -1,0 +1,251 @@
+"""Stage A and every other rollout (the RAG teacher, evaluations): play tasks into ``rollouts/<stage>``.
+
+A rollout's identity (``stages.lifecycle``) is made of what changes its episodes and nothing else:
+
+- settings: the environment (name), the agent section (format, few-shot source and count, call cap,
+  repeat stop), the model (name, dtype, context window, the adapter's content digest), the backend kind
+  (and served model name for ``openai``), the sampling settings, the inference library versions, and
+  what a plan adds (the teacher: retrieval settings);
+- inputs: content digests of upstream artifacts (the teacher: hint bank and index);
+- growable: the task list (a larger ``env.limit`` keeps every finished episode and plays the rest);
+- code: the rollout engine, agents, environments and backends.
+
+Never: run names, worker and batch counts, shard size, data folder paths, mining or training settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ragdistill.config import EnvConfig, ExperimentConfig, RoleConfig
+from ragdistill.environments.base import TaskInfo
+from ragdistill.episodes import EpisodeRecord, EpisodeSource
+from ragdistill.identity import code_fingerprint, digest
+from ragdistill.inference.base import Backend
+from ragdistill.inference.shared import shared_backend
+from ragdistill.rollout import EngineSettings, HintSource, ProgressCallback, RolloutEngine, RolloutStats
+from ragdistill.stages.layout import BASE_STAGE, rollout_prefix
+from ragdistill.stages.lifecycle import StageError, StageIdentity, StageRun
+from ragdistill.stages.roles import ResolvedAdapter, resolve_adapter, role_settings
+from ragdistill.store import ArtifactStore, Manifest, RecordLog, read_records
+
+log = logging.getLogger("ragdistill.stages")
+
+
+@dataclass
+class RolloutPlan:
+    """One rollout stage: where it goes, who plays, on which tasks, with which hints."""
+
+    stage: str
+    env: EnvConfig
+    role: RoleConfig
+    source: EpisodeSource = "agent"
+    settings: dict[str, Any] = field(default_factory=dict)
+    """Settings a plan adds to the identity (the teacher's retrieval section)."""
+    inputs: dict[str, str] = field(default_factory=dict)
+    hint_source: Callable[[], HintSource] | None = None
+    """Built only when episodes are played (a retriever loads an embedder)."""
+    tasks: Sequence[TaskInfo] | None = None
+    """A pinned task list (evaluation); None: the environment's tasks for ``env``."""
+    code: str = field(default_factory=lambda: code_fingerprint("ragdistill.stages.rollout"))
+
+
+def base_plan(config: ExperimentConfig, stage: str = BASE_STAGE) -> RolloutPlan:
+    """Stage A: the base agent on the configured tasks."""
+    return RolloutPlan(stage=stage, env=config.env, role=config.models.agent)
+
+
+def list_env_tasks(env: EnvConfig) -> list[TaskInfo]:
+    from ragdistill.environments.registry import list_tasks
+
+    return list_tasks(
+        env.name,
+        data_dir=env.data_dir,
+        split=env.split,
+        limit=env.limit,
+        task_types=env.task_types,
+        balanced=env.balanced,
+    )
+
+
+def rollout_identity(
+    config: ExperimentConfig, plan: RolloutPlan, tasks: Sequence[TaskInfo], adapter: ResolvedAdapter
+) -> StageIdentity:
+    return StageIdentity(
+        stage=f"rollout:{plan.stage}",
+        settings={
+            "env": {"name": plan.env.name},
+            "agent": config.agent.model_dump(mode="json"),
+            "role": role_settings(plan.role, adapter),
+            "source": plan.source,
+            **plan.settings,
+        },
+        code=plan.code,
+        inputs=dict(plan.inputs),
+        growable={"tasks": digest([task.task_id for task in tasks]), "task_count": len(tasks)},
+    )
+
+
+def plan_identity(config: ExperimentConfig, plan: RolloutPlan) -> StageIdentity:
+    """The identity a plan would run under (used by cache keys before anything runs)."""
+    store = ArtifactStore(config.run.run_root)
+    tasks = list(plan.tasks) if plan.tasks is not None else list_env_tasks(plan.env)
+    return rollout_identity(config, plan, tasks, resolve_adapter(store, plan.role.model.adapter))
+
+
+def run_rollout(
+    config: ExperimentConfig,
+    stage: str = BASE_STAGE,
+    *,
+    backend: Backend | None = None,
+    progress: ProgressCallback | None = None,
+) -> Manifest:
+    """Stage A: play the base agent on the config's tasks into ``rollouts/<stage>``."""
+    return run_rollout_plan(config, base_plan(config, stage), backend=backend, progress=progress)
+
+
+def run_rollout_plan(
+    config: ExperimentConfig,
+    plan: RolloutPlan,
+    *,
+    backend: Backend | None = None,
+    progress: ProgressCallback | None = None,
+) -> Manifest:
+    """Play a plan's tasks, keeping every finished episode already in its folder; see the module doc."""
+    store = ArtifactStore(config.run.run_root)
+    tasks = list(plan.tasks) if plan.tasks is not None else list_env_tasks(plan.env)
+    adapter = resolve_adapter(store, plan.role.model.adapter)
+    identity = rollout_identity(config, plan, tasks, adapter)
+    prefix = rollout_prefix(plan.stage)
+    label = f"{config.run.name}: rollouts/{plan.stage}"
+    with StageRun(store, prefix, identity, label=label, lease_wait_s=config.run.lease_wait_s) as run:
+        if run.current is not None:
+            return run.current
+        started = time.perf_counter()
+        records = RecordLog(
+            store, prefix, key=lambda record: record["task_id"], shard_size=config.rollout.shard_size
+        )
+        stats = _play(config, plan, tasks, adapter, records, backend, progress)
+        wanted = {task.task_id for task in tasks}
+        shards = records.compact(keep=lambda record: record["task_id"] in wanted)
+        played = [EpisodeRecord.from_dict(item) for item in read_records(store, prefix)]
+        counts = episode_counts(played)
+        _check_error_share(store.uri(prefix), played, config.rollout.max_error_share)
+        return run.finish(
+            shards,
+            counts=counts,
+            run_stats={
+                "played_now": stats.finished,
+                "skipped_finished": len(tasks) - len(set(stats.started_task_ids)),
+                "model_calls": stats.model_calls,
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+        )
+
+
+def _play(
+    config: ExperimentConfig,
+    plan: RolloutPlan,
+    tasks: Sequence[TaskInfo],
+    adapter: ResolvedAdapter,
+    records: RecordLog,
+    backend: Backend | None,
+    progress: ProgressCallback | None,
+) -> RolloutStats:
+    """Play every task without a finished record; then, up to ``rollout.transient_retries`` times, the
+    episodes an infrastructure fault ended."""
+    from ragdistill.agents.fewshot import build_examples
+    from ragdistill.agents.formats import get_format
+    from ragdistill.environments.pool import EnvPool
+
+    fmt = get_format(config.agent.format)
+    agent = config.agent
+    settings = EngineSettings(
+        agent=agent,
+        role=plan.role,
+        batch_size=config.rollout.batch_size,
+        adapter_path=adapter.path,
+        adapter_digest=adapter.digest,
+        prompt_version=prompt_version(),
+    )
+    examples: dict[tuple[str, str | None], list[str]] = {}
+
+    def examples_for(task: TaskInfo) -> list[str]:
+        # An expert example is a solved training game: never the game being played.
+        key = (task.task_type, task.task_id if task.split == "train" else None)
+        if key not in examples:
+            examples[key] = build_examples(
+                agent.fewshot_source,
+                fmt.name,
+                task.task_type,
+                agent.fewshot_count,
+                plan.env.data_dir,
+                exclude_task_id=key[1],
+            )
+        return examples[key]
+
+    total = RolloutStats()
+    hint_source = None
+    for attempt in range(1 + config.rollout.transient_retries):
+        finished = {
+            item["task_id"]
+            for item in records.records()
+            if not (item["stop_reason"] == "error" and item.get("error_kind") == "transient")
+        }
+        pending = [task for task in tasks if task.task_id not in finished]
+        if not pending:
+            break
+        if attempt:
+            log.warning(
+                "%s: playing %d episode(s) again after infrastructure faults", plan.stage, len(pending)
+            )
+        if hint_source is None and plan.hint_source is not None:
+            hint_source = plan.hint_source()
+        backend = backend or shared_backend(plan.role)
+        env = plan.env
+        workers = min(env.workers, len(pending))
+        with EnvPool(
+            env.name, workers=workers, data_dir=env.data_dir, recycle_after=env.max_games_per_worker
+        ) as pool:
+            engine = RolloutEngine(
+                settings, backend, pool, fmt, examples_for, records,
+                source=plan.source, hint_source=hint_source, progress=progress,
+            )  # fmt: skip
+            stats = engine.run(pending)
+        total.finished += stats.finished
+        total.model_calls += stats.model_calls
+        total.started_task_ids.extend(stats.started_task_ids)
+        if not stats.transient_errors:
+            break
+    return total
+
+
+def prompt_version() -> str:
+    """A short fingerprint of the code that writes prompts (formats, few-shot examples)."""
+    return code_fingerprint("ragdistill.agents.formats", "ragdistill.agents.fewshot")[:16]
+
+
+def episode_counts(records: Iterable[EpisodeRecord]) -> dict[str, int]:
+    """Counts derived from the records alone (they go into the manifest)."""
+    counts = {"episodes": 0, "won": 0, "errors": 0, "transient_errors": 0}
+    for record in records:
+        counts["episodes"] += 1
+        counts["won"] += int(record.success)
+        counts["errors"] += int(record.stop_reason == "error")
+        counts["transient_errors"] += int(record.is_transient_failure)
+    return counts
+
+
+def _check_error_share(where: str, records: list[EpisodeRecord], limit: float) -> None:
+    errors = [record for record in records if record.stop_reason == "error"]
+    if records and len(errors) / len(records) > limit:
+        causes = "\n  ".join(f"{record.task_id}: {record.error}" for record in errors[:3])
+        raise StageError(
+            f"{len(errors)} of {len(records)} episodes in {where} ended in an error, more than "
+            f"rollout.max_error_share ({limit:.0%}). First causes:\n  {causes}\nThe records are kept there: "
+            "fix the cause and run again (episodes ended by an infrastructure fault are played again)"
+        )

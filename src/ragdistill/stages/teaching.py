@@ -1,0 +1,87 @@
+"""Stage C (teach): the RAG teacher, a rollout whose prompts carry hints retrieved once per episode.
+
+Its identity is a rollout's plus the ``retrieval`` section, the re-ranker role when the retriever is
+``llm-rerank``, and the content digests of the hint bank and (for ``faiss``) the index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ragdistill.config import ExperimentConfig
+from ragdistill.identity import code_fingerprint
+from ragdistill.inference.base import Backend
+from ragdistill.rollout import HintSource, ProgressCallback
+from ragdistill.stages.layout import HINTS_DIR, INDEX_DIR, TEACHER_STAGE
+from ragdistill.stages.lifecycle import recorded_input_digest
+from ragdistill.stages.roles import ResolvedAdapter, role_settings
+from ragdistill.stages.rollout import RolloutPlan, run_rollout_plan
+from ragdistill.store import ArtifactStore, Manifest, verify_manifest
+
+
+def retrieval_settings(config: ExperimentConfig) -> dict[str, Any]:
+    """What changes which hints an episode gets."""
+    settings: dict[str, Any] = {"retrieval": config.retrieval.model_dump(mode="json")}
+    if config.retrieval.retriever == "llm-rerank":
+        settings["reranker"] = role_settings(config.models.reranker, ResolvedAdapter())
+    return settings
+
+
+def retrieval_inputs(config: ExperimentConfig, store: ArtifactStore) -> dict[str, str]:
+    inputs = {HINTS_DIR: recorded_input_digest(store, HINTS_DIR)}
+    if config.retrieval.retriever == "faiss":
+        inputs[INDEX_DIR] = recorded_input_digest(store, INDEX_DIR)
+    return inputs
+
+
+def hint_source_factory(config: ExperimentConfig) -> HintSource:
+    """The retriever over the verified bank (and index), as the engine's hint source."""
+    from ragdistill.inference.shared import shared_backend
+    from ragdistill.retrieval.bank import load_nonempty_bank
+    from ragdistill.retrieval.embed import get_embedder
+    from ragdistill.retrieval.index import HintIndex
+    from ragdistill.retrieval.retrievers import make_retriever
+    from ragdistill.retrieval.teacher import RetrieverHintSource
+
+    store = ArtifactStore(config.run.run_root)
+    verify_manifest(store, HINTS_DIR)
+    bank = load_nonempty_bank(store)
+    index = None
+    if config.retrieval.retriever == "faiss":
+        verify_manifest(store, INDEX_DIR)
+        index = HintIndex.load(store, INDEX_DIR)
+    reranker = shared_backend(config.models.reranker) if config.retrieval.retriever == "llm-rerank" else None
+    retriever = make_retriever(
+        config.retrieval,
+        bank,
+        reranker,
+        embedder=get_embedder(config.retrieval.embedding_model) if index is not None else None,
+        index=index,
+        sampling=config.models.reranker.sampling,
+    )
+    return RetrieverHintSource(retriever, config.retrieval.k, config.retrieval.query)
+
+
+def teacher_plan(config: ExperimentConfig, stage: str = TEACHER_STAGE, **overrides: Any) -> RolloutPlan:
+    """The RAG teacher on the config's tasks (``overrides``: another env or role, e.g. for evaluation)."""
+    store = ArtifactStore(config.run.run_root)
+    plan = RolloutPlan(
+        stage=stage,
+        env=config.env,
+        role=config.models.agent,
+        source="teacher",
+        settings=retrieval_settings(config),
+        inputs=retrieval_inputs(config, store),
+        hint_source=lambda: hint_source_factory(config),
+        code=code_fingerprint("ragdistill.stages.teaching"),
+    )
+    for name, value in overrides.items():
+        setattr(plan, name, value)
+    return plan
+
+
+def run_teacher(
+    config: ExperimentConfig, *, backend: Backend | None = None, progress: ProgressCallback | None = None
+) -> Manifest:
+    """Stage C (teach); see the module docstring."""
+    return run_rollout_plan(config, teacher_plan(config), backend=backend, progress=progress)
