@@ -17,6 +17,8 @@ export TOKENIZERS_PARALLELISM ?= false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# The project's Prefect home (database, logs, server state): under the project, never ~/.prefect.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup data model demo test test-fast lint format bench clean-venv
@@ -61,8 +63,7 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests benchmarks
 
 bench: setup
-	$(BIN)/python benchmarks/rollout.py
-	$(BIN)/python benchmarks/retrieval.py
+	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
 
 clean-venv:
 	rm -rf $(VENV)

@@ -257,6 +257,98 @@ def teach(
 
 
 @app.command()
+def expert(config: ConfigOption, run_root: RunRootOption = None) -> None:
+    """Stage D: the expert teacher, demonstrations of training tasks recorded as the agent's episodes."""
+    experiment = load_or_exit(config, {"run.run_root": run_root})
+    from ragdistill.stages.expert import run_expert_teacher
+
+    bar = progress_bar("expert")
+    try:
+        manifest = run_expert_teacher(experiment, progress=bar)
+    finally:
+        bar.close()
+    _report_manifest("expert", experiment.run.run_root, manifest)
+
+
+@app.command("build-datasets")
+def build_datasets(config: ConfigOption, run_root: RunRootOption = None) -> None:
+    """Stage D: the sft and distill training sets (parquet + dataset card) under datasets/."""
+    experiment = load_or_exit(config, {"run.run_root": run_root})
+    from ragdistill.stages.datasets import run_datasets
+
+    for name, manifest in run_datasets(experiment).items():
+        _report_manifest(f"dataset {name}", experiment.run.run_root, manifest)
+
+
+StudentOption = Annotated[
+    list[str] | None, typer.Option("--student", help="sft and/or distill (default both).")
+]
+
+
+@app.command()
+def train(config: ConfigOption, run_root: RunRootOption = None, student: StudentOption = None) -> None:
+    """Stage D: LoRA-train the students through accelerate; a killed training resumes from its checkpoint."""
+    experiment = load_or_exit(config, {"run.run_root": run_root})
+    from ragdistill.stages.training import run_training
+
+    for name in student or ["sft", "distill"]:
+        manifest = run_training(experiment, name)
+        if manifest.extra.get("skipped"):
+            typer.echo(f"{name}: not trained: {manifest.extra['skipped']}")
+        _report_manifest(f"train {name}", experiment.run.run_root, manifest)
+
+
+@app.command()
+def evaluate(
+    config: ConfigOption,
+    run_root: RunRootOption = None,
+    method: Annotated[list[str] | None, typer.Option("--method", help="base, rag, sft, distill.")] = None,
+) -> None:
+    """Stage E: every method on the pinned evaluation tasks, into rollouts/eval-<method>."""
+    experiment = load_or_exit(config, {"run.run_root": run_root})
+    from ragdistill.stages.evaluation import SkippedMethod, run_evaluation
+
+    for name in method or experiment.evaluation.methods:
+        bar = progress_bar(f"eval {name}")
+        try:
+            outcome = run_evaluation(experiment, name, progress=bar)
+        finally:
+            bar.close()
+        if isinstance(outcome, SkippedMethod):
+            typer.echo(f"{name}: not evaluated: {outcome.reason}")
+        else:
+            _report_manifest(f"eval {name}", experiment.run.run_root, outcome)
+
+
+@app.command()
+def report(
+    run_roots: Annotated[list[str], typer.Argument(help="One run root, or several (one agent format each).")],
+    out: Annotated[str | None, typer.Option("--out", help="Where several run roots' report goes.")] = None,
+) -> None:
+    """Stage E: reports/report.md and the accuracy-vs-tokens figure from finished evaluations."""
+    from ragdistill.config import validate_config
+    from ragdistill.stages.report import REPORT_FILE, RUN_FILE, render_run_reports, run_report
+    from ragdistill.store import ArtifactStore
+
+    stores = [ArtifactStore(root) for root in run_roots]
+    if len(stores) == 1 and out is None:
+        run = stores[0].read_json(RUN_FILE) if stores[0].exists(RUN_FILE) else None
+        if run is None:
+            fail(f"{stores[0].uri(RUN_FILE)} is missing: {run_roots[0]} is not a ragdistill run root")
+        experiment = validate_config(run["config"], source=stores[0].uri(RUN_FILE))
+        experiment = experiment.model_copy(
+            update={"run": experiment.run.model_copy(update={"run_root": stores[0].root_url})}
+        )
+        run_report(experiment)
+        target = stores[0].child("reports")
+    else:
+        target = ArtifactStore(out or f"{stores[0].root_url}/reports-combined")
+        render_run_reports(stores, target)
+    typer.echo(f"report: {target.uri(REPORT_FILE)}")
+    print_json_line({"stage": "report", "report": target.uri(REPORT_FILE)})
+
+
+@app.command()
 def pipeline(config: ConfigOption, run_root: RunRootOption = None) -> None:
     """Every stage in order as one Prefect flow, reported to PREFECT_API_URL when set, else to the
     project's Prefect server (`ragdistill server start`), else to one started for this run."""

@@ -181,7 +181,7 @@ class RolloutEngine:
         started: list[tuple[int, ResetResult]] = []
         for task, outcome in zip(tasks, outcomes, strict=True):
             if isinstance(outcome, EnvError):
-                self._write_error(task, str(outcome), _error_kind(outcome))
+                self._write_error(task, str(outcome), error_kind(outcome))
             else:
                 started.append(outcome)
         hints: list[RetrievedHints | None] = [None] * len(started)
@@ -299,7 +299,7 @@ class RolloutEngine:
                         won=False,
                         reward=0.0,
                         error=str(outcome),
-                        error_kind=_error_kind(outcome),
+                        error_kind=error_kind(outcome),
                     )
                     continue
                 step.observation, step.reward, step.done = outcome.observation, outcome.reward, outcome.done
@@ -379,6 +379,6 @@ class RolloutEngine:
         )
 
 
-def _error_kind(error: EnvError) -> ErrorKind:
+def error_kind(error: EnvError) -> ErrorKind:
     """A crashed or hung worker is the infrastructure's fault; a game that fails is the task's own."""
     return "transient" if error.transient else "request"

@@ -246,6 +246,7 @@ class RecordLog:
             written.append(name)
         for stale in [*parts, *(path for path in old_shards if path not in written)]:
             self.store.delete(stale)
+        self.store.delete(f"{self.prefix}/{PARTS_DIR}")
         self._next_part = 0
         return written
 

@@ -36,6 +36,8 @@ TASK_TYPE_PREFIXES: dict[str, str] = {
 TASK_TYPES: tuple[str, ...] = tuple(TASK_TYPE_PREFIXES.values())
 
 TASK_PREFIX = "Your task is to: "
+INVALID_OBSERVATION = "Nothing happens."
+"""What ALFWorld answers to a command it cannot carry out."""
 _BANNER = re.compile(r"\A\s*-=.*?=-\s*")
 _PUT = re.compile(r"^put\s+(?P<obj>.+?)\s+(?:in/on|in|on)\s+(?P<target>.+)$")
 _GRAMMAR_TASK = re.compile(r'"rhs":\s*"Your task is to: (?P<task>[^"]*)"')

@@ -21,21 +21,31 @@ TaskLister = Callable[..., list[TaskInfo]]
 
 @dataclass(frozen=True)
 class EnvSpec:
+    """An environment by name: how to build one, how to list its tasks, and the facts about it that
+    other stages need without naming it (``invalid_observation``: what it answers to an action it cannot
+    carry out, used by the dataset filters and the invalid-action metric)."""
+
     name: str
     factory: EnvFactory
     task_lister: TaskLister
+    invalid_observation: str = ""
 
 
 _REGISTRY: dict[str, EnvSpec] = {}
 
 
 def register_env(
-    name: str, factory: EnvFactory, task_lister: TaskLister, *, replace: bool = False
+    name: str,
+    factory: EnvFactory,
+    task_lister: TaskLister,
+    *,
+    invalid_observation: str = "",
+    replace: bool = False,
 ) -> EnvSpec:
     """Make ``name`` available to configs, the pool and ``ragdistill env check``."""
     if name in _REGISTRY and not replace:
         raise ValueError(f"environment {name!r} is already registered; pass replace=True to override it")
-    spec = EnvSpec(name, factory, task_lister)
+    spec = EnvSpec(name, factory, task_lister, invalid_observation)
     _REGISTRY[name] = spec
     return spec
 
@@ -66,7 +76,12 @@ def list_tasks(env_name: str, **kwargs: Any) -> list[TaskInfo]:
 def _register_builtin() -> None:
     from ragdistill.environments import alfworld
 
-    register_env(alfworld.ENV_NAME, alfworld.AlfworldEnv, alfworld.list_tasks)
+    register_env(
+        alfworld.ENV_NAME,
+        alfworld.AlfworldEnv,
+        alfworld.list_tasks,
+        invalid_observation=alfworld.INVALID_OBSERVATION,
+    )
 
 
 _register_builtin()

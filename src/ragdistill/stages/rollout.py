@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ragdistill.config import EnvConfig, ExperimentConfig, RoleConfig
+from ragdistill.config import AgentConfig, EnvConfig, ExperimentConfig, RoleConfig
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord, EpisodeSource
 from ragdistill.identity import code_fingerprint, digest
@@ -52,6 +52,10 @@ class RolloutPlan:
     tasks: Sequence[TaskInfo] | None = None
     """A pinned task list (evaluation); None: the environment's tasks for ``env``."""
     code: str = field(default_factory=lambda: code_fingerprint("ragdistill.stages.rollout"))
+    agent: AgentConfig | None = None
+    """The agent section this plan plays with (None: the config's)."""
+    record_adapter: str | None = None
+    """The adapter digest records name when the weights already hold it (a merged student checkpoint)."""
 
 
 def base_plan(config: ExperimentConfig, stage: str = BASE_STAGE) -> RolloutPlan:
@@ -79,9 +83,10 @@ def rollout_identity(
         stage=f"rollout:{plan.stage}",
         settings={
             "env": {"name": plan.env.name},
-            "agent": config.agent.model_dump(mode="json"),
+            "agent": (plan.agent or config.agent).model_dump(mode="json"),
             "role": role_settings(plan.role, adapter),
             "source": plan.source,
+            "record_adapter": plan.record_adapter,
             **plan.settings,
         },
         code=plan.code,
@@ -158,36 +163,20 @@ def _play(
 ) -> RolloutStats:
     """Play every task without a finished record; then, up to ``rollout.transient_retries`` times, the
     episodes an infrastructure fault ended."""
-    from ragdistill.agents.fewshot import build_examples
     from ragdistill.agents.formats import get_format
     from ragdistill.environments.pool import EnvPool
 
-    fmt = get_format(config.agent.format)
-    agent = config.agent
+    agent = plan.agent or config.agent
+    fmt = get_format(agent.format)
     settings = EngineSettings(
         agent=agent,
         role=plan.role,
         batch_size=config.rollout.batch_size,
         adapter_path=adapter.path,
-        adapter_digest=adapter.digest,
+        adapter_digest=plan.record_adapter or adapter.digest,
         prompt_version=prompt_version(),
     )
-    examples: dict[tuple[str, str | None], list[str]] = {}
-
-    def examples_for(task: TaskInfo) -> list[str]:
-        # An expert example is a solved training game: never the game being played.
-        key = (task.task_type, task.task_id if task.split == "train" else None)
-        if key not in examples:
-            examples[key] = build_examples(
-                agent.fewshot_source,
-                fmt.name,
-                task.task_type,
-                agent.fewshot_count,
-                plan.env.data_dir,
-                exclude_task_id=key[1],
-            )
-        return examples[key]
-
+    examples_for = examples_provider(agent, plan.env)
     total = RolloutStats()
     hint_source = None
     for attempt in range(1 + config.rollout.transient_retries):
@@ -222,6 +211,30 @@ def _play(
         if not stats.transient_errors:
             break
     return total
+
+
+def examples_provider(agent: AgentConfig, env: EnvConfig) -> Callable[[TaskInfo], list[str]]:
+    """The few-shot examples for a task, built once per task type. An expert example is a solved
+    training game: never the game being played."""
+    from ragdistill.agents.fewshot import build_examples
+
+    examples: dict[tuple[str, str | None], list[str]] = {}
+
+    def examples_for(task: TaskInfo) -> list[str]:
+        key = (task.task_type, task.task_id if task.split == "train" else None)
+        if key not in examples:
+            examples[key] = build_examples(
+                agent.fewshot_source,
+                agent.format,
+                task.task_type,
+                agent.fewshot_count,
+                env.data_dir,
+                exclude_task_id=key[1],
+                env_name=env.name,
+            )
+        return examples[key]
+
+    return examples_for
 
 
 def prompt_version() -> str:

@@ -44,7 +44,7 @@ def stage_cache_key(identify: Identify, task_module: str) -> Callable[[Any, dict
         store = ArtifactStore(config.run.run_root)
         try:
             stage_dir, identity = identify(config, parameters)
-        except UserFacingError:  # an input is missing: run the task, and let the stage say what is wrong
+        except UserFacingError:  # an input is missing, or nothing to identify: run the task, which says why
             return uuid.uuid4().hex
         value = digest([store.root_url, identity.key, code_fingerprint(task_module)])
         current = current_manifest(store, stage_dir, identity)

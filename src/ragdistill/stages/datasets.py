@@ -1,0 +1,249 @@
+"""Stage D (datasets): the SFT and distillation training sets, as Hugging Face datasets in parquet.
+
+- ``datasets/sft``: the base agent's successful episodes (the paper's SFT baseline).
+- ``datasets/distill``: the teacher's successful episodes (``distill.teacher``: the RAG teacher's
+  rollout, the expert teacher's demonstrations, or both), with the ``hints`` and ``fewshot`` segments
+  removed by kind, then checked for leaks (a hint or few-shot text left in any example stops the
+  stage, naming the example and the text).
+
+Both drop the few-shot examples (the paper trains on the first system line + the task). Each folder
+holds ``data.parquet`` (``datasets.load_dataset("parquet", data_files=...)``) and ``README.md``, a
+dataset card with the counts per source and task type, what was left out and why, the filters and the
+source runs. An empty set is a recorded outcome (zero rows, the reason in the card), never an error.
+
+Identity (each dataset on its own): the selection settings, ``training.max_seq_len``, the agent
+model's tokenizer, the environment's invalid-action text, the content digests of the source rollouts
+(and of the hint bank, which the leak check reads) and the code.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections import Counter
+from typing import Any
+
+import yaml
+
+from ragdistill.config import ExperimentConfig
+from ragdistill.episodes import EpisodeRecord
+from ragdistill.identity import code_fingerprint, library_versions
+from ragdistill.stages.layout import (
+    BASE_STAGE,
+    DATASETS_DIR,
+    EXPERT_STAGE,
+    HINTS_DIR,
+    TEACHER_STAGE,
+    rollout_prefix,
+)
+from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest
+from ragdistill.store import ArtifactStore, Manifest, read_records, verify_manifest
+
+DATASETS: tuple[str, ...] = ("sft", "distill")
+DATA_FILE = "data.parquet"
+CARD_FILE = "README.md"
+
+
+def dataset_dir(name: str) -> str:
+    return f"{DATASETS_DIR}/{name}"
+
+
+def source_stages(config: ExperimentConfig, name: str) -> list[str]:
+    if name == "sft":
+        return [BASE_STAGE]
+    return {"rag": [TEACHER_STAGE], "expert": [EXPERT_STAGE], "both": [TEACHER_STAGE, EXPERT_STAGE]}[
+        config.distill.teacher
+    ]
+
+
+def removed_kinds(name: str) -> tuple[str, ...]:
+    """The base agent's prompt has no hints; both sets drop the few-shot examples."""
+    return ("fewshot",) if name == "sft" else ("hints", "fewshot")
+
+
+def invalid_observation(config: ExperimentConfig) -> str:
+    from ragdistill.environments.registry import get_env
+
+    return get_env(config.env.name).invalid_observation
+
+
+def dataset_identity(config: ExperimentConfig, store: ArtifactStore, name: str) -> StageIdentity:
+    inputs = {
+        rollout_prefix(stage): recorded_input_digest(store, rollout_prefix(stage))
+        for stage in source_stages(config, name)
+    }
+    if name == "distill":
+        inputs[HINTS_DIR] = recorded_input_digest(store, HINTS_DIR)
+    model = config.models.agent.model
+    return StageIdentity(
+        stage=f"dataset:{name}",
+        settings={
+            "selection": config.distill.model_dump(
+                mode="json", include={"max_invalid_actions", "min_score", "overlong"}
+            ),
+            "max_seq_len": config.training.max_seq_len,
+            "tokenizer": model.name,
+            "invalid_observation": invalid_observation(config),
+            "removed": list(removed_kinds(name)),
+            "libraries": library_versions("transformers", "datasets"),
+        },
+        code=code_fingerprint("ragdistill.stages.datasets"),
+        inputs=inputs,
+    )
+
+
+def run_dataset(config: ExperimentConfig, name: str) -> Manifest:
+    """Build ``datasets/<name>``; see the module docstring."""
+    from ragdistill.inference.chat import load_tokenizer
+    from ragdistill.models import resolve_model
+    from ragdistill.training.examples import Selection, build_examples, check_leaks
+
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
+    store = ArtifactStore(config.run.run_root)
+    identity = dataset_identity(config, store, name)
+    folder = dataset_dir(name)
+    with StageRun(
+        store, folder, identity, label=f"{config.run.name}: {folder}", lease_wait_s=config.run.lease_wait_s
+    ) as run:
+        if run.current is not None:
+            return run.current
+        started = time.perf_counter()
+        records: dict[str, EpisodeRecord] = {}
+        episodes_per_source: Counter[str] = Counter()
+        for stage in source_stages(config, name):
+            prefix = rollout_prefix(stage)
+            manifest = verify_manifest(store, prefix)
+            for item in read_records(store, prefix, manifest):
+                record = EpisodeRecord.from_dict(item)
+                records[f"{record.source}/{record.run_id}/{record.task_id}"] = record
+                episodes_per_source[record.source] += 1
+        selection = Selection(
+            invalid_observation(config), config.distill.max_invalid_actions, config.distill.min_score
+        )
+        tokenizer = load_tokenizer(resolve_model(config.models.agent.model))
+        built = build_examples(
+            records.values(),
+            tokenizer,
+            selection,
+            removed_kinds(name),
+            config.training.max_seq_len,
+            config.distill.overlong,
+        )
+        if name == "distill":
+            check_leaks(built.examples, records, _hint_lookup(store))
+        run.clear()
+        rows = [example.row() for example in built.examples]
+        store.write_bytes(f"{folder}/{DATA_FILE}", _parquet(rows))
+        counts: dict[str, int] = {
+            "examples": len(rows),
+            "episodes": len(records),
+            "tokens": sum(row["num_tokens"] for row in rows),
+            "loss_tokens": sum(sum(row["assistant_masks"]) for row in rows),
+            **{f"source_{source}": n for source, n in Counter(row["source"] for row in rows).items()},
+            **{f"type_{task_type}": n for task_type, n in Counter(row["task_type"] for row in rows).items()},
+            **{f"skipped_{reason}": n for reason, n in built.skipped.items()},
+        }
+        card = {
+            "dataset": name,
+            "examples": len(rows),
+            "empty_because": _empty_reason(name, config, built.skipped, len(records)) if not rows else None,
+            "episodes_read": dict(episodes_per_source),
+            "examples_per_source": dict(Counter(row["source"] for row in rows)),
+            "examples_per_task_type": dict(Counter(row["task_type"] for row in rows)),
+            "skipped": dict(built.skipped),
+            "filters": {
+                "success_or_min_score": config.distill.min_score,
+                "max_invalid_actions": config.distill.max_invalid_actions,
+                "invalid_observation": selection.invalid_observation,
+                "removed_segments": list(removed_kinds(name)),
+                "max_seq_len": config.training.max_seq_len,
+                "overlong": config.distill.overlong,
+            },
+            "source_runs": identity.inputs,
+            "tokenizer": config.models.agent.model.name,
+            "identity": identity.key,
+        }
+        store.write_text(f"{folder}/{CARD_FILE}", dataset_card(card))
+        return run.finish(
+            counts=counts,
+            extra={"card": card},
+            run_stats={"seconds": round(time.perf_counter() - started, 2)},
+        )
+
+
+def run_datasets(config: ExperimentConfig) -> dict[str, Manifest]:
+    """Both training sets."""
+    return {name: run_dataset(config, name) for name in DATASETS}
+
+
+def _empty_reason(name: str, config: ExperimentConfig, skipped: Counter[str], episodes: int) -> str:
+    source = "the base agent" if name == "sft" else f"the {config.distill.teacher} teacher"
+    if not episodes:
+        return f"{source} recorded no episodes"
+    reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in skipped.most_common())
+    return f"none of the {episodes} episodes of {source} qualified ({reasons})"
+
+
+def _hint_lookup(store: ArtifactStore) -> Any:
+    from ragdistill.retrieval.bank import HintBank
+
+    verify_manifest(store, HINTS_DIR)
+    bank = HintBank.load(store)
+    return lambda hint_id: bank.get(hint_id).text if hint_id in bank else None
+
+
+_COLUMNS = {
+    "input_ids": "int32-list",
+    "assistant_masks": "int8-list",
+    "episode_id": "string",
+    "task_id": "string",
+    "task_type": "string",
+    "source": "string",
+    "num_tokens": "int32",
+    "dropped_turns": "int32",
+    "text": "string",
+}
+
+
+def _parquet(rows: list[dict[str, Any]]) -> bytes:
+    """The rows as one parquet file, with a fixed schema (an empty set keeps its columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {
+        "int32-list": pa.list_(pa.int32()),
+        "int8-list": pa.list_(pa.int8()),
+        "string": pa.string(),
+        "int32": pa.int32(),
+    }
+    schema = pa.schema([(name, types[kind]) for name, kind in _COLUMNS.items()])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def dataset_card(card: dict[str, Any]) -> str:
+    """A Hugging Face dataset card: YAML front matter (the data file, and our counts), then prose."""
+    front = {"configs": [{"config_name": "default", "data_files": DATA_FILE}], "ragdistill": card}
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=False).rstrip(),
+        "---",
+        f"# {card['dataset']} — ragdistill training set",
+        "",
+        f"{card['examples']} examples, one per episode, from {json.dumps(card['episodes_read'])} episodes read.",
+    ]
+    if card["empty_because"]:
+        lines.append(f"This set is empty: {card['empty_because']}.")
+    lines += [
+        "",
+        "Columns: `input_ids` (the conversation through the model's chat template), `assistant_masks` (1 on the "
+        "tokens the loss covers: the model's own turns), `text` (the conversation, readable), and metadata.",
+        f"Removed prompt segments: {', '.join(card['filters']['removed_segments'])}.",
+        "",
+        'Load it with `datasets.load_dataset("parquet", data_files="data.parquet")`.',
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,234 @@
+"""Stage E (report): ``reports/report.md``, ``reports/accuracy_tokens.png`` and ``reports/metrics.json``.
+
+It reads only finished stages: the evaluation rollouts (exactly the shards their manifests list), the
+dataset cards and the training results, plus ``run.json`` (the run's settings, written by the pipeline
+and the CLI). Identity: the content digests of everything it reads, and the code.
+``ragdistill report RUN_ROOT [RUN_ROOT …]`` renders one report over several run roots (one agent format
+each), which gives the paper's method × agent table.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ragdistill.config import ExperimentConfig
+from ragdistill.episodes import EpisodeRecord
+from ragdistill.identity import code_fingerprint
+from ragdistill.stages.layout import ADAPTERS_DIR, REPORTS_DIR, rollout_prefix
+from ragdistill.stages.lifecycle import StageIdentity, StageRun
+from ragdistill.store import (
+    ArtifactError,
+    ArtifactStore,
+    Manifest,
+    read_manifest,
+    read_records,
+    verify_manifest,
+)
+
+RUN_FILE = "run.json"
+REPORT_FILE = "report.md"
+FIGURE_FILE = "accuracy_tokens.png"
+METRICS_FILE = "metrics.json"
+METHODS: tuple[str, ...] = ("base", "rag", "sft", "distill")
+
+
+def write_run_file(config: ExperimentConfig, config_path: str | None) -> None:
+    """What a report needs to know about the run: its settings and the config it came from."""
+    store = ArtifactStore(config.run.run_root)
+    payload = {
+        "config_name": Path(config_path).stem if config_path else config.run.name,
+        "config": config.model_dump(mode="json"),
+    }
+    store.write_json(RUN_FILE, payload)
+
+
+def _inputs(store: ArtifactStore) -> dict[str, str]:
+    """Every finished stage the report reads, by folder, with its content digest."""
+    found: dict[str, str] = {}
+    for folder in [*(rollout_prefix(f"eval-{m}") for m in METHODS), "datasets/sft", "datasets/distill",
+                   f"{ADAPTERS_DIR}/sft", f"{ADAPTERS_DIR}/distill"]:  # fmt: skip
+        try:
+            found[folder] = read_manifest(store, folder).digest
+        except ArtifactError:
+            continue
+    return found
+
+
+def report_identity(store: ArtifactStore) -> StageIdentity:
+    run = store.read_json(RUN_FILE) if store.exists(RUN_FILE) else {}
+    return StageIdentity(
+        stage="report",
+        settings={"run": run},
+        code=code_fingerprint("ragdistill.stages.report"),
+        inputs=_inputs(store),
+    )
+
+
+def run_report(config: ExperimentConfig) -> Manifest:
+    """The report of one run root."""
+    store = ArtifactStore(config.run.run_root)
+    if not store.exists(RUN_FILE):
+        write_run_file(config, None)
+    identity = report_identity(store)
+    with StageRun(
+        store, REPORTS_DIR, identity, label=f"{config.run.name}: report", lease_wait_s=config.run.lease_wait_s
+    ) as run:
+        if run.current is not None:
+            return run.current
+        run.clear()
+        summary = render_run_reports([store], store.child(REPORTS_DIR))
+        return run.finish(counts={"methods": summary["methods"], "figure": int(summary["figure"])})
+
+
+def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[str, Any]:
+    """Render the report over one or more run roots into ``out`` (report, figure, metrics)."""
+    from ragdistill.environments.registry import get_env
+    from ragdistill.evaluation import (
+        MethodResult,
+        ReportInputs,
+        TrainingSummary,
+        accuracy_tokens_figure,
+        compute_metrics,
+        figure_points,
+        render_report,
+    )
+
+    results: list[MethodResult] = []
+    datasets: dict[str, dict[str, Any]] = {}
+    training: list[TrainingSummary] = []
+    notes: list[str] = []
+    runs = [_run_info(store) for store in stores]
+    first = runs[0]["config"]
+    invalid = get_env(first["env"]["name"]).invalid_observation
+    task_counts: set[int] = set()
+    for store, run in zip(stores, runs, strict=True):
+        config = run["config"]
+        agent = config["agent"]["format"]
+        suffix = f" ({agent})" if len(stores) > 1 else ""
+        for method in config["evaluation"]["methods"]:
+            folder = rollout_prefix(f"eval-{method}")
+            try:
+                manifest = verify_manifest(store, folder)
+            except ArtifactError:
+                results.append(MethodResult(method, agent, not_run_reason=_not_run_reason(store, method)))
+                continue
+            records = [EpisodeRecord.from_dict(item) for item in read_records(store, folder, manifest)]
+            task_counts.add(len(records))
+            results.append(MethodResult(method, agent, compute_metrics(records, invalid_observation=invalid)))
+        for name in ("sft", "distill"):
+            card = _card(store, name)
+            if card is not None:
+                datasets[f"{name}{suffix}"] = card
+            training.append(_training_summary(store, f"{name}{suffix}", name))
+        teacher = config["distill"]["teacher"]
+        if teacher != "rag":
+            notes.append(
+                f"Distillation teacher{suffix}: {teacher} — the environment's demonstrations of training tasks, "
+                "rendered in the agent's format with the hints the RAG teacher retrieves (distill.teacher); the "
+                "paper distils the RAG teacher's own successes."
+            )
+        if config["distill"]["min_score"] is not None:
+            notes.append(
+                f"Training episodes{suffix} include unsuccessful ones scoring ≥ {config['distill']['min_score']}."
+            )
+        examples = (
+            "their few-shot examples" if config["evaluation"]["student_fewshot"] else "no few-shot examples"
+        )
+        notes.append(
+            f"Students{suffix} ran with {config['evaluation']['student_weights']} weights, no retrieval and {examples}."
+        )
+    figure_path: str | None = None
+    points = figure_points(results)
+    if points:
+        with tempfile.TemporaryDirectory() as scratch:
+            local = Path(scratch) / FIGURE_FILE
+            accuracy_tokens_figure(
+                points, local, title=f"{first['run']['name']}: success vs tokens per episode"
+            )
+            out.write_bytes(FIGURE_FILE, local.read_bytes())
+        figure_path = FIGURE_FILE
+    inputs = ReportInputs(
+        run_name=", ".join(run["config"]["run"]["name"] for run in runs),
+        config_name=runs[0]["config_name"] if len(runs) == 1 else "",
+        env=first["env"]["name"],
+        eval_split=first["evaluation"]["split"],
+        eval_task_count=max(task_counts, default=0),
+        results=results,
+        model=first["models"]["agent"]["model"]["name"],
+        datasets=datasets,
+        training=training,
+        notes=notes,
+        figure_path=figure_path,
+    )
+    out.write_text(REPORT_FILE, render_report(inputs))
+    out.write_json(METRICS_FILE, {"results": [result.to_dict() for result in results]})
+    return {
+        "methods": sum(result.metrics is not None for result in results),
+        "figure": figure_path is not None,
+    }
+
+
+def _run_info(store: ArtifactStore) -> dict[str, Any]:
+    if not store.exists(RUN_FILE):
+        raise ArtifactError(
+            f"{store.uri(RUN_FILE)} is missing: that folder is not a ragdistill run root (run the pipeline first)"
+        )
+    return store.read_json(RUN_FILE)
+
+
+def _not_run_reason(store: ArtifactStore, method: str) -> str:
+    skipped = store.uri(f"rollouts/eval-{method}")
+    if method in ("sft", "distill"):
+        try:
+            reason = read_manifest(store, f"{ADAPTERS_DIR}/{method}").extra.get("skipped")
+        except ArtifactError:
+            reason = None
+        if reason:
+            return reason
+    return f"not evaluated ({skipped} has no finished manifest)"
+
+
+def _card(store: ArtifactStore, name: str) -> dict[str, Any] | None:
+    try:
+        card = read_manifest(store, f"datasets/{name}").extra.get("card")
+    except ArtifactError:
+        return None
+    if not card:
+        return None
+    keys = (
+        "examples",
+        "empty_because",
+        "episodes_read",
+        "examples_per_source",
+        "examples_per_task_type",
+        "skipped",
+    )
+    return {key: card[key] for key in keys if card.get(key) not in (None, {}, [])}
+
+
+def _training_summary(store: ArtifactStore, label: str, name: str) -> Any:
+    from ragdistill.evaluation import TrainingSummary
+
+    try:
+        manifest = read_manifest(store, f"{ADAPTERS_DIR}/{name}")
+    except ArtifactError:
+        return TrainingSummary(label, skipped_reason="not trained")
+    if manifest.extra.get("skipped"):
+        return TrainingSummary(label, skipped_reason=manifest.extra["skipped"])
+    result = manifest.extra.get("result", {})
+    return TrainingSummary(
+        label,
+        examples=result.get("examples"),
+        steps=result.get("steps"),
+        epochs=result.get("epochs"),
+        first_loss=result.get("first_loss"),
+        final_loss=result.get("last_loss"),
+        seconds=result.get("seconds"),
+    )
+
+
+def metrics_json(store: ArtifactStore) -> dict[str, Any]:
+    return json.loads(store.read_text(f"{REPORTS_DIR}/{METRICS_FILE}"))

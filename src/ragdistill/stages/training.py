@@ -1,0 +1,121 @@
+"""Stage D (train): a LoRA student per training set, through ``accelerate launch``.
+
+``adapters/<name>/`` holds ``adapter/`` (safetensors + ``adapter_config.json``), ``loss.csv``,
+``loss.png``, ``tensorboard/``, ``train.log`` and ``result.json``; ``checkpoints/`` lets a killed
+training resume from its last checkpoint (the same identity keeps the folder: ``stages.lifecycle``).
+A student whose dataset is empty is not trained: the stage finishes with the reason in its manifest
+(``extra.skipped``), which evaluation and the report show.
+
+Identity: every ``training.*`` setting, the base model, the dataset's content digest, the library
+versions of torch / transformers / TRL / peft / accelerate, and the code.
+
+Object-store run roots: training writes to a local working folder under the cache and uploads the
+results when it ends (a resume after a crash then starts from that local folder when it is there).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from ragdistill.config import ExperimentConfig
+from ragdistill.identity import code_fingerprint, library_versions
+from ragdistill.stages.datasets import DATA_FILE, dataset_dir
+from ragdistill.stages.layout import ADAPTERS_DIR
+from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest
+from ragdistill.store import ArtifactStore, Manifest, read_manifest, verify_manifest
+
+STUDENT_OUTPUTS = ("adapter", "loss.csv", "loss.png", "tensorboard", "train.log", "result.json")
+
+
+def adapter_dir(name: str) -> str:
+    return f"{ADAPTERS_DIR}/{name}"
+
+
+def training_identity(config: ExperimentConfig, store: ArtifactStore, name: str) -> StageIdentity:
+    model = config.models.agent.model
+    return StageIdentity(
+        stage=f"train:{name}",
+        settings={
+            "training": config.training.model_dump(mode="json"),
+            "base_model": {"name": model.name, "dtype": model.dtype},
+            "seed": config.models.agent.sampling.seed,
+            "libraries": library_versions("torch", "transformers", "trl", "peft", "accelerate"),
+        },
+        code=code_fingerprint("ragdistill.stages.training"),
+        inputs={dataset_dir(name): recorded_input_digest(store, dataset_dir(name))},
+    )
+
+
+def run_training(config: ExperimentConfig, name: str) -> Manifest:
+    """Train the ``name`` student on ``datasets/<name>``; see the module docstring."""
+    from ragdistill.inference.shared import close_shared_backends
+    from ragdistill.models import default_cache_root, resolve_model
+    from ragdistill.training.launch import launch_training
+    from ragdistill.training.lora import TrainSpec
+
+    store = ArtifactStore(config.run.run_root)
+    identity = training_identity(config, store, name)
+    folder = adapter_dir(name)
+    with StageRun(
+        store, folder, identity, label=f"{config.run.name}: {folder}", lease_wait_s=config.run.lease_wait_s
+    ) as run:
+        if run.current is not None:
+            return run.current
+        dataset = verify_manifest(store, dataset_dir(name))
+        if dataset.counts.get("examples", 0) == 0:
+            reason = f"the {name} training set is empty: {dataset.extra.get('card', {}).get('empty_because')}"
+            run.clear()
+            return run.finish([], counts={"trained": 0}, extra={"skipped": reason})
+        # Engines the pipeline loaded hold memory (all of a GPU's, on GPUs) that training needs.
+        close_shared_backends()
+        started = time.perf_counter()
+        work = (
+            Path(store.local_path(folder))
+            if store.is_local
+            else default_cache_root() / "training" / identity.key[:24]
+        )
+        data = (
+            Path(store.local_path(f"{dataset_dir(name)}/{DATA_FILE}"))
+            if store.is_local
+            else _download(store, name, work)
+        )
+        spec = TrainSpec.from_config(
+            config.training,
+            dataset=str(data),
+            base_model=resolve_model(config.models.agent.model),
+            output_dir=str(work),
+            seed=config.models.agent.sampling.seed,
+        )
+        result = launch_training(spec, config.training.accelerate_config)
+        if not store.is_local:
+            _upload(store, folder, work)
+        shutil.rmtree(work / "checkpoints", ignore_errors=True)  # only a killed training needs them
+        files = [path for path in run.output_files() if path.split("/", 1)[0] in STUDENT_OUTPUTS]
+        return run.finish(
+            files,
+            counts={"trained": 1, "examples": result.examples, "steps": result.steps},
+            extra={"result": result.to_dict()},
+            run_stats={"seconds": round(time.perf_counter() - started, 2)},
+        )
+
+
+def _download(store: ArtifactStore, name: str, work: Path) -> Path:
+    work.mkdir(parents=True, exist_ok=True)
+    target = work / DATA_FILE
+    target.write_bytes(store.read_bytes(f"{dataset_dir(name)}/{DATA_FILE}"))
+    return target
+
+
+def _upload(store: ArtifactStore, folder: str, work: Path) -> None:
+    for path in sorted(work.rglob("*")):
+        relative = path.relative_to(work).as_posix()
+        if path.is_file() and relative.split("/", 1)[0] in STUDENT_OUTPUTS:
+            store.write_bytes(f"{folder}/{relative}", path.read_bytes())
+
+
+def trained_adapter(store: ArtifactStore, name: str) -> str | None:
+    """The run-root path of a trained student's adapter folder, or None when it was skipped."""
+    manifest = read_manifest(store, adapter_dir(name))
+    return None if manifest.extra.get("skipped") else f"{adapter_dir(name)}/adapter"

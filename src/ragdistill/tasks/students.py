@@ -1,0 +1,101 @@
+"""Prefect tasks for stages D and E: expert demonstrations, datasets, training, evaluation, report.
+
+Thin wrappers over the stage functions; each task's cache key is its stage's identity (``tasks.common``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from ragdistill.config import ExperimentConfig
+from ragdistill.errors import UserFacingError
+from ragdistill.stages.datasets import dataset_dir, dataset_identity, run_dataset
+from ragdistill.stages.evaluation import SkippedMethod, eval_plan, eval_stage, run_evaluation
+from ragdistill.stages.expert import expert_identity, expert_tasks, run_expert_teacher
+from ragdistill.stages.layout import EXPERT_STAGE, REPORTS_DIR, rollout_prefix
+from ragdistill.stages.lifecycle import StageIdentity
+from ragdistill.stages.report import report_identity, run_report
+from ragdistill.stages.rollout import plan_identity
+from ragdistill.stages.training import adapter_dir, run_training, training_identity
+from ragdistill.store import ArtifactStore
+from ragdistill.tasks.common import publish_manifest, stage_cache_policy
+from ragdistill.tasks.rollout import progress_reporter
+
+
+def _store(config: ExperimentConfig) -> ArtifactStore:
+    return ArtifactStore(config.run.run_root)
+
+
+def _expert(config: ExperimentConfig, _: dict[str, Any]) -> tuple[str, StageIdentity]:
+    return rollout_prefix(EXPERT_STAGE), expert_identity(config, _store(config), expert_tasks(config))
+
+
+def _dataset(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
+    return dataset_dir(parameters["name"]), dataset_identity(config, _store(config), parameters["name"])
+
+
+def _training(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
+    return adapter_dir(parameters["name"]), training_identity(config, _store(config), parameters["name"])
+
+
+def _evaluation(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
+    plan = eval_plan(config, parameters["method"])
+    if isinstance(plan, SkippedMethod):
+        raise _Skipped(plan.reason)
+    return rollout_prefix(eval_stage(parameters["method"])), plan_identity(config, plan)
+
+
+def _report(config: ExperimentConfig, _: dict[str, Any]) -> tuple[str, StageIdentity]:
+    return REPORTS_DIR, report_identity(_store(config))
+
+
+class _Skipped(UserFacingError):
+    """A method that cannot be evaluated has no identity: the task runs and records the reason."""
+
+
+@task(name="expert", cache_policy=stage_cache_policy(_expert, __name__), result_serializer="json")
+def expert_task(config: ExperimentConfig, hints_digest: str) -> dict[str, Any]:
+    manifest = run_expert_teacher(config, progress=progress_reporter(EXPERT_STAGE))
+    return publish_manifest(manifest, key="rollout-expert", description=f"{config.run.name}: rollouts/expert")
+
+
+@task(name="dataset", cache_policy=stage_cache_policy(_dataset, __name__), result_serializer="json")
+def dataset_task(config: ExperimentConfig, name: str, source_digests: list[str]) -> dict[str, Any]:
+    manifest = run_dataset(config, name)
+    return publish_manifest(
+        manifest, key=f"dataset-{name}", description=f"{config.run.name}: datasets/{name}"
+    )
+
+
+@task(name="train", cache_policy=stage_cache_policy(_training, __name__), result_serializer="json")
+def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict[str, Any]:
+    manifest = run_training(config, name)
+    return publish_manifest(
+        manifest, key=f"adapter-{name}", description=f"{config.run.name}: adapters/{name}"
+    )
+
+
+@task(name="evaluate", cache_policy=stage_cache_policy(_evaluation, __name__), result_serializer="json")
+def evaluate_task(config: ExperimentConfig, method: str, upstream_digests: list[str]) -> dict[str, Any]:
+    outcome = run_evaluation(config, method, progress=progress_reporter(eval_stage(method)))
+    if isinstance(outcome, SkippedMethod):
+        return {"method": method, "skipped": outcome.reason, "counts": {}, "digest": None}
+    return publish_manifest(
+        outcome, key=f"eval-{method}", description=f"{config.run.name}: {method} on the eval split"
+    )
+
+
+@task(name="report", cache_policy=stage_cache_policy(_report, __name__), result_serializer="json")
+def report_task(config: ExperimentConfig, upstream_digests: list[str | None]) -> dict[str, Any]:
+    from prefect.artifacts import create_markdown_artifact
+
+    manifest = run_report(config)
+    store = _store(config)
+    create_markdown_artifact(
+        key="report",
+        markdown=store.read_text(f"{REPORTS_DIR}/report.md"),
+        description=f"{config.run.name}: report ({store.uri(REPORTS_DIR)})",
+    )
+    return publish_manifest(manifest, key="report-counts", description=f"{config.run.name}: report")
