@@ -57,6 +57,8 @@ def flow_config(tmp_path: Path) -> Path:
     data["run"]["run_root"] = f"file://{tmp_path}/run"
     data["env"].update(limit=2, workers=1, data_dir=str(REPO / "data"))
     data["agent"]["max_calls"] = 3
+    data["distill"] = {"teacher": "rag"}  # the double wins nothing: both training sets are empty
+    data["evaluation"].update(limit=2, methods=["base", "rag", "distill"])
     path = tmp_path / "flow.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
@@ -86,7 +88,17 @@ def run_pipeline(config_path: Path, double: AgentAndExtractorDouble) -> tuple[di
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return summary, {run.name.rsplit("-", 1)[0]: run.state_name for run in runs}
+    return summary, {run.name: run.state_name for run in runs}
+
+
+STAGES_A_TO_C = ("rollout-base", "mine", "index", "teach")
+STUDENT_TASKS = ("dataset-sft", "dataset-distill", "train-sft", "train-distill")
+EVALUATIONS = ("evaluate-base", "evaluate-rag", "evaluate-distill")
+EVERY_TASK = (*STAGES_A_TO_C, *STUDENT_TASKS, *EVALUATIONS, "report")
+
+
+def only(states: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
+    return {name: states[name] for name in names}
 
 
 @pytest.mark.slow
@@ -95,8 +107,11 @@ def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
 ) -> None:
     double = AgentAndExtractorDouble()
     summary, states = run_pipeline(flow_config, double)
-    assert states == dict.fromkeys(("rollout", "mine", "index", "teach"), "Completed")
+    assert states == dict.fromkeys(EVERY_TASK, "Completed")
     assert summary["base"]["episodes"] == 2 and summary["teacher"]["episodes"] == 2
+    assert summary["dataset_distill"]["examples"] == 0 and summary["train_distill"] == {"trained": 0}
+    assert summary["eval_base"]["episodes"] == 2 and summary["eval_rag"]["episodes"] == 2
+    assert summary["eval_distill"] == {} and summary["report"]["methods"] == 2
     assert summary["hints"]["bank_size"] >= 1
     config = load_config(flow_config)
     store = ArtifactStore(config.run.run_root)
@@ -111,20 +126,26 @@ def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
 
     # Nothing changed: every stage is a cache hit, no model call is made.
     again, states = run_pipeline(flow_config, double)
-    assert states == dict.fromkeys(("rollout", "mine", "index", "teach"), "Cached")
+    cached = {**dict.fromkeys(EVERY_TASK, "Cached"), "evaluate-distill": "Completed"}  # a skip is not cached
+    assert states == cached
     assert again == summary and double.calls == calls
+    report = store.read_text("reports/report.md")
+    assert "training set is empty" in report and store.exists("reports/accuracy_tokens.png")
 
     # A setting no stage reads (training is not a stage yet) re-runs nothing.
     unrelated = edited_config(flow_config, "unrelated.yaml", {"training": {"learning_rate": 1e-4}})
     _, states = run_pipeline(unrelated, double)
-    assert states == dict.fromkeys(("rollout", "mine", "index", "teach"), "Cached") and double.calls == calls
+    assert only(states, STAGES_A_TO_C + EVALUATIONS[:2]) == dict.fromkeys(
+        STAGES_A_TO_C + EVALUATIONS[:2], "Cached"
+    )
+    assert double.calls == calls
 
     # A deleted index is rebuilt. The teacher reads the index by content: a bit-identical rebuild leaves
     # its episodes current; any other content re-runs it.
     index_digest = read_manifest(store, "index").digest
     store.delete("index")
     _, states = run_pipeline(flow_config, double)
-    assert states["rollout"] == states["mine"] == "Cached" and states["index"] == "Completed"
+    assert states["rollout-base"] == states["mine"] == "Cached" and states["index"] == "Completed"
     assert store.exists("index/manifest.json") and store.exists("index/meta.json")
     rebuilt_same = read_manifest(store, "index").digest == index_digest
     assert states["teach"] == ("Cached" if rebuilt_same else "Completed")
@@ -133,14 +154,25 @@ def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
     (shard,) = [p for p in store.list("rollouts/teacher") if p.endswith(".jsonl")]
     store.delete(shard)
     _, states = run_pipeline(flow_config, double)
-    assert states == {"rollout": "Cached", "mine": "Cached", "index": "Cached", "teach": "Completed"}
+    assert only(states, STAGES_A_TO_C) == {
+        "rollout-base": "Cached",
+        "mine": "Cached",
+        "index": "Cached",
+        "teach": "Completed",
+    }
     assert double.calls > calls and store.exists(shard)
 
     # A changed retrieval k re-runs the teacher only.
     calls = double.calls
     more_hints = edited_config(flow_config, "k.yaml", {"retrieval": {"k": 5}})
     _, states = run_pipeline(more_hints, double)
-    assert states == {"rollout": "Cached", "mine": "Cached", "index": "Cached", "teach": "Completed"}
+    assert only(states, STAGES_A_TO_C) == {
+        "rollout-base": "Cached",
+        "mine": "Cached",
+        "index": "Cached",
+        "teach": "Completed",
+    }
+    assert states["evaluate-base"] == "Cached" and states["evaluate-rag"] == "Completed"
     assert double.calls > calls
 
     # An edit of the rollout code re-runs the rollout and everything after it, with no error.
@@ -162,4 +194,5 @@ def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
     finally:
         identity._module_summary.cache_clear()
         identity.code_fingerprint.cache_clear()
-    assert states == dict.fromkeys(("rollout", "mine", "index", "teach"), "Completed")
+    assert only(states, STAGES_A_TO_C) == dict.fromkeys(STAGES_A_TO_C, "Completed")
+    assert states["evaluate-base"] == "Completed", "the base agent's code changed"

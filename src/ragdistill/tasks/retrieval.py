@@ -34,19 +34,34 @@ def _teaching(config: ExperimentConfig, _: dict[str, Any]) -> tuple[str, StageId
     return rollout_prefix(TEACHER_STAGE), plan_identity(config, teacher_plan(config))
 
 
-@task(name="mine", cache_policy=stage_cache_policy(_mining, __name__), result_serializer="json")
+@task(
+    name="mine",
+    task_run_name="mine",
+    cache_policy=stage_cache_policy(_mining, __name__),
+    result_serializer="json",
+)
 def mine_task(config: ExperimentConfig, rollout_digest: str) -> dict[str, Any]:
     manifest = run_mining(config)
     return publish_manifest(manifest, key="hints", description=f"{config.run.name}: hint bank")
 
 
-@task(name="index", cache_policy=stage_cache_policy(_indexing, __name__), result_serializer="json")
+@task(
+    name="index",
+    task_run_name="index",
+    cache_policy=stage_cache_policy(_indexing, __name__),
+    result_serializer="json",
+)
 def index_task(config: ExperimentConfig, hints_digest: str) -> dict[str, Any]:
     manifest = run_indexing(config)
     return publish_manifest(manifest, key="index", description=f"{config.run.name}: FAISS index")
 
 
-@task(name="teach", cache_policy=stage_cache_policy(_teaching, __name__), result_serializer="json")
+@task(
+    name="teach",
+    task_run_name="teach",
+    cache_policy=stage_cache_policy(_teaching, __name__),
+    result_serializer="json",
+)
 def teach_task(config: ExperimentConfig, hints_digest: str, index_digest: str | None) -> dict[str, Any]:
     manifest = run_teacher(config, progress=progress_reporter(TEACHER_STAGE))
     return publish_manifest(

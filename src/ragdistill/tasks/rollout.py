@@ -31,7 +31,12 @@ def _identify(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str
     return rollout_prefix(stage), plan_identity(config, base_plan(config, stage))
 
 
-@task(name="rollout", cache_policy=stage_cache_policy(_identify, __name__), result_serializer="json")
+@task(
+    name="rollout",
+    task_run_name="rollout-{stage}",
+    cache_policy=stage_cache_policy(_identify, __name__),
+    result_serializer="json",
+)
 def rollout_task(config: ExperimentConfig, stage: str = "base") -> dict[str, Any]:
     manifest = run_rollout(config, stage, progress=progress_reporter(stage))
     return publish_manifest(

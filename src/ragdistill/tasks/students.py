@@ -55,13 +55,23 @@ class _Skipped(UserFacingError):
     """A method that cannot be evaluated has no identity: the task runs and records the reason."""
 
 
-@task(name="expert", cache_policy=stage_cache_policy(_expert, __name__), result_serializer="json")
+@task(
+    name="expert",
+    task_run_name="expert",
+    cache_policy=stage_cache_policy(_expert, __name__),
+    result_serializer="json",
+)
 def expert_task(config: ExperimentConfig, hints_digest: str) -> dict[str, Any]:
     manifest = run_expert_teacher(config, progress=progress_reporter(EXPERT_STAGE))
     return publish_manifest(manifest, key="rollout-expert", description=f"{config.run.name}: rollouts/expert")
 
 
-@task(name="dataset", cache_policy=stage_cache_policy(_dataset, __name__), result_serializer="json")
+@task(
+    name="dataset",
+    task_run_name="dataset-{name}",
+    cache_policy=stage_cache_policy(_dataset, __name__),
+    result_serializer="json",
+)
 def dataset_task(config: ExperimentConfig, name: str, source_digests: list[str]) -> dict[str, Any]:
     manifest = run_dataset(config, name)
     return publish_manifest(
@@ -69,7 +79,12 @@ def dataset_task(config: ExperimentConfig, name: str, source_digests: list[str])
     )
 
 
-@task(name="train", cache_policy=stage_cache_policy(_training, __name__), result_serializer="json")
+@task(
+    name="train",
+    task_run_name="train-{name}",
+    cache_policy=stage_cache_policy(_training, __name__),
+    result_serializer="json",
+)
 def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict[str, Any]:
     manifest = run_training(config, name)
     return publish_manifest(
@@ -77,7 +92,12 @@ def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict
     )
 
 
-@task(name="evaluate", cache_policy=stage_cache_policy(_evaluation, __name__), result_serializer="json")
+@task(
+    name="evaluate",
+    task_run_name="evaluate-{method}",
+    cache_policy=stage_cache_policy(_evaluation, __name__),
+    result_serializer="json",
+)
 def evaluate_task(config: ExperimentConfig, method: str, upstream_digests: list[str]) -> dict[str, Any]:
     outcome = run_evaluation(config, method, progress=progress_reporter(eval_stage(method)))
     if isinstance(outcome, SkippedMethod):
@@ -87,7 +107,12 @@ def evaluate_task(config: ExperimentConfig, method: str, upstream_digests: list[
     )
 
 
-@task(name="report", cache_policy=stage_cache_policy(_report, __name__), result_serializer="json")
+@task(
+    name="report",
+    task_run_name="report",
+    cache_policy=stage_cache_policy(_report, __name__),
+    result_serializer="json",
+)
 def report_task(config: ExperimentConfig, upstream_digests: list[str | None]) -> dict[str, Any]:
     from prefect.artifacts import create_markdown_artifact
 
