@@ -78,7 +78,7 @@ def test_students_are_distilled_from_expert_demonstrations_and_evaluated_on_alfw
             "env.limit": 2,
             "env.workers": 2,
             "agent.fewshot_count": 1,
-            "agent.max_calls": 4,
+            "agent.max_calls": 30,
             "models.agent.model.dtype": "float32",
             "models.agent.model.max_model_len": 4096,
             "models.agent.backend.kv_cache_gib": 1,
@@ -89,6 +89,8 @@ def test_students_are_distilled_from_expert_demonstrations_and_evaluated_on_alfw
             "training.lora_r": 4,
             "training.lora_alpha": 8,
             "training.max_steps": 3,
+            "training.learning_rate": 5e-3,  # a few steps must move greedy outputs
+            "training.warmup_ratio": 0.0,
             "training.per_device_batch_size": 2,
             "training.max_seq_len": 1024,
             "training.tensorboard": False,
