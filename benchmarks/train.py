@@ -107,7 +107,7 @@ def run_trl_defaults(args: argparse.Namespace, data: Path, model: str, work: Pat
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from ragdistill.training.lora import trainer_classes
+    from ragdistill.training.trainer_setup import trainer_classes
 
     clock = trainer_classes()[1]()
     config = SFTConfig(
@@ -136,7 +136,7 @@ def run_plain_loop(args: argparse.Namespace, data: Path, model: str, work: Path)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from ragdistill.training.lora import cpu_has_native_bf16
+    from ragdistill.training.trainer_setup import cpu_has_native_bf16
 
     torch.manual_seed(0)
     dtype = torch.bfloat16 if _cuda() or cpu_has_native_bf16() else torch.float32

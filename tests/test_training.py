@@ -28,17 +28,19 @@ from ragdistill.training.accelerate_configs import (
 from ragdistill.training.curves import LossPoint, loss_points, plot_loss, read_loss_csv, write_loss_csv
 from ragdistill.training.launch import RESULT_FILE, launch_command, launch_training
 from ragdistill.training.lora import (
-    TrainingError,
     TrainResult,
     TrainSpec,
-    add_compact_loss_head,
-    cpu_has_native_bf16,
     last_complete_checkpoint,
-    load_base_model,
     load_examples,
-    plan_precision,
     prepare_training,
     train_lora,
+)
+from ragdistill.training.trainer_setup import (
+    TrainingError,
+    add_compact_loss_head,
+    cpu_has_native_bf16,
+    load_base_model,
+    plan_precision,
     wants_checkpointing,
 )
 
@@ -161,7 +163,9 @@ def test_gradient_checkpointing_by_device_and_batch_size() -> None:
     assert not wants_checkpointing(small, on_cuda=False, longest_example=512)
     assert wants_checkpointing(large, on_cuda=False, longest_example=512)
     assert wants_checkpointing(small, on_cuda=True, longest_example=16)
-    assert not wants_checkpointing(tiny_training(gradient_checkpointing=False), on_cuda=True, longest_example=16)
+    assert not wants_checkpointing(
+        tiny_training(gradient_checkpointing=False), on_cuda=True, longest_example=16
+    )
 
 
 def test_four_bit_base_needs_cuda() -> None:

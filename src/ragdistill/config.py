@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ragdistill.errors import UserFacingError
 
@@ -257,6 +265,14 @@ class TrainingConfig(StrictModel):
     accelerate_config: str = Field(
         "cpu", description="A shipped accelerate config (cpu, 1gpu, ddp, fsdp) or a path to a YAML file."
     )
+
+    @field_validator("accelerate_config")
+    @classmethod
+    def _accelerate_config_exists(cls, value: str) -> str:
+        from ragdistill.training.accelerate_configs import accelerate_config_path
+
+        accelerate_config_path(value)
+        return value
 
 
 class DistillConfig(StrictModel):
