@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from ragdistill.agents.segments import Segment
+from ragdistill.environments.base import TaskInfo
 from ragdistill.errors import UserFacingError
 
 SCHEMA_VERSION = 2
@@ -88,6 +89,37 @@ class EpisodeRecord:
         data = asdict(self)
         data["prompt"] = [segment.to_dict() for segment in self.prompt]
         return data
+
+    @classmethod
+    def for_task(
+        cls,
+        task: TaskInfo,
+        *,
+        run_id: str,
+        agent: str,
+        source: EpisodeSource,
+        model: str,
+        prompt: list[Segment],
+        adapter: str | None = None,
+        seed: int = 0,
+        **fields: Any,
+    ) -> EpisodeRecord:
+        """A new record of an episode of ``task`` (its outcome fields are filled as it is played)."""
+        return cls(
+            run_id=run_id,
+            env=task.env,
+            split=task.split,
+            task_id=task.task_id,
+            task_type=task.task_type,
+            instruction=task.instruction,
+            agent=agent,
+            source=source,
+            model=model,
+            adapter=adapter,
+            seed=seed,
+            prompt=prompt,
+            **fields,
+        )
 
     @property
     def is_transient_failure(self) -> bool:

@@ -124,18 +124,12 @@ def expert_record(
     """The demonstration as the record of an episode the agent played with ``prompt``: the expert's
     turns, answered as the environment answered them, under the agent's stop rules and context budget."""
     task = demonstration.task
-    record = EpisodeRecord(
+    record = EpisodeRecord.for_task(
+        task,
         run_id=run_id,
-        env=task.env,
-        split=task.split,
-        task_id=task.task_id,
-        task_type=task.task_type,
-        instruction=task.instruction,
         agent=fmt.name,
         source="expert",
         model=EXPERT_MODEL,
-        adapter=None,
-        seed=0,
         prompt=prompt,
         hint_ids=list(hints.ids) if hints else [],
         retrieval_tokens=hints.tokens if hints else 0,
@@ -242,12 +236,18 @@ def write_expert_episodes(
             )
         else:
             task, error = outcome
-            record = EpisodeRecord(
-                run_id=run_id, env=task.env, split=task.split, task_id=task.task_id, task_type=task.task_type,
-                instruction=task.instruction, agent=fmt.name, source="expert", model=EXPERT_MODEL, adapter=None,
-                seed=0, prompt=[], stop_reason="error", error=str(error), error_kind=error_kind(error),
+            record = EpisodeRecord.for_task(
+                task,
+                run_id=run_id,
+                agent=fmt.name,
+                source="expert",
+                model=EXPERT_MODEL,
+                prompt=[],
+                stop_reason="error",
+                error=str(error),
+                error_kind=error_kind(error),
                 prompt_version=prompt_version,
-            )  # fmt: skip
+            )
         sink.append(record.to_dict())
         written += 1
         if progress:

@@ -34,6 +34,7 @@ NOT_OUTPUT_CODE: frozenset[str] = frozenset(
         "ragdistill.identity",
         "ragdistill.store",
         "ragdistill.leases",
+        "ragdistill.processes",
         "ragdistill.version",
         "ragdistill.stages",
         "ragdistill.stages.layout",

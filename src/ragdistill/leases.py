@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from types import TracebackType
 
 from ragdistill.errors import UserFacingError
+from ragdistill.processes import process_alive
 from ragdistill.store import ArtifactError, ArtifactStore
 
 LEASE_PREFIX = ".lease-"
@@ -47,16 +48,6 @@ class LeaseHolder:
     def describe(self) -> str:
         age = time.time() - self.acquired_at
         return f"{self.label!r} (pid {self.pid} on {self.host}, for {age:.0f} s)"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StageLease:
@@ -107,7 +98,7 @@ class StageLease:
     def _is_stale(self, holder: LeaseHolder) -> bool:
         if holder.token == self.token:
             return False
-        if holder.host == socket.gethostname() and not _process_alive(holder.pid):
+        if holder.host == socket.gethostname() and not process_alive(holder.pid):
             return True
         return time.time() - holder.refreshed_at > self.stale_after_s
 

@@ -361,13 +361,9 @@ class RolloutEngine:
         self._emit(self._new_record(task, [], stop_reason="error", error=message, error_kind=kind))
 
     def _new_record(self, task: TaskInfo, prompt: list[Segment], **fields: Any) -> EpisodeRecord:
-        return EpisodeRecord(
+        return EpisodeRecord.for_task(
+            task,
             run_id=self.run_id,
-            env=task.env,
-            split=task.split,
-            task_id=task.task_id,
-            task_type=task.task_type,
-            instruction=task.instruction,
             agent=self.fmt.name,
             source=self.source,
             model=self.model_name,

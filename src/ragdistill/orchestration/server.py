@@ -40,6 +40,7 @@ from typing import IO
 
 from ragdistill.errors import UserFacingError
 from ragdistill.models import _project_root
+from ragdistill.processes import process_alive
 
 HOME_ENV = "PREFECT_HOME"
 API_URL_ENV = "PREFECT_API_URL"
@@ -131,17 +132,7 @@ def _process_alive(pid: int) -> bool:
     child = _started_here.get(pid)
     if child is not None:
         return child.poll() is None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+    return process_alive(pid)
 
 
 def _is_prefect_server(pid: int) -> bool:

@@ -17,9 +17,16 @@ from ragdistill.identity import code_fingerprint, digest
 from ragdistill.rollout import ProgressCallback
 from ragdistill.stages.layout import EXPERT_STAGE, rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity, StageRun
-from ragdistill.stages.rollout import episode_counts, examples_provider, list_env_tasks, prompt_version
+from ragdistill.stages.rollout import (
+    episode_counts,
+    episode_log,
+    examples_provider,
+    list_env_tasks,
+    open_pool,
+    prompt_version,
+)
 from ragdistill.stages.teaching import hint_source_factory, retrieval_inputs, retrieval_settings
-from ragdistill.store import ArtifactStore, Manifest, RecordLog, read_records
+from ragdistill.store import ArtifactStore, Manifest, read_records
 
 
 def expert_tasks(config: ExperimentConfig) -> list[TaskInfo]:
@@ -47,7 +54,6 @@ def expert_identity(config: ExperimentConfig, store: ArtifactStore, tasks: list[
 def run_expert_teacher(config: ExperimentConfig, *, progress: ProgressCallback | None = None) -> Manifest:
     """Demonstrate the training tasks without a finished record into ``rollouts/expert``."""
     from ragdistill.agents.formats import get_format
-    from ragdistill.environments.pool import EnvPool
     from ragdistill.expert_episodes import write_expert_episodes
     from ragdistill.inference.chat import count_chat_tokens, load_tokenizer
     from ragdistill.models import resolve_model
@@ -61,21 +67,14 @@ def run_expert_teacher(config: ExperimentConfig, *, progress: ProgressCallback |
         if run.current is not None:
             return run.current
         started = time.perf_counter()
-        records = RecordLog(
-            store, prefix, key=lambda record: record["task_id"], shard_size=config.rollout.shard_size
-        )
+        records = episode_log(store, prefix, config)
         finished = {item["task_id"] for item in records.records() if item.get("error_kind") != "transient"}
         pending = [task for task in tasks if task.task_id not in finished]
         if pending:
             role = config.models.agent
             tokenizer = load_tokenizer(resolve_model(role.model))
             env = config.env
-            with EnvPool(
-                env.name,
-                workers=min(env.workers, len(pending)),
-                data_dir=env.data_dir,
-                recycle_after=env.max_games_per_worker,
-            ) as pool:
+            with open_pool(env, len(pending)) as pool:
                 write_expert_episodes(
                     pool,
                     pending,

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragdistill.config import AgentConfig, EnvConfig, ExperimentConfig, RoleConfig
 from ragdistill.environments.base import TaskInfo
@@ -32,6 +32,9 @@ from ragdistill.stages.layout import BASE_STAGE, rollout_prefix
 from ragdistill.stages.lifecycle import StageError, StageIdentity, StageRun
 from ragdistill.stages.roles import ResolvedAdapter, resolve_adapter, role_settings
 from ragdistill.store import ArtifactStore, Manifest, RecordLog, read_records
+
+if TYPE_CHECKING:
+    from ragdistill.environments.pool import EnvPool
 
 log = logging.getLogger("ragdistill.stages")
 
@@ -131,9 +134,7 @@ def run_rollout_plan(
         if run.current is not None:
             return run.current
         started = time.perf_counter()
-        records = RecordLog(
-            store, prefix, key=lambda record: record["task_id"], shard_size=config.rollout.shard_size
-        )
+        records = episode_log(store, prefix, config)
         stats = _play(config, plan, tasks, adapter, records, backend, progress)
         wanted = {task.task_id for task in tasks}
         shards = records.compact(keep=lambda record: record["task_id"] in wanted)
@@ -164,7 +165,6 @@ def _play(
     """Play every task without a finished record; then, up to ``rollout.transient_retries`` times, the
     episodes an infrastructure fault ended."""
     from ragdistill.agents.formats import get_format
-    from ragdistill.environments.pool import EnvPool
 
     agent = plan.agent or config.agent
     fmt = get_format(agent.format)
@@ -196,10 +196,7 @@ def _play(
             hint_source = plan.hint_source()
         backend = backend or shared_backend(plan.role)
         env = plan.env
-        workers = min(env.workers, len(pending))
-        with EnvPool(
-            env.name, workers=workers, data_dir=env.data_dir, recycle_after=env.max_games_per_worker
-        ) as pool:
+        with open_pool(env, len(pending)) as pool:
             engine = RolloutEngine(
                 settings, backend, pool, fmt, examples_for, records,
                 source=plan.source, hint_source=hint_source, progress=progress,
@@ -235,6 +232,25 @@ def examples_provider(agent: AgentConfig, env: EnvConfig) -> Callable[[TaskInfo]
         return examples[key]
 
     return examples_for
+
+
+def episode_log(store: ArtifactStore, prefix: str, config: ExperimentConfig) -> RecordLog:
+    """A rollout folder's episodes, one per task id (the last record of a task wins)."""
+    return RecordLog(
+        store, prefix, key=lambda record: record["task_id"], shard_size=config.rollout.shard_size
+    )
+
+
+def open_pool(env: EnvConfig, tasks: int) -> EnvPool:
+    """Worker processes for ``tasks`` episodes of ``env`` (never more workers than tasks)."""
+    from ragdistill.environments.pool import EnvPool
+
+    return EnvPool(
+        env.name,
+        workers=min(env.workers, tasks),
+        data_dir=env.data_dir,
+        recycle_after=env.max_games_per_worker,
+    )
 
 
 def prompt_version() -> str:
