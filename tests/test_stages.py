@@ -303,3 +303,24 @@ def test_records_carry_schema_and_prompt_versions_and_the_stored_history(tmp_pat
     assert [step.history_text for step in record.steps] == ["inc", "inc", "inc"]
     data = json.loads(ArtifactStore(config.run.run_root).read_text("rollouts/base/shard-00000.jsonl"))
     assert data["steps"][0]["output"] == "> inc" and data["steps"][0]["history_text"] == "inc"
+
+
+def test_every_rollout_stage_pins_its_task_list_and_environment_version(tmp_path: Path) -> None:
+    config = counter_config(tmp_path, **{"env.limit": 3})
+    manifest = run_rollout(config, backend=PolicyDouble("inc"))
+    assert "tasks.json" in manifest.files
+    pinned = ArtifactStore(config.run.run_root).read_json("rollouts/base/tasks.json")
+    assert pinned == {
+        "env": "counter-double",
+        "split": "train",
+        "environment_version": {},
+        "task_ids": ["t0", "t1", "t2"],
+    }
+
+
+def test_the_alfworld_version_names_its_engine_and_installed_games() -> None:
+    from alfworld_data import alfworld_data_dir
+    from ragdistill.environments.registry import environment_version
+
+    version = environment_version("alfworld", alfworld_data_dir())
+    assert set(version) == {"alfworld", "textworld", "games"} and len(version["games"]) == 64

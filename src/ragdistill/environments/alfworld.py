@@ -169,6 +169,27 @@ def _solvable_tasks(paths: Sequence[Path], split_dir: Path, split: str) -> Itera
         )
 
 
+def environment_version(data_dir: Path | str = "data") -> dict[str, str]:
+    """What makes two ALFWorld runs play the same games: the engine versions and the installed games
+    (the sha256 of the archive ``ragdistill data setup`` unpacked, from its install marker)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ragdistill.data import MARKER_NAME
+
+    found: dict[str, str] = {}
+    for package in ("alfworld", "textworld"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "absent"
+    marker = games_root(data_dir) / MARKER_NAME
+    try:
+        found["games"] = str(json.loads(marker.read_text()).get("sha256", "unknown"))
+    except (OSError, ValueError):
+        found["games"] = "unknown"
+    return found
+
+
 class AlfworldEnv:
     """One ALFWorld game at a time. ``data_dir`` is the folder ``ragdistill data setup`` filled."""
 

@@ -29,6 +29,9 @@ class EnvSpec:
     factory: EnvFactory
     task_lister: TaskLister
     invalid_observation: str = ""
+    version: Callable[..., dict[str, str]] | None = None
+    """``version(data_dir=...)``: what identifies the environment's code and data (package versions,
+    the installed games); part of every rollout's identity and pinned task list."""
 
 
 _REGISTRY: dict[str, EnvSpec] = {}
@@ -40,12 +43,13 @@ def register_env(
     task_lister: TaskLister,
     *,
     invalid_observation: str = "",
+    version: Callable[..., dict[str, str]] | None = None,
     replace: bool = False,
 ) -> EnvSpec:
     """Make ``name`` available to configs, the pool and ``ragdistill env check``."""
     if name in _REGISTRY and not replace:
         raise ValueError(f"environment {name!r} is already registered; pass replace=True to override it")
-    spec = EnvSpec(name, factory, task_lister, invalid_observation)
+    spec = EnvSpec(name, factory, task_lister, invalid_observation, version)
     _REGISTRY[name] = spec
     return spec
 
@@ -81,7 +85,14 @@ def _register_builtin() -> None:
         alfworld.AlfworldEnv,
         alfworld.list_tasks,
         invalid_observation=alfworld.INVALID_OBSERVATION,
+        version=alfworld.environment_version,
     )
 
 
 _register_builtin()
+
+
+def environment_version(name: str, data_dir: Any) -> dict[str, str]:
+    """The registered environment's version (empty when it does not say)."""
+    spec = get_env(name)
+    return spec.version(data_dir=data_dir) if spec.version is not None else {}

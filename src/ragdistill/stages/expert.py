@@ -18,12 +18,14 @@ from ragdistill.rollout import ProgressCallback
 from ragdistill.stages.layout import EXPERT_STAGE, rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity, StageRun
 from ragdistill.stages.rollout import (
+    env_version,
     episode_counts,
     episode_log,
     examples_provider,
     list_env_tasks,
     open_pool,
     prompt_version,
+    write_task_list,
 )
 from ragdistill.stages.teaching import hint_source_factory, retrieval_inputs, retrieval_settings
 from ragdistill.store import ArtifactStore, Manifest, read_records
@@ -39,7 +41,7 @@ def expert_identity(config: ExperimentConfig, store: ArtifactStore, tasks: list[
     return StageIdentity(
         stage=f"rollout:{EXPERT_STAGE}",
         settings={
-            "env": {"name": config.env.name},
+            "env": {"name": config.env.name, "version": env_version(config.env)},
             "agent": config.agent.model_dump(mode="json"),
             "tokenizer": {"model": model.name, "max_model_len": model.max_model_len},
             "max_tokens": config.models.agent.sampling.max_tokens,
@@ -90,6 +92,7 @@ def run_expert_teacher(config: ExperimentConfig, *, progress: ProgressCallback |
                 )
         wanted = {task.task_id for task in tasks}
         shards = records.compact(keep=lambda record: record["task_id"] in wanted)
+        shards.append(write_task_list(store, prefix, config.env, tasks))
         counts = episode_counts(EpisodeRecord.from_dict(item) for item in read_records(store, prefix))
         return run.finish(
             shards,

@@ -42,7 +42,6 @@ from ragdistill.store import (
     Manifest,
     manifest_problems,
     read_manifest,
-    verify_manifest,
     write_manifest,
 )
 
@@ -103,11 +102,6 @@ def current_manifest(store: ArtifactStore, stage_dir: str, identity: StageIdenti
     if manifest.identity != identity.key or manifest.counts.get("transient_errors", 0):
         return None
     return None if manifest_problems(store, stage_dir, manifest) else manifest
-
-
-def input_digest(store: ArtifactStore, stage_dir: str) -> str:
-    """The content digest of a finished upstream stage (its manifest, files verified)."""
-    return verify_manifest(store, stage_dir).digest
 
 
 def recorded_input_digest(store: ArtifactStore, stage_dir: str) -> str:

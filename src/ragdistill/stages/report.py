@@ -9,7 +9,6 @@ each), which gives the paper's method × agent table.
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -228,7 +227,3 @@ def _training_summary(store: ArtifactStore, label: str, name: str) -> Any:
         final_loss=result.get("last_loss"),
         seconds=result.get("seconds"),
     )
-
-
-def metrics_json(store: ArtifactStore) -> dict[str, Any]:
-    return json.loads(store.read_text(f"{REPORTS_DIR}/{METRICS_FILE}"))

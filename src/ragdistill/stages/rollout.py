@@ -85,7 +85,7 @@ def rollout_identity(
     return StageIdentity(
         stage=f"rollout:{plan.stage}",
         settings={
-            "env": {"name": plan.env.name},
+            "env": {"name": plan.env.name, "version": env_version(plan.env)},
             "agent": (plan.agent or config.agent).model_dump(mode="json"),
             "role": role_settings(plan.role, adapter),
             "source": plan.source,
@@ -138,6 +138,7 @@ def run_rollout_plan(
         stats = _play(config, plan, tasks, adapter, records, backend, progress)
         wanted = {task.task_id for task in tasks}
         shards = records.compact(keep=lambda record: record["task_id"] in wanted)
+        shards.append(write_task_list(store, prefix, plan.env, tasks))
         played = [EpisodeRecord.from_dict(item) for item in read_records(store, prefix)]
         counts = episode_counts(played)
         _check_error_share(store.uri(prefix), played, config.rollout.max_error_share)
@@ -232,6 +233,31 @@ def examples_provider(agent: AgentConfig, env: EnvConfig) -> Callable[[TaskInfo]
         return examples[key]
 
     return examples_for
+
+
+TASKS_FILE = "tasks.json"
+
+
+def env_version(env: EnvConfig) -> dict[str, str]:
+    from ragdistill.environments.registry import environment_version
+
+    return environment_version(env.name, env.data_dir)
+
+
+def write_task_list(store: ArtifactStore, prefix: str, env: EnvConfig, tasks: Sequence[TaskInfo]) -> str:
+    """``<stage>/tasks.json``: the tasks the stage played, in order, and the environment's version, so
+    two runs (or two methods) can be checked to compare the same games."""
+    relative = f"{prefix}/{TASKS_FILE}"
+    store.write_json(
+        relative,
+        {
+            "env": env.name,
+            "split": env.split,
+            "environment_version": env_version(env),
+            "task_ids": [task.task_id for task in tasks],
+        },
+    )
+    return relative
 
 
 def episode_log(store: ArtifactStore, prefix: str, config: ExperimentConfig) -> RecordLog:

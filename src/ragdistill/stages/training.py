@@ -24,7 +24,7 @@ from ragdistill.identity import code_fingerprint, library_versions
 from ragdistill.stages.datasets import DATA_FILE, dataset_dir
 from ragdistill.stages.layout import ADAPTERS_DIR
 from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest
-from ragdistill.store import ArtifactStore, Manifest, read_manifest, verify_manifest
+from ragdistill.store import ArtifactStore, Manifest, verify_manifest
 
 STUDENT_OUTPUTS = ("adapter", "loss.csv", "loss.png", "tensorboard", "train.log", "result.json")
 
@@ -113,9 +113,3 @@ def _upload(store: ArtifactStore, folder: str, work: Path) -> None:
         relative = path.relative_to(work).as_posix()
         if path.is_file() and relative.split("/", 1)[0] in STUDENT_OUTPUTS:
             store.write_bytes(f"{folder}/{relative}", path.read_bytes())
-
-
-def trained_adapter(store: ArtifactStore, name: str) -> str | None:
-    """The run-root path of a trained student's adapter folder, or None when it was skipped."""
-    manifest = read_manifest(store, adapter_dir(name))
-    return None if manifest.extra.get("skipped") else f"{adapter_dir(name)}/adapter"
