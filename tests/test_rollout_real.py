@@ -11,14 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ragdistill.agents.formats import get_format
 from ragdistill.agents.segments import render_messages
 from ragdistill.config import ExperimentConfig, with_overrides
-from ragdistill.episodes import EpisodeRecord, Step
+from ragdistill.episodes import EpisodeRecord, Step, call_segments
 from ragdistill.inference import make_backend
 from ragdistill.retrieval.bank import HintBank
 from ragdistill.retrieval.hints import validate_hint
-from ragdistill.rollout import call_segments
 from ragdistill.stages import run_mining, run_rollout
 from ragdistill.store import ArtifactStore, read_records
 
@@ -62,7 +60,6 @@ def test_real_rollouts_write_complete_records_with_exact_token_counts(
             config = config_for(tmp_path, backend_kind, agent_format)
             manifest = run_rollout(config, backend=backend)
             assert manifest.counts["episodes"] == 4 and manifest.counts["errors"] == 0
-            fmt = get_format(agent_format)
             raw_records = list(read_records(ArtifactStore(config.run.run_root), "rollouts/base"))
             assert len({raw["task_id"] for raw in raw_records}) == 4
             for raw in raw_records:
@@ -77,7 +74,7 @@ def test_real_rollouts_write_complete_records_with_exact_token_counts(
                 )
                 assert [s.kind for s in record.prompt] == ["system", "fewshot", "task"]
                 for index, step in enumerate(record.steps):
-                    messages = render_messages(call_segments(fmt, record, index))
+                    messages = render_messages(call_segments(record, index))
                     assert backend.count_tokens(messages, step.output) == (
                         step.prompt_tokens,
                         step.completion_tokens,
