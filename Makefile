@@ -19,6 +19,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # The project's Prefect home (database, logs, server state): under the project, never ~/.prefect.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_MEMO_STORE_PATH ?= $(PREFECT_HOME)/memo_store.toml
 export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup data model demo test test-fast lint format bench clean-venv

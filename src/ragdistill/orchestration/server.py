@@ -44,6 +44,7 @@ from ragdistill.processes import process_alive
 
 HOME_ENV = "PREFECT_HOME"
 API_URL_ENV = "PREFECT_API_URL"
+MEMO_STORE_ENV = "PREFECT_SERVER_MEMO_STORE_PATH"
 ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
@@ -101,6 +102,8 @@ def configure_prefect_home() -> Path:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ[HOME_ENV] = str(home)
     os.environ.setdefault(ANALYTICS_ENV, "false")
+    # Prefect 3.7 derives this path from the home only in some code paths, else from ~/.prefect.
+    os.environ.setdefault(MEMO_STORE_ENV, str(home / "memo_store.toml"))
     return home
 
 
