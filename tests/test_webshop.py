@@ -9,6 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from rapidfuzz import fuzz
 from typer.testing import CliRunner
 
 from ragdistill.cli import app
@@ -192,6 +193,28 @@ def test_each_mismatch_costs_its_share(word_nouns: None) -> None:
     assert (parts.attribute_matches, parts.attributes) == (2, 3) and parts.reward == pytest.approx(5 / 6)
 
 
+def test_fuzzy_matches_need_a_rounded_score_above_85(word_nouns: None) -> None:
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    # One token each, 26 letters shared: 2 * 26 / (30 + 31) = 85.25, which rounds to 85: no match.
+    assert fuzz.token_set_ratio(letters + "1234", letters + "56789") == pytest.approx(100 * 52 / 61)
+    near = score_purchase(
+        replace(PILLOW, attributes=(letters + "1234",)),
+        replace(GOAL, attributes=(letters + "56789",)),
+        20.0,
+        RIGHT,
+    )
+    assert near.attribute_matches == 0 and near.reward == pytest.approx(3 / 4)
+    # 2 * 26 / (28 + 29) = 91.2: a match.
+    close = score_purchase(
+        replace(PILLOW, attributes=(letters + "12",)),
+        replace(GOAL, attributes=(letters + "345",)),
+        20.0,
+        RIGHT,
+    )
+    assert close.attribute_matches == 1 and close.reward == 1.0
+    assert score_purchase(PILLOW, GOAL, 20.0, {**RIGHT, "size": "20 x 20 inch"}).reward == 1.0  # token subset
+
+
 def test_colour_normalisation_and_fuzzy_options(word_nouns: None) -> None:
     assert normalize_color("navy blue") == "blue" and normalize_color("steelivy fuchsia") == "fuchsia"
     assert normalize_color("20 x 20") == "20 x 20"
@@ -260,7 +283,7 @@ def test_heuristic_fallback_is_used_without_a_model_and_its_agreement_is_current
     monkeypatch.setattr(nouns, "_MODELS", (("absent", missing),))
     nouns._tagger.cache_clear()
     try:
-        assert nouns.using_fallback() and nouns.tagger_name() == nouns.HEURISTIC
+        assert nouns.using_fallback() and nouns.tagger_name() == nouns.HEURISTIC == nouns.installed_tagger()
         assert nouns.heuristic_nouns("The 2 Cotton Covers for a Sofa") == ("cotton", "covers", "sofa")
     finally:
         nouns._tagger.cache_clear()
@@ -428,6 +451,7 @@ def test_registry_factory_and_version(data_dir: Path) -> None:
     version = environment_version("webshop", data_dir)
     assert set(version) == {"bm25s", "rapidfuzz", "spacy", "noun_tagger", "products", "instructions"}
     assert version["products"] == "582406097eb238c47ab951455ce2f22a066a886505b2a621b22f812e1c4ebfb9"
+    assert version["noun_tagger"] == nouns.tagger_name()
     with pytest.raises(EnvError, match="not a WebShop task id"):
         WebShopEnv(data_dir).reset(TaskInfo("webshop", "test", "webshop-eval-3", "garden"))
     with pytest.raises(EnvError, match="not in split"):

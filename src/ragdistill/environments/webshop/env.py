@@ -96,7 +96,7 @@ def environment_version(data_dir: Path | str = "data") -> dict[str, str]:
     and the data files' sha256."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from ragdistill.environments.webshop.nouns import tagger_name
+    from ragdistill.environments.webshop.nouns import installed_tagger
 
     found: dict[str, str] = {}
     for package in ("bm25s", "rapidfuzz", "spacy"):
@@ -104,7 +104,7 @@ def environment_version(data_dir: Path | str = "data") -> dict[str, str]:
             found[package] = version(package)
         except PackageNotFoundError:
             found[package] = "absent"
-    found["noun_tagger"] = tagger_name()
+    found["noun_tagger"] = installed_tagger()
     for label, path in zip(("products", "instructions"), data_files(data_dir), strict=True):
         found[label] = hashlib.sha256(path.read_bytes()).hexdigest()
     return found

@@ -61,6 +61,23 @@ def tagger_name() -> str:
     return f"{name} {model.meta.get('version', '')}".strip() if model is not None else name
 
 
+def installed_tagger() -> str:
+    """The tagger :func:`nouns` will use, from installed package metadata alone (no spaCy import): for
+    version stamps in a process that must stay light, such as the one running the inference engine."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("spacy")
+    except PackageNotFoundError:
+        return HEURISTIC
+    for name, _ in _MODELS:
+        try:
+            return f"{name} {version(name)}"
+        except PackageNotFoundError:
+            continue
+    return HEURISTIC
+
+
 def using_fallback() -> bool:
     return _tagger()[1] is None
 
