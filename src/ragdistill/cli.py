@@ -132,8 +132,13 @@ def env_check(
     seed: Annotated[int, typer.Option("--seed", help="Seed of the random policy.")] = 42,
     max_steps: Annotated[int, typer.Option("--max-steps", min=1, help="Step cap per episode.")] = 50,
     balanced: Annotated[
-        bool, typer.Option("--balanced/--no-balanced", help="Pick tasks round-robin over task types.")
-    ] = True,
+        bool | None,
+        typer.Option(
+            "--balanced/--no-balanced",
+            help="Pick tasks round-robin over task types (default: the environment's own order; "
+            "alfworld balances, webshop keeps goal order).",
+        ),
+    ] = None,
 ) -> None:
     """Play N tasks with a scripted policy through the worker pool; per-type results, then one JSON line."""
     if policy not in ("expert", "random"):
@@ -167,6 +172,8 @@ def env_check(
         f"{env} {split} {policy}: success {summary['success_rate']:.2%} over {summary['episodes']} episodes "
         f"in {summary['seconds']} s"
     )
+    for label, value in summary.get("report", {}).items():
+        typer.echo(f"{label}: {value}")
     print_json_line(summary)
 
 

@@ -31,6 +31,8 @@ class StepResult:
     done: bool
     won: bool
     available_actions: list[str]
+    info: dict[str, Any] = field(default_factory=dict)
+    """Facts about the step beyond the observation (WebShop: every part of the reward on a purchase)."""
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ class Outcome:
     won: bool
     steps: int
     error: str | None = None
+    reward: float = 0.0
 
 
 def _next_action(episode: _Episode, policy: Policy) -> str | None:
@@ -65,9 +66,9 @@ def play(
     outcomes: dict[int, Outcome] = {}
     active: dict[int, tuple[int, _Episode]] = {}
 
-    def finish(slot: int, won: bool, error: str | None = None) -> None:
+    def finish(slot: int, won: bool, error: str | None = None, reward: float = 0.0) -> None:
         index, episode = active.pop(slot)
-        outcomes[index] = Outcome(episode.task, won, episode.steps, error)
+        outcomes[index] = Outcome(episode.task, won, episode.steps, error, reward)
         pool.release(slot)
 
     while queue or active:
@@ -99,7 +100,7 @@ def play(
             if isinstance(result, EnvError):
                 finish(slot, won=False, error=str(result))
             elif result.done:
-                finish(slot, won=result.won)
+                finish(slot, won=result.won, reward=result.reward)
             else:
                 episode.available = result.available_actions
     return [outcomes[index] for index in range(len(tasks))]
@@ -121,6 +122,9 @@ def summarize(outcomes: list[Outcome]) -> dict[str, Any]:
         by_type.setdefault(outcome.task.task_type, []).append(outcome)
     return {
         **stats(outcomes),
+        "mean_reward": round(sum(outcome.reward for outcome in outcomes) / len(outcomes), 4)
+        if outcomes
+        else 0.0,
         "by_task_type": {name: stats(group) for name, group in sorted(by_type.items())},
     }
 
@@ -135,13 +139,17 @@ def check_env(
     data_dir: Path | str = "data",
     seed: int = 42,
     max_steps: int = 50,
-    balanced: bool = True,
+    balanced: bool | None = True,
     concurrency: int | None = None,
 ) -> dict[str, Any]:
-    """List tasks, play them through an :class:`EnvPool`, return the summary (JSON-able)."""
+    """List tasks, play them through an :class:`EnvPool`, return the summary (JSON-able).
+
+    ``balanced=None`` leaves task order to the environment's lister default. An environment registered
+    with a ``check_report`` adds its facts under ``report``."""
     started = time.monotonic()
+    spec = get_env(env_name)
     options: dict[str, Any] = {"data_dir": data_dir, "split": split, "limit": limit}
-    if "balanced" in inspect.signature(get_env(env_name).task_lister).parameters:
+    if balanced is not None and "balanced" in inspect.signature(spec.task_lister).parameters:
         options["balanced"] = balanced
     tasks = list_tasks(env_name, **options)
     if not tasks:
@@ -150,7 +158,7 @@ def check_env(
         outcomes = play(pool, tasks, policy, seed=seed, max_steps=max_steps, concurrency=concurrency)
     summary = summarize(outcomes)
     errors = [f"{outcome.task.task_id}: {outcome.error}" for outcome in outcomes if outcome.error]
-    return {
+    result = {
         "env": env_name,
         "split": split,
         "policy": policy,
@@ -161,3 +169,6 @@ def check_env(
         "error_messages": errors[:10],
         "seconds": round(time.monotonic() - started, 2),
     }
+    if spec.check_report is not None:
+        result["report"] = spec.check_report(data_dir=data_dir, tasks=tasks, summary=result)
+    return result

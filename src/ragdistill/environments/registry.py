@@ -32,6 +32,9 @@ class EnvSpec:
     version: Callable[..., dict[str, str]] | None = None
     """``version(data_dir=...)``: what identifies the environment's code and data (package versions,
     the installed games); part of every rollout's identity and pinned task list."""
+    check_report: Callable[..., dict[str, Any]] | None = None
+    """``check_report(data_dir=..., tasks=..., summary=...)``: facts ``ragdistill env check`` prints after
+    the success rate (label -> JSON-able value), e.g. WebShop's score and search hit rates."""
 
 
 _REGISTRY: dict[str, EnvSpec] = {}
@@ -44,12 +47,13 @@ def register_env(
     *,
     invalid_observation: str = "",
     version: Callable[..., dict[str, str]] | None = None,
+    check_report: Callable[..., dict[str, Any]] | None = None,
     replace: bool = False,
 ) -> EnvSpec:
     """Make ``name`` available to configs, the pool and ``ragdistill env check``."""
     if name in _REGISTRY and not replace:
         raise ValueError(f"environment {name!r} is already registered; pass replace=True to override it")
-    spec = EnvSpec(name, factory, task_lister, invalid_observation, version)
+    spec = EnvSpec(name, factory, task_lister, invalid_observation, version, check_report)
     _REGISTRY[name] = spec
     return spec
 
@@ -78,7 +82,7 @@ def list_tasks(env_name: str, **kwargs: Any) -> list[TaskInfo]:
 
 
 def _register_builtin() -> None:
-    from ragdistill.environments import alfworld
+    from ragdistill.environments import alfworld, webshop
 
     register_env(
         alfworld.ENV_NAME,
@@ -86,6 +90,14 @@ def _register_builtin() -> None:
         alfworld.list_tasks,
         invalid_observation=alfworld.INVALID_OBSERVATION,
         version=alfworld.environment_version,
+    )
+    register_env(
+        webshop.ENV_NAME,
+        webshop.make_env,
+        webshop.list_tasks,
+        invalid_observation=webshop.INVALID_OBSERVATION,
+        version=webshop.environment_version,
+        check_report=webshop.check_report,
     )
 
 

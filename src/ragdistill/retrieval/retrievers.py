@@ -13,13 +13,13 @@ index"). A hint is only ever returned for a query of its own task type.
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
+from ragdistill.bm25 import import_bm25s
 from ragdistill.config import RetrievalConfig, SamplingConfig
 from ragdistill.inference.base import Backend, ChatMessage, GenerationRequest
 from ragdistill.retrieval.bank import HintBank, TextEmbedder
@@ -130,26 +130,6 @@ class FaissRetriever:
 _WORD = re.compile(r"\b\w\w+\b")
 
 
-def _import_bm25s() -> Any:
-    """Import bm25s without numba (it then uses its numpy backend).
-
-    bm25s imports numba when it can; numba's llvmlite objects in ``sys.modules`` make vLLM 0.32's CPU
-    engine fail to start later in the same process (``AttributeError: '_lib_fn_wrapper' object has no
-    attribute 'get'`` in ``vllm.triton_utils.dispatcher``), and the teacher runs both. Scoring a few
-    hundred hints needs no JIT. If numba is already imported, nothing is gained by hiding it.
-    """
-    if "bm25s" in sys.modules or "numba" in sys.modules:
-        import bm25s
-
-        return bm25s
-    sys.modules["numba"] = None  # type: ignore[assignment]
-    try:
-        import bm25s
-    finally:
-        del sys.modules["numba"]
-    return bm25s
-
-
 def _bm25_tokens(text: str, stopwords: frozenset[str]) -> list[str]:
     return [word for word in _WORD.findall(text.lower()) if word not in stopwords]
 
@@ -161,7 +141,7 @@ class BM25Retriever:
     name = "bm25"
 
     def __init__(self, bank: HintBank) -> None:
-        bm25s = _import_bm25s()
+        bm25s = import_bm25s()
         from bm25s.stopwords import STOPWORDS_EN
 
         self.bank = bank
