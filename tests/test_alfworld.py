@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from alfworld_data import alfworld_data_dir
-from ragdistill.environments import alfworld, registry
+from ragdistill.environments import registry
 from ragdistill.environments.alfworld import (
     TASK_TYPES,
     AlfworldEnv,
@@ -25,6 +25,7 @@ from ragdistill.environments.alfworld import (
     strip_banner,
     task_type_of,
 )
+from ragdistill.environments.alfworld import env as alfworld_env
 from ragdistill.environments.base import Env, EnvError, TaskInfo
 from ragdistill.environments.pool import EnvPool
 from ragdistill.environments.registry import get_env, make_env, register_env, registered_envs
@@ -218,8 +219,8 @@ def test_a_small_limit_reads_only_a_handful_of_game_files(monkeypatch: pytest.Mo
         read.append(path)
         return real_read_game(path)
 
-    real_read_game = alfworld.read_game
-    monkeypatch.setattr(alfworld, "read_game", counting_read_game)
+    real_read_game = alfworld_env.read_game
+    monkeypatch.setattr(alfworld_env, "read_game", counting_read_game)
     six = list_tasks(data_dir, "train", limit=6)
     assert {task.task_type for task in six} == set(TASK_TYPES)
     assert len(read) == 6
