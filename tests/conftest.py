@@ -20,7 +20,9 @@ os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_HOME", str(Path(__file__).resolve().parents[1] / ".prefect" / "tests"))
 Path(os.environ["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
-os.environ.setdefault("PREFECT_SERVER_MEMO_STORE_PATH", str(Path(os.environ["PREFECT_HOME"]) / "memo_store.toml"))
+os.environ.setdefault(
+    "PREFECT_SERVER_MEMO_STORE_PATH", str(Path(os.environ["PREFECT_HOME"]) / "memo_store.toml")
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 S3RVER = REPO_ROOT / ".cache" / "s3rver" / "node_modules" / ".bin" / "s3rver"

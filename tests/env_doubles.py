@@ -7,8 +7,12 @@ the factory, so it must stay importable from the tests folder.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
+from ragdistill.environments.alfworld.hints import ALFWORLD_HINT_STYLE
+from ragdistill.environments.alfworld.profile import ALFWORLD_AGENT_STYLE
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
+from ragdistill.environments.profile import EnvProfile
 from ragdistill.environments.registry import register_env
 
 DOUBLE = "counter-double"
@@ -54,20 +58,19 @@ def list_counter_tasks(limit: int | None = None, **_: object) -> list[TaskInfo]:
     return [TaskInfo(DOUBLE, "test", f"t{index}", ("even", "odd")[index % 2]) for index in range(limit or 4)]
 
 
-register_env(DOUBLE, CounterEnvDouble, list_counter_tasks, replace=True)
+COUNTER_PROFILE_DOUBLE = EnvProfile(
+    name=DOUBLE,
+    task_groups=("even", "odd", "count"),
+    group_label="Task type",
+    invalid_observation="Nothing happens.",
+    agent=ALFWORLD_AGENT_STYLE,
+    hints=replace(ALFWORLD_HINT_STYLE, description="a counting game"),
+    default_max_invalid=1,
+)
+"""The counter game speaks like ALFWorld (its agent and hint styles) and offers no few-shot examples."""
+
+register_env(DOUBLE, CounterEnvDouble, list_counter_tasks, COUNTER_PROFILE_DOUBLE, replace=True)
 
 
 def tasks(*ids: str) -> list[TaskInfo]:
     return [TaskInfo(DOUBLE, "test", task_id, "count") for task_id in ids]
-
-
-def _register_hint_style() -> None:
-    """Mining needs a hint style per environment: the counter game borrows ALFWorld's wording."""
-    from dataclasses import replace
-
-    from ragdistill.retrieval.hints import HINT_STYLES
-
-    HINT_STYLES[DOUBLE] = replace(HINT_STYLES["alfworld"], env=DOUBLE, description="a counting game")
-
-
-_register_hint_style()

@@ -7,16 +7,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budget
-from ragdistill.agents.formats import (
-    HINTS_PREAMBLE,
-    THINK_OBSERVATION,
-    UNPARSEABLE_OBSERVATION,
-    get_format,
-    observation_without_env,
-    render_state,
-)
+from ragdistill.agents.formats import HINTS_PREAMBLE, AgentFormat, ParsedOutput, render_state
+from ragdistill.agents.formats import get_format as format_for
 from ragdistill.agents.segments import Segment, drop_kinds, render_messages
+from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.environments.base import TaskInfo
+
+THINK_OBSERVATION = "OK."
+UNPARSEABLE_OBSERVATION = "Nothing happens."
+
+
+def get_format(name: str) -> AgentFormat:
+    return format_for(name, ALFWORLD_PROFILE)
+
+
+def observation_without_env(parsed: ParsedOutput) -> str | None:
+    return get_format("react").observation_without_env(parsed)
+
 
 FORMAT_NAMES = ("react", "act", "stateact")
 TASK = TaskInfo(
@@ -221,7 +228,8 @@ def test_unknown_format_is_named() -> None:
 
 
 def test_render_state_writes_none_for_empty_values() -> None:
-    block = render_state("goal x", [], "", [], "", "look")
+    values = {"goal": "goal x", "locations visited": [], "current location": "", "action": "look"}
+    block = render_state(ALFWORLD_PROFILE.agent.state_keys, values)
     assert block.splitlines() == [
         "goal: goal x",
         "locations visited: None",
@@ -298,3 +306,50 @@ def test_fit_to_budget_fails_clearly_when_the_fixed_prompt_is_too_long() -> None
     fixed = [segment for segment in segments if segment.kind != "history"]
     with pytest.raises(ContextBudgetError, match="max_model_len"):
         fit_to_budget(segments, _words, budget=_words(fixed) - 1)
+
+
+ALFWORLD_SYSTEM_TEXTS = {
+    "react": "Interact with a household to solve a task.\n\nReply with exactly one line, either an action for "
+    "the household (for example `go to cabinet 1`, `take apple 1 from countertop 1`, `open fridge 1`) or a "
+    "thought that starts with `think:` (for example `think: First I need to find an apple.`). A thought is "
+    'answered with "OK." and changes nothing. Write only your reply.',
+    "act": "Interact with a household to solve a task.\n\nReply with exactly one line: an action for the "
+    "household (for example `go to cabinet 1`, `take apple 1 from countertop 1`, `open fridge 1`). Write only "
+    "your reply.",
+    "stateact": "Interact with a household to solve a task.\n\nReply with exactly these six lines, in this "
+    "order, and nothing after them:\ngoal: <the task>\nlocations visited: <places you have gone to so far, "
+    "comma-separated, or None>\ncurrent location: <where you are now>\ncurrent inventory: <what you are "
+    "holding, comma-separated, or None>\nthought: <a short reasoning step, or None>\naction: <one action for "
+    "the household, for example go to cabinet 1>\nThe household answers each reply with an observation.",
+}
+
+
+@pytest.mark.parametrize("format_name", FORMAT_NAMES)
+def test_alfworld_system_texts_are_pinned(format_name: str) -> None:
+    assert get_format(format_name).system_text() == ALFWORLD_SYSTEM_TEXTS[format_name]
+
+
+def test_alfworld_fewshot_header_names_the_household() -> None:
+    (fewshot,) = [
+        s for s in get_format("act").prompt(TASK, FIRST_OBSERVATION, ["X"], None) if s.kind == "fewshot"
+    ]
+    assert fewshot.text == (
+        "Here is an example. In them, lines that start with `>` are the agent's replies and the line after each "
+        "is what the household answered; write only your reply, without the `>`.\n\nX"
+    )
+
+
+@pytest.mark.parametrize(
+    ("output", "thought"),
+    [
+        ("think[First I need a mug.]", "First I need a mug."),
+        ("> Think [ two  spaces ]", "two spaces"),
+        ("think[unclosed thought", "unclosed thought"),
+        ("Action: think[in an action] trailing", "in an action"),
+    ],
+)
+def test_bracket_thoughts_are_thoughts_in_a_label_environment(output: str, thought: str) -> None:
+    parsed = get_format("react").parse(output)
+    assert parsed.is_think and parsed.thought == thought
+    assert parsed.text == f"think: {thought}"
+    assert get_format("act").parse(output).action is None

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 from collections import Counter
+from dataclasses import replace
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import pytest
 
 from alfworld_data import alfworld_data_dir
-from ragdistill.environments import alfworld, registry
+from ragdistill.environments import registry
 from ragdistill.environments.alfworld import (
     TASK_TYPES,
     AlfworldEnv,
@@ -25,9 +26,10 @@ from ragdistill.environments.alfworld import (
     strip_banner,
     task_type_of,
 )
+from ragdistill.environments.alfworld import env as alfworld_env
 from ragdistill.environments.base import Env, EnvError, TaskInfo
 from ragdistill.environments.pool import EnvPool
-from ragdistill.environments.registry import get_env, make_env, register_env, registered_envs
+from ragdistill.environments.registry import get_env, get_profile, make_env, register_env, registered_envs
 from ragdistill.environments.registry import list_tasks as registry_list_tasks
 
 FIRST_OBSERVATION = (
@@ -218,8 +220,8 @@ def test_a_small_limit_reads_only_a_handful_of_game_files(monkeypatch: pytest.Mo
         read.append(path)
         return real_read_game(path)
 
-    real_read_game = alfworld.read_game
-    monkeypatch.setattr(alfworld, "read_game", counting_read_game)
+    real_read_game = alfworld_env.read_game
+    monkeypatch.setattr(alfworld_env, "read_game", counting_read_game)
     six = list_tasks(data_dir, "train", limit=6)
     assert {task.task_type for task in six} == set(TASK_TYPES)
     assert len(read) == 6
@@ -239,10 +241,16 @@ def test_registry_knows_alfworld_and_takes_new_envs(monkeypatch: pytest.MonkeyPa
     assert isinstance(make_env("alfworld", data_dir="data"), Env)
     with pytest.raises(EnvError, match=r"unknown environment 'nethack'; registered: \[.*'alfworld'.*\]"):
         get_env("nethack")
+    profile = get_profile("alfworld")
+    assert profile.invalid_observation == "Nothing happens." and profile.task_groups == TASK_TYPES
     with pytest.raises(ValueError, match="already registered"):
-        register_env("alfworld", AlfworldEnv, list_tasks)
-    register_env("alfworld-copy", AlfworldEnv, lambda **kwargs: ["listed", kwargs], replace=True)
+        register_env("alfworld", AlfworldEnv, list_tasks, profile)
+    with pytest.raises(ValueError, match="profile of 'alfworld'"):
+        register_env("alfworld-copy", AlfworldEnv, list_tasks, profile)
+    copy = replace(profile, name="alfworld-copy")
+    register_env("alfworld-copy", AlfworldEnv, lambda **kwargs: ["listed", kwargs], copy, replace=True)
     assert registry_list_tasks("alfworld-copy", split="x") == ["listed", {"split": "x"}]
+    assert get_profile("alfworld-copy") is copy
 
 
 def as_put(action: str) -> str:

@@ -15,6 +15,7 @@ from ragdistill.agents.demonstrations import ExpertTrajectory
 from ragdistill.agents.formats import get_format
 from ragdistill.agents.segments import drop_kinds, render_messages
 from ragdistill.config import AgentConfig, ModelSpec
+from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.episodes import EpisodeRecord, call_segments
 from ragdistill.expert_episodes import Demonstration, expert_record
 from ragdistill.inference.chat import count_chat_tokens, encode_chat, load_tokenizer
@@ -71,7 +72,7 @@ def teacher_record(
     tokenizer, format_name: str = "react", budget: int = 4000, **agent: object
 ) -> EpisodeRecord:
     """An expert-teacher episode with a hint block and a few-shot block, recorded by the real code."""
-    fmt = get_format(format_name)
+    fmt = get_format(format_name, ALFWORLD_PROFILE)
     demo = demonstration()
     example = fmt.transcript(
         "You are in a kitchen.\nYour task is to: cool a mug.",

@@ -25,6 +25,9 @@ from ragdistill.evaluation import (
 from ragdistill.evaluation.figure import FigurePoint, accuracy_tokens_figure, figure_points
 from ragdistill.evaluation.report import format_tokens
 
+INVALID = "Nothing happens."
+"""What the environment of these records answers to an action it cannot carry out."""
+
 
 def step(observation: str, *, think: bool = False, parse_error: str | None = None) -> Step:
     return Step(
@@ -142,7 +145,7 @@ def test_wilson_interval_edge_cases() -> None:
 
 
 def test_metrics_on_hand_built_records() -> None:
-    metrics = compute_metrics(mixed_records())
+    metrics = compute_metrics(mixed_records(), INVALID)
 
     assert (metrics.episodes, metrics.successes) == (4, 2)
     assert metrics.success_percent == pytest.approx(50.0)
@@ -192,12 +195,12 @@ def test_invalid_observation_is_a_parameter() -> None:
     ]
     webshop = compute_metrics(records, invalid_observation="Invalid action!")
     assert webshop.invalid_actions == 1 and webshop.invalid_observation == "Invalid action!"
-    assert compute_metrics(records).invalid_actions == 1
+    assert compute_metrics(records, INVALID).invalid_actions == 1
     assert compute_metrics(records, invalid_observation="  Results: ...\n").invalid_actions == 1
 
 
 def test_metrics_json_round_trip_has_no_nan() -> None:
-    metrics = compute_metrics(mixed_records())
+    metrics = compute_metrics(mixed_records(), INVALID)
     text = json.dumps(metrics.to_dict(), allow_nan=False)
     restored = MethodMetrics.from_dict(json.loads(text))
     assert restored == metrics
@@ -205,7 +208,7 @@ def test_metrics_json_round_trip_has_no_nan() -> None:
 
 
 def test_empty_method_is_a_marked_result() -> None:
-    metrics = compute_metrics([])
+    metrics = compute_metrics([], INVALID)
     assert metrics.empty and metrics.episodes == 0
     data = metrics.to_dict()
     assert data["empty"] is True
@@ -217,7 +220,7 @@ def test_empty_method_is_a_marked_result() -> None:
 
 def test_no_success_gives_no_tokens_per_success() -> None:
     failed = [record("put", [step("Nothing happens.")], success=False, prompt_tokens=5, completion_tokens=5)]
-    metrics = compute_metrics(failed)
+    metrics = compute_metrics(failed, INVALID)
     assert metrics.tokens_per_success is None
     assert metrics.success_percent == 0.0 and metrics.success_ci_low == 0.0  # exactly, not 1e-15
     assert metrics.success_ci_high is not None and metrics.success_ci_high > 0
@@ -241,7 +244,7 @@ def metrics_with(successes: int, episodes: int, tokens: int, task_type: str = "p
         record(task_type, [step("ok")], success=i < successes, prompt_tokens=tokens, completion_tokens=0)
         for i in range(episodes)
     ]
-    return compute_metrics(records)
+    return compute_metrics(records, INVALID)
 
 
 def report_inputs(config_name: str = "paper-alfworld-react") -> ReportInputs:
@@ -380,4 +383,4 @@ def test_figure_with_all_zero_success(tmp_path: Path, count: int) -> None:
 def test_figure_needs_a_point(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one"):
         accuracy_tokens_figure([], tmp_path / "none.png", "Nothing")
-    assert figure_points([MethodResult("base", "react", compute_metrics([]))]) == []
+    assert figure_points([MethodResult("base", "react", compute_metrics([], INVALID))]) == []

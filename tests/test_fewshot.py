@@ -10,13 +10,7 @@ from typing import ClassVar
 
 import pytest
 
-from ragdistill.agents.demonstrations import (
-    START_LOCATION,
-    ExpertTrajectory,
-    expert_thoughts,
-    render_expert_example,
-    render_expert_turns,
-)
+from ragdistill.agents.demonstrations import ExpertTrajectory, render_expert_example, render_expert_turns
 from ragdistill.agents.expert import (
     cache_path,
     collect_expert_trajectories,
@@ -25,14 +19,15 @@ from ragdistill.agents.expert import (
     play_expert,
     save_expert_trajectories,
 )
-from ragdistill.agents.fewshot import (
-    ALFWORLD_TASK_TYPES,
-    build_examples,
-    parse_react_transcript,
-    react_examples,
-)
-from ragdistill.agents.formats import THINK_OBSERVATION, get_format
+from ragdistill.agents.fewshot import FewshotError, build_examples
+from ragdistill.agents.fewshot import react_examples as render_react_examples
+from ragdistill.agents.formats import AgentFormat
+from ragdistill.agents.formats import get_format as format_for
 from ragdistill.environments import registry
+from ragdistill.environments.alfworld import TASK_TYPES as ALFWORLD_TASK_TYPES
+from ragdistill.environments.alfworld.demonstrations import START_LOCATION, expert_thoughts
+from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
+from ragdistill.environments.alfworld.react_prompts import parse_react_transcript
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +36,26 @@ DATA_DIR = REPO_ROOT / "data"
 needs_react_prompts = pytest.mark.skipif(
     not (MIRROR / "react" / "alfworld_3prompts.json").is_file(), reason=f"no ReAct prompts under {MIRROR}"
 )
+
+THINK_OBSERVATION = "OK."
+ALFWORLD = "alfworld"
+
+
+def get_format(name: str) -> AgentFormat:
+    return format_for(name, ALFWORLD_PROFILE)
+
+
+def react_examples(data_dir: Path, format_name: str, task_type: str, n: int = 2) -> list[str]:
+    return render_react_examples(ALFWORLD_PROFILE, data_dir, format_name, task_type, n)
+
+
+def expert_turns(trajectory: ExpertTrajectory, format_name: str) -> list[tuple[str, str]]:
+    return render_expert_turns(trajectory, get_format(format_name))
+
+
+def expert_example(trajectory: ExpertTrajectory, format_name: str) -> str:
+    return render_expert_example(trajectory, get_format(format_name))
+
 
 HEAT = ExpertTrajectory(
     task_id="pick_heat_then_place_in_recep-Apple-None-CounterTop-2/trial_1",
@@ -138,21 +153,21 @@ def test_react_examples_refuse_stateact_and_unknown_types(tmp_path: Path) -> Non
 @pytest.mark.parametrize("format_name", ["react", "act", "stateact"])
 def test_expert_turns_parse_back_to_the_expert_actions(format_name: str) -> None:
     agent = get_format(format_name)
-    turns = render_expert_turns(HEAT, format_name)
+    turns = expert_turns(HEAT, format_name)
     acted = [(agent.parse(output), observation) for output, observation in turns]
     assert [parsed.action for parsed, _ in acted if parsed.action] == [action for action, _ in HEAT.steps]
     for parsed, observation in acted:
         assert parsed.error is None
         if parsed.is_think:
             assert observation == THINK_OBSERVATION
-    example = render_expert_example(HEAT, format_name)
+    example = expert_example(HEAT, format_name)
     assert example.startswith("You are in the middle of a room.")
     assert "\n\n" not in example.split("Your task is to:")[0]
     assert example.rstrip().endswith("You move the apple 1 to the countertop 2.")
 
 
 def test_react_expert_thinks_plan_and_note_progress() -> None:
-    turns = render_expert_turns(HEAT, "react")
+    turns = expert_turns(HEAT, "react")
     thinks = [output for output, _ in turns if output.startswith("think:")]
     assert thinks[0] == (
         "think: To solve the task, I need to find and take an apple, then heat it with microwave, "
@@ -166,12 +181,12 @@ def test_react_expert_thinks_plan_and_note_progress() -> None:
     heat = outputs.index("heat apple 1 with microwave 1")
     assert outputs[heat + 1] == "think: Now apple 1 is hot. Next, I need to put it in/on countertop 2."
     assert outputs[-1] == "move apple 1 to countertop 2"
-    assert render_expert_turns(HEAT, "act") == HEAT.steps
+    assert expert_turns(HEAT, "act") == HEAT.steps
 
 
 def test_stateact_state_lines_follow_the_trajectory() -> None:
     stateact = get_format("stateact")
-    states = [stateact.parse(output).state for output, _ in render_expert_turns(HEAT, "stateact")]
+    states = [stateact.parse(output).state for output, _ in expert_turns(HEAT, "stateact")]
     assert all(state["goal"] == "heat some apple and put it in countertop" for state in states)
     assert [state["locations visited"] for state in states] == [
         "None",
@@ -219,7 +234,7 @@ def test_failed_steps_do_not_change_the_state() -> None:
         ],
     )
     stateact = get_format("stateact")
-    states = [stateact.parse(output).state for output, _ in render_expert_turns(trajectory, "stateact")]
+    states = [stateact.parse(output).state for output, _ in expert_turns(trajectory, "stateact")]
     assert [state["current inventory"] for state in states] == [
         "None",
         "None",
@@ -254,14 +269,16 @@ def test_examine_plan_follows_the_walkthrough_order() -> None:
 
 
 def test_trajectory_json_round_trip_and_cache(tmp_path: Path) -> None:
-    path = cache_path(tmp_path, "heat")
+    path = cache_path(tmp_path, "heat", env_name=ALFWORLD)
     other = replace(HEAT, task_id="pick_heat_then_place_in_recep-Egg-None-CounterTop-2/trial_1")
     save_expert_trajectories(path, [HEAT, other])
     assert load_expert_trajectories(path) == [HEAT, other]
-    assert load_or_collect_expert_trajectories(tmp_path, "heat", 1) == [HEAT]
-    assert load_or_collect_expert_trajectories(tmp_path, "heat", 1, exclude_task_id=HEAT.task_id) == [other]
-    assert build_examples("expert", "stateact", "heat", 1, tmp_path) == [
-        render_expert_example(HEAT, "stateact")
+    assert load_or_collect_expert_trajectories(tmp_path, "heat", 1, env_name=ALFWORLD) == [HEAT]
+    assert load_or_collect_expert_trajectories(
+        tmp_path, "heat", 1, exclude_task_id=HEAT.task_id, env_name=ALFWORLD
+    ) == [other]
+    assert build_examples("expert", "stateact", "heat", 1, tmp_path, env_name=ALFWORLD) == [
+        expert_example(HEAT, "stateact")
     ]
     path.write_text("{}")
     with pytest.raises(ValueError, match="delete it"):
@@ -269,17 +286,20 @@ def test_trajectory_json_round_trip_and_cache(tmp_path: Path) -> None:
 
 
 def test_build_examples_sources(tmp_path: Path) -> None:
-    assert build_examples("none", "react", "put", 2, tmp_path) == []
-    assert build_examples("react", "react", "put", 0, tmp_path) == []
-    with pytest.raises(ValueError, match="few-shot source"):
-        build_examples("gold", "react", "put", 2, tmp_path)  # type: ignore[arg-type]
+    assert build_examples("none", "react", "put", 2, tmp_path, env_name=ALFWORLD) == []
+    assert build_examples("react", "react", "put", 0, tmp_path, env_name=ALFWORLD) == []
+    with pytest.raises(FewshotError, match="few-shot source"):
+        build_examples("gold", "react", "put", 2, tmp_path, env_name=ALFWORLD)  # type: ignore[arg-type]
 
 
 @needs_react_prompts
 def test_build_examples_react_source_ignores_the_excluded_game() -> None:
     expected = react_examples(MIRROR, "act", "clean", 2)
-    assert build_examples("react", "act", "clean", 2, MIRROR) == expected
-    assert build_examples("react", "act", "clean", 2, MIRROR, exclude_task_id="react_clean_1") == expected
+    assert build_examples("react", "act", "clean", 2, MIRROR, env_name=ALFWORLD) == expected
+    shown = build_examples(
+        "react", "act", "clean", 2, MIRROR, exclude_task_id="react_clean_1", env_name=ALFWORLD
+    )
+    assert shown == expected
 
 
 class WalkthroughEnvDouble:
@@ -352,7 +372,8 @@ def list_expert_double_tasks(task_types: list[str] | None = None, **_: object) -
 def expert_games(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The double registered under EXPERT_DOUBLE; returns the list of games played, emptied."""
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
-    registry.register_env(EXPERT_DOUBLE, ExpertGamesDouble, list_expert_double_tasks)
+    profile = replace(ALFWORLD_PROFILE, name=EXPERT_DOUBLE)
+    registry.register_env(EXPERT_DOUBLE, ExpertGamesDouble, list_expert_double_tasks, profile)
     monkeypatch.setattr(ExpertGamesDouble, "PLAYED", [])
     return ExpertGamesDouble.PLAYED
 
@@ -376,7 +397,7 @@ def test_expert_examples_never_show_the_game_being_played(tmp_path: Path, expert
     assert examples("g2") == ["g0", "g3"]
     assert examples("g3") == examples("g4") == examples(None) == ["g0", "g2"]
     assert expert_games == ["g0", "g1", "g2", "g3"]  # every later call read the cache
-    assert not cache_path(tmp_path, "heat").exists()  # the alfworld cache is another file
+    assert not cache_path(tmp_path, "heat", env_name=ALFWORLD).exists()  # the alfworld cache is another file
 
 
 def test_an_old_cache_with_too_few_trajectories_is_extended(tmp_path: Path, expert_games: list[str]) -> None:
@@ -420,25 +441,29 @@ needs_games = pytest.mark.skipif(
 @pytest.mark.slow
 @needs_games
 def test_collect_expert_trajectory_from_a_real_training_game(tmp_path: Path) -> None:
-    (trajectory,) = collect_expert_trajectories(DATA_DIR, "put", 1)
+    (trajectory,) = collect_expert_trajectories(DATA_DIR, "put", 1, env_name=ALFWORLD)
     assert trajectory.task_type == "put"
     assert trajectory.instruction and trajectory.instruction in trajectory.first_observation
     assert "Welcome" not in trajectory.first_observation
     assert trajectory.steps[-1][0].startswith("move ")
     for format_name in ("react", "act", "stateact"):
         agent = get_format(format_name)
-        actions = [agent.parse(output).action for output, _ in render_expert_turns(trajectory, format_name)]
+        actions = [agent.parse(output).action for output, _ in expert_turns(trajectory, format_name)]
         assert [action for action in actions if action] == [action for action, _ in trajectory.steps]
-    save_expert_trajectories(cache_path(tmp_path, "put"), [trajectory])
-    assert load_expert_trajectories(cache_path(tmp_path, "put")) == [trajectory]
+    save_expert_trajectories(cache_path(tmp_path, "put", env_name=ALFWORLD), [trajectory])
+    assert load_expert_trajectories(cache_path(tmp_path, "put", env_name=ALFWORLD)) == [trajectory]
 
 
 @pytest.mark.slow
 @needs_games
 def test_expert_examples_from_real_training_games_leave_out_the_game_played(tmp_path: Path) -> None:
     (tmp_path / "alfworld").symlink_to(DATA_DIR / "alfworld")
-    first, second = load_or_collect_expert_trajectories(tmp_path, "cool", 2)
-    assert len(load_expert_trajectories(cache_path(tmp_path, "cool"))) == 3
-    (shown,) = build_examples("expert", "act", "cool", 1, tmp_path, exclude_task_id=first.task_id)
-    assert shown == render_expert_example(second, "act")
-    assert build_examples("expert", "act", "cool", 1, tmp_path) == [render_expert_example(first, "act")]
+    first, second = load_or_collect_expert_trajectories(tmp_path, "cool", 2, env_name=ALFWORLD)
+    assert len(load_expert_trajectories(cache_path(tmp_path, "cool", env_name=ALFWORLD))) == 3
+    (shown,) = build_examples(
+        "expert", "act", "cool", 1, tmp_path, exclude_task_id=first.task_id, env_name=ALFWORLD
+    )
+    assert shown == expert_example(second, "act")
+    assert build_examples("expert", "act", "cool", 1, tmp_path, env_name=ALFWORLD) == [
+        expert_example(first, "act")
+    ]

@@ -4,18 +4,35 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ragdistill.config import SamplingConfig
+from ragdistill.environments.alfworld.hints import ALFWORLD_HINT_STYLE
+from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
+from ragdistill.environments.profile import HintStyle
+from ragdistill.environments.webshop.hints import WEBSHOP_HINT_STYLE
 from ragdistill.episodes import Step
 from ragdistill.retrieval.bank import HintBank
 from ragdistill.retrieval.hints import Hint, hint_id, normalise, parse_hints, validate_hint
 from ragdistill.retrieval.lenient_json import find_json
 from ragdistill.retrieval.mining import extraction_request, format_trajectory, mine_hints
 from retrieval_doubles import ScriptedExtractorDouble, make_record
+
+STYLES: dict[str, HintStyle] = {"alfworld": ALFWORLD_HINT_STYLE, "webshop": WEBSHOP_HINT_STYLE}
+WEBSHOP_PROFILE_DOUBLE = replace(
+    ALFWORLD_PROFILE,
+    name="webshop",
+    group_label="Product category",
+    hints=WEBSHOP_HINT_STYLE,
+    fewshot_sources=(),
+    react_examples=None,
+    render_demonstration=None,
+)
+"""Mining needs only the hint style and the group label; the agent style is borrowed."""
 
 
 def test_normalise_lowercases_and_collapses_whitespace() -> None:
@@ -61,21 +78,23 @@ GOOD = '{"hints": [{"text": "Open {container} before looking for {object}."}, {"
     ids=["plain", "fenced", "prose", "trailing-commas", "single-quotes", "mixed-list", "bare-list", "decoy"],
 )
 def test_parse_hints_tolerates_common_answer_shapes(answer: str) -> None:
-    result = parse_hints(answer)
+    result = parse_hints(answer, ALFWORLD_HINT_STYLE)
     assert result.error is None
     assert result.hints == ["Open {container} before looking for {object}.", "Check {location} twice."]
 
 
 def test_parse_hints_accepts_a_single_object_and_salvages_a_cut_off_answer() -> None:
-    assert parse_hints('{"text": "Open {container} first."}').hints == ["Open {container} first."]
+    assert parse_hints('{"text": "Open {container} first."}', ALFWORLD_HINT_STYLE).hints == [
+        "Open {container} first."
+    ]
     cut = '{"hints": [{"text": "Open {container} first."}, {"text": "Check \\"{object}\\"."}, {"text": "Go to {loc'
-    result = parse_hints(cut)
+    result = parse_hints(cut, ALFWORLD_HINT_STYLE)
     assert result.hints == ["Open {container} first.", 'Check "{object}".'] and result.salvaged
 
 
 @pytest.mark.parametrize("junk", ["", "no json here", "{", "[[[[", '{"hints": 5}', "null", "{}", "[1, 2]"])
 def test_parse_hints_reports_junk_without_raising(junk: str) -> None:
-    result = parse_hints(junk)
+    result = parse_hints(junk, ALFWORLD_HINT_STYLE)
     assert result.hints == []
     assert result.error is not None or result.rejected
 
@@ -128,20 +147,20 @@ def test_parse_hints_reports_junk_without_raising(junk: str) -> None:
     ],
 )
 def test_validate_hint(raw: object, env: str, expected: str | None, reason: str | None) -> None:
-    assert validate_hint(raw, env) == (expected, reason)
+    assert validate_hint(raw, STYLES[env]) == (expected, reason)
 
 
 def test_parse_hints_drops_duplicates_and_hints_over_the_env_limit() -> None:
     answer = json.dumps(
         {"hints": [{"text": t} for t in ["Check {size}.", "check  {SIZE}.", "Pick {color}.", "Buy {item}."]]}
     )
-    result = parse_hints(answer, env="webshop")
+    result = parse_hints(answer, WEBSHOP_HINT_STYLE)
     assert result.hints == ["Check {size}.", "Pick {color}."]
     assert [r.reason for r in result.rejected] == ["duplicate", "over_limit"]
 
 
 def test_parse_hints_rejects_items_that_are_not_text() -> None:
-    result = parse_hints('{"hints": [{"text": 3}, {"note": "x"}, "Open {container}."]}')
+    result = parse_hints('{"hints": [{"text": 3}, {"note": "x"}, "Open {container}."]}', ALFWORLD_HINT_STYLE)
     assert result.hints == ["Open {container}."]
     assert [r.reason for r in result.rejected] == ["not_text", "not_text"]
 
@@ -149,7 +168,7 @@ def test_parse_hints_rejects_items_that_are_not_text() -> None:
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=400))
 def test_parse_hints_never_raises_on_any_text(text: str) -> None:
-    result = parse_hints(text)
+    result = parse_hints(text, ALFWORLD_HINT_STYLE)
     assert all(isinstance(hint, str) and len(hint) <= 120 for hint in result.hints)
 
 
@@ -168,7 +187,7 @@ json_values = st.recursive(
 def test_parse_hints_never_raises_on_json_shaped_answers(
     value: object, before: str, after: str, env: str
 ) -> None:
-    result = parse_hints(before + json.dumps(value) + after, env=env)
+    result = parse_hints(before + json.dumps(value) + after, STYLES[env])
     assert len(result.hints) <= (4 if env == "alfworld" else 2)
 
 
@@ -180,7 +199,7 @@ def test_find_json_gives_up_on_pathological_input_instead_of_raising() -> None:
 
 def test_extraction_request_shows_the_failed_trajectory_and_never_the_prompt_segments() -> None:
     record = make_record()
-    request = extraction_request(record, "alfworld", 4, SamplingConfig(max_tokens=600, seed=7))
+    request = extraction_request(record, ALFWORLD_PROFILE, 4, SamplingConfig(max_tokens=600, seed=7))
     user = request.messages[-1].content
     assert "Goal: Your task is to: heat some mug and put it in cabinet." in user
     assert "Task type: heat" in user
@@ -194,21 +213,21 @@ def test_extraction_request_shows_the_failed_trajectory_and_never_the_prompt_seg
 
 
 def test_constrained_hint_text_schema_only_admits_valid_hints() -> None:
-    request = extraction_request(make_record(), "alfworld", 4, max_chars=100, constrain_hint_text=True)
+    request = extraction_request(make_record(), ALFWORLD_PROFILE, 4, max_chars=100, constrain_hint_text=True)
     text_schema = request.json_schema["properties"]["hints"]["items"]["properties"]["text"]  # type: ignore[index]
     assert text_schema["maxLength"] == 100
     pattern = re.compile(text_schema["pattern"])
     for good in ("Open {container} before looking for {object} inside it.", "Always check {location} first."):
-        assert pattern.match(good) and validate_hint(good, "alfworld", 100)[1] is None
+        assert pattern.match(good) and validate_hint(good, ALFWORLD_HINT_STYLE, 100)[1] is None
     for bad in ("Go to cabinet 3.", "The agent failed.", "open the fridge.", "Check it"):
         assert not pattern.match(bad)
     assert "at most 100 characters" in request.messages[-1].content
-    plain = extraction_request(make_record(), "alfworld", 4)
+    plain = extraction_request(make_record(), ALFWORLD_PROFILE, 4)
     assert "pattern" not in json.dumps(plain.json_schema)
 
 
 def test_extraction_request_for_webshop_asks_for_at_most_two_hints_with_its_placeholders() -> None:
-    request = extraction_request(make_record(env="webshop", task_type="beauty"), "webshop", 4)
+    request = extraction_request(make_record(env="webshop", task_type="beauty"), WEBSHOP_PROFILE_DOUBLE, 4)
     user = request.messages[-1].content
     assert "Product category: beauty" in user and "1 to 2 hints" in user and "{price}" in user
     assert request.json_schema["properties"]["hints"]["maxItems"] == 2  # type: ignore[index]

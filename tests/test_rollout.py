@@ -11,6 +11,7 @@ import pytest
 from ragdistill.agents.formats import get_format
 from ragdistill.agents.segments import render_messages
 from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Generation
 from ragdistill.rollout import EngineSettings, RetrievedHints, RolloutEngine, call_segments
@@ -31,7 +32,13 @@ def make_engine(
     store = ArtifactStore(f"file://{tmp_path}")
     settings = EngineSettings(config.agent, config.models.agent, config.rollout.batch_size)
     engine = RolloutEngine(
-        settings, backend, pool, get_format("react"), lambda _: [], record_log(store), **kwargs
+        settings,
+        backend,
+        pool,
+        get_format("react", ALFWORLD_PROFILE),
+        lambda _: [],
+        record_log(store),
+        **kwargs,
     )
     return engine, store
 
@@ -176,6 +183,8 @@ import sys, json
 sys.path.insert(0, {tests!r})
 from rollout_doubles import CountdownPoolDouble, ScriptedBackendDouble, count_down, countdown_tasks
 from ragdistill.agents.formats import get_format
+from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
+from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.config import ExperimentConfig
 from ragdistill.rollout import EngineSettings, RolloutEngine
 from ragdistill.store import ArtifactStore, RecordLog
@@ -187,7 +196,7 @@ tasks = [t for t in countdown_tasks([2] * 16) if t.task_id not in done]
 config = ExperimentConfig()
 settings = EngineSettings(config.agent, config.models.agent, batch_size=4)
 engine = RolloutEngine(settings, ScriptedBackendDouble(lambda _: "inc", delay_s={delay}), CountdownPoolDouble(),
-                       get_format("react"), lambda _: [], log)
+                       get_format("react", ALFWORLD_PROFILE), lambda _: [], log)
 stats = engine.run(tasks)
 print(json.dumps(stats.started_task_ids))
 """
@@ -287,13 +296,12 @@ def test_rebuilt_calls_use_the_stored_history_text_not_a_new_parse(tmp_path: Pat
 
     import ragdistill.agents.formats as formats
 
-    original = formats._parse_line
-    try:
-        formats._parse_line = lambda output, allow_think, format_name: formats.ParsedOutput(
-            action="changed", text="a different canonical form"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            formats.ReActFormat,
+            "parse",
+            lambda self, output: formats.ParsedOutput(action="changed", text="a different canonical form"),
         )
         after = [render_messages(call_segments(record, i)) for i in range(len(record.steps))]
-    finally:
-        formats._parse_line = original
     assert after == before
     assert before[1][-2].content == "inc"

@@ -13,6 +13,7 @@ import pytest
 
 from ragdistill.agents.segments import render_messages
 from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.environments.alfworld.hints import ALFWORLD_HINT_STYLE
 from ragdistill.episodes import EpisodeRecord, Step, call_segments
 from ragdistill.inference import make_backend
 from ragdistill.retrieval.bank import HintBank
@@ -97,4 +98,4 @@ def mine_real_failures(config: ExperimentConfig, backend: object) -> None:
     bank = HintBank.load(ArtifactStore(config.run.run_root))
     assert len(bank) >= 1, manifest.counts
     for hint in bank:
-        assert validate_hint(hint.text, "alfworld")[1] is None and len(hint.text) <= 120
+        assert validate_hint(hint.text, ALFWORLD_HINT_STYLE)[1] is None and len(hint.text) <= 120

@@ -446,7 +446,7 @@ def test_expert_wins_test_and_human_goals_in_the_top3_view(data_dir: Path, catal
 
 def test_registry_factory_and_version(data_dir: Path) -> None:
     spec = get_env("webshop")
-    assert spec.invalid_observation == INVALID_OBSERVATION == "Invalid action!"
+    assert spec.profile.invalid_observation == INVALID_OBSERVATION == "Invalid action!"
     assert isinstance(make_env("webshop", data_dir=data_dir), WebShopEnv)
     version = environment_version("webshop", data_dir)
     assert set(version) == {"bm25s", "rapidfuzz", "spacy", "noun_tagger", "products", "instructions"}

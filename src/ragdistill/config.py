@@ -176,7 +176,9 @@ class RolloutConfig(StrictModel):
 
 
 class MiningConfig(StrictModel):
-    max_hints_per_failure: int = Field(4, gt=0, description="ALFWorld 1-4, WebShop 1-2.")
+    max_hints_per_failure: int = Field(
+        4, gt=0, description="At most this many hints per failure, capped by the environment's hint style."
+    )
     max_hint_chars: int = Field(120, gt=0)
     dedupe: Literal["fuzzy", "embedding"] = "fuzzy"
     fuzzy_threshold: float = Field(0.85, gt=0, le=1, description="Paper: ratio > 0.85 is a duplicate.")
@@ -291,10 +293,10 @@ class DistillConfig(StrictModel):
         "same tasks as the rollouts (env.limit).",
     )
     max_invalid_actions: int | None = Field(
-        1,
+        None,
         ge=0,
-        description="Keep episodes with at most this many invalid-action observations (the paper: ALFWorld "
-        'drops 2+ "Nothing happens." → 1; WebShop drops any "Invalid action!" → 0); None: no limit.',
+        description="Keep episodes with at most this many invalid-action observations; None: the "
+        "environment's default (its profile's default_max_invalid, the paper's filter for it).",
     )
     min_score: float | None = Field(
         None,

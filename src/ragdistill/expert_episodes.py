@@ -141,7 +141,7 @@ def expert_record(
     history: list[Segment] = []
     env_step = -1
     stop: StopReason | None = None
-    for output, observation in render_expert_turns(demonstration.trajectory, fmt.name):
+    for output, observation in render_expert_turns(demonstration.trajectory, fmt):
         parsed = fmt.parse(output)
         try:
             segments, dropped = fit_to_budget(

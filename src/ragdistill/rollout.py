@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budget
-from ragdistill.agents.formats import AgentFormat, observation_without_env
+from ragdistill.agents.formats import AgentFormat
 from ragdistill.agents.segments import Segment, render_messages
 from ragdistill.config import AgentConfig, RoleConfig
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
@@ -265,7 +265,7 @@ class RolloutEngine:
                 )
                 continue
             parsed = self.fmt.parse(generation.text)
-            local_observation = observation_without_env(parsed)
+            local_observation = self.fmt.observation_without_env(parsed)
             step = Step(
                 output=generation.text,
                 action=parsed.action,

@@ -20,7 +20,6 @@ from ragdistill.environments.base import Env, EnvError, TaskInfo
 from ragdistill.environments.registry import list_tasks, make_env
 
 FEWSHOT_SUBDIR = "fewshot"
-DEFAULT_ENV = "alfworld"
 CACHE_VERSION = 1
 """Version 1: ``{"version": 1, "trajectories": [...]}``, the first qualifying walkthroughs of a type in
 task-list order. A cache with fewer than a call needs is extended in place (see
@@ -61,7 +60,7 @@ def collect_expert_trajectories(
     max_steps: int = DEFAULT_MAX_STEPS,
     env_factory: Callable[[], Env] | None = None,
     *,
-    env_name: str = DEFAULT_ENV,
+    env_name: str,
     known: Mapping[str, ExpertTrajectory] | None = None,
 ) -> list[ExpertTrajectory]:
     """Play walkthroughs of ``split`` games of ``task_type`` (in the task lister's order) until ``n`` won
@@ -101,12 +100,9 @@ def collect_expert_trajectories(
     return trajectories
 
 
-def cache_path(
-    data_dir: Path | str, task_type: str, split: str = "train", env_name: str = DEFAULT_ENV
-) -> Path:
-    """``<data_dir>/fewshot/expert-<split>-<type>.json`` (another environment's name goes first)."""
-    env_part = "" if env_name == DEFAULT_ENV else f"{env_name}-"
-    return Path(data_dir) / FEWSHOT_SUBDIR / f"expert-{env_part}{split}-{task_type}.json"
+def cache_path(data_dir: Path | str, task_type: str, split: str = "train", *, env_name: str) -> Path:
+    """``<data_dir>/fewshot/expert-<env>-<split>-<type>.json``."""
+    return Path(data_dir) / FEWSHOT_SUBDIR / f"expert-{env_name}-{split}-{task_type}.json"
 
 
 def save_expert_trajectories(path: Path, trajectories: list[ExpertTrajectory]) -> None:
@@ -142,7 +138,7 @@ def load_or_collect_expert_trajectories(
     split: str = "train",
     *,
     exclude_task_id: str | None = None,
-    env_name: str = DEFAULT_ENV,
+    env_name: str,
 ) -> list[ExpertTrajectory]:
     """``n`` expert trajectories of ``task_type``, none of them ``exclude_task_id``'s.
 
@@ -152,7 +148,7 @@ def load_or_collect_expert_trajectories(
     """
     if n <= 0:
         return []
-    path = cache_path(data_dir, task_type, split, env_name)
+    path = cache_path(data_dir, task_type, split, env_name=env_name)
     cached = load_expert_trajectories(path) if path.is_file() else []
     if len(cached) < n + 1:
         cached = collect_expert_trajectories(

@@ -8,29 +8,25 @@ decoration and nothing else; whether the remaining text is a valid command is th
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from functools import lru_cache
+
+from ragdistill.environments.profile import ThinkSyntax
 
 _LEADING_MARKERS = re.compile(r"^[\s>*`\"'\-•]+")
 _TRAILING_JUNK = re.compile(r"[\s.!?,;:*`\"']+$")
 _TRAILING_MARKUP = re.compile(r"[\s*`\"']+$")
 _ACTION_LABEL = re.compile(r"^(?:next\s+)?action\s*(?:\d+\s*)?:\s*", re.IGNORECASE)
 _THINK_LABEL = re.compile(r"^(?:think|thought)\s*:\s*", re.IGNORECASE)
+_THINK_BRACKET = re.compile(r"^(?:think|thought)\s*\[\s*", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
 _ANY_ACTION_LABEL = re.compile(r"action[ \t]*:", re.IGNORECASE)
 
-STATE_KEYS: tuple[str, ...] = (
-    "goal",
-    "locations visited",
-    "current location",
-    "current inventory",
-    "thought",
-    "action",
-)
-"""The lines of one StateAct turn, in the order the model writes them."""
 
-_STATE_LINE = re.compile(
-    r"^[\s>*`\"'\-]*(" + "|".join(re.escape(key) for key in STATE_KEYS) + r")\s*:[ \t]*(.*)$",
-    re.IGNORECASE | re.MULTILINE,
-)
+@lru_cache(maxsize=16)
+def _state_line(keys: tuple[str, ...]) -> re.Pattern[str]:
+    alternatives = "|".join(re.escape(key) for key in sorted(keys, key=len, reverse=True))
+    return re.compile(r"^[\s>*`\"'\-]*(" + alternatives + r")\s*:[ \t]*(.*)$", re.IGNORECASE | re.MULTILINE)
 
 
 def first_line(text: str) -> str:
@@ -49,18 +45,31 @@ def strip_decoration(line: str) -> str:
 
 
 def split_think(line: str) -> str | None:
-    """The thought of a ``think: …`` line, or None when the line is no thought.
+    """The thought of a ``think: …`` or ``think[…]`` line, or None when the line is no thought.
 
-    Leading markers and ``Action:`` labels go; the thought keeps its case and final punctuation.
+    Both syntaxes are accepted whatever the environment's own (a model trained on one may write the
+    other). Leading markers and ``Action:`` labels go; the thought keeps its case and final punctuation.
     """
     stripped = _LEADING_MARKERS.sub("", line)
     while (match := _ACTION_LABEL.match(stripped)) is not None:
         stripped = _LEADING_MARKERS.sub("", stripped[match.end() :])
-    match = _THINK_LABEL.match(stripped)
-    if match is None:
+    if (match := _THINK_LABEL.match(stripped)) is not None:
+        thought = stripped[match.end() :]
+    elif (match := _THINK_BRACKET.match(stripped)) is not None:
+        thought = stripped[match.end() :]
+        closing = thought.rfind("]")
+        thought = thought[:closing] if closing >= 0 else thought
+    else:
         return None
-    thought = _TRAILING_MARKUP.sub("", stripped[match.end() :])
+    thought = _TRAILING_MARKUP.sub("", thought)
     return _SPACES.sub(" ", thought).strip()
+
+
+def think_text(thought: str, syntax: ThinkSyntax) -> str:
+    """A thought as the environment's ReAct prompts write it: ``think: …`` or ``think[…]``."""
+    if syntax == "brackets":
+        return f"think[{thought}]"
+    return f"think: {thought}".rstrip()
 
 
 def strip_labels(line: str) -> str:
@@ -71,19 +80,19 @@ def strip_labels(line: str) -> str:
     return stripped
 
 
-def clean_action(line: str) -> str:
-    """The command in ``line``: no markers, labels, quotes or trailing punctuation; lower case.
-
-    ALFWorld commands are lower case (``go to cabinet 1``, ``move apple 1 to fridge 1``), so case
-    is normalised; an empty string means there was no command at all.
+def clean_action(line: str, lowercase: bool = True) -> str:
+    """The command in ``line``: no markers, labels, quotes or trailing punctuation; lower case when the
+    environment's commands are case-blind (``AgentStyle.lowercase_actions``). An empty string means
+    there was no command at all.
     """
-    return strip_labels(line).lower()
+    action = strip_labels(line)
+    return action.lower() if lowercase else action
 
 
-def parse_state_lines(text: str) -> dict[str, str]:
-    """The StateAct ``key: value`` lines in ``text``; a key written twice keeps its last value."""
+def parse_state_lines(text: str, keys: Sequence[str]) -> dict[str, str]:
+    """The StateAct ``key: value`` lines of ``keys`` in ``text``; a key written twice keeps its last value."""
     state: dict[str, str] = {}
-    for match in _STATE_LINE.finditer(text):
+    for match in _state_line(tuple(keys)).finditer(text):
         state[match.group(1).lower()] = match.group(2).strip()
     return state
 

@@ -1,4 +1,5 @@
-"""Environments by name: a factory that builds one :class:`Env` and a lister that finds its tasks.
+"""Environments by name: a factory that builds one :class:`Env`, a lister that finds its tasks, and
+the :class:`EnvProfile` that tells agents, mining and training everything else about it.
 
 Users add their own with :func:`register_env`. Conventions the pool, the checker and the rollout
 stage rely on: the factory accepts a ``data_dir`` keyword; the lister accepts ``data_dir``, ``split``,
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragdistill.environments.base import Env, EnvError, TaskInfo
+from ragdistill.environments.profile import EnvProfile
 
 EnvFactory = Callable[..., Env]
 TaskLister = Callable[..., list[TaskInfo]]
@@ -21,14 +23,13 @@ TaskLister = Callable[..., list[TaskInfo]]
 
 @dataclass(frozen=True)
 class EnvSpec:
-    """An environment by name: how to build one, how to list its tasks, and the facts about it that
-    other stages need without naming it (``invalid_observation``: what it answers to an action it cannot
-    carry out, used by the dataset filters and the invalid-action metric)."""
+    """An environment by name: how to build one, how to list its tasks, and its profile (the facts
+    about it that other stages need without naming it)."""
 
     name: str
     factory: EnvFactory
     task_lister: TaskLister
-    invalid_observation: str = ""
+    profile: EnvProfile
     version: Callable[..., dict[str, str]] | None = None
     """``version(data_dir=...)``: what identifies the environment's code and data (package versions,
     the installed games); part of every rollout's identity and pinned task list."""
@@ -44,8 +45,8 @@ def register_env(
     name: str,
     factory: EnvFactory,
     task_lister: TaskLister,
+    profile: EnvProfile,
     *,
-    invalid_observation: str = "",
     version: Callable[..., dict[str, str]] | None = None,
     check_report: Callable[..., dict[str, Any]] | None = None,
     replace: bool = False,
@@ -53,7 +54,9 @@ def register_env(
     """Make ``name`` available to configs, the pool and ``ragdistill env check``."""
     if name in _REGISTRY and not replace:
         raise ValueError(f"environment {name!r} is already registered; pass replace=True to override it")
-    spec = EnvSpec(name, factory, task_lister, invalid_observation, version, check_report)
+    if profile.name != name:
+        raise ValueError(f"environment {name!r} registered with the profile of {profile.name!r}")
+    spec = EnvSpec(name, factory, task_lister, profile, version, check_report)
     _REGISTRY[name] = spec
     return spec
 
@@ -72,6 +75,11 @@ def get_env(name: str) -> EnvSpec:
         ) from None
 
 
+def get_profile(name: str) -> EnvProfile:
+    """The profile of the registered environment ``name``."""
+    return get_env(name).profile
+
+
 def make_env(name: str, **kwargs: Any) -> Env:
     return get_env(name).factory(**kwargs)
 
@@ -82,20 +90,23 @@ def list_tasks(env_name: str, **kwargs: Any) -> list[TaskInfo]:
 
 
 def _register_builtin() -> None:
-    from ragdistill.environments import alfworld, webshop
+    from ragdistill.environments import webshop
+    from ragdistill.environments.alfworld import env as alfworld
+    from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
+    from ragdistill.environments.webshop.profile import WEBSHOP_PROFILE
 
     register_env(
         alfworld.ENV_NAME,
         alfworld.AlfworldEnv,
         alfworld.list_tasks,
-        invalid_observation=alfworld.INVALID_OBSERVATION,
+        ALFWORLD_PROFILE,
         version=alfworld.environment_version,
     )
     register_env(
         webshop.ENV_NAME,
         webshop.make_env,
         webshop.list_tasks,
-        invalid_observation=webshop.INVALID_OBSERVATION,
+        WEBSHOP_PROFILE,
         version=webshop.environment_version,
         check_report=webshop.check_report,
     )

@@ -7,12 +7,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ragdistill.evaluation.metrics import (
-    DEFAULT_INVALID_OBSERVATION,
-    MethodMetrics,
-    compute_metrics,
-    wilson_interval,
-)
+from ragdistill.evaluation.metrics import MethodMetrics, compute_metrics, wilson_interval
 from ragdistill.evaluation.paper_results import (
     PAPER_ROWS,
     PaperCell,
@@ -33,7 +28,6 @@ if TYPE_CHECKING:
 _FIGURE_NAMES = {"FigureLayout", "FigurePoint", "accuracy_tokens_figure", "figure_points"}
 
 __all__ = [
-    "DEFAULT_INVALID_OBSERVATION",
     "PAPER_ROWS",
     "FigureLayout",
     "FigurePoint",

@@ -16,7 +16,6 @@ from typing import Any
 from ragdistill.episodes import EpisodeRecord
 
 WILSON_Z_95 = 1.959963984540054
-DEFAULT_INVALID_OBSERVATION = "Nothing happens."
 
 
 def wilson_interval(successes: int, trials: int, z: float = WILSON_Z_95) -> tuple[float, float] | None:
@@ -105,15 +104,15 @@ def _is_invalid(observation: str, invalid_observation: str) -> bool:
 
 def compute_metrics(
     records: Iterable[EpisodeRecord],
-    invalid_observation: str = DEFAULT_INVALID_OBSERVATION,
+    invalid_observation: str,
     split_task_types: bool = True,
 ) -> MethodMetrics:
     """Metrics of one evaluated method × agent, plus the same figures per task type.
 
-    ``invalid_observation`` is what the environment answers to an action it cannot execute (ALFWorld:
-    "Nothing happens.", WebShop: "Invalid action!"); a step whose observation equals it after stripping
-    counts as an invalid action. The rate divides by non-think model calls, since a ReAct ``think:`` call
-    never reaches the environment.
+    ``invalid_observation`` is what the environment answers to an action it cannot execute
+    (``EnvProfile.invalid_observation``); a step whose observation equals it after stripping counts as
+    an invalid action. The rate divides by non-think model calls, since a ReAct thought never reaches
+    the environment.
     """
     episodes: Sequence[EpisodeRecord] = list(records)
     invalid_text = invalid_observation.strip()

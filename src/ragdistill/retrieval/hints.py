@@ -1,8 +1,9 @@
 """Hints: what a failed episode teaches, as short general rules per task type (the paper's stage B).
 
-The :class:`Hint` record, the per-environment hint style (how many hints a failure may give and which
-placeholders a hint may use), text normalisation and validation, and a tolerant parser for the
-extractor's JSON. Prompting and batching live in :mod:`ragdistill.retrieval.mining`.
+The :class:`Hint` record, text normalisation and validation against an environment's hint style
+(``EnvProfile.hints``: how many hints a failure may give, which placeholders a hint may use, what an
+episode-specific leftover looks like), and a tolerant parser for the extractor's JSON. Prompting and
+batching live in :mod:`ragdistill.retrieval.mining`.
 
 Validation rules (each rejection is counted under its reason code):
 
@@ -10,11 +11,9 @@ Validation rules (each rejection is counted under its reason code):
   collapses whitespace and strips list markers ("1.", "-"), a leading "Hint:" label and wrapping quotes.
 - ``malformed_placeholder`` / ``unknown_placeholder``: braces that do not form ``{name}``, or a name the
   environment does not define. Placeholder names are lower-cased (``{Object}`` becomes ``{object}``).
-- ``episode_specific``: a leftover of the one episode. ALFWorld: a numbered object id such as
-  "cabinet 3" (a word followed by a number, unless the word is a quantity word such as "to", "than",
-  "all"); these are rejected, not rewritten, because whether "cabinet 3" should become ``{container}``
-  or ``{location}`` cannot be decided from the text. WebShop: a product ASIN. WebShop prices ("$25",
-  "25.99 dollars") are rewritten to ``{price}`` first, so a hint about the budget survives.
+- ``episode_specific``: a leftover of the one episode, as the style's ``episode_specific`` check sees
+  it (a numbered object id, a product id). The style's ``rewrite`` runs first, after the placeholder
+  names are lower-cased (e.g. prices become ``{price}``, so a hint about the budget survives).
 - ``too_long``: more than ``max_chars`` characters (the paper: 120) after rewriting.
 - ``not_imperative``: the first word is not something an instruction starts with. The check is a
   deny-list, not a part-of-speech tagger: the first word must be alphabetic and must not be a pronoun,
@@ -34,6 +33,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+from ragdistill.environments.profile import HintStyle
 from ragdistill.retrieval.lenient_json import find_json
 
 REJECTION_REASONS: tuple[str, ...] = (
@@ -47,119 +47,6 @@ REJECTION_REASONS: tuple[str, ...] = (
     "duplicate",
     "over_limit",
 )
-
-
-@dataclass(frozen=True)
-class HintStyle:
-    """What a hint looks like in one environment."""
-
-    env: str
-    description: str
-    task_type_label: str
-    max_hints: int
-    placeholders: tuple[str, ...]
-    examples: tuple[str, ...]
-    verbs: tuple[str, ...] = ()
-    """Verbs a constrained hint may start with (``MiningConfig.constrain_hint_text``)."""
-
-
-HINT_STYLES: dict[str, HintStyle] = {
-    "alfworld": HintStyle(
-        env="alfworld",
-        description="ALFWorld, a text game of household tasks",
-        task_type_label="Task type",
-        max_hints=4,
-        placeholders=("object", "container", "location"),
-        examples=(
-            "Ensure {container} is empty before placing {object} inside.",
-            "Open {container} before looking for {object} inside it.",
-            "Go to {location} and take {object} before using the appliance.",
-        ),
-        verbs=(
-            "Check",
-            "Look",
-            "Open",
-            "Close",
-            "Go",
-            "Take",
-            "Put",
-            "Move",
-            "Find",
-            "Search",
-            "Use",
-            "Heat",
-            "Cool",
-            "Clean",
-            "Examine",
-            "Turn",
-            "Verify",
-            "Ensure",
-            "Make",
-            "Keep",
-            "Avoid",
-            "Pick",
-            "Place",
-            "Return",
-            "Visit",
-            "Explore",
-            "Inspect",
-            "Try",
-            "Remember",
-            "Read",
-            "Stop",
-            "Wash",
-            "Toggle",
-            "Carry",
-            "Bring",
-            "Hold",
-            "Walk",
-        ),
-    ),
-    "webshop": HintStyle(
-        env="webshop",
-        description="WebShop, a shopping website where the goal is to buy a matching product",
-        task_type_label="Product category",
-        max_hints=2,
-        placeholders=("item", "size", "color", "attribute", "material", "price"),
-        examples=(
-            "Verify {size} and {color} match requirements before selecting {item}.",
-            "Check that the price is below {price} before clicking Buy Now.",
-        ),
-        verbs=(
-            "Check",
-            "Verify",
-            "Ensure",
-            "Search",
-            "Select",
-            "Click",
-            "Buy",
-            "Compare",
-            "Choose",
-            "Confirm",
-            "Read",
-            "Look",
-            "Prefer",
-            "Avoid",
-            "Use",
-            "Include",
-            "Open",
-            "Go",
-            "Return",
-            "Filter",
-            "Stop",
-            "Keep",
-            "Try",
-        ),
-    ),
-}
-
-
-def hint_style(env: str) -> HintStyle:
-    try:
-        return HINT_STYLES[env]
-    except KeyError:
-        known = ", ".join(sorted(HINT_STYLES))
-        raise ValueError(f"no hint style for environment {env!r}; known environments: {known}") from None
 
 
 def normalise(text: str) -> str:
@@ -227,21 +114,12 @@ class ParseResult:
 
 _LIST_MARKER = re.compile(r"^(?:[-*•]+|\d+[.)]|hint\s*\d*\s*:|rule\s*\d*\s*:)\s*", re.IGNORECASE)
 _PLACEHOLDER = re.compile(r"\{\s*([A-Za-z_]+)\s*\}")
-_PRICE = re.compile(
-    r"\$\s?\d+(?:[.,]\d+)?|\b\d+(?:[.,]\d+)?\s*(?:dollars?|usd)\b|\busd\s?\d+(?:[.,]\d+)?", re.IGNORECASE
-)
-_ASIN = re.compile(r"\bB0[0-9A-Z]{8}\b")
 
 
 def _words(text: str) -> frozenset[str]:
     return frozenset(text.split())
 
 
-_QUANTITY_WORDS = _words(
-    "to than of at in on up least most all first last every each after before within for over under "
-    "about around and or top only step steps times attempts tries"
-)
-_NUMBERED_ID = re.compile(r"\b([a-z]+) (\d+)\b", re.IGNORECASE)
 _NOT_IMPERATIVE = _words(
     "i me my mine you your yours we us our he him his she her it its they them their this that these "
     "those the a an some someone something everything nothing there here is are was were be been being "
@@ -277,26 +155,21 @@ def _is_imperative(text: str) -> bool:
     return True
 
 
-def validate_hint(raw: Any, env: str, max_chars: int = 120) -> tuple[str | None, str | None]:
+def validate_hint(raw: Any, style: HintStyle, max_chars: int = 120) -> tuple[str | None, str | None]:
     """``(clean_text, None)`` for a usable hint, ``(None, reason)`` otherwise (reasons: module doc)."""
     if not isinstance(raw, str):
         return None, "not_text"
-    style = hint_style(env)
     text = _clean(raw)
     if not text:
         return None, "empty"
     text = _PLACEHOLDER.sub(lambda m: "{" + m.group(1).lower() + "}", text)
-    if env == "webshop":
-        text = _PRICE.sub("{price}", text)
+    if style.rewrite is not None:
+        text = style.rewrite(text)
     if "{" in _PLACEHOLDER.sub("", text) or "}" in _PLACEHOLDER.sub("", text):
         return None, "malformed_placeholder"
     if any(name not in style.placeholders for name in _PLACEHOLDER.findall(text)):
         return None, "unknown_placeholder"
-    if env == "webshop" and _ASIN.search(text):
-        return None, "episode_specific"
-    if env != "webshop" and any(
-        word.lower() not in _QUANTITY_WORDS for word, _ in _NUMBERED_ID.findall(text)
-    ):
+    if style.episode_specific is not None and style.episode_specific(text):
         return None, "episode_specific"
     if len(text) > max_chars:
         return None, "too_long"
@@ -345,10 +218,9 @@ def _salvage(text: str) -> list[str]:
 
 
 def parse_hints(
-    text: Any, env: str = "alfworld", max_hints: int | None = None, max_chars: int = 120
+    text: Any, style: HintStyle, max_hints: int | None = None, max_chars: int = 120
 ) -> ParseResult:
     """Parse and validate an extractor answer. Never raises on model output, whatever it is."""
-    style = hint_style(env)
     limit = style.max_hints if max_hints is None else min(max_hints, style.max_hints)
     result = ParseResult()
     if not isinstance(text, str):
@@ -366,7 +238,7 @@ def parse_hints(
     for item in items:
         raw = _item_text(item)
         shown = raw if isinstance(raw, str) else json.dumps(raw, default=str)[:200]
-        clean, reason = validate_hint(raw, env, max_chars)
+        clean, reason = validate_hint(raw, style, max_chars)
         if clean is not None:
             key = normalise(clean)
             if key in seen:

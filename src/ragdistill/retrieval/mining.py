@@ -13,10 +13,13 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ragdistill.agents.parsing import think_text
 from ragdistill.config import MiningConfig, SamplingConfig
+from ragdistill.environments.profile import EnvProfile, HintStyle, ThinkSyntax
+from ragdistill.environments.registry import get_profile
 from ragdistill.episodes import EpisodeRecord, Step
 from ragdistill.inference.base import Backend, ChatMessage, GenerationRequest
-from ragdistill.retrieval.hints import Hint, HintStyle, hint_style, parse_hints
+from ragdistill.retrieval.hints import Hint, parse_hints
 
 SYSTEM_PROMPT = (
     "You study failed attempts of an agent in a text environment and write short, general rules that "
@@ -30,14 +33,14 @@ def episode_id(record: EpisodeRecord) -> str:
 
 
 def is_failure(record: EpisodeRecord) -> bool:
-    """ALFWorld: not won. WebShop: reward < 1, which the rollout records as ``success`` False."""
+    """Not won, as the environment judged it (``success`` False)."""
     return not record.success
 
 
 def hint_text_pattern(style: HintStyle, max_chars: int) -> str:
     """A regular expression every constrained hint matches, so that it passes :func:`validate_hint`:
     an optional opener, one of the style's verbs, lower-case words and placeholders, no digits (so no
-    "cabinet 3"), a final period, at most ``max_chars`` characters."""
+    numbered ids), a final period, at most ``max_chars`` characters."""
     verbs = "|".join(style.verbs)
     lower = "|".join(verb.lower() for verb in style.verbs)
     body = max(8, max_chars - 30)
@@ -72,11 +75,11 @@ def hints_json_schema(max_hints: int, text_constraint: tuple[HintStyle, int] | N
     }
 
 
-def _step_line(step: Step) -> str:
+def _step_line(step: Step, think_syntax: ThinkSyntax) -> str:
     text = step.action if step.action is not None else step.output
     text = " ".join(text.split())
     if step.is_think and not text.lower().startswith("think"):
-        text = f"think: {text}"
+        text = think_text(text, think_syntax)
     return f"> {text}"
 
 
@@ -85,10 +88,19 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def format_trajectory(steps: list[Step], max_observation_chars: int = 500, max_chars: int = 12_000) -> str:
-    """``> action`` then the observation, per step. Over ``max_chars``, the middle steps are replaced by
-    a line saying how many were left out: the start shows the plan, the end shows where it failed."""
-    blocks = [f"{_step_line(step)}\n{_clip(step.observation, max_observation_chars)}" for step in steps]
+def format_trajectory(
+    steps: list[Step],
+    max_observation_chars: int = 500,
+    max_chars: int = 12_000,
+    think_syntax: ThinkSyntax = "label",
+) -> str:
+    """``> action`` then the observation, per step (a thought stored without its label is written in
+    ``think_syntax``). Over ``max_chars``, the middle steps are replaced by a line saying how many were
+    left out: the start shows the plan, the end shows where it failed."""
+    blocks = [
+        f"{_step_line(step, think_syntax)}\n{_clip(step.observation, max_observation_chars)}"
+        for step in steps
+    ]
     if sum(len(block) + 1 for block in blocks) <= max_chars:
         return "\n".join(blocks)
     head: list[str] = []
@@ -113,28 +125,29 @@ def format_trajectory(steps: list[Step], max_observation_chars: int = 500, max_c
 
 def extraction_request(
     record: EpisodeRecord,
-    env_name: str,
+    profile: EnvProfile,
     max_hints: int,
     sampling: SamplingConfig | None = None,
     max_chars: int = 120,
     constrain_hint_text: bool = False,
 ) -> GenerationRequest:
-    style = hint_style(env_name)
+    """The extractor's request for one failed episode of ``profile``'s environment."""
+    style = profile.hints
     count = max(1, min(max_hints, style.max_hints))
     sampling = sampling or SamplingConfig(max_tokens=600)
     placeholders = ", ".join("{" + name + "}" for name in style.placeholders)
     examples = "\n".join(f"- {example}" for example in style.examples)
     user = (
         f"Environment: {style.description}\n"
-        f"{style.task_type_label}: {record.task_type}\n"
+        f"{profile.group_label}: {record.task_type}\n"
         f"Goal: {record.instruction}\n\n"
         'The agent failed. Its trajectory (each action starts with ">" and is followed by what the '
         "environment answered):\n"
-        f"{format_trajectory(record.steps)}\n\n"
+        f"{format_trajectory(record.steps, think_syntax=profile.agent.think_syntax)}\n\n"
         f"Write 1 to {count} hints that would help an agent succeed at other tasks of this type.\n"
         "Each hint:\n"
         '- is one imperative sentence that starts with a verb ("Open", "Check", "Ensure", ...);\n'
-        '- is general: it never names this episode\'s objects or numbers (write {object}, not "mug 2");\n'
+        f"- is general: {style.generality_rule};\n"
         f"- uses only these placeholders: {placeholders};\n"
         f"- is at most {max_chars} characters long.\n"
         f"Examples of good hints:\n{examples}\n\n"
@@ -226,8 +239,10 @@ def extract_hints(
     """One batched generate call for ``failures``; an entry per answered request, in order."""
     if not failures:
         return []
+    profiles = {env: get_profile(env) for env in {record.env for record in failures}}
     requests = [
-        extraction_request(r, r.env, max_hints, sampling, max_chars, constrain_hint_text) for r in failures
+        extraction_request(r, profiles[r.env], max_hints, sampling, max_chars, constrain_hint_text)
+        for r in failures
     ]
     generations = backend.generate(requests)
     if len(generations) != len(requests):
@@ -243,7 +258,7 @@ def extract_hints(
             entry.error = generation.error
             mined.append(entry)
             continue
-        parsed = parse_hints(generation.text, record.env, max_hints, max_chars)
+        parsed = parse_hints(generation.text, profiles[record.env].hints, max_hints, max_chars)
         entry.hints = list(parsed.hints)
         entry.rejected = [(rejection.text, rejection.reason) for rejection in parsed.rejected]
         entry.prompt_tokens, entry.completion_tokens = generation.prompt_tokens, generation.completion_tokens

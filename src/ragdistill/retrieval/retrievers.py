@@ -180,11 +180,13 @@ RERANK_SYSTEM = "You choose which rules will help an agent with its task. You an
 
 
 def rerank_request(
-    query: RetrievalQuery, hints: list[Hint], k: int, sampling: SamplingConfig
+    query: RetrievalQuery, hints: list[Hint], k: int, sampling: SamplingConfig, group_label: str = "Task type"
 ) -> GenerationRequest:
+    """The re-ranker's request; ``group_label`` names the hint group as the environment does
+    (``EnvProfile.group_label``)."""
     numbered = "\n".join(f"{number}. {hint.text}" for number, hint in enumerate(hints, start=1))
     user = (
-        f"Task type: {query.task_type}\nTask: {query.text}\n\nRules:\n{numbered}\n\n"
+        f"{group_label}: {query.task_type}\nTask: {query.text}\n\nRules:\n{numbered}\n\n"
         f"Choose up to {k} rules that are most useful for this task, most useful first. "
         'Reply with JSON only: {"indices": [the numbers of the chosen rules]}'
     )
@@ -239,8 +241,14 @@ class LLMRerankRetriever:
 
     name = "llm-rerank"
 
-    def __init__(self, bank: HintBank, backend: Backend, sampling: SamplingConfig | None = None) -> None:
-        self.bank, self.backend = bank, backend
+    def __init__(
+        self,
+        bank: HintBank,
+        backend: Backend,
+        sampling: SamplingConfig | None = None,
+        group_label: str = "Task type",
+    ) -> None:
+        self.bank, self.backend, self.group_label = bank, backend, group_label
         self.sampling = sampling or SamplingConfig(max_tokens=64)
 
     def retrieve(self, queries: Sequence[RetrievalQuery], k: int) -> list[RetrievalResult]:
@@ -256,7 +264,7 @@ class LLMRerankRetriever:
                 )
                 continue
             asked.append(position)
-            requests.append(rerank_request(query, hints, k, self.sampling))
+            requests.append(rerank_request(query, hints, k, self.sampling, self.group_label))
         generations = self.backend.generate(requests) if requests else []
         if len(generations) != len(requests):
             raise RuntimeError(
@@ -286,9 +294,11 @@ def make_retriever(
     embedder: TextEmbedder | None = None,
     index: HintIndex | None = None,
     sampling: SamplingConfig | None = None,
+    group_label: str = "Task type",
 ) -> Retriever:
     """The retriever ``config.retriever`` names. ``faiss`` builds the index from the bank unless one is
-    given; ``llm-rerank`` needs the re-ranker's backend (``models.reranker``) and sampling."""
+    given; ``llm-rerank`` needs the re-ranker's backend (``models.reranker``) and sampling, and names
+    the hint group in its prompt with ``group_label``."""
     if config.retriever == "faiss":
         if embedder is None:
             from ragdistill.retrieval.embed import get_embedder
@@ -305,5 +315,5 @@ def make_retriever(
                 "retrieval.retriever 'llm-rerank' needs a backend for the re-ranker model "
                 "(models.reranker); pass one, or choose retriever 'faiss' or 'bm25'"
             )
-        return LLMRerankRetriever(bank, backend, sampling)
+        return LLMRerankRetriever(bank, backend, sampling, group_label)
     raise ValueError(f"unknown retriever {config.retriever!r}; use faiss, bm25 or llm-rerank")

@@ -11,8 +11,9 @@ holds ``data.parquet`` (``datasets.load_dataset("parquet", data_files=...)``) an
 dataset card with the counts per source and task type, what was left out and why, the filters and the
 source runs. An empty set is a recorded outcome (zero rows, the reason in the card), never an error.
 
-Identity (each dataset on its own): the selection settings, ``training.max_seq_len``, the agent
-model's tokenizer, the environment's invalid-action text, the content digests of the source rollouts
+Identity (each dataset on its own): the selection settings (with the environment's default filled
+in), ``training.max_seq_len``, the agent model's tokenizer, the environment's invalid-action text, the
+content digests of the source rollouts
 (and of the hint bank, which the leak check reads) and the code.
 """
 
@@ -22,7 +23,7 @@ import io
 import json
 import time
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -39,6 +40,9 @@ from ragdistill.stages.layout import (
 )
 from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest
 from ragdistill.store import ArtifactStore, Manifest, read_records, verify_manifest
+
+if TYPE_CHECKING:
+    from ragdistill.training.examples import Selection
 
 DATASETS: tuple[str, ...] = ("sft", "distill")
 DATA_FILE = "data.parquet"
@@ -62,10 +66,17 @@ def removed_kinds(name: str) -> tuple[str, ...]:
     return ("fewshot",) if name == "sft" else ("hints", "fewshot")
 
 
-def invalid_observation(config: ExperimentConfig) -> str:
-    from ragdistill.environments.registry import get_env
+def selection(config: ExperimentConfig) -> Selection:
+    """Which episodes become examples: ``distill``'s settings, the environment's invalid observation,
+    and its default invalid-action limit when ``distill.max_invalid_actions`` is unset."""
+    from ragdistill.environments.registry import get_profile
+    from ragdistill.training.examples import Selection
 
-    return get_env(config.env.name).invalid_observation
+    profile = get_profile(config.env.name)
+    max_invalid = config.distill.max_invalid_actions
+    if max_invalid is None:
+        max_invalid = profile.default_max_invalid
+    return Selection(profile.invalid_observation, max_invalid, config.distill.min_score)
 
 
 def dataset_identity(config: ExperimentConfig, store: ArtifactStore, name: str) -> StageIdentity:
@@ -76,15 +87,18 @@ def dataset_identity(config: ExperimentConfig, store: ArtifactStore, name: str) 
     if name == "distill":
         inputs[HINTS_DIR] = recorded_input_digest(store, HINTS_DIR)
     model = config.models.agent.model
+    chosen = selection(config)
     return StageIdentity(
         stage=f"dataset:{name}",
         settings={
-            "selection": config.distill.model_dump(
-                mode="json", include={"max_invalid_actions", "min_score", "overlong"}
-            ),
+            "selection": {
+                "max_invalid_actions": chosen.max_invalid_actions,
+                "min_score": chosen.min_score,
+                "overlong": config.distill.overlong,
+            },
             "max_seq_len": config.training.max_seq_len,
             "tokenizer": model.name,
-            "invalid_observation": invalid_observation(config),
+            "invalid_observation": chosen.invalid_observation,
             "removed": list(removed_kinds(name)),
             "libraries": library_versions("transformers", "datasets"),
         },
@@ -97,7 +111,7 @@ def run_dataset(config: ExperimentConfig, name: str) -> Manifest:
     """Build ``datasets/<name>``; see the module docstring."""
     from ragdistill.inference.chat import load_tokenizer
     from ragdistill.models import resolve_model
-    from ragdistill.training.examples import Selection, build_examples, check_leaks
+    from ragdistill.training.examples import build_examples, check_leaks
 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
@@ -119,14 +133,12 @@ def run_dataset(config: ExperimentConfig, name: str) -> Manifest:
                 record = EpisodeRecord.from_dict(item)
                 records[f"{record.source}/{record.run_id}/{record.task_id}"] = record
                 episodes_per_source[record.source] += 1
-        selection = Selection(
-            invalid_observation(config), config.distill.max_invalid_actions, config.distill.min_score
-        )
+        chosen = selection(config)
         tokenizer = load_tokenizer(resolve_model(config.models.agent.model))
         built = build_examples(
             records.values(),
             tokenizer,
-            selection,
+            chosen,
             removed_kinds(name),
             config.training.max_seq_len,
             config.distill.overlong,
@@ -155,8 +167,8 @@ def run_dataset(config: ExperimentConfig, name: str) -> Manifest:
             "skipped": dict(built.skipped),
             "filters": {
                 "success_or_min_score": config.distill.min_score,
-                "max_invalid_actions": config.distill.max_invalid_actions,
-                "invalid_observation": selection.invalid_observation,
+                "max_invalid_actions": chosen.max_invalid_actions,
+                "invalid_observation": chosen.invalid_observation,
                 "removed_segments": list(removed_kinds(name)),
                 "max_seq_len": config.training.max_seq_len,
                 "overlong": config.distill.overlong,

@@ -56,6 +56,7 @@ def expert_identity(config: ExperimentConfig, store: ArtifactStore, tasks: list[
 def run_expert_teacher(config: ExperimentConfig, *, progress: ProgressCallback | None = None) -> Manifest:
     """Demonstrate the training tasks without a finished record into ``rollouts/expert``."""
     from ragdistill.agents.formats import get_format
+    from ragdistill.environments.registry import get_profile
     from ragdistill.expert_episodes import write_expert_episodes
     from ragdistill.inference.chat import count_chat_tokens, load_tokenizer
     from ragdistill.models import resolve_model
@@ -80,14 +81,14 @@ def run_expert_teacher(config: ExperimentConfig, *, progress: ProgressCallback |
                 write_expert_episodes(
                     pool,
                     pending,
-                    get_format(config.agent.format),
+                    get_format(config.agent.format, get_profile(env.name)),
                     config.agent,
                     examples_provider(config.agent, env),
                     hint_source_factory(config),
                     lambda messages, completion: count_chat_tokens(tokenizer, messages, completion),
                     role.model.max_model_len - role.sampling.max_tokens,
                     records,
-                    prompt_version=prompt_version(),
+                    prompt_version=prompt_version(env.name),
                     progress=progress,
                 )
         wanted = {task.task_id for task in tasks}

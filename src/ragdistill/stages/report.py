@@ -84,7 +84,7 @@ def run_report(config: ExperimentConfig) -> Manifest:
 
 def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[str, Any]:
     """Render the report over one or more run roots into ``out`` (report, figure, metrics)."""
-    from ragdistill.environments.registry import get_env
+    from ragdistill.environments.registry import get_profile
     from ragdistill.evaluation import (
         MethodResult,
         ReportInputs,
@@ -101,7 +101,7 @@ def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[
     notes: list[str] = []
     runs = [_run_info(store) for store in stores]
     first = runs[0]["config"]
-    invalid = get_env(first["env"]["name"]).invalid_observation
+    invalid = get_profile(first["env"]["name"]).invalid_observation
     task_counts: set[int] = set()
     for store, run in zip(stores, runs, strict=True):
         config = run["config"]

@@ -166,16 +166,17 @@ def _play(
     """Play every task without a finished record; then, up to ``rollout.transient_retries`` times, the
     episodes an infrastructure fault ended."""
     from ragdistill.agents.formats import get_format
+    from ragdistill.environments.registry import get_profile
 
     agent = plan.agent or config.agent
-    fmt = get_format(agent.format)
+    fmt = get_format(agent.format, get_profile(plan.env.name))
     settings = EngineSettings(
         agent=agent,
         role=plan.role,
         batch_size=config.rollout.batch_size,
         adapter_path=adapter.path,
         adapter_digest=plan.record_adapter or adapter.digest,
-        prompt_version=prompt_version(),
+        prompt_version=prompt_version(plan.env.name),
     )
     examples_for = examples_provider(agent, plan.env)
     total = RolloutStats()
@@ -279,9 +280,16 @@ def open_pool(env: EnvConfig, tasks: int) -> EnvPool:
     )
 
 
-def prompt_version() -> str:
-    """A short fingerprint of the code that writes prompts (formats, few-shot examples)."""
-    return code_fingerprint("ragdistill.agents.formats", "ragdistill.agents.fewshot")[:16]
+def prompt_version(env_name: str) -> str:
+    """A short fingerprint of what writes an environment's prompts: the formats and few-shot code, the
+    registry with the built-in profiles, and the environment's agent style (for a profile registered
+    at run time, whose module the registry does not import)."""
+    from ragdistill.environments.registry import get_profile
+
+    code = code_fingerprint(
+        "ragdistill.agents.formats", "ragdistill.agents.fewshot", "ragdistill.environments.registry"
+    )
+    return digest([code, repr(get_profile(env_name).agent)])[:16]
 
 
 def episode_counts(records: Iterable[EpisodeRecord]) -> dict[str, int]:

@@ -36,6 +36,7 @@ def retrieval_inputs(config: ExperimentConfig, store: ArtifactStore) -> dict[str
 
 def hint_source_factory(config: ExperimentConfig) -> HintSource:
     """The retriever over the verified bank (and index), as the engine's hint source."""
+    from ragdistill.environments.registry import get_profile
     from ragdistill.inference.shared import shared_backend
     from ragdistill.retrieval.bank import load_nonempty_bank
     from ragdistill.retrieval.embed import get_embedder
@@ -43,6 +44,7 @@ def hint_source_factory(config: ExperimentConfig) -> HintSource:
     from ragdistill.retrieval.retrievers import make_retriever
     from ragdistill.retrieval.teacher import RetrieverHintSource
 
+    profile = get_profile(config.env.name)
     store = ArtifactStore(config.run.run_root)
     verify_manifest(store, HINTS_DIR)
     bank = load_nonempty_bank(store)
@@ -58,8 +60,9 @@ def hint_source_factory(config: ExperimentConfig) -> HintSource:
         embedder=get_embedder(config.retrieval.embedding_model) if index is not None else None,
         index=index,
         sampling=config.models.reranker.sampling,
+        group_label=profile.group_label,
     )
-    return RetrieverHintSource(retriever, config.retrieval.k, config.retrieval.query)
+    return RetrieverHintSource(retriever, config.retrieval.k, config.retrieval.query, profile.group_of)
 
 
 def teacher_plan(config: ExperimentConfig, stage: str = TEACHER_STAGE, **overrides: Any) -> RolloutPlan:

@@ -39,10 +39,10 @@ class LeakError(UserFacingError, RuntimeError):
 
 @dataclass(frozen=True)
 class Selection:
-    """Which episodes become examples (``DistillConfig``)."""
+    """Which episodes become examples (``DistillConfig`` with the environment's profile filled in)."""
 
     invalid_observation: str = ""
-    max_invalid_actions: int | None = 1
+    max_invalid_actions: int | None = None
     min_score: float | None = None
 
 

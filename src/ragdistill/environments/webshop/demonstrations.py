@@ -1,10 +1,9 @@
-"""WebShop expert trajectories as agent turns: thoughts for ReAct, state lines for StateAct.
+"""WebShop expert trajectories with the thoughts and state an agent would have had at each step.
 
-The expert searches, opens the target, picks the goal's options and buys. ReAct turns get a
-``think[…]`` before each kind of step (answered "OK."), read off the actions alone: what to search
-for and why, which product to open, which option to pick, that everything is chosen. StateAct turns
-state the goal, the page the agent is on and the options chosen so far, then the action (WebShop's
-StateAct has no thought line).
+The expert searches, opens the target, picks the goal's options and buys. Thoughts (ReAct writes
+each as a ``think[…]`` turn) are read off the actions alone: what to search for, which product to
+open, which option to pick, that everything is chosen. State (StateAct's lines; WebShop's StateAct
+has no thought line) is the goal, the page the agent is on and the options chosen so far.
 """
 
 from __future__ import annotations
@@ -12,32 +11,31 @@ from __future__ import annotations
 import re
 from typing import Any
 
-SEARCH = re.compile(r"^search\[(?P<query>.*)\]$", re.IGNORECASE)
-CLICK = re.compile(r"^click\[(?P<target>.*)\]$", re.IGNORECASE)
-ASIN = re.compile(r"^B[0-9A-Z]{9}$")
-PAGE_BUTTONS = {"next >": 1, "< prev": -1}
-THINK_OBSERVATION = "OK."
+from ragdistill.environments.profile import DemonstratedStep
+from ragdistill.environments.webshop import INVALID_OBSERVATION
+
+_SEARCH = re.compile(r"^search\[(?P<query>.*)\]$", re.IGNORECASE)
+_CLICK = re.compile(r"^click\[(?P<target>.*)\]$", re.IGNORECASE)
+_ASIN = re.compile(r"^B[0-9A-Z]{9}$")
+_BUTTONS = {"buy now": "buy", "back to search": "back", "next >": "next", "< prev": "prev"}
+_DETAILS = {"description", "features", "reviews"}
 START_LOCATION = "search page"
 
 
-def _kind(action: str) -> tuple[str, str]:
-    """("search" | "product" | "next" | "prev" | "back" | "buy" | "detail" | "option", argument)."""
-    if match := SEARCH.match(action.strip()):
+def action_kind(action: str) -> tuple[str, str]:
+    """What an action does: (search | product | next | prev | back | buy | detail | option | other,
+    its argument)."""
+    if match := _SEARCH.match(action.strip()):
         return "search", match["query"].strip()
-    match = CLICK.match(action.strip())
+    match = _CLICK.match(action.strip())
     if match is None:
         return "other", action.strip()
     target = match["target"].strip()
-    lowered = target.lower()
-    if ASIN.match(target):
+    if _ASIN.match(target):
         return "product", target
-    if lowered == "buy now":
-        return "buy", target
-    if lowered == "back to search":
-        return "back", target
-    if lowered in PAGE_BUTTONS:
-        return ("next" if PAGE_BUTTONS[lowered] > 0 else "prev"), target
-    if lowered in {"description", "features", "reviews"}:
+    if target.lower() in _BUTTONS:
+        return _BUTTONS[target.lower()], target
+    if target.lower() in _DETAILS:
         return "detail", target
     return "option", target.strip("[]")
 
@@ -52,40 +50,28 @@ def _thought(kind: str, argument: str, instruction: str, chosen: list[str]) -> s
     if kind == "option":
         return f"The instruction asks for {argument}. I will select it."
     if kind == "buy":
-        picked = f" ({', '.join(chosen)})" if chosen else ""
-        return f"This product matches the instruction{picked}. I will buy it."
+        picked = f" with {', '.join(chosen)}" if chosen else ""
+        return f"This product{picked} matches the instruction. I will buy it."
     return None
 
 
-def render_turns(trajectory: Any, format_name: str) -> list[tuple[str, str]]:
-    """``trajectory`` (an ``ExpertTrajectory``) as (model output, observation) turns of ``format_name``.
-
-    Act: the bare actions. ReAct: a ``think[…]`` turn (answered "OK.") before each step that needs a
-    decision. StateAct: one block per action with ``goal``, ``current location``, ``current
-    selection`` and ``action``. Every output parses back to the expert's action."""
-    if format_name not in {"act", "react", "stateact"}:
-        raise ValueError(f"no WebShop demonstrations for agent format {format_name!r}")
-    instruction = trajectory.instruction
-    turns: list[tuple[str, str]] = []
+def demonstrate(trajectory: Any) -> list[DemonstratedStep]:
+    """``trajectory`` (an ``ExpertTrajectory``) as steps with thoughts and StateAct state."""
+    instruction = trajectory.instruction.strip()
     location, page, chosen = START_LOCATION, 1, []
+    steps: list[DemonstratedStep] = []
     for action, observation in trajectory.steps:
-        kind, argument = _kind(action)
-        if format_name == "react":
-            thought = _thought(kind, argument, instruction, chosen)
-            if thought is not None:
-                turns.append((f"think[{thought}]", THINK_OBSERVATION))
-            turns.append((action, observation))
-        elif format_name == "stateact":
-            block = (
-                f"goal: {instruction.strip()}\n"
-                f"current location: {location}\n"
-                f"current selection: {', '.join(chosen) or 'None'}\n"
-                f"action: {action}"
+        kind, argument = action_kind(action)
+        thought = _thought(kind, argument, instruction, chosen)
+        steps.append(
+            DemonstratedStep(
+                action,
+                observation,
+                thoughts=(thought,) if thought else (),
+                state={"goal": instruction, "current location": location, "current selection": list(chosen)},
             )
-            turns.append((block, observation))
-        else:
-            turns.append((action, observation))
-        if observation.strip() == "Invalid action!":
+        )
+        if observation.strip() == INVALID_OBSERVATION:
             continue
         if kind == "search":
             location, page, chosen = "results page 1", 1, []
@@ -96,12 +82,12 @@ def render_turns(trajectory: Any, format_name: str) -> list[tuple[str, str]]:
         elif kind in {"next", "prev"}:
             page = max(1, page + (1 if kind == "next" else -1))
             location = f"results page {page}"
-        elif kind == "detail":
-            location = f"{location}: {argument.lower()}"
         elif kind == "product":
             location, chosen = f"item page {argument}", []
+        elif kind == "detail":
+            location = f"{location}: {argument.lower()}"
         elif kind == "back":
             location, page, chosen = START_LOCATION, 1, []
         elif kind == "option" and argument not in chosen:
             chosen.append(argument)
-    return turns
+    return steps
