@@ -22,6 +22,7 @@ from ragdistill.environments.profile import AgentStyle, DemonstratedStep, EnvPro
 from ragdistill.environments.registry import get_profile
 from ragdistill.environments.webshop.hints import WEBSHOP_HINT_STYLE
 from ragdistill.episodes import EpisodeRecord
+from ragdistill.retrieval.groups import GroupPrediction
 from ragdistill.retrieval.mining import extract_hints
 from ragdistill.retrieval.retrievers import RetrievalQuery, RetrievalResult
 from ragdistill.retrieval.teacher import RetrieverHintSource
@@ -111,7 +112,6 @@ SHOP_PROFILE = EnvProfile(
     default_max_invalid=0,
     fewshot_sources=("expert",),
     render_demonstration=demonstrate,
-    predict_group=lambda instruction: "mugs" if "mug" in instruction else "shoes",
 )
 
 
@@ -308,12 +308,33 @@ class RecordingRetrieverDouble:
         return [RetrievalResult() for _ in queries]
 
 
-def test_the_teacher_queries_the_group_the_profile_predicts() -> None:
+class KeywordClassifierDouble:
+    """A group classifier that says "mugs" for any instruction naming a mug and costs 7 tokens."""
+
+    name = "keyword-double"
+
+    def classify(self, instructions: Sequence[str]) -> list[GroupPrediction]:
+        return [GroupPrediction("mugs" if "mug" in text else "shoes", tokens=7) for text in instructions]
+
+
+def test_the_teacher_queries_the_group_the_classifier_predicts() -> None:
     retriever = RecordingRetrieverDouble()
-    source = RetrieverHintSource(retriever, 3, "instruction", group_of=SHOP_PROFILE.group_of)
+    source = RetrieverHintSource(retriever, 3, "instruction", KeywordClassifierDouble())
     task = TaskInfo(SHOP, "test", "s9", "shoes", INSTRUCTION)
-    source.hints_for([(task, "Shop [SEP] Search")])
+    (hints,) = source.hints_for([(task, "Shop [SEP] Search")])
     assert [query.task_type for query in retriever.queries] == ["mugs"]
+    assert hints.tokens == 7
+    assert (
+        hints.reason is not None and "group mugs predicted by the keyword-double classifier" in hints.reason
+    )
+
+
+def test_without_a_classifier_the_teacher_queries_the_task_group() -> None:
+    retriever = RecordingRetrieverDouble()
+    RetrieverHintSource(retriever, 3, "instruction").hints_for(
+        [(TaskInfo(SHOP, "test", "s9", "shoes", INSTRUCTION), "")]
+    )
+    assert [query.task_type for query in retriever.queries] == ["shoes"]
 
 
 def test_prompt_version_follows_the_profile() -> None:

@@ -121,10 +121,12 @@ class EnvConfig(StrictModel):
     name: str = Field("alfworld", description="A registered environment (see `environments.registry`).")
     split: str = Field("train", description="alfworld: train | valid_seen | valid_unseen.")
     limit: int | None = Field(None, gt=0, description="Play the first N tasks of the split (None: all).")
-    balanced: bool = Field(
-        True,
+    balanced: bool | None = Field(
+        None,
         description="Order tasks round-robin over task types before `limit` applies, so a small limit covers "
-        "every type; false: sorted by game path.",
+        "every type; false: the environment's own order (ALFWorld: by game path; WebShop: the upstream goal "
+        "order, whose first 100 test goals the paper evaluates); None: the environment's default (ALFWorld "
+        "balances, WebShop does not).",
     )
     task_types: list[str] | None = Field(None, description="Keep only these task types (None: all).")
     data_dir: Path = Field(Path("data"), description="Where `ragdistill data setup` installed the data.")
@@ -136,6 +138,11 @@ class EnvConfig(StrictModel):
         "~5 MB of every game it loaded).",
     )
     seed: int = Field(42, description="Seed for environments that draw at random (ALFWorld does not).")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the environment's constructor (WebShop: page_size 3 for the "
+        "paper's top-3 view, max_steps 15). Part of every rollout's identity.",
+    )
 
 
 class AgentConfig(StrictModel):
@@ -204,6 +211,16 @@ class RetrievalConfig(StrictModel):
     embedding_model: str = Field("all-minilm-l6-v2", description="Short name or sentence-transformers id.")
     exact_index_max: int = Field(50_000, gt=0, description="Above this many hints, an approximate index.")
     query: Literal["instruction", "instruction+observation"] = "instruction+observation"
+    group: Literal["task", "embedding", "llm"] = Field(
+        "task",
+        description="Which hint group an episode retrieves from. task: the task's own (ALFWorld's task type "
+        "is stated by the game); embedding: the nearest centroid of training-task instructions "
+        "(group_examples of them); llm: the reranker model picks one, its tokens counted as retrieval "
+        "tokens (the paper's WebShop category classifier).",
+    )
+    group_examples: int = Field(
+        500, gt=0, description="Labelled training tasks the embedding group classifier learns from."
+    )
 
 
 class TrainingConfig(StrictModel):
@@ -314,7 +331,9 @@ class EvaluationConfig(StrictModel):
     """Stage E: every method on the same pinned tasks of the evaluation split."""
 
     split: str = Field(
-        "valid_unseen", description="The paper evaluates ALFWorld on valid_unseen (134 games)."
+        "valid_unseen",
+        description="The paper evaluates ALFWorld on valid_unseen (134 games), WebShop on test (its first 100 "
+        "goals).",
     )
     limit: int | None = Field(None, gt=0, description="The first N tasks of the split (balanced); None: all.")
     methods: list[Literal["base", "rag", "sft", "distill"]] = Field(

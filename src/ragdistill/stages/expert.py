@@ -41,7 +41,11 @@ def expert_identity(config: ExperimentConfig, store: ArtifactStore, tasks: list[
     return StageIdentity(
         stage=f"rollout:{EXPERT_STAGE}",
         settings={
-            "env": {"name": config.env.name, "version": env_version(config.env)},
+            "env": {
+                "name": config.env.name,
+                "version": env_version(config.env),
+                "options": config.env.options,
+            },
             "agent": config.agent.model_dump(mode="json"),
             "tokenizer": {"model": model.name, "max_model_len": model.max_model_len},
             "max_tokens": config.models.agent.sampling.max_tokens,

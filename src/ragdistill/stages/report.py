@@ -153,6 +153,7 @@ def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[
         run_name=", ".join(run["config"]["run"]["name"] for run in runs),
         config_name=runs[0]["config_name"] if len(runs) == 1 else "",
         env=first["env"]["name"],
+        headline=get_profile(first["env"]["name"]).headline,
         eval_split=first["evaluation"]["split"],
         eval_task_count=max(task_counts, default=0),
         results=results,

@@ -69,13 +69,9 @@ def base_plan(config: ExperimentConfig, stage: str = BASE_STAGE) -> RolloutPlan:
 def list_env_tasks(env: EnvConfig) -> list[TaskInfo]:
     from ragdistill.environments.registry import list_tasks
 
+    order = {} if env.balanced is None else {"balanced": env.balanced}
     return list_tasks(
-        env.name,
-        data_dir=env.data_dir,
-        split=env.split,
-        limit=env.limit,
-        task_types=env.task_types,
-        balanced=env.balanced,
+        env.name, data_dir=env.data_dir, split=env.split, limit=env.limit, task_types=env.task_types, **order
     )
 
 
@@ -85,7 +81,7 @@ def rollout_identity(
     return StageIdentity(
         stage=f"rollout:{plan.stage}",
         settings={
-            "env": {"name": plan.env.name, "version": env_version(plan.env)},
+            "env": {"name": plan.env.name, "version": env_version(plan.env), "options": plan.env.options},
             "agent": (plan.agent or config.agent).model_dump(mode="json"),
             "role": role_settings(plan.role, adapter),
             "source": plan.source,
@@ -274,6 +270,7 @@ def open_pool(env: EnvConfig, tasks: int) -> EnvPool:
 
     return EnvPool(
         env.name,
+        env.options,
         workers=min(env.workers, tasks),
         data_dir=env.data_dir,
         recycle_after=env.max_games_per_worker,

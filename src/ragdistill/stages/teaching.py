@@ -1,12 +1,13 @@
 """Stage C (teach): the RAG teacher, a rollout whose prompts carry hints retrieved once per episode.
 
-Its identity is a rollout's plus the ``retrieval`` section, the re-ranker role when the retriever is
-``llm-rerank``, and the content digests of the hint bank and (for ``faiss``) the index.
+Its identity is a rollout's plus the ``retrieval`` section (``group_examples`` only for the embedding
+group classifier), the re-ranker role when the retriever is ``llm-rerank`` or the group classifier is
+``llm``, and the content digests of the hint bank and (for ``faiss``) the index.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ragdistill.config import ExperimentConfig
 from ragdistill.identity import code_fingerprint
@@ -18,11 +19,16 @@ from ragdistill.stages.roles import ResolvedAdapter, role_settings
 from ragdistill.stages.rollout import RolloutPlan, run_rollout_plan
 from ragdistill.store import ArtifactStore, Manifest, verify_manifest
 
+if TYPE_CHECKING:
+    from ragdistill.retrieval.groups import GroupClassifier
+
 
 def retrieval_settings(config: ExperimentConfig) -> dict[str, Any]:
     """What changes which hints an episode gets."""
-    settings: dict[str, Any] = {"retrieval": config.retrieval.model_dump(mode="json")}
-    if config.retrieval.retriever == "llm-rerank":
+    retrieval = config.retrieval
+    exclude = set() if retrieval.group == "embedding" else {"group_examples"}
+    settings: dict[str, Any] = {"retrieval": retrieval.model_dump(mode="json", exclude=exclude)}
+    if retrieval.retriever == "llm-rerank" or retrieval.group == "llm":
         settings["reranker"] = role_settings(config.models.reranker, ResolvedAdapter())
     return settings
 
@@ -62,7 +68,38 @@ def hint_source_factory(config: ExperimentConfig) -> HintSource:
         sampling=config.models.reranker.sampling,
         group_label=profile.group_label,
     )
-    return RetrieverHintSource(retriever, config.retrieval.k, config.retrieval.query, profile.group_of)
+    classifier = group_classifier(config)
+    return RetrieverHintSource(retriever, config.retrieval.k, config.retrieval.query, classifier)
+
+
+def group_classifier(config: ExperimentConfig) -> GroupClassifier | None:
+    """The classifier ``retrieval.group`` asks for (None: each task's own group). The embedding one
+    learns from the training split only, never from the tasks it will classify."""
+    from ragdistill.environments.registry import get_profile, list_tasks
+    from ragdistill.inference.shared import shared_backend
+    from ragdistill.retrieval.embed import get_embedder
+    from ragdistill.retrieval.groups import EmbeddingGroupClassifier, LLMGroupClassifier
+
+    retrieval, profile = config.retrieval, get_profile(config.env.name)
+    if retrieval.group == "task":
+        return None
+    if retrieval.group == "llm":
+        return LLMGroupClassifier(
+            shared_backend(config.models.reranker),
+            profile.task_groups,
+            profile.group_label,
+            profile.hints.description,
+        )
+    labelled = list_tasks(
+        config.env.name,
+        data_dir=config.env.data_dir,
+        split="train",
+        limit=retrieval.group_examples,
+        balanced=True,
+    )
+    return EmbeddingGroupClassifier(
+        get_embedder(retrieval.embedding_model), [(task.instruction, task.task_type) for task in labelled]
+    )
 
 
 def teacher_plan(config: ExperimentConfig, stage: str = TEACHER_STAGE, **overrides: Any) -> RolloutPlan:

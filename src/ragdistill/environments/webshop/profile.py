@@ -34,6 +34,7 @@ WEBSHOP_PROFILE = EnvProfile(
     agent=WEBSHOP_AGENT_STYLE,
     hints=WEBSHOP_HINT_STYLE,
     default_max_invalid=0,
+    headline="score",
     fewshot_sources=("expert",),
     render_demonstration=demonstrate,
 )
