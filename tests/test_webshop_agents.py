@@ -11,7 +11,12 @@ from ragdistill.agents.demonstrations import render_expert_example, render_exper
 from ragdistill.agents.expert import play_expert
 from ragdistill.agents.fewshot import build_examples
 from ragdistill.agents.formats import get_format
+from ragdistill.config import ExperimentConfig, with_overrides
 from ragdistill.environments.registry import get_profile, list_tasks, make_env
+from ragdistill.stages.evaluation import eval_tasks
+from ragdistill.stages.roles import ResolvedAdapter
+from ragdistill.stages.rollout import base_plan, list_env_tasks, open_pool, rollout_identity
+from ragdistill.stages.teaching import retrieval_settings
 
 DATA_DIR = Path("data")
 pytestmark = pytest.mark.skipif(
@@ -78,3 +83,45 @@ def test_a_rendered_example_reads_like_a_transcript(trajectories: list) -> None:
     example = render_expert_example(trajectories[0], get_format("react", get_profile("webshop")))
     assert example.startswith("WebShop [SEP] Instruction:")
     assert "> think[" in example and "> click[Buy Now]" in example
+
+
+def _webshop_config(**overrides: object) -> ExperimentConfig:
+    settings = {"env": {"name": "webshop", "split": "train", "limit": 4, "data_dir": str(DATA_DIR)}}
+    return with_overrides(ExperimentConfig(), {**settings, **overrides})
+
+
+def test_rollouts_and_evaluation_take_goals_in_the_upstream_order() -> None:
+    config = _webshop_config(evaluation={"split": "test", "limit": 3})
+    assert [t.task_id for t in list_env_tasks(config.env)] == [
+        f"webshop-train-{i}" for i in range(1500, 1504)
+    ]
+    assert [t.task_id for t in eval_tasks(config)] == ["webshop-test-0", "webshop-test-1", "webshop-test-2"]
+
+
+def test_env_options_reach_the_environment_and_the_rollout_identity() -> None:
+    config = _webshop_config(env={"name": "webshop", "options": {"page_size": 3, "max_steps": 2}})
+    with open_pool(config.env, 1) as pool:
+        ((slot, _reset),) = pool.reset_many(list_env_tasks(config.env)[:1])
+        first = pool.step_many([(slot, "click[nothing]")])[0]
+        second = pool.step_many([(slot, "click[nothing]")])[0]
+    assert not first.done and second.done, "max_steps 2 ends the episode at the second step"
+    plain = base_plan(_webshop_config())
+    with_options = base_plan(config)
+    tasks = list_env_tasks(config.env)
+    assert (
+        rollout_identity(config, with_options, tasks, ResolvedAdapter()).settings["env"]["options"]
+        != rollout_identity(_webshop_config(), plain, tasks, ResolvedAdapter()).settings["env"]["options"]
+    )
+
+
+def test_teacher_identity_reads_group_examples_only_for_the_embedding_classifier() -> None:
+    task_group = retrieval_settings(_webshop_config(retrieval={"group": "task", "group_examples": 10}))
+    assert task_group == retrieval_settings(
+        _webshop_config(retrieval={"group": "task", "group_examples": 20})
+    )
+    embedding = [
+        retrieval_settings(_webshop_config(retrieval={"group": "embedding", "group_examples": n}))
+        for n in (10, 20)
+    ]
+    assert embedding[0] != embedding[1]
+    assert "reranker" in retrieval_settings(_webshop_config(retrieval={"group": "llm"}))

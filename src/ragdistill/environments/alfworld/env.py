@@ -12,11 +12,11 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator, Sequence
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
+from ragdistill.environments.selection import check_selection, first, round_robin
 
 ENV_NAME = "alfworld"
 GAMES_SUBDIR = Path("alfworld") / "json_2.1.1"
@@ -122,13 +122,7 @@ def list_tasks(
     if not split_dir.is_dir():
         available = sorted(path.name for path in root.iterdir() if path.is_dir())
         raise EnvError(f"unknown ALFWorld split {split!r}; available: {available}")
-    wanted = set(task_types) if task_types else None
-    if wanted is not None and not wanted <= set(TASK_TYPES):
-        raise EnvError(
-            f"unknown ALFWorld task type(s) {sorted(wanted - set(TASK_TYPES))}; choose from {TASK_TYPES}"
-        )
-    if limit is not None and limit <= 0:
-        raise EnvError(f"limit must be positive, got {limit}")
+    wanted = check_selection("ALFWorld", TASK_TYPES, task_types, limit)
 
     by_type: dict[str, list[Path]] = {task_type: [] for task_type in TASK_TYPES}
     ordered: list[Path] = []
@@ -138,19 +132,10 @@ def list_tasks(
             by_type[task_type].append(path)
             ordered.append(path)
     if not balanced:
-        return list(islice(_solvable_tasks(ordered, split_dir, split), limit))
-    streams = [_solvable_tasks(by_type[task_type], split_dir, split) for task_type in TASK_TYPES]
-    tasks: list[TaskInfo] = []
-    while streams:
-        for stream in list(streams):
-            if limit is not None and len(tasks) == limit:
-                return tasks
-            task = next(stream, None)
-            if task is None:
-                streams.remove(stream)
-            else:
-                tasks.append(task)
-    return tasks
+        return first(_solvable_tasks(ordered, split_dir, split), limit)
+    return round_robin(
+        (_solvable_tasks(by_type[task_type], split_dir, split) for task_type in TASK_TYPES), limit
+    )
 
 
 def _solvable_tasks(paths: Sequence[Path], split_dir: Path, split: str) -> Iterator[TaskInfo]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
+from ragdistill.environments.selection import check_selection, round_robin
 from ragdistill.environments.webshop import (
     CATEGORIES,
     DEFAULT_MAX_STEPS,
@@ -62,13 +63,7 @@ def list_tasks(
     interleaves the categories round-robin (beauty, electronics, fashion, garden, grocery, beauty, …)."""
     if split not in SPLITS:
         raise EnvError(f"unknown WebShop split {split!r}; choose from {list(SPLITS)}")
-    wanted = set(task_types) if task_types else None
-    if wanted is not None and not wanted <= set(CATEGORIES):
-        raise EnvError(
-            f"unknown WebShop task type(s) {sorted(wanted - set(CATEGORIES))}; choose from {CATEGORIES}"
-        )
-    if limit is not None and limit <= 0:
-        raise EnvError(f"limit must be positive, got {limit}")
+    wanted = check_selection("WebShop", CATEGORIES, task_types, limit)
     goals = goals_of(load_catalog(data_dir), human=split == HUMAN_SPLIT)
     tasks = [
         task_of(split, index, goals[index])
@@ -77,18 +72,7 @@ def list_tasks(
     ]
     if not balanced:
         return tasks[:limit]
-    by_type = {
-        category: iter([task for task in tasks if task.task_type == category]) for category in CATEGORIES
-    }
-    interleaved: list[TaskInfo] = []
-    while by_type and (limit is None or len(interleaved) < limit):
-        for category, stream in list(by_type.items()):
-            task = next(stream, None)
-            if task is None:
-                del by_type[category]
-            elif limit is None or len(interleaved) < limit:
-                interleaved.append(task)
-    return interleaved
+    return round_robin((iter([t for t in tasks if t.task_type == c]) for c in CATEGORIES), limit)
 
 
 def environment_version(data_dir: Path | str = "data") -> dict[str, str]:
