@@ -4,7 +4,7 @@
 
 The teacher retrieves hints of one category per episode, and a WebShop instruction does not name its
 category. Two classifiers (``retrieval.group``): ``embedding`` (nearest centroid of the all-MiniLM-L6-v2
-embeddings of ``--train`` labelled training goals) and ``llm`` (the config's reranker model answers one
+embeddings of ``--train`` labelled training goals) and ``llm`` (the config's reranker model, or ``--role agent``, answers one
 category as schema-constrained JSON; the paper used an LLM). Printed: each one's accuracy against the
 goals' true categories, their agreement with each other, the LLM's tokens per goal and both wall times.
 The goals are the first ``--limit`` test goals in the upstream order (the paper's evaluation goals).
@@ -28,6 +28,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=100)
     parser.add_argument("--train", type=int, default=500)
     parser.add_argument("--no-model", action="store_true", help="skip the LLM classifier")
+    parser.add_argument(
+        "--role", choices=("reranker", "agent"), default="reranker", help="the config's role that classifies"
+    )
     args = parser.parse_args()
 
     config = load_config(args.config)
@@ -50,7 +53,8 @@ def main() -> None:
     if not args.no_model:
         from ragdistill.inference.factory import make_backend
 
-        backend = make_backend(config.models.reranker)
+        role = getattr(config.models, args.role)
+        backend = make_backend(role)
         try:
             llm = LLMGroupClassifier(
                 backend, profile.task_groups, profile.group_label, profile.hints.description
@@ -61,7 +65,7 @@ def main() -> None:
         finally:
             backend.close()
         by_llm = [p.group for p in predictions]
-        out["llm_model"] = config.models.reranker.model.name
+        out["llm_model"] = role.model.name
         out["llm_accuracy"] = round(agreement(by_llm, truth), 3)
         out["llm_tokens_per_goal"] = round(sum(p.tokens for p in predictions) / max(len(predictions), 1), 1)
         out["llm_fallbacks"] = sum(p.note is not None for p in predictions)

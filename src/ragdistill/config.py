@@ -119,7 +119,10 @@ class ModelsConfig(StrictModel):
 
 class EnvConfig(StrictModel):
     name: str = Field("alfworld", description="A registered environment (see `environments.registry`).")
-    split: str = Field("train", description="alfworld: train | valid_seen | valid_unseen.")
+    split: str = Field(
+        "train",
+        description="alfworld: train | valid_seen | valid_unseen; webshop: train | eval | test | human.",
+    )
     limit: int | None = Field(None, gt=0, description="Play the first N tasks of the split (None: all).")
     balanced: bool | None = Field(
         None,

@@ -129,6 +129,12 @@ def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[
                 "rendered in the agent's format with the hints the RAG teacher retrieves (distill.teacher); the "
                 "paper distils the RAG teacher's own successes."
             )
+        group = config["retrieval"].get("group", "task")
+        if group != "task":
+            notes.append(
+                f"Hint groups{suffix}: the teacher's category was predicted from each instruction by the {group} "
+                "classifier (retrieval.group); its model tokens, if any, count as retrieval tokens."
+            )
         if config["distill"]["min_score"] is not None:
             notes.append(
                 f"Training episodes{suffix} include unsuccessful ones scoring ≥ {config['distill']['min_score']}."
