@@ -89,7 +89,7 @@ def run_promotion(config: ExperimentConfig, *, by: Actor = "pipeline") -> Manife
             entries[name] = entry
             registered.append({"student": name, "version": entry.version, "new": new})
         candidate = config.promotion.student
-        skipped = next((item["reason"] for item in registered if item["student"] == candidate), "")
+        skipped = next((item.get("reason", "") for item in registered if item["student"] == candidate), "")
         decision = _decide(config, store, registry, entries.get(candidate), skipped, by)
         current = registry.pointer()
         payload = {
