@@ -233,13 +233,9 @@ class AdapterRegistry:
 
     def rollback(self, *, by: Actor, reason: str = "") -> Event:
         """Make the previously current version current again."""
+        self._require_current()  # before the lease: a registry that does not exist stays absent
         with self._locked():
-            pointer = self.pointer()
-            if pointer is None:
-                raise RegistryError(
-                    f"nothing is current in {self.store.uri(REGISTRY_DIR)}, so there is nothing to roll back; "
-                    "promote a version with `ragdistill adapters promote VERSION`"
-                )
+            pointer = self._require_current()
             if not pointer.previous:
                 raise RegistryError(
                     f"{pointer.version} is the first version made current: there is no previous one to roll "
@@ -250,6 +246,15 @@ class AdapterRegistry:
             return self._move(
                 target, by, reason or f"rolled back from {pointer.version}", push=False, manual=True
             )
+
+    def _require_current(self) -> Pointer:
+        pointer = self.pointer()
+        if pointer is None:
+            raise RegistryError(
+                f"nothing is current in {self.store.uri(REGISTRY_DIR)}, so there is nothing to roll back; "
+                "promote a version with `ragdistill adapters promote VERSION`"
+            )
+        return pointer
 
     def _move(
         self,
