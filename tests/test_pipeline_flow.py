@@ -94,7 +94,7 @@ def run_pipeline(config_path: Path, double: AgentAndExtractorDouble) -> tuple[di
 STAGES_A_TO_C = ("rollout-base", "mine", "index", "teach")
 STUDENT_TASKS = ("dataset-sft", "dataset-distill", "train-sft", "train-distill")
 EVALUATIONS = ("evaluate-base", "evaluate-rag", "evaluate-distill")
-EVERY_TASK = (*STAGES_A_TO_C, *STUDENT_TASKS, *EVALUATIONS, "report")
+EVERY_TASK = (*STAGES_A_TO_C, *STUDENT_TASKS, *EVALUATIONS, "promote", "report")
 
 
 def only(states: dict[str, str], names: tuple[str, ...]) -> dict[str, str]:
@@ -113,6 +113,7 @@ def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
     assert summary["eval_base"]["episodes"] == 2 and summary["eval_rag"]["episodes"] == 2
     assert summary["eval_distill"] == {} and summary["report"]["methods"] == 2
     assert summary["hints"]["bank_size"] >= 1
+    assert summary["promotion"] == {"registered": 0, "candidate": 0, "promoted": 0}, "no student was trained"
     config = load_config(flow_config)
     store = ArtifactStore(config.run.run_root)
     for data in read_records(store, "rollouts/teacher"):

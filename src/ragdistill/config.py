@@ -355,6 +355,27 @@ class EvaluationConfig(StrictModel):
     )
 
 
+class PromotionConfig(StrictModel):
+    """The adapter registry's promotion gate (``ragdistill.adapter_registry``): after evaluation every
+    trained student is registered, and the candidate becomes the registry's current adapter only when it
+    beats the current one (or, with none yet, the base agent) on the same evaluation tasks."""
+
+    enabled: bool = Field(
+        True, description="Decide on the candidate after evaluation; false: register the students only."
+    )
+    student: Literal["sft", "distill"] = Field("distill", description="Which student is the candidate.")
+    margin: float = Field(
+        0.0,
+        ge=0,
+        description="Headline points (the environment's success % or score) the candidate must gain over "
+        "the current adapter (or the base agent) to be promoted; a tie is never promoted, so 0 means "
+        "strictly better.",
+    )
+    min_episodes: int = Field(
+        1, gt=0, description="Fewer evaluation episodes than this: the candidate is rejected as unproven."
+    )
+
+
 class RunConfig(StrictModel):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     run_root: str = Field("file://./runs/demo", description="fsspec URL all artifacts live under.")
@@ -377,6 +398,7 @@ class ExperimentConfig(StrictModel):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     def engine_roles(self) -> dict[str, RoleConfig]:
         """The model roles a pipeline run loads (the re-ranker only for the ``llm-rerank`` retriever)."""

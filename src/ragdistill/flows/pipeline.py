@@ -1,4 +1,5 @@
-"""The end-to-end flow: rollout → mine → index → teach (→ expert) → datasets → train → evaluate → report.
+"""The end-to-end flow: rollout → mine → index → teach (→ expert) → datasets → train → evaluate → promote →
+report.
 
 Each task's cache key is its stage's identity plus a check that its outputs still exist unchanged
 (``tasks.common``), so a re-run with nothing changed finishes from the cache, a changed setting re-runs
@@ -16,6 +17,7 @@ from ragdistill.config import load_config
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.stages.report import write_run_file
 from ragdistill.tasks.common import on_run_root
+from ragdistill.tasks.promotion import promote_task
 from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
 from ragdistill.tasks.rollout import rollout_task
 from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, report_task, train_task
@@ -50,6 +52,7 @@ def pipeline_flow(config_path: str, run_root: str | None = None) -> dict[str, An
             )
             for method in config.evaluation.methods
         }
+        promotion = task(promote_task)(config, [result["digest"] for result in evaluations.values()])
         report = task(report_task)(config, [result["digest"] for result in evaluations.values()])
     finally:
         close_shared_backends()
@@ -60,5 +63,6 @@ def pipeline_flow(config_path: str, run_root: str | None = None) -> dict[str, An
         **{f"dataset_{name}": result["counts"] for name, result in datasets.items()},
         **{f"train_{name}": result["counts"] for name, result in adapters.items()},
         **{f"eval_{method}": result["counts"] for method, result in evaluations.items()},
+        "promotion": promotion["counts"],
         "report": report["counts"],
     }

@@ -10,6 +10,7 @@ INDEX_DIR = "index"
 DATASETS_DIR = "datasets"
 ADAPTERS_DIR = "adapters"
 REPORTS_DIR = "reports"
+PROMOTION_DIR = "promotion"
 REJECTED_HINTS = f"{HINTS_DIR}/rejected.jsonl"
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from ragdistill.config import ExperimentConfig
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.identity import code_fingerprint
-from ragdistill.stages.layout import ADAPTERS_DIR, REPORTS_DIR, rollout_prefix
+from ragdistill.stages.layout import ADAPTERS_DIR, PROMOTION_DIR, REPORTS_DIR, rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity, StageRun
 from ragdistill.store import (
     ArtifactError,
@@ -48,7 +48,7 @@ def _inputs(store: ArtifactStore) -> dict[str, str]:
     """Every finished stage the report reads, by folder, with its content digest."""
     found: dict[str, str] = {}
     for folder in [*(rollout_prefix(f"eval-{m}") for m in METHODS), "datasets/sft", "datasets/distill",
-                   f"{ADAPTERS_DIR}/sft", f"{ADAPTERS_DIR}/distill"]:  # fmt: skip
+                   f"{ADAPTERS_DIR}/sft", f"{ADAPTERS_DIR}/distill", PROMOTION_DIR]:  # fmt: skip
         try:
             found[folder] = read_manifest(store, folder).digest
         except ArtifactError:
@@ -142,6 +142,9 @@ def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[
         examples = (
             "their few-shot examples" if config["evaluation"]["student_fewshot"] else "no few-shot examples"
         )
+        promotion = _promotion_note(store)
+        if promotion:
+            notes.append(f"Promotion{suffix}: {promotion}")
         notes.append(
             f"Students{suffix} ran with {config['evaluation']['student_weights']} weights, no retrieval and {examples}."
         )
@@ -195,6 +198,21 @@ def _not_run_reason(store: ArtifactStore, method: str) -> str:
         if reason:
             return reason
     return f"not evaluated ({skipped} has no finished manifest)"
+
+
+def _promotion_note(store: ArtifactStore) -> str | None:
+    """The promotion gate's decision in one line (``stages.promotion``), if the stage ran."""
+    try:
+        decision = read_manifest(store, PROMOTION_DIR).extra.get("decision")
+    except ArtifactError:
+        return None
+    if not decision:
+        return None
+    version = decision.get("version")
+    if decision.get("promoted"):
+        return f"{version} promoted to current in the adapter registry: {decision['reason']}."
+    subject = f"{version} not promoted" if version else "nothing promoted"
+    return f"{subject}: {decision['reason']}."
 
 
 def _card(store: ArtifactStore, name: str) -> dict[str, Any] | None:

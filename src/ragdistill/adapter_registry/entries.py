@@ -1,0 +1,151 @@
+"""What the registry stores: one immutable entry per adapter version, the current pointer, and events."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from ragdistill.evaluation.metrics import MethodMetrics
+
+Headline = Literal["success", "score"]
+EventKind = Literal["registered", "promoted", "rejected", "rolled_back"]
+Actor = Literal["pipeline", "cli"]
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def folder_digest(files: dict[str, dict[str, Any]]) -> str:
+    """``sha256:<hex>`` over a folder's file names and sha256s: the digest
+    ``ragdistill.inference.adapters.adapter_digest`` computes from the files themselves, so an entry names
+    its adapter exactly as episode records do."""
+    combined = hashlib.sha256()
+    for name in sorted(files):
+        combined.update(name.encode() + b"\0")
+        combined.update(bytes.fromhex(files[name]["sha256"]))
+    return f"sha256:{combined.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class EvalSummary:
+    """One evaluated method on the evaluation split, reduced to what a promotion compares.
+
+    ``value`` is the environment's headline (``EnvProfile.headline``) in percent: success % or score
+    (mean reward x 100). ``task_list_sha256`` is the sha256 of the evaluation's ``tasks.json`` (the
+    environment, its data version, the split and the task ids in order): two summaries compare only
+    when it is equal."""
+
+    method: str
+    headline: Headline
+    value: float | None
+    ci_low: float | None
+    ci_high: float | None
+    episodes: int
+    tokens_per_episode: float | None
+    split: str
+    task_list_sha256: str
+    eval_digest: str
+
+    @classmethod
+    def from_metrics(
+        cls,
+        metrics: MethodMetrics,
+        *,
+        method: str,
+        headline: Headline,
+        split: str,
+        task_list_sha256: str,
+        eval_digest: str,
+    ) -> EvalSummary:
+        success = headline == "success"
+        return cls(
+            method=method,
+            headline=headline,
+            value=metrics.success_percent if success else metrics.score_percent,
+            ci_low=metrics.success_ci_low if success else None,
+            ci_high=metrics.success_ci_high if success else None,
+            episodes=metrics.episodes,
+            tokens_per_episode=metrics.total_tokens_per_episode,
+            split=split,
+            task_list_sha256=task_list_sha256,
+            eval_digest=eval_digest,
+        )
+
+    def describe(self) -> str:
+        """``success 58.3% [30.1, 80.2] on 12 valid_unseen episodes`` (a score has no interval)."""
+        if self.value is None:
+            return f"{self.headline}: no episodes"
+        unit = "%" if self.headline == "success" else ""
+        interval = f" [{self.ci_low:.1f}, {self.ci_high:.1f}]" if self.ci_low is not None else ""
+        return f"{self.headline} {self.value:.1f}{unit}{interval} on {self.episodes} {self.split} episodes"
+
+
+@dataclass(frozen=True)
+class AdapterCopy:
+    """The registry's own copy of an adapter: ``path`` is run-root relative, ``files`` are relative to it."""
+
+    path: str
+    digest: str
+    files: dict[str, dict[str, Any]]
+    source: str
+    training_manifest: str
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    """One adapter version (``registry/versions/<version>.json``), written once and never changed.
+
+    ``key`` is what makes it this version: the student, the adapter's content and the evaluation's
+    content. Registering the same adapter with the same evaluation again returns this entry."""
+
+    version: str
+    key: str
+    student: str
+    created_at: str
+    adapter: AdapterCopy
+    base_model: dict[str, Any]
+    lineage: dict[str, Any]
+    training: dict[str, Any]
+    evaluation: EvalSummary | None
+    run: dict[str, Any]
+    code_version: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RegistryEntry:
+        fields = dict(data)
+        fields["adapter"] = AdapterCopy(**data["adapter"])
+        fields["evaluation"] = EvalSummary(**data["evaluation"]) if data.get("evaluation") else None
+        return cls(**fields)
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """``registry/current.json``: the current version and, most recent last, the versions that were
+    current before it (what ``rollback`` returns to)."""
+
+    version: str
+    previous: list[str] = field(default_factory=list)
+    event: int = 0
+    updated_at: str = ""
+
+
+@dataclass(frozen=True)
+class Event:
+    """One line of the registry's history (``registry/events/<sequence>.json``)."""
+
+    sequence: int
+    kind: EventKind
+    version: str
+    by: Actor
+    at: str
+    reason: str
+    from_version: str | None = None
+    manual: bool = False
+    run: str = ""
+    details: dict[str, Any] = field(default_factory=dict)

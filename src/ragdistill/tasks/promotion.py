@@ -1,0 +1,31 @@
+"""The Prefect task of the promotion stage: register the students, let the gate decide (``stages.promotion``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from ragdistill.config import ExperimentConfig
+from ragdistill.stages.layout import PROMOTION_DIR
+from ragdistill.stages.lifecycle import StageIdentity
+from ragdistill.stages.promotion import promotion_identity, run_promotion
+from ragdistill.store import ArtifactStore
+from ragdistill.tasks.common import publish_manifest, stage_cache_policy
+
+
+def _promotion(config: ExperimentConfig, _: dict[str, Any]) -> tuple[str, StageIdentity]:
+    return PROMOTION_DIR, promotion_identity(config, ArtifactStore(config.run.run_root))
+
+
+@task(
+    name="promote",
+    task_run_name="promote",
+    cache_policy=stage_cache_policy(_promotion, __name__),
+    result_serializer="json",
+)
+def promote_task(config: ExperimentConfig, upstream_digests: list[str | None]) -> dict[str, Any]:
+    manifest = run_promotion(config, by="pipeline")
+    decision = manifest.extra.get("decision", {})
+    description = f"{config.run.name}: promotion: {decision.get('reason', '')}"
+    return publish_manifest(manifest, key="promotion", description=description[:500])
