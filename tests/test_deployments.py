@@ -10,6 +10,12 @@ process from a counter-double rollout with a policy double (tests/test_stages.py
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,6 +41,7 @@ from ragdistill.orchestration.deployments import (
     nightly_requested,
     runner_deployments,
 )
+from ragdistill.orchestration.server import API_URL_ENV
 from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,3 +239,54 @@ def test_a_deployment_run_by_a_process_worker_completes_and_a_rerun_is_cached(
     manifest = read_manifest(ArtifactStore(config.run.run_root), "index")
     assert manifest.counts["hints"] >= 1
     assert not ArtifactStore(f"file://{tmp_path}/empty").exists("index/manifest.json")
+
+
+@pytest.mark.slow
+def test_serve_starts_a_server_registers_runs_a_worker_and_stops_both_on_ctrl_c(
+    fresh_prefect_home: Path,  # noqa: F811
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from ragdistill.orchestration.server import api_answers
+
+    env = {key: value for key, value in os.environ.items() if key != API_URL_ENV}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "ragdistill.cli", "serve", "--config", "demo-alfworld", "--timeout", "600"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        assert serve.stdout is not None
+        for line in serve.stdout:
+            lines.append(line)
+            if line.startswith("{"):
+                break
+        summary = json.loads(lines[-1])
+        output = "".join(lines)
+        assert summary["ui_url"] in output and f"pipeline/{DEPLOYMENT_NAME}" in output
+        assert len(summary["deployments"]) == len(DEPLOYMENTS) and summary["nightly"] is False
+        assert api_answers(summary["api_url"])
+
+        online: list[Any] = []
+        deadline = time.monotonic() + 120
+        with temporary_settings(updates={PREFECT_API_URL: summary["api_url"]}):
+            while not online and time.monotonic() < deadline:
+                with get_client(sync_client=True) as client:
+                    online = [w for w in client.read_workers_for_work_pool(WORK_POOL) if w.status == "ONLINE"]
+                time.sleep(1)
+        assert online, "the worker must come online in the work pool"
+
+        serve.send_signal(signal.SIGINT)
+        rest, _ = serve.communicate(timeout=120)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    assert serve.returncode == 0, rest[-3000:]
+    assert "stopping the worker" in rest
+    assert not api_answers(summary["api_url"]), "serve started the server, so Ctrl-C stops it"
