@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Optional, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import to_jsonable_python
@@ -45,9 +46,11 @@ class OverridesModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@cache
 def overrides_model(config_model: type[BaseModel]) -> type[OverridesModel]:
     """``config_model`` with every field optional (default None), nested sections turned into their own
-    overrides models, and each field's type, constraints and description kept."""
+    overrides models (one per section model, however often it is used), and each field's type,
+    constraints and description kept."""
     fields: dict[str, Any] = {}
     for name, field in config_model.model_fields.items():
         annotation = field.annotation
@@ -57,7 +60,7 @@ def overrides_model(config_model: type[BaseModel]) -> type[OverridesModel]:
             annotation = overrides_model(annotation)
         elif field.metadata:
             annotation = Annotated[(annotation, *field.metadata)]
-        fields[name] = (Optional[annotation], Field(None, description=description))  # noqa: UP045
+        fields[name] = (annotation | None, Field(None, description=description))
     title = config_model.__name__.removesuffix("Config") + "Overrides"
     return create_model(title, __base__=OverridesModel, __doc__=config_model.__doc__, **fields)
 
