@@ -9,6 +9,7 @@ DATA_DIR ?= data
 S3RVER := .cache/s3rver/node_modules/.bin/s3rver
 CONFIG ?= configs/demo-alfworld.yaml
 PYTEST_ARGS ?=
+NIGHTLY ?=
 
 # Keep torch and BLAS from oversubscribing small machines; vLLM on CPU needs an explicit KV cache.
 export OMP_NUM_THREADS ?= 2
@@ -22,7 +23,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_MEMO_STORE_PATH ?= $(PREFECT_HOME)/memo_store.toml
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup data model demo test test-fast lint format bench clean-venv
+.PHONY: setup data model demo serve test test-fast lint format bench clean-venv
 
 setup: $(STAMP) $(S3RVER) data model
 
@@ -49,6 +50,11 @@ model: $(STAMP)
 
 demo: setup
 	$(BIN)/ragdistill pipeline --config $(CONFIG)
+
+# The Prefect server, every flow as a deployment and a process worker; Ctrl-C stops them. NIGHTLY=1
+# turns the pipeline's nightly schedule on.
+serve: setup
+	$(BIN)/ragdistill serve --config $(CONFIG) $(if $(NIGHTLY),--nightly,)
 
 test: setup
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from ragdistill.cli_adapters import adapters_app
+from ragdistill.cli_deploy import deploy_app
 from ragdistill.cli_server import server_app
 from ragdistill.config import ConfigError, ExperimentConfig, load_config
 from ragdistill.errors import UserFacingError
@@ -25,6 +26,7 @@ app.add_typer(models_app, name="models")
 app.add_typer(env_app, name="env")
 app.add_typer(server_app, name="server")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(deploy_app)
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML under configs/.")]
 RunRootOption = Annotated[str | None, typer.Option("--run-root", help="Override run.run_root (fsspec URL).")]

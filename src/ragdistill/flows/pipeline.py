@@ -13,7 +13,7 @@ from typing import Any
 
 from prefect import flow
 
-from ragdistill.config import load_config
+from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.stages.report import write_run_file
 from ragdistill.tasks.common import on_run_root
@@ -24,9 +24,13 @@ from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, 
 
 
 @flow(name="pipeline", log_prints=True)
-def pipeline_flow(config_path: str, run_root: str | None = None) -> dict[str, Any]:
-    config = load_config(config_path, {"run.run_root": run_root} if run_root else None)
-    write_run_file(config, config_path)
+@documented_parameters
+def pipeline_flow(
+    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+) -> dict[str, Any]:
+    """Every stage in order: rollout, mine, index, teach (expert), datasets, train, evaluate, report."""
+    config, config_file = experiment_config(config_name, overrides, {"run.run_root": run_root})
+    write_run_file(config, str(config_file))
 
     def task(wrapped: Any) -> Any:
         return on_run_root(wrapped, config)

@@ -6,22 +6,25 @@ from typing import Any
 
 from prefect import flow
 
-from ragdistill.config import load_config
+from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.tasks.common import on_run_root
 from ragdistill.tasks.rollout import rollout_task
 
 
 @flow(name="rollout", log_prints=True)
+@documented_parameters
 def rollout_flow(
-    config_path: str,
+    config_name: str,
     split: str | None = None,
     limit: int | None = None,
     run_root: str | None = None,
     stage: str = "base",
+    overrides: ExperimentOverrides | None = None,
 ) -> dict[str, Any]:
-    overrides = {"env.split": split, "env.limit": limit, "run.run_root": run_root}
-    config = load_config(config_path, {key: value for key, value in overrides.items() if value is not None})
+    """Stage A: play the agent on the config's tasks; re-running resumes where it stopped."""
+    settings = {"env.split": split, "env.limit": limit, "run.run_root": run_root}
+    config, _ = experiment_config(config_name, overrides, settings)
     try:
         return on_run_root(rollout_task, config)(config, stage)
     finally:

@@ -1,0 +1,117 @@
+"""`ragdistill serve` and `ragdistill deploy`: the flows as Prefect deployments, started from the UI."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from ragdistill.flows.parameters import DEFAULT_CONFIG
+from ragdistill.orchestration.deployments import NIGHTLY_CRON, NIGHTLY_ENV, NIGHTLY_TIMEZONE, WORK_POOL
+from ragdistill.orchestration.server import DEFAULT_START_TIMEOUT_S
+
+deploy_app = typer.Typer()
+
+ConfigNameOption = Annotated[
+    str,
+    typer.Option(
+        "--config", "-c", help="The config deployment runs default to: a name under configs/ or a YAML path."
+    ),
+]
+NightlyOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--nightly/--no-nightly",
+        help=f"Activate the pipeline's nightly schedule ({NIGHTLY_CRON} {NIGHTLY_TIMEZONE}); "
+        f"default: on when {NIGHTLY_ENV}=1.",
+    ),
+]
+PoolOption = Annotated[str, typer.Option("--pool", help="The process work pool (created if missing).")]
+
+
+def _print_json_line(payload: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def _register(config: str, nightly: bool | None, pool: str) -> tuple[list[str], bool]:
+    from ragdistill.flows.parameters import config_file
+    from ragdistill.orchestration.deployments import nightly_requested, register_deployments
+
+    config_file(config)  # an unknown config fails here, not in every run
+    active = nightly_requested(nightly)
+    return register_deployments(config, active, pool), active
+
+
+def _echo_deployments(names: list[str], nightly: bool) -> None:
+    typer.echo("deployments:")
+    for name in names:
+        schedule = f" (nightly {NIGHTLY_CRON} {NIGHTLY_TIMEZONE}: {'on' if nightly else 'off'})"
+        typer.echo(f"  {name}{schedule if name.startswith('pipeline/') else ''}")
+
+
+@deploy_app.command()
+def deploy(
+    config: ConfigNameOption = DEFAULT_CONFIG, nightly: NightlyOption = None, pool: PoolOption = WORK_POOL
+) -> None:
+    """Register the work pool and one deployment per flow with the Prefect server, then exit (a worker
+    started elsewhere runs them: `prefect worker start --pool ragdistill-process`)."""
+    from ragdistill.orchestration.server import prefect_api
+
+    with prefect_api() as api_url:
+        names, active = _register(config, nightly, pool)
+    _echo_deployments(names, active)
+    typer.echo(f"registered on {api_url} in work pool {pool!r}")
+    _print_json_line({"api_url": api_url, "deployments": names, "nightly": active, "work_pool": pool})
+
+
+def _stop_on_sigterm() -> None:
+    """A SIGTERM (e.g. from a container runtime) ends `serve` the way Ctrl-C does."""
+
+    def interrupt(_signal: int, _frame: Any) -> NoReturn:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@deploy_app.command()
+def serve(
+    config: ConfigNameOption = DEFAULT_CONFIG,
+    nightly: NightlyOption = None,
+    pool: PoolOption = WORK_POOL,
+    limit: Annotated[
+        int, typer.Option("--limit", min=1, help="Flow runs the worker runs at once (each loads its models).")
+    ] = 1,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for a server this command starts.")
+    ] = DEFAULT_START_TIMEOUT_S,
+) -> None:
+    """Start (or reuse) the project's Prefect server, register the deployments and run a process worker
+    until Ctrl-C, which stops the worker and the server if this command started it."""
+    from ragdistill.orchestration.server import prefect_api
+    from ragdistill.orchestration.worker import start_worker, stop_worker
+
+    _stop_on_sigterm()
+    with prefect_api(timeout_s=timeout) as api_url:
+        names, active = _register(config, nightly, pool)
+        ui_url = api_url.removesuffix("/api")
+        _echo_deployments(names, active)
+        typer.echo(f"Prefect UI: {ui_url}  (Deployments → pipeline/ragdistill → Run → Custom run)")
+        typer.echo(f"starting a process worker on pool {pool!r}; Ctrl-C stops it")
+        _print_json_line(
+            {"api_url": api_url, "ui_url": ui_url, "deployments": names, "nightly": active, "work_pool": pool}
+        )
+        worker = start_worker(api_url, pool, limit=limit)
+        try:
+            code = worker.wait()
+        except KeyboardInterrupt:
+            typer.echo("stopping the worker")
+            code = None
+        finally:
+            stop_worker(worker)
+    if code is not None:
+        typer.secho(f"error: the worker exited with code {code}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)

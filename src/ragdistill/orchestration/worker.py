@@ -1,0 +1,74 @@
+"""A Prefect process worker for the project's work pool, run as a subprocess of ``ragdistill serve``.
+
+The worker polls the server for the pool's scheduled runs and starts each as a subprocess of its own, in
+the deployment's working folder. It leads its own process group, so stopping it also stops the flow
+runs it started, and a Ctrl-C in the terminal reaches ``ragdistill serve`` alone, which stops it in order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from typing import IO
+
+from ragdistill.orchestration.deployments import WORK_POOL, WORK_POOL_TYPE
+from ragdistill.orchestration.server import API_URL_ENV, configure_prefect_home
+
+STOP_GRACE_S = 30.0
+"""How long a stopping worker may take to mark its runs and exit before it is killed."""
+
+
+def start_worker(
+    api_url: str,
+    work_pool: str = WORK_POOL,
+    limit: int | None = None,
+    output: IO[bytes] | int | None = None,
+    environment: dict[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
+    """``prefect worker start`` for ``work_pool`` against ``api_url``, with the project's Prefect home;
+    at most ``limit`` flow runs at once (None: no limit). Its output goes to ``output`` (default: this
+    process's), ``environment`` adds variables (e.g. ``PREFECT_WORKER_QUERY_SECONDS``)."""
+    env = {**os.environ, API_URL_ENV: api_url, "PREFECT_HOME": str(configure_prefect_home())}
+    env.update(environment or {})
+    command = [
+        sys.executable,
+        "-m",
+        "prefect",
+        "worker",
+        "start",
+        "--pool",
+        work_pool,
+        "--type",
+        WORK_POOL_TYPE,
+    ]
+    if limit is not None:
+        command += ["--limit", str(limit)]
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        env=env,
+        start_new_session=True,
+    )
+
+
+def stop_worker(worker: subprocess.Popen[bytes], grace_s: float = STOP_GRACE_S) -> int:
+    """SIGTERM to the worker's process group (it and its flow runs), SIGKILL to what is left after
+    ``grace_s``; the worker's exit code."""
+    for signal_number, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(worker.pid, signal_number)
+        except ProcessLookupError:
+            break
+        try:
+            worker.wait(timeout=wait_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(worker.pid, signal.SIGKILL)  # flow runs that outlived the worker
+    return worker.wait()

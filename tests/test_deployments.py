@@ -1,0 +1,292 @@
+"""Typed flow parameters, the deployments, and a deployment run by a real process worker.
+
+The slow test starts a real ``prefect server start`` (SQLite, on an empty Prefect home) and a real
+``prefect worker start`` subprocess, and runs the ``index`` deployment twice: its work is real (the
+packaged all-MiniLM-L6-v2 embeds the hint bank, FAISS indexes it) and cheap. A rollout or mining run
+needs a model, and a test double cannot reach the worker's flow-run subprocess, while the real 135M model
+under vLLM would take minutes to load there on 2 shared cores. The hint bank it indexes is mined in this
+process from a counter-double rollout with a policy double (tests/test_stages.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ragdistill.config import ConfigError, ExperimentConfig
+from ragdistill.flows.parameters import (
+    ExperimentOverrides,
+    OverridesModel,
+    config_file,
+    dotted_overrides,
+    experiment_config,
+)
+from ragdistill.orchestration.deployments import (
+    DEPLOYMENT_NAME,
+    DEPLOYMENTS,
+    NIGHTLY_CRON,
+    NIGHTLY_ENV,
+    WORK_POOL,
+    nightly_requested,
+    runner_deployments,
+)
+from ragdistill.orchestration.server import API_URL_ENV
+from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_overrides_model_offers_every_setting_optional_with_its_constraints_and_description() -> None:
+    def compare(config_model: type[BaseModel], overrides_model: type[BaseModel], where: str) -> int:
+        assert set(overrides_model.model_fields) == set(config_model.model_fields), where
+        compared = 0
+        for name, field in config_model.model_fields.items():
+            mirror = overrides_model.model_fields[name]
+            assert mirror.default is None, f"{where}.{name}"
+            annotation = field.annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                nested = next(arg for arg in mirror.annotation.__args__ if arg is not type(None))  # type: ignore[union-attr]
+                assert issubclass(nested, OverridesModel)
+                compared += compare(annotation, nested, f"{where}.{name}")
+            else:
+                assert mirror.description == field.description, f"{where}.{name}"
+                compared += 1
+        return compared
+
+    assert compare(ExperimentConfig, ExperimentOverrides, "config") > 80
+    with pytest.raises(ValidationError, match="greater than 0"):
+        ExperimentOverrides.model_validate({"env": {"limit": 0}})
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        ExperimentOverrides.model_validate({"env": {"limt": 2}})
+    with pytest.raises(ValidationError, match="'react', 'act' or 'stateact'"):
+        ExperimentOverrides.model_validate({"agent": {"format": "cot"}})
+
+
+def test_a_config_is_named_or_a_path_and_overrides_change_only_what_they_set(tmp_path: Path) -> None:
+    named, path = experiment_config("demo-alfworld")
+    assert path == REPO / "configs" / "demo-alfworld.yaml" and config_file(str(path)) == path
+    overrides = ExperimentOverrides.model_validate(
+        {
+            "env": {"limit": 2, "data_dir": "elsewhere", "balanced": None},
+            "models": {"agent": {"sampling": {"seed": 7}}},
+        }
+    )
+    assert dotted_overrides(overrides) == {
+        "env.limit": 2,
+        "env.data_dir": "elsewhere",
+        "models.agent.sampling.seed": 7,
+    }
+    changed, _ = experiment_config(
+        "demo-alfworld", overrides, {"run.run_root": "file:///tmp/x", "env.split": None}
+    )
+    assert changed.env.limit == 2 and changed.env.data_dir == Path("elsewhere")
+    assert changed.models.agent.sampling.seed == 7 and changed.run.run_root == "file:///tmp/x"
+    unchanged = named.model_dump(exclude={"env", "models", "run"})
+    assert changed.model_dump(exclude={"env", "models", "run"}) == unchanged
+    assert changed.env.split == named.env.split and changed.models.extractor == named.models.extractor
+
+    beats, _ = experiment_config("demo-alfworld", overrides, {"env.limit": 5})
+    assert beats.env.limit == 5, "a flow's own parameter wins over the overrides"
+
+    elsewhere = tmp_path / "mine.yaml"
+    elsewhere.write_text(yaml.safe_dump({"env": {"limit": 3}}))
+    assert experiment_config(str(elsewhere))[0].env.limit == 3
+
+    with pytest.raises(ConfigError, match="demo-alfworld") as error:
+        config_file("demo-alfwrld")
+    assert "neither a YAML file nor a config" in str(error.value)
+    with pytest.raises(ConfigError, match="no StateAct transcripts"):
+        experiment_config(
+            "demo-alfworld", ExperimentOverrides.model_validate({"agent": {"format": "stateact"}})
+        )
+
+
+def flow_schemas() -> dict[str, dict[str, Any]]:
+    from prefect.utilities.callables import parameter_schema
+
+    return {spec.flow: parameter_schema(spec.load()).model_dump_for_openapi() for spec in DEPLOYMENTS}
+
+
+def test_every_deployed_flow_takes_a_config_name_and_typed_overrides_all_described() -> None:
+    for flow, schema in flow_schemas().items():
+        properties = schema["properties"]
+        assert next(iter(properties)) == "config_name" and schema["required"] == ["config_name"], flow
+        assert {"run_root", "overrides"} <= set(properties), flow
+        for name, prop in properties.items():
+            assert prop.get("description"), f"{flow}: {name} has no description"
+        assert properties["overrides"]["anyOf"][0] == {"$ref": "#/definitions/ExperimentOverrides"}
+        env = schema["definitions"]["EnvOverrides"]["properties"]
+        assert (
+            env["limit"]["description"]
+            == ExperimentConfig.model_fields["env"].annotation.model_fields["limit"].description
+        )
+
+
+def test_one_deployment_per_flow_on_the_process_pool_with_the_nightly_schedule_off_unless_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    deployments = runner_deployments("paper-alfworld-react", working_dir=tmp_path)
+    names = [deployment.full_name for deployment in deployments]
+    assert len(set(names)) == len(DEPLOYMENTS) and names[0] == f"pipeline/{DEPLOYMENT_NAME}"
+    assert {f"{flow}/{DEPLOYMENT_NAME}" for flow in ("rollout", "mine", "index", "report")} <= set(names)
+    for deployment in deployments:
+        assert deployment.work_pool_name == WORK_POOL
+        assert deployment.job_variables == {"working_dir": str(tmp_path)}
+        assert deployment.parameters == {"config_name": "paper-alfworld-react"}
+        assert deployment.entrypoint is not None and ":" not in deployment.entrypoint, "a module path"
+        assert deployment.description and "Args:" not in deployment.description
+    (pipeline,) = [d for d in deployments if d.full_name.startswith("pipeline/")]
+    (nightly,) = pipeline.schedules or []
+    assert nightly.schedule.cron == NIGHTLY_CRON and nightly.active is False  # type: ignore[union-attr]
+    assert all(not d.schedules for d in deployments if d is not pipeline)
+    (active,) = runner_deployments(nightly=True)[0].schedules or []
+    assert active.active is True
+
+    monkeypatch.delenv(NIGHTLY_ENV, raising=False)
+    assert nightly_requested() is False and nightly_requested(True) is True
+    monkeypatch.setenv(NIGHTLY_ENV, "1")
+    assert nightly_requested() is True and nightly_requested(False) is False
+
+
+def task_states(flow_run_id: uuid.UUID) -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    return {run.name: str(run.state_name) for run in runs}
+
+
+def nightly_schedules() -> list[tuple[str, bool]]:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(f"pipeline/{DEPLOYMENT_NAME}")
+        return [(s.schedule.cron, s.active) for s in client.read_deployment_schedules(deployment.id)]  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_a_deployment_run_by_a_process_worker_completes_and_a_rerun_is_cached(
+    fresh_prefect_home: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+
+    from ragdistill.orchestration.deployments import register_deployments
+    from ragdistill.orchestration.server import prefect_api
+    from ragdistill.orchestration.worker import start_worker, stop_worker
+    from ragdistill.stages import run_mining, run_rollout
+    from ragdistill.store import ArtifactStore, read_manifest
+    from test_stages import PolicyDouble, counter_config
+
+    config = counter_config(tmp_path, **{"env.limit": 2, "env.workers": 1})
+    run_rollout(config, backend=PolicyDouble("wait"))
+    run_mining(config, backend=PolicyDouble())
+    # The file names a run root with nothing in it: the run finds the hints only if the typed overrides
+    # given to the deployment run reach the flow in the worker's subprocess.
+    data = config.model_dump(mode="json")
+    data["run"]["run_root"] = f"file://{tmp_path}/empty"
+    config_path = tmp_path / "deployed.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    parameters = {"overrides": {"run": {"run_root": config.run.run_root}}}
+
+    worker_log = tmp_path / "worker.log"
+    with prefect_api(timeout_s=600) as api_url:
+        names = register_deployments(str(config_path), nightly=True, working_dir=REPO)
+        assert nightly_schedules() == [(NIGHTLY_CRON, True)]
+        assert register_deployments(str(config_path), nightly=False, working_dir=REPO) == names
+        assert nightly_schedules() == [(NIGHTLY_CRON, False)], "registering again applies the flag"
+
+        with get_client(sync_client=True) as client:
+            pipeline = client.read_deployment_by_name(f"pipeline/{DEPLOYMENT_NAME}")
+        schema = pipeline.parameter_openapi_schema or {}
+        assert "experiment config" in schema["properties"]["config_name"]["description"]
+        training = schema["definitions"]["TrainingOverrides"]["properties"]
+        assert "QLoRA" in training["load_in_4bit"]["description"]
+        assert pipeline.parameters == {"config_name": str(config_path)}
+
+        with worker_log.open("wb") as log:
+            worker = start_worker(api_url, output=log, environment={"PREFECT_WORKER_QUERY_SECONDS": "1"})
+            try:
+                runs = [
+                    run_deployment(
+                        f"index/{DEPLOYMENT_NAME}", parameters=parameters, timeout=240, poll_interval=1
+                    )
+                    for _ in range(2)
+                ]
+            finally:
+                stop_worker(worker)
+        log_tail = worker_log.read_text(errors="replace")[-4000:]
+        for run in runs:
+            assert run.state is not None and run.state.is_completed(), f"{run.state}\n{log_tail}"
+        first, second = (task_states(run.id) for run in runs)
+
+    assert first == {"index": "Completed"}, log_tail
+    assert second == {"index": "Cached"}, log_tail
+    assert runs[0].parameters["overrides"] == parameters["overrides"]
+    manifest = read_manifest(ArtifactStore(config.run.run_root), "index")
+    assert manifest.counts["hints"] >= 1
+    assert not ArtifactStore(f"file://{tmp_path}/empty").exists("index/manifest.json")
+
+
+@pytest.mark.slow
+def test_serve_starts_a_server_registers_runs_a_worker_and_stops_both_on_ctrl_c(
+    fresh_prefect_home: Path,  # noqa: F811
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from ragdistill.orchestration.server import api_answers
+
+    env = {key: value for key, value in os.environ.items() if key != API_URL_ENV}
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "ragdistill.cli", "serve", "--config", "demo-alfworld", "--timeout", "600"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines: list[str] = []
+        assert serve.stdout is not None
+        for line in serve.stdout:
+            lines.append(line)
+            if line.startswith("{"):
+                break
+        summary = json.loads(lines[-1])
+        output = "".join(lines)
+        assert summary["ui_url"] in output and f"pipeline/{DEPLOYMENT_NAME}" in output
+        assert len(summary["deployments"]) == len(DEPLOYMENTS) and summary["nightly"] is False
+        assert api_answers(summary["api_url"])
+
+        online: list[Any] = []
+        deadline = time.monotonic() + 120
+        with temporary_settings(updates={PREFECT_API_URL: summary["api_url"]}):
+            while not online and time.monotonic() < deadline:
+                with get_client(sync_client=True) as client:
+                    online = [w for w in client.read_workers_for_work_pool(WORK_POOL) if w.status == "ONLINE"]
+                time.sleep(1)
+        assert online, "the worker must come online in the work pool"
+
+        serve.send_signal(signal.SIGINT)
+        rest, _ = serve.communicate(timeout=120)
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait()
+    assert serve.returncode == 0, rest[-3000:]
+    assert "stopping the worker" in rest
+    assert not api_answers(summary["api_url"]), "serve started the server, so Ctrl-C stops it"
