@@ -376,6 +376,41 @@ class PromotionConfig(StrictModel):
     )
 
 
+class CollectConfig(StrictModel):
+    """The ``collect`` flow: the current student (the registry's current adapter, else the base model)
+    plays batches of new tasks into ``rollouts/collect-NNNN``. Batch ``n`` plays the tasks at positions
+    ``start + n * batch_size`` to ``start + (n + 1) * batch_size`` of the split's task list: a rolling
+    cursor kept by the run root itself (the next batch is the first one without a finished folder), so
+    successive collects play different tasks and a killed one resumes its own batch."""
+
+    split: str = Field("train", description="The split whose tasks collect batches play.")
+    batch_size: int = Field(8, gt=0, description="Tasks per collect batch.")
+    start: int | None = Field(
+        None,
+        ge=0,
+        description="Position of the first task batch 0 plays; empty: after the pipeline's own tasks "
+        "(env.limit) when the split is env.split, else 0.",
+    )
+
+
+class RetrainConfig(StrictModel):
+    """The ``retrain`` flow: when at least ``min_failures`` failures were recorded by collect batches
+    since the last retrain, mine them and train, evaluate and promote a new generation of students."""
+
+    min_failures: int = Field(
+        8, gt=0, description="Retrain only when at least this many new collect failures are stored."
+    )
+    trigger_events: int = Field(
+        3,
+        gt=0,
+        description="The retrain deployment's trigger fires after this many failure events "
+        "(ragdistill.failures.recorded) within trigger_window_s.",
+    )
+    trigger_window_s: float = Field(
+        3600.0, gt=0, description="The trigger's window in seconds (events inside it count together)."
+    )
+
+
 class RunConfig(StrictModel):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     run_root: str = Field("file://./runs/demo", description="fsspec URL all artifacts live under.")
@@ -399,6 +434,8 @@ class ExperimentConfig(StrictModel):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
 
     def engine_roles(self) -> dict[str, RoleConfig]:
         """The model roles a pipeline run loads (the re-ranker only for the ``llm-rerank`` retriever)."""

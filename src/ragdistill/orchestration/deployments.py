@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,10 +43,12 @@ TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 
 @dataclass(frozen=True)
 class FlowDeployment:
-    """One deployment: the flow it runs, as ``module.function``, and whether it has the nightly schedule."""
+    """One deployment: the flow it runs, as ``module.function``, whether it has the nightly schedule, and
+    whether failure events trigger it (with a concurrency limit of 1; see :func:`retrain_trigger`)."""
 
     flow: str
     nightly: bool = False
+    retrain_trigger: bool = False
 
     def load(self) -> Flow[..., Any]:
         module_name, _, attribute = self.flow.rpartition(".")
@@ -63,6 +66,8 @@ DEPLOYMENTS: tuple[FlowDeployment, ...] = (
     FlowDeployment("ragdistill.flows.standalone.train_flow"),
     FlowDeployment("ragdistill.flows.standalone.evaluate_flow"),
     FlowDeployment("ragdistill.flows.standalone.report_flow"),
+    FlowDeployment("ragdistill.flows.retrain.collect_flow"),
+    FlowDeployment("ragdistill.flows.retrain.retrain_flow", retrain_trigger=True),
 )
 
 
@@ -78,6 +83,31 @@ def _summary(flow: Flow[..., Any]) -> str | None:
     return flow.description.split("\n\n")[0].strip() if flow.description else None
 
 
+def retrain_trigger(config_name: str) -> Any:
+    """The retrain deployment's trigger: ``retrain.trigger_events`` failure events of one run root within
+    ``retrain.trigger_window_s`` (of the config ``config_name``) start one run on that run root. The trigger
+    is reactive: after firing it ignores further events until its window ends, so the retrain reads every
+    failure from storage rather than counting events."""
+    from prefect.events import DeploymentEventTrigger
+    from prefect.events.schemas.automations import Posture
+
+    from ragdistill.config import load_config
+    from ragdistill.flows.parameters import config_file
+    from ragdistill.orchestration.events import FAILURES_RECORDED, RESOURCE_PREFIX, RUN_ROOT_LABEL
+
+    settings = load_config(config_file(config_name)).retrain
+    return DeploymentEventTrigger(
+        name="failures-recorded",
+        expect={FAILURES_RECORDED},
+        match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
+        for_each={RUN_ROOT_LABEL},
+        posture=Posture.Reactive,
+        threshold=settings.trigger_events,
+        within=timedelta(seconds=settings.trigger_window_s),
+        parameters={"config_name": config_name, "run_root": "{{ event.resource['" + RUN_ROOT_LABEL + "'] }}"},
+    )
+
+
 def runner_deployments(
     config_name: str = DEFAULT_CONFIG,
     nightly: bool = False,
@@ -87,6 +117,7 @@ def runner_deployments(
     """One deployment per entry of :data:`DEPLOYMENTS`, whose runs default to ``config_name`` and run in
     ``working_dir`` (default: the project folder); the nightly schedule is active only when ``nightly``."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
@@ -105,6 +136,16 @@ def runner_deployments(
             if spec.nightly
             else []
         )
+        triggered = (
+            {
+                "triggers": [retrain_trigger(config_name)],
+                "concurrency_limit": ConcurrencyLimitConfig(
+                    limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+                ),
+            }
+            if spec.retrain_trigger
+            else {}
+        )
         deployments.append(
             RunnerDeployment.from_flow(
                 flow,
@@ -116,6 +157,7 @@ def runner_deployments(
                 work_pool_name=work_pool,
                 job_variables={"working_dir": str(folder)},
                 entrypoint_type=EntrypointType.MODULE_PATH,
+                **triggered,
             )
         )
     return deployments

@@ -1,0 +1,85 @@
+"""Prefect tasks of the collect and retrain flows: play a collect batch and announce its failures; decide
+whether a retrain runs; make a generation's root ready (``stages.collect``, ``stages.retrain``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+
+from ragdistill.config import ExperimentConfig
+from ragdistill.orchestration.events import emit_failures_recorded
+from ragdistill.stages.collect import recorded_failures, run_collect
+from ragdistill.stages.retrain import (
+    PendingFailures,
+    Watermark,
+    pending_failures,
+    prepare_generation,
+    read_watermark,
+    record_decision,
+    skip_reason,
+)
+from ragdistill.store import ArtifactStore
+from ragdistill.tasks.common import publish_manifest
+from ragdistill.tasks.rollout import progress_reporter
+
+
+@task(name="collect", task_run_name="collect", result_serializer="json")
+def collect_task(config: ExperimentConfig, batch: int | None = None) -> dict[str, Any]:
+    """Play the next (or the given) collect batch; emit its failures event. Not cached by Prefect: which
+    batch is next depends on the run root, and the rollout stage itself skips finished work."""
+    store = ArtifactStore(config.run.run_root)
+    planned, manifest = run_collect(config, batch, progress=progress_reporter("collect"))
+    failures = len(recorded_failures(store, planned.stage))
+    emit_failures_recorded(config, planned.stage, failures)
+    result = publish_manifest(
+        manifest, key=f"rollout-{planned.stage}", description=f"{config.run.name}: rollouts/{planned.stage}"
+    )
+    return {**result, "batch": planned.stage, "failures": failures, "adapter": planned.adapter}
+
+
+@task(name="retrain-decision", task_run_name="retrain-decision", result_serializer="json")
+def retrain_decision_task(config: ExperimentConfig) -> dict[str, Any]:
+    """Read the watermark and the stored failures; record a skip (with its reason) when there are too few."""
+    store = ArtifactStore(config.run.run_root)
+    watermark = read_watermark(store)
+    pending = pending_failures(store, watermark)
+    reason = skip_reason(config, pending)
+    decision = {
+        "generation": watermark.generation + 1,
+        "new_failures": pending.total,
+        "by_batch": {stage: len(ids) for stage, ids in pending.by_stage.items()},
+        "min_failures": config.retrain.min_failures,
+        "skipped": reason,
+    }
+    if reason is not None:
+        record_decision(store, decision)
+        create_markdown_artifact(
+            key="retrain-decision", markdown=f"**Retrain skipped**: {reason}", description=config.run.name
+        )
+    return {**decision, "watermark": _as_dict(watermark), "pending": pending.by_stage}
+
+
+@task(name="prepare-generation", task_run_name="prepare-generation-{generation}", result_serializer="json")
+def prepare_generation_task(config: ExperimentConfig, generation: int, stages: list[str]) -> dict[str, Any]:
+    manifest = prepare_generation(config, generation, stages)
+    return publish_manifest(
+        manifest,
+        key=f"generation-{generation}-base",
+        description=f"{config.run.name}: generation {generation}",
+    )
+
+
+def watermark_from(decision: dict[str, Any]) -> tuple[Watermark, PendingFailures]:
+    recorded = decision["watermark"]
+    watermark = Watermark(recorded["generation"], recorded["consumed"], recorded.get("updated_at"))
+    return watermark, PendingFailures(decision["pending"])
+
+
+def _as_dict(watermark: Watermark) -> dict[str, Any]:
+    return {
+        "generation": watermark.generation,
+        "consumed": watermark.consumed,
+        "updated_at": watermark.updated_at,
+    }

@@ -1,0 +1,208 @@
+"""Collect batches, the retrain watermark and skip rule, generations, and the failure-triggered retrain.
+
+The fast tests play the counter-double environment with policy doubles (tests/test_stages.py). The slow
+test runs a real ``prefect server start`` and a real process worker: it emits failure events for a run
+root whose stored failures stay below ``retrain.min_failures``, so the triggered retrain runs for real in
+the worker's subprocess and completes with its skip reason without loading a model. It proves the
+trigger fires the retrain deployment exactly once for N events, that a second batch of events inside the
+window starts no second run, and that the triggered run reads storage and records why it skipped.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import env_doubles  # noqa: F401  (registers the counter-double environment)
+from ragdistill.config import ExperimentConfig
+from ragdistill.leases import LeaseHeldError
+from ragdistill.stages import run_mining, run_rollout
+from ragdistill.stages.collect import finished_batches, next_batch, recorded_failures, run_collect
+from ragdistill.stages.retrain import (
+    LAST_DECISION_FILE,
+    WATERMARK_FILE,
+    advance_watermark,
+    generation_config,
+    pending_failures,
+    prepare_generation,
+    read_watermark,
+    retrain_lease,
+    skip_reason,
+)
+from ragdistill.store import ArtifactStore, read_manifest, read_records
+from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
+from test_stages import PolicyDouble, counter_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def collect_config(tmp_path: Path, **overrides: object) -> ExperimentConfig:
+    settings: dict[str, object] = {
+        "env.limit": 2,
+        "env.workers": 1,
+        "env.split": "test",
+        "collect.split": "test",
+        "collect.batch_size": 2,
+        "retrain.min_failures": 3,
+    }
+    return counter_config(tmp_path, **{**settings, **overrides})
+
+
+def played_task_ids(config: ExperimentConfig, stage: str) -> list[str]:
+    store = ArtifactStore(config.run.run_root)
+    return [
+        record["task_id"]
+        for record in read_records(store, f"rollouts/{stage}", read_manifest(store, f"rollouts/{stage}"))
+    ]
+
+
+def test_successive_collects_play_new_tasks_with_the_base_model_before_any_promotion(tmp_path: Path) -> None:
+    config = collect_config(tmp_path)
+    run_rollout(config, backend=PolicyDouble("wait"))
+    store = ArtifactStore(config.run.run_root)
+    first, _ = run_collect(config, backend=PolicyDouble("wait"))
+    second, _ = run_collect(config, backend=PolicyDouble("inc"))
+    assert (first.stage, second.stage) == ("collect-0000", "collect-0001")
+    assert first.adapter is None and second.adapter is None
+    base = set(played_task_ids(config, "base"))
+    batch0, batch1 = played_task_ids(config, first.stage), played_task_ids(config, second.stage)
+    assert sorted(batch0) == ["t2", "t3"] and sorted(batch1) == ["t4", "t5"]
+    assert not base & set(batch0) and not set(batch0) & set(batch1)
+    assert finished_batches(store) == ["collect-0000", "collect-0001"] and next_batch(store) == 2
+    assert len(recorded_failures(store, first.stage)) == 2 and not recorded_failures(store, second.stage)
+
+
+def test_retrain_skips_below_the_threshold_and_the_watermark_consumes_only_what_was_read(
+    tmp_path: Path,
+) -> None:
+    config = collect_config(tmp_path)
+    store = ArtifactStore(config.run.run_root)
+    assert pending_failures(store, read_watermark(store)).total == 0
+    run_collect(config, backend=PolicyDouble("wait"))
+    watermark = read_watermark(store)
+    pending = pending_failures(store, watermark)
+    assert pending.total == 2
+    reason = skip_reason(config, pending)
+    assert reason is not None and "fewer than retrain.min_failures (3)" in reason
+
+    run_collect(config, backend=PolicyDouble("wait"))
+    pending = pending_failures(store, watermark)
+    assert pending.total == 4 and skip_reason(config, pending) is None
+    advanced = advance_watermark(store, watermark, pending)
+    assert advanced.generation == 1 and store.exists(WATERMARK_FILE)
+    assert read_watermark(store).consumed == advanced.consumed
+    assert pending_failures(store, read_watermark(store)).total == 0, (
+        "consumed failures are never counted again"
+    )
+
+    run_collect(config, backend=PolicyDouble("wait"))
+    assert pending_failures(store, read_watermark(store)).by_stage.keys() == {"collect-0002"}
+
+
+def test_one_retrain_per_run_root_holds_the_retrain_lease(tmp_path: Path) -> None:
+    config = collect_config(tmp_path)
+    with retrain_lease(config), pytest.raises(LeaseHeldError), retrain_lease(config):
+        pass
+    with retrain_lease(config):
+        pass
+
+
+def test_a_generation_combines_base_and_collect_episodes_and_mines_only_new_failures(tmp_path: Path) -> None:
+    config = collect_config(tmp_path)
+    run_rollout(config, backend=PolicyDouble("wait"))
+    run_mining(config, backend=PolicyDouble())
+    batch, _ = run_collect(config, backend=PolicyDouble("wait"))
+    manifest = prepare_generation(config, 1, [batch.stage])
+    assert manifest.counts["episodes"] == 4 and set(manifest.inputs) == {
+        "rollouts/base",
+        "rollouts/collect-0000",
+    }
+    again = prepare_generation(config, 1, [batch.stage])
+    assert again.digest == manifest.digest, "a prepared generation is current"
+
+    generation = generation_config(config, 1)
+    extractor = PolicyDouble()
+    mined = run_mining(generation, backend=extractor)
+    generation_store = ArtifactStore(generation.run.run_root)
+    stats = generation_store.read_json("hints/run-stats.json")
+    assert stats["sent_to_extractor_now"] == 2 and stats["reused_answers"] == 2
+    assert len(extractor.requests) == 2, "the base failures' answers come from the inherited ledger"
+    assert mined.counts["bank_size"] >= 1
+    parent = read_manifest(ArtifactStore(config.run.run_root), "hints")
+    assert parent.counts["failures_not_answered"] == 0 and "generations/1" in generation.run.run_root
+
+
+def wait_for(condition: Any, timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+def flow_runs(deployment_name: str) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with get_client(sync_client=True) as client:
+        deployment = client.read_deployment_by_name(deployment_name)
+        return client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+
+
+@pytest.mark.slow
+def test_failure_events_trigger_one_retrain_which_skips_below_the_threshold(
+    fresh_prefect_home: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from ragdistill.orchestration.deployments import DEPLOYMENT_NAME, register_deployments
+    from ragdistill.orchestration.events import emit_failures_recorded
+    from ragdistill.orchestration.server import prefect_api
+    from ragdistill.orchestration.worker import start_worker, stop_worker
+
+    config = collect_config(
+        tmp_path, **{"retrain.min_failures": 50, "retrain.trigger_events": 3, "retrain.trigger_window_s": 600}
+    )
+    batch, _ = run_collect(config, backend=PolicyDouble("wait"))
+    config_path = tmp_path / "retrain.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    retrain = f"retrain/{DEPLOYMENT_NAME}"
+    worker_log = tmp_path / "worker.log"
+
+    with prefect_api(timeout_s=600) as api_url:
+        register_deployments(str(config_path), working_dir=REPO)
+        with worker_log.open("wb") as log:
+            worker = start_worker(api_url, output=log, environment={"PREFECT_WORKER_QUERY_SECONDS": "1"})
+            try:
+                for _ in range(2):
+                    emit_failures_recorded(config, batch.stage, 2)
+                time.sleep(5)
+                assert flow_runs(retrain) == [], "two events are below the trigger's threshold of three"
+                emit_failures_recorded(config, batch.stage, 2)
+                (run,) = wait_for(lambda: flow_runs(retrain), 60, "the triggered retrain run")
+                for _ in range(3):  # a second batch inside the window
+                    emit_failures_recorded(config, batch.stage, 2)
+                wait_for(
+                    lambda: all(r.state is not None and r.state.is_final() for r in flow_runs(retrain)),
+                    300,
+                    "the retrain run to finish",
+                )
+                time.sleep(5)
+                runs = flow_runs(retrain)
+            finally:
+                stop_worker(worker)
+    log_tail = worker_log.read_text(errors="replace")[-4000:]
+    assert len(runs) == 1, f"exactly one retrain for both batches of events: {runs}\n{log_tail}"
+    (run,) = runs
+    assert run.state is not None and run.state.is_completed(), f"{run.state}\n{log_tail}"
+    assert run.parameters["run_root"] == ArtifactStore(config.run.run_root).root_url
+    decision = ArtifactStore(config.run.run_root).read_json(LAST_DECISION_FILE)
+    assert decision["new_failures"] == 2 and "fewer than retrain.min_failures (50)" in decision["skipped"]
+    assert not ArtifactStore(config.run.run_root).exists(WATERMARK_FILE), "a skip never moves the watermark"
