@@ -31,14 +31,16 @@ class InstructedPolicyDouble:
 
     name = "instructed-policy-double"
 
-    def __init__(self, crash_on: frozenset[str] = frozenset()) -> None:
-        self.crash_on = crash_on
+    def __init__(self, crash_on: frozenset[str] = frozenset(), trace_dir: Path | None = None) -> None:
+        self.crash_on, self.trace_dir = crash_on, trace_dir
         self.games: list[str] = []
 
     def count_tokens(self, messages: list[ChatMessage], completion: str = "") -> tuple[int, int]:
         return sum(len(m.content.split()) + 1 for m in messages), len(completion.split())
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
+        if self.trace_dir is not None:
+            (self.trace_dir / str(os.getpid())).touch()
         out = []
         for request in requests:
             text = " ".join(m.content for m in request.messages)
@@ -129,9 +131,11 @@ def test_shards_on_a_local_ray_instance_equal_the_unsharded_rollout(
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with use_shard_runner(prefect_shard_runner(sharded.orchestration)):
-            second = run_rollout(sharded, backend=InstructedPolicyDouble())
+            second = run_rollout(sharded, backend=InstructedPolicyDouble(trace_dir=tmp_path))
     finally:
         ray.shutdown()
     print(f"sharded rollout on local Ray: {time.perf_counter() - started:.1f}s")
+    players = {int(path.name) for path in tmp_path.iterdir() if path.name.isdigit()}
+    assert players and os.getpid() not in players, "the shards ran in Ray workers"
     assert played(sharded)[1] == played(single)[1]
     assert second.counts == first.counts and second.identity == first.identity

@@ -71,7 +71,11 @@ class BackendConfig(StrictModel):
         description="vllm on a GPU: this engine's share of the GPU's memory (weights + KV cache). None: "
         f"{DEFAULT_GPU_SHARE} split evenly among the run's in-process engines that leave it unset.",
     )
-    tensor_parallel_size: int = Field(1, gt=0)
+    tensor_parallel_size: int = Field(
+        1,
+        gt=0,
+        description="vllm: GPUs one engine is split over (with Ray shards, set gpus_per_shard to match).",
+    )
     enable_prefix_caching: bool = True
     max_lora_rank: int = Field(64, gt=0)
     enable_lora: bool | None = Field(
