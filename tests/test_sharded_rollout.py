@@ -139,3 +139,18 @@ def test_shards_on_a_local_ray_instance_equal_the_unsharded_rollout(
     assert players and os.getpid() not in players, "the shards ran in Ray workers"
     assert played(sharded)[1] == played(single)[1]
     assert second.counts == first.counts and second.identity == first.identity
+
+
+@pytest.mark.slow
+def test_shards_as_prefect_tasks_in_process_equal_the_unsharded_rollout(
+    tmp_path: Path, prefect_server: None
+) -> None:
+    from ragdistill.orchestration.runners import prefect_shard_runner
+
+    single = counter_config(tmp_path / "single")
+    sharded = counter_config(tmp_path / "threads", **{"rollout.shards": 2})
+    first = run_rollout(single, backend=InstructedPolicyDouble())
+    with use_shard_runner(prefect_shard_runner(sharded.orchestration)):
+        second = run_rollout(sharded, backend=InstructedPolicyDouble(trace_dir=tmp_path))
+    assert {int(path.name) for path in tmp_path.iterdir() if path.name.isdigit()} == {os.getpid()}
+    assert played(sharded)[1] == played(single)[1] and second.counts == first.counts
