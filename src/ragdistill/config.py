@@ -71,7 +71,11 @@ class BackendConfig(StrictModel):
         description="vllm on a GPU: this engine's share of the GPU's memory (weights + KV cache). None: "
         f"{DEFAULT_GPU_SHARE} split evenly among the run's in-process engines that leave it unset.",
     )
-    tensor_parallel_size: int = Field(1, gt=0)
+    tensor_parallel_size: int = Field(
+        1,
+        gt=0,
+        description="vllm: GPUs one engine is split over (with Ray shards, set gpus_per_shard to match).",
+    )
     enable_prefix_caching: bool = True
     max_lora_rank: int = Field(64, gt=0)
     enable_lora: bool | None = Field(
@@ -183,6 +187,31 @@ class RolloutConfig(StrictModel):
         description="Within one run, how often episodes ended by an infrastructure fault (a crashed "
         "worker, a lost HTTP call) are played again before the stage ends.",
     )
+    shards: int = Field(
+        1,
+        gt=0,
+        description="Split each rollout's task list into this many shards (round-robin over the pinned "
+        "task list), played as parallel Prefect tasks on ``orchestration.task_runner``; each shard keeps "
+        "its own records and resumes on its own. Not part of any identity: the merged records are the same.",
+    )
+
+
+class OrchestrationConfig(StrictModel):
+    """Where rollout shards run. Never part of a stage's identity: the same shards on another runner
+    produce the same records."""
+
+    task_runner: Literal["in-process", "ray"] = Field(
+        "in-process",
+        description="in-process: shards run as threads of this process and share its model engines; "
+        "ray: each shard is a Ray task (prefect-ray's RayTaskRunner) with its own engine.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="An existing Ray cluster (e.g. ray://head:10001 or auto); None: start a local Ray "
+        "instance for the rollout.",
+    )
+    gpus_per_shard: float = Field(0.0, ge=0, description="GPUs each Ray shard asks for (num_gpus).")
+    cpus_per_shard: float = Field(1.0, ge=0, description="CPUs each Ray shard asks for (num_cpus).")
 
 
 class MiningConfig(StrictModel):
@@ -436,6 +465,7 @@ class ExperimentConfig(StrictModel):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     collect: CollectConfig = Field(default_factory=CollectConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
 
     def engine_roles(self) -> dict[str, RoleConfig]:
         """The model roles a pipeline run loads (the re-ranker only for the ``llm-rerank`` retriever)."""

@@ -10,7 +10,13 @@ A rollout's identity (``stages.lifecycle``) is made of what changes its episodes
 - growable: the task list (a larger ``env.limit`` keeps every finished episode and plays the rest);
 - code: the rollout engine, agents, environments and backends.
 
-Never: run names, worker and batch counts, shard size, data folder paths, mining or training settings.
+Never: run names, worker and batch counts, shard size, data folder paths, mining or training settings,
+the number of rollout shards (``rollout.shards``) or where they run (``orchestration``).
+
+With ``rollout.shards`` > 1 the pending tasks are split round-robin over the pinned task list and played
+as parallel shards, each into ``<stage>/shards/<k>/`` under its own lease; every run merges the shard
+folders it finds into the stage's records first and last, so a killed run resumes per shard and the
+finished stage has the same files as an unsharded one (``stages.shards``).
 """
 
 from __future__ import annotations
@@ -27,10 +33,20 @@ from ragdistill.episodes import EpisodeRecord, EpisodeSource
 from ragdistill.identity import code_fingerprint, digest
 from ragdistill.inference.base import Backend
 from ragdistill.inference.shared import shared_backend
+from ragdistill.leases import StageLease
 from ragdistill.rollout import EngineSettings, HintSource, ProgressCallback, RolloutEngine, RolloutStats
 from ragdistill.stages.layout import BASE_STAGE, rollout_prefix
 from ragdistill.stages.lifecycle import StageError, StageIdentity, StageRun
 from ragdistill.stages.roles import ResolvedAdapter, resolve_adapter, role_settings
+from ragdistill.stages.shards import (
+    ShardJob,
+    combined_progress,
+    current_shard_runner,
+    merge_shards,
+    shard_dir,
+    split_round_robin,
+    total_stats,
+)
 from ragdistill.store import ArtifactStore, Manifest, RecordLog, read_records
 
 if TYPE_CHECKING:
@@ -131,7 +147,11 @@ def run_rollout_plan(
             return run.current
         started = time.perf_counter()
         records = episode_log(store, prefix, config)
-        stats = _play(config, plan, tasks, adapter, records, backend, progress)
+        merge_shards(records)
+        if config.rollout.shards > 1:
+            stats = _play_in_shards(config, plan, tasks, records, backend, progress, label)
+        else:
+            stats = _play(config, plan, tasks, adapter, records, backend, progress)
         wanted = {task.task_id for task in tasks}
         shards = records.compact(keep=lambda record: record["task_id"] in wanted)
         shards.append(write_task_list(store, prefix, plan.env, tasks))
@@ -148,6 +168,57 @@ def run_rollout_plan(
                 "seconds": round(time.perf_counter() - started, 2),
             },
         )
+
+
+def _play_in_shards(
+    config: ExperimentConfig,
+    plan: RolloutPlan,
+    tasks: Sequence[TaskInfo],
+    records: RecordLog,
+    backend: Backend | None,
+    progress: ProgressCallback | None,
+    label: str,
+) -> RolloutStats:
+    """Play the tasks without a finished record as ``rollout.shards`` shards on the current runner
+    (``stages.shards``), then merge the shards' records into ``records``."""
+    finished = {item["task_id"] for item in records.records() if not _is_transient(item)}
+    count = config.rollout.shards
+    pending = [
+        [task for task in part if task.task_id not in finished] for part in split_round_robin(tasks, count)
+    ]
+    total = sum(len(part) for part in pending)
+    on_episode = combined_progress(progress, total)
+    jobs = [
+        ShardJob(config, plan, index, count, part, backend=backend, progress=on_episode)
+        for index, part in enumerate(pending)
+        if part
+    ]
+    if not jobs:
+        return RolloutStats()
+    log.info("%s: %d episode(s) in %d shard(s)", label, total, len(jobs))
+    try:
+        return total_stats(current_shard_runner()(jobs))
+    finally:
+        merge_shards(records)
+
+
+def play_shard(job: ShardJob) -> RolloutStats:
+    """Play one shard into ``<stage>/shards/<k>`` under that folder's lease; the records stay there until
+    the stage merges them. Runs in any process that can import ragdistill and the environment."""
+    config, plan = job.config, job.plan
+    store = ArtifactStore(config.run.run_root)
+    folder = shard_dir(rollout_prefix(plan.stage), job.index)
+    adapter = resolve_adapter(store, plan.role.model.adapter)
+    label = f"{config.run.name}: {folder}"
+    with StageLease(store, folder, label=label, wait_s=config.run.lease_wait_s):
+        records = RecordLog(
+            store, folder, key=lambda record: record["task_id"], shard_size=config.rollout.shard_size
+        )
+        return _play(config, plan, job.tasks, adapter, records, job.backend, job.progress)
+
+
+def _is_transient(record: dict[str, Any]) -> bool:
+    return record["stop_reason"] == "error" and record.get("error_kind") == "transient"
 
 
 def _play(
@@ -178,11 +249,7 @@ def _play(
     total = RolloutStats()
     hint_source = None
     for attempt in range(1 + config.rollout.transient_retries):
-        finished = {
-            item["task_id"]
-            for item in records.records()
-            if not (item["stop_reason"] == "error" and item.get("error_kind") == "transient")
-        }
+        finished = {item["task_id"] for item in records.records() if not _is_transient(item)}
         pending = [task for task in tasks if task.task_id not in finished]
         if not pending:
             break

@@ -11,11 +11,13 @@ from typing import Any
 from prefect import task
 
 from ragdistill.config import ExperimentConfig
+from ragdistill.orchestration.runners import prefect_shard_runner
 from ragdistill.stages.indexing import indexing_identity, run_indexing
 from ragdistill.stages.layout import HINTS_DIR, INDEX_DIR, TEACHER_STAGE, rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity
 from ragdistill.stages.mining import mining_identity, run_mining
 from ragdistill.stages.rollout import plan_identity
+from ragdistill.stages.shards import use_shard_runner
 from ragdistill.stages.teaching import run_teacher, teacher_plan
 from ragdistill.store import ArtifactStore
 from ragdistill.tasks.common import publish_manifest, stage_cache_policy
@@ -63,7 +65,8 @@ def index_task(config: ExperimentConfig, hints_digest: str) -> dict[str, Any]:
     result_serializer="json",
 )
 def teach_task(config: ExperimentConfig, hints_digest: str, index_digest: str | None) -> dict[str, Any]:
-    manifest = run_teacher(config, progress=progress_reporter(TEACHER_STAGE))
+    with use_shard_runner(prefect_shard_runner(config.orchestration)):
+        manifest = run_teacher(config, progress=progress_reporter(TEACHER_STAGE))
     return publish_manifest(
         manifest, key="rollout-teacher", description=f"{config.run.name}: rollouts/teacher"
     )

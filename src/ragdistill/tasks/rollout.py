@@ -9,10 +9,12 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ragdistill.config import ExperimentConfig
 from ragdistill.episodes import EpisodeRecord
+from ragdistill.orchestration.runners import prefect_shard_runner
 from ragdistill.rollout import ProgressCallback
 from ragdistill.stages.layout import rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity
 from ragdistill.stages.rollout import base_plan, plan_identity, run_rollout
+from ragdistill.stages.shards import use_shard_runner
 from ragdistill.tasks.common import publish_manifest, stage_cache_policy
 
 
@@ -38,7 +40,8 @@ def _identify(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str
     result_serializer="json",
 )
 def rollout_task(config: ExperimentConfig, stage: str = "base") -> dict[str, Any]:
-    manifest = run_rollout(config, stage, progress=progress_reporter(stage))
+    with use_shard_runner(prefect_shard_runner(config.orchestration)):
+        manifest = run_rollout(config, stage, progress=progress_reporter(stage))
     return publish_manifest(
         manifest, key=f"rollout-{stage}", description=f"{config.run.name}: rollouts/{stage}"
     )

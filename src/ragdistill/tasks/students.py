@@ -11,6 +11,7 @@ from prefect import task
 
 from ragdistill.config import ExperimentConfig
 from ragdistill.errors import UserFacingError
+from ragdistill.orchestration.runners import prefect_shard_runner
 from ragdistill.stages.datasets import dataset_dir, dataset_identity, run_dataset
 from ragdistill.stages.evaluation import SkippedMethod, eval_plan, eval_stage, run_evaluation
 from ragdistill.stages.expert import expert_identity, expert_tasks, run_expert_teacher
@@ -18,6 +19,7 @@ from ragdistill.stages.layout import EXPERT_STAGE, REPORTS_DIR, rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity
 from ragdistill.stages.report import report_identity, run_report
 from ragdistill.stages.rollout import plan_identity
+from ragdistill.stages.shards import use_shard_runner
 from ragdistill.stages.training import adapter_dir, run_training, training_identity
 from ragdistill.store import ArtifactStore
 from ragdistill.tasks.common import publish_manifest, stage_cache_policy
@@ -99,7 +101,8 @@ def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict
     result_serializer="json",
 )
 def evaluate_task(config: ExperimentConfig, method: str, upstream_digests: list[str]) -> dict[str, Any]:
-    outcome = run_evaluation(config, method, progress=progress_reporter(eval_stage(method)))
+    with use_shard_runner(prefect_shard_runner(config.orchestration)):
+        outcome = run_evaluation(config, method, progress=progress_reporter(eval_stage(method)))
     if isinstance(outcome, SkippedMethod):
         return {"method": method, "skipped": outcome.reason, "counts": {}, "digest": None}
     return publish_manifest(
