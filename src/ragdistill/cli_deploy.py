@@ -30,6 +30,15 @@ NightlyOption = Annotated[
     ),
 ]
 PoolOption = Annotated[str, typer.Option("--pool", help="The process work pool (created if missing).")]
+RUN_ROOT_ENV = "RAGDISTILL_RUN_ROOT"
+RunRootOption = Annotated[
+    str | None,
+    typer.Option(
+        "--run-root",
+        envvar=RUN_ROOT_ENV,
+        help="The run root deployment runs default to (e.g. s3://bucket/runs/demo), instead of the config's.",
+    ),
+]
 
 
 def _print_json_line(payload: dict[str, Any]) -> None:
@@ -37,13 +46,15 @@ def _print_json_line(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _register(config: str, nightly: bool | None, pool: str) -> tuple[list[str], bool]:
+def _register(
+    config: str, nightly: bool | None, pool: str, run_root: str | None = None
+) -> tuple[list[str], bool]:
     from ragdistill.flows.parameters import config_file
     from ragdistill.orchestration.deployments import nightly_requested, register_deployments
 
     config_file(config)  # an unknown config fails here, not in every run
     active = nightly_requested(nightly)
-    return register_deployments(config, active, pool), active
+    return register_deployments(config, active, pool, run_root=run_root), active
 
 
 def _echo_deployments(names: list[str], nightly: bool) -> None:
@@ -55,14 +66,17 @@ def _echo_deployments(names: list[str], nightly: bool) -> None:
 
 @deploy_app.command()
 def deploy(
-    config: ConfigNameOption = DEFAULT_CONFIG, nightly: NightlyOption = None, pool: PoolOption = WORK_POOL
+    config: ConfigNameOption = DEFAULT_CONFIG,
+    nightly: NightlyOption = None,
+    pool: PoolOption = WORK_POOL,
+    run_root: RunRootOption = None,
 ) -> None:
     """Register the work pool and one deployment per flow with the Prefect server, then exit (a worker
     started elsewhere runs them: `prefect worker start --pool ragdistill-process`)."""
     from ragdistill.orchestration.server import prefect_api
 
     with prefect_api() as api_url:
-        names, active = _register(config, nightly, pool)
+        names, active = _register(config, nightly, pool, run_root)
     _echo_deployments(names, active)
     typer.echo(f"registered on {api_url} in work pool {pool!r}")
     _print_json_line({"api_url": api_url, "deployments": names, "nightly": active, "work_pool": pool})

@@ -113,9 +113,11 @@ def runner_deployments(
     nightly: bool = False,
     work_pool: str = WORK_POOL,
     working_dir: Path | None = None,
+    run_root: str | None = None,
 ) -> list[RunnerDeployment]:
-    """One deployment per entry of :data:`DEPLOYMENTS`, whose runs default to ``config_name`` and run in
-    ``working_dir`` (default: the project folder); the nightly schedule is active only when ``nightly``."""
+    """One deployment per entry of :data:`DEPLOYMENTS`, whose runs default to ``config_name`` (and to
+    ``run_root`` instead of the config's run root, when given) and run in ``working_dir`` (default: the
+    project folder); the nightly schedule is active only when ``nightly``."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
@@ -151,7 +153,7 @@ def runner_deployments(
                 flow,
                 name=DEPLOYMENT_NAME,
                 schedules=schedules,
-                parameters={"config_name": config_name},
+                parameters={"config_name": config_name, **({"run_root": run_root} if run_root else {})},
                 description=_summary(flow),
                 tags=TAGS,
                 work_pool_name=work_pool,
@@ -199,12 +201,13 @@ def register_deployments(
     nightly: bool = False,
     work_pool: str = WORK_POOL,
     working_dir: Path | None = None,
+    run_root: str | None = None,
 ) -> list[str]:
     """Create the work pool if missing and create or update every deployment; their full names
     (``<flow>/<deployment>``), pipeline first."""
     ensure_work_pool(work_pool)
     names = []
-    for deployment in runner_deployments(config_name, nightly, work_pool, working_dir):
+    for deployment in runner_deployments(config_name, nightly, work_pool, working_dir, run_root):
         deployment.apply(work_pool_name=work_pool)
         names.append(deployment.full_name)
     return names

@@ -7,13 +7,21 @@ of the task wrapper. Before Prefect looks the key up, the stored result under it
 stage's outputs are current (manifest of that identity, every listed file unchanged) and the result
 describes exactly those outputs. So a deleted or altered artifact re-runs its stage (and, through its
 new content digest, everything downstream), a setting no stage reads re-runs nothing, and two
-checkouts never share results (different absolute run roots). Results are small JSON manifests,
-persisted under ``<run root>/.prefect-results`` for local run roots (not persisted for object-store
-roots: the stage functions then find their own outputs current in seconds).
+checkouts never share results (different absolute run roots).
+
+Results are small JSON manifests, persisted under ``<run root>/.prefect-results`` on local disks and
+object stores alike, always with Prefect's JSON serializer: a stored result is only ever parsed as JSON,
+never unpickled, since anyone who can write to shared storage could plant a pickle. On ``s3://`` roots
+the storage is a ``RemoteFileSystem`` block (Prefect wants it saved on the server, one per run root)
+holding only the base path, never settings: s3fs takes the endpoint and keys from the environment of
+each process that reads or writes (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``), so no secret reaches the Prefect server, a block document or a task's
+options.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Callable
@@ -24,6 +32,7 @@ from typing import Any, TypeVar
 from prefect import Task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import CachePolicy
+from prefect.filesystems import RemoteFileSystem
 
 from ragdistill.config import ExperimentConfig
 from ragdistill.errors import UserFacingError
@@ -32,6 +41,8 @@ from ragdistill.stages.lifecycle import StageIdentity, current_manifest
 from ragdistill.store import ArtifactStore, Manifest
 
 RESULTS_DIR = ".prefect-results"
+RESULT_SERIALIZER = "json"
+RESULTS_BLOCK_PREFIX = "ragdistill-results"
 Identify = Callable[[ExperimentConfig, dict[str, Any]], tuple[str, StageIdentity]]
 """(config, the task's parameters) -> (stage folder, identity the stage would run under)."""
 
@@ -47,21 +58,25 @@ def stage_cache_key(identify: Identify, task_module: str) -> Callable[[Any, dict
         except UserFacingError:  # an input is missing, or nothing to identify: run the task, which says why
             return uuid.uuid4().hex
         value = digest([store.root_url, identity.key, code_fingerprint(task_module)])
-        current = current_manifest(store, stage_dir, identity)
-        if store.is_local and not _stored_result_matches(Path(store.root) / RESULTS_DIR / value, current):
-            (Path(store.root) / RESULTS_DIR / value).unlink(missing_ok=True)
+        results = store.child(RESULTS_DIR)
+        if not _stored_result_matches(results, value, current_manifest(store, stage_dir, identity)):
+            results.delete(value)
         return value
 
     return key
 
 
-def _stored_result_matches(path: Path, current: Manifest | None) -> bool:
-    """Whether Prefect's stored result for a key describes the stage's current outputs. A result of
-    outputs that were since deleted, altered or rebuilt must not be served: it is removed instead."""
-    if current is None or not path.is_file():
+def _stored_result_matches(results: ArtifactStore, key: str, current: Manifest | None) -> bool:
+    """Whether Prefect's stored result under ``key`` is a JSON result that describes the stage's current
+    outputs. Anything else (outputs since deleted, altered or rebuilt; another serializer; an unreadable
+    record) must not be served: it is removed instead."""
+    if current is None or not results.exists(key):
         return False
     try:
-        payload = json.loads(json.loads(path.read_text())["result"])
+        record = json.loads(results.read_bytes(key))
+        if record["metadata"]["serializer"]["type"] != RESULT_SERIALIZER:
+            return False
+        payload = json.loads(record["result"])
         return payload["digest"] == current.digest and payload["identity"] == current.identity
     except (ValueError, KeyError, TypeError):
         return False
@@ -73,12 +88,23 @@ def stage_cache_policy(identify: Identify, task_module: str) -> CachePolicy:
     return CachePolicy.from_cache_key_fn(stage_cache_key(identify, task_module))
 
 
-def on_run_root(task: T, config: ExperimentConfig) -> T:
-    """The task with its results persisted under the run root (local roots) or not persisted (others)."""
-    store = ArtifactStore(config.run.run_root)
+def result_storage(store: ArtifactStore) -> Path | RemoteFileSystem:
+    """Where the task results of a run root go: ``<run root>/.prefect-results`` (see the module docstring)."""
+    results = store.child(RESULTS_DIR)
     if store.is_local:
-        return task.with_options(result_storage=Path(store.root) / RESULTS_DIR, persist_result=True)
-    return task.with_options(persist_result=False)
+        return Path(results.root)
+    block = RemoteFileSystem(basepath=results.root_url)
+    name = f"{RESULTS_BLOCK_PREFIX}-{hashlib.sha256(results.root_url.encode()).hexdigest()[:16]}"
+    block.save(name, overwrite=True)
+    return block
+
+
+def on_run_root(task: T, config: ExperimentConfig) -> T:
+    """The task with its results persisted as JSON under the run root."""
+    store = ArtifactStore(config.run.run_root)
+    return task.with_options(
+        result_storage=result_storage(store), result_serializer=RESULT_SERIALIZER, persist_result=True
+    )
 
 
 def publish_manifest(manifest: Manifest, key: str, description: str) -> dict[str, Any]:

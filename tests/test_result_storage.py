@@ -1,0 +1,130 @@
+"""Prefect task results under the run root: JSON on local disks and on S3, served only while current.
+
+A one-file stage (`echo`) stands in for the real ones: it goes through the same cache policy
+(``stage_cache_policy``) and result storage (``on_run_root``) as every stage task.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect import flow, task
+from prefect.filesystems import RemoteFileSystem
+
+from ragdistill.config import ExperimentConfig, load_config
+from ragdistill.stages.lifecycle import StageIdentity
+from ragdistill.store import ArtifactStore, write_manifest
+from ragdistill.tasks.common import (
+    RESULTS_DIR,
+    on_run_root,
+    publish_manifest,
+    result_storage,
+    stage_cache_policy,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE = "echo"
+
+
+def _identify(_config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
+    return STAGE, StageIdentity(stage=STAGE, settings={"text": parameters["text"]}, code="echo-v1")
+
+
+@task(
+    name="echo",
+    cache_policy=stage_cache_policy(_identify, "ragdistill.tasks.common"),
+    result_serializer="json",
+)
+def echo_task(config: ExperimentConfig, text: str) -> dict[str, Any]:
+    store = ArtifactStore(config.run.run_root)
+    store.write_text(f"{STAGE}/out.txt", text)
+    _, identity = _identify(config, {"text": text})
+    manifest = write_manifest(store, STAGE, STAGE, identity.key, ["out.txt"])
+    return publish_manifest(manifest, key="echo", description="echo")
+
+
+@flow(name="echo-flow")
+def echo_flow(run_root: str, text: str) -> tuple[str, dict[str, Any]]:
+    config = load_config(REPO / "configs" / "demo-alfworld.yaml", {"run.run_root": run_root})
+    state = on_run_root(echo_task, config)(config, text, return_state=True)
+    return state.name, state.result()
+
+
+def stored_results(store: ArtifactStore) -> dict[str, dict[str, Any]]:
+    results = store.child(RESULTS_DIR)
+    return {path: json.loads(results.read_bytes(path)) for path in results.list()}
+
+
+def assert_json_only(records: dict[str, dict[str, Any]]) -> None:
+    assert records, "a result was persisted"
+    for record in records.values():
+        assert record["metadata"]["serializer"]["type"] == "json"
+        payload = json.loads(record["result"])  # a pickle would be base64, never a JSON object
+        assert payload["stage"] == STAGE and payload["counts"] == {}
+
+
+def check_results_are_json_and_the_cache_never_lies(run_root: str) -> None:
+    store = ArtifactStore(run_root)
+    state, first = echo_flow(run_root, "hello")
+    assert state == "Completed" and store.read_text(f"{STAGE}/out.txt") == "hello"
+    assert_json_only(stored_results(store))
+
+    state, again = echo_flow(run_root, "hello")
+    assert state == "Cached" and again == first
+
+    store.delete(f"{STAGE}/out.txt")
+    state, _ = echo_flow(run_root, "hello")
+    assert state == "Completed", "a result whose outputs were deleted is not served"
+    assert store.read_text(f"{STAGE}/out.txt") == "hello"
+
+    state, _ = echo_flow(run_root, "other")
+    assert state == "Completed" and len(stored_results(store)) == 2
+
+
+def test_results_on_a_local_run_root_are_json_and_the_cache_never_lies(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    root = f"file://{tmp_path}/run"
+    check_results_are_json_and_the_cache_never_lies(root)
+    assert (tmp_path / "run" / RESULTS_DIR).is_dir()
+
+
+@pytest.mark.s3
+def test_results_on_an_s3_run_root_are_json_on_s3_and_the_cache_never_lies(
+    prefect_server: None, s3_root: str
+) -> None:
+    check_results_are_json_and_the_cache_never_lies(s3_root)
+
+
+@pytest.mark.s3
+def test_s3_result_storage_block_holds_no_credentials(prefect_server: None, s3_root: str) -> None:
+    storage = result_storage(ArtifactStore(s3_root))
+    assert not isinstance(storage, Path)
+    assert storage.basepath == f"{s3_root}/{RESULTS_DIR}"
+    assert storage.settings == {}, "endpoint and keys come from the environment of the reading process"
+    saved = RemoteFileSystem.load(storage._block_document_name)
+    assert saved.basepath == storage.basepath and saved.settings == {}
+    for dumped in (storage.model_dump_json(), saved.model_dump_json()):
+        assert (
+            os.environ["AWS_SECRET_ACCESS_KEY"] not in dumped and os.environ["AWS_ENDPOINT_URL"] not in dumped
+        )
+
+
+def test_a_pickled_result_under_the_key_is_removed_not_loaded(prefect_server: None, tmp_path: Path) -> None:
+    root = f"file://{tmp_path}/run"
+    store = ArtifactStore(root)
+    _, payload = echo_flow(root, "hello")
+    ((key, record),) = stored_results(store).items()
+    record["metadata"]["serializer"] = {"type": "pickle", "picklelib": "cloudpickle"}
+    record["result"] = base64.b64encode(pickle.dumps(payload)).decode()
+    store.child(RESULTS_DIR).write_text(key, json.dumps(record))
+
+    state, again = echo_flow(root, "hello")
+    assert state == "Completed" and again["digest"] == payload["digest"], "the planted pickle was not served"
+    assert_json_only(stored_results(store))
