@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,13 @@ from ragdistill.agents.fewshot import build_examples
 from ragdistill.agents.formats import get_format
 from ragdistill.config import ExperimentConfig, with_overrides
 from ragdistill.environments.registry import get_profile, list_tasks, make_env
+from ragdistill.episodes import EpisodeRecord
 from ragdistill.stages.evaluation import eval_tasks
 from ragdistill.stages.roles import ResolvedAdapter
-from ragdistill.stages.rollout import base_plan, list_env_tasks, open_pool, rollout_identity
+from ragdistill.stages.rollout import base_plan, list_env_tasks, open_pool, rollout_identity, run_rollout
 from ragdistill.stages.teaching import retrieval_settings
+from ragdistill.store import ArtifactStore, read_records
+from rollout_doubles import ScriptedBackendDouble
 
 DATA_DIR = Path("data")
 pytestmark = pytest.mark.skipif(
@@ -125,3 +129,34 @@ def test_teacher_identity_reads_group_examples_only_for_the_embedding_classifier
     ]
     assert embedding[0] != embedding[1]
     assert "reranker" in retrieval_settings(_webshop_config(retrieval={"group": "llm"}))
+
+
+def _shopper(observation: str) -> str:
+    """A policy double: search the instruction, open the first result, buy it."""
+    if observation.rstrip().endswith("[Search]"):
+        instruction = observation.split("[SEP]")[2].strip()
+        return f"search[{instruction}]"
+    asins = re.findall(r"\[(B[0-9A-Z]{9})\]", observation)
+    if "Total results" in observation and asins:
+        return f"click[{asins[0]}]"
+    return "click[Buy Now]"
+
+
+def test_a_rollout_records_every_part_of_the_reward(tmp_path: Path) -> None:
+    config = _webshop_config(
+        run={"run_root": f"file://{tmp_path}/run"},
+        env={"name": "webshop", "split": "test", "limit": 2, "workers": 1, "data_dir": str(DATA_DIR)},
+        agent={"format": "act", "fewshot_source": "none", "fewshot_count": 0, "max_calls": 6},
+    )
+    run_rollout(config, backend=ScriptedBackendDouble(_shopper))
+    records = [
+        EpisodeRecord.from_dict(r) for r in read_records(ArtifactStore(config.run.run_root), "rollouts/base")
+    ]
+    assert len(records) == 2
+    for record in records:
+        purchase = record.steps[-1]
+        assert purchase.action == "click[Buy Now]" and purchase.done
+        parts = purchase.info
+        assert {"reward", "r_type", "query_match", "category_match", "title_score", "price_ok"} <= set(parts)
+        assert parts["reward"] == purchase.reward == record.score
+        assert all(not step.info for step in record.steps[:-1])

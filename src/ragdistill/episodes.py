@@ -47,6 +47,9 @@ class Step:
     dropped_turns: int = 0
     history_text: str = ""
     """The assistant turn as the history of later calls showed it (the format's canonical text)."""
+    info: dict[str, Any] = field(default_factory=dict)
+    """What the environment reported with this step beyond the observation (WebShop: every part of the
+    reward on the purchase step); stored only when not empty."""
 
 
 @dataclass
@@ -88,6 +91,9 @@ class EpisodeRecord:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["prompt"] = [segment.to_dict() for segment in self.prompt]
+        for step in data["steps"]:
+            if not step["info"]:
+                del step["info"]
         return data
 
     @classmethod

@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budget
 from ragdistill.agents.demonstrations import ExpertTrajectory, render_expert_turns
@@ -51,6 +51,8 @@ class Demonstration:
     rewards: list[float]
     done: list[bool]
     won: bool
+    infos: list[dict[str, Any]] = field(default_factory=list)
+    """The environment's info for each step (WebShop: the reward's parts on the purchase)."""
 
 
 def play_demonstrations(
@@ -78,6 +80,7 @@ def play_demonstrations(
         steps: dict[int, list[tuple[str, str]]] = {slot: [] for slot, *_ in active}
         rewards: dict[int, list[float]] = {slot: [] for slot, *_ in active}
         done: dict[int, list[bool]] = {slot: [] for slot, *_ in active}
+        infos: dict[int, list[dict[str, Any]]] = {slot: [] for slot, *_ in active}
         won: dict[int, bool] = {}
         failed: dict[int, EnvError] = {}
         for index in range(max((len(actions) for *_, actions in active), default=0)):
@@ -92,6 +95,7 @@ def play_demonstrations(
                 steps[slot].append((action, result.observation.strip()))
                 rewards[slot].append(result.reward)
                 done[slot].append(result.done)
+                infos[slot].append(dict(result.info))
                 if result.done:
                     won[slot] = result.won
         for slot, task, observation, _ in active:
@@ -106,7 +110,9 @@ def play_demonstrations(
                 first_observation=observation.strip(),
                 steps=steps[slot],
             )
-            yield Demonstration(task, trajectory, rewards[slot], done[slot], won.get(slot, False))
+            yield Demonstration(
+                task, trajectory, rewards[slot], done[slot], won.get(slot, False), infos[slot]
+            )
 
 
 def expert_record(
@@ -169,6 +175,7 @@ def expert_record(
             env_step += 1
             step.reward = demonstration.rewards[env_step]
             step.done = demonstration.done[env_step]
+            step.info = demonstration.infos[env_step] if env_step < len(demonstration.infos) else {}
             record.env_steps += 1
         record.steps.append(step)
         record.model_calls += 1

@@ -303,6 +303,7 @@ class RolloutEngine:
                     )
                     continue
                 step.observation, step.reward, step.done = outcome.observation, outcome.reward, outcome.done
+                step.info = dict(outcome.info)
                 record.env_steps += 1
                 self._record_step(episode, step)
                 if outcome.done:
