@@ -91,6 +91,19 @@ def run_pipeline(config_path: Path, double: AgentAndExtractorDouble) -> tuple[di
     return summary, {run.name: run.state_name for run in runs}
 
 
+def ui_artifacts() -> dict:
+    """The latest artifact of each key on the test server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactCollectionFilter, ArtifactCollectionFilterKey
+
+    keys = ["report", "metrics", "run-root"]
+    with get_client(sync_client=True) as client:
+        found = client.read_latest_artifacts(
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(any_=keys))
+        )
+    return {artifact.key: artifact for artifact in found}
+
+
 STAGES_A_TO_C = ("rollout-base", "mine", "index", "teach")
 STUDENT_TASKS = ("dataset-sft", "dataset-distill", "train-sft", "train-distill")
 EVALUATIONS = ("evaluate-base", "evaluate-rag", "evaluate-distill")
@@ -114,6 +127,14 @@ def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
     assert summary["eval_distill"] == {} and summary["report"]["methods"] == 2
     assert summary["hints"]["bank_size"] >= 1
     assert summary["promotion"] == {"registered": 0, "candidate": 0, "promoted": 0}, "no student was trained"
+    artifacts = ui_artifacts()
+    assert {"report", "metrics", "run-root"} <= set(artifacts), "the run is readable in the UI"
+    methods = {(row["method"], row["not run"] is None) for row in json.loads(artifacts["metrics"].data)}
+    assert methods == {("base", True), ("rag", True), ("distill", False)}
+    assert (
+        "accuracy_tokens.png)" in artifacts["report"].data
+        and "](accuracy_tokens.png)" not in artifacts["report"].data
+    ), "the figure is linked by its full URL"
     config = load_config(flow_config)
     store = ArtifactStore(config.run.run_root)
     for data in read_records(store, "rollouts/teacher"):

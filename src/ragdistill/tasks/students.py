@@ -13,11 +13,11 @@ from ragdistill.config import ExperimentConfig
 from ragdistill.errors import UserFacingError
 from ragdistill.orchestration.runners import prefect_shard_runner
 from ragdistill.stages.datasets import dataset_dir, dataset_identity, run_dataset
-from ragdistill.stages.evaluation import SkippedMethod, eval_plan, eval_stage, run_evaluation
+from ragdistill.stages.evaluation import SkippedMethod, adapter_folder, eval_plan, eval_stage, run_evaluation
 from ragdistill.stages.expert import expert_identity, expert_tasks, run_expert_teacher
 from ragdistill.stages.layout import EXPERT_STAGE, REPORTS_DIR, rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity
-from ragdistill.stages.report import report_identity, run_report
+from ragdistill.stages.report import FIGURE_FILE, METRICS_FILE, report_identity, run_report
 from ragdistill.stages.rollout import plan_identity
 from ragdistill.stages.shards import use_shard_runner
 from ragdistill.stages.training import adapter_dir, run_training, training_identity
@@ -88,7 +88,14 @@ def dataset_task(config: ExperimentConfig, name: str, source_digests: list[str])
     result_serializer="json",
 )
 def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict[str, Any]:
+    from prefect.artifacts import create_link_artifact
+
     manifest = run_training(config, name)
+    if manifest.counts.get("trained"):
+        folder = _store(config).uri(adapter_folder(name))
+        create_link_artifact(
+            key=f"adapter-{name}-link", link=folder, link_text=folder, description="the adapter"
+        )
     return publish_manifest(
         manifest, key=f"adapter-{name}", description=f"{config.run.name}: adapters/{name}"
     )
@@ -117,13 +124,42 @@ def evaluate_task(config: ExperimentConfig, method: str, upstream_digests: list[
     result_serializer="json",
 )
 def report_task(config: ExperimentConfig, upstream_digests: list[str | None]) -> dict[str, Any]:
-    from prefect.artifacts import create_markdown_artifact
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
     manifest = run_report(config)
     store = _store(config)
+    figure = store.uri(f"{REPORTS_DIR}/{FIGURE_FILE}")
     create_markdown_artifact(
         key="report",
-        markdown=store.read_text(f"{REPORTS_DIR}/report.md"),
+        markdown=store.read_text(f"{REPORTS_DIR}/report.md").replace(f"]({FIGURE_FILE})", f"]({figure})"),
         description=f"{config.run.name}: report ({store.uri(REPORTS_DIR)})",
     )
+    create_table_artifact(
+        key="metrics",
+        table=metrics_rows(store.read_json(f"{REPORTS_DIR}/{METRICS_FILE}")),
+        description=f"{config.run.name}: every method on the pinned eval tasks",
+    )
+    create_link_artifact(
+        key="run-root", link=store.uri(""), link_text=config.run.run_root, description="the run's artifacts"
+    )
     return publish_manifest(manifest, key="report-counts", description=f"{config.run.name}: report")
+
+
+def metrics_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
+    """The report's metrics as UI table rows: one per method × agent, skipped ones with their reason."""
+    rows = []
+    for result in metrics["results"]:
+        values = result.get("metrics") or {}
+        rows.append(
+            {
+                "method": result["method"],
+                "agent": result["agent"],
+                "episodes": values.get("episodes", 0),
+                "success %": values.get("success_percent"),
+                "score": values.get("score_percent"),
+                "invalid actions %": values.get("invalid_action_percent"),
+                "tokens / episode": values.get("total_tokens_per_episode"),
+                "not run": result.get("not_run_reason"),
+            }
+        )
+    return rows
