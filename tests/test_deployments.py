@@ -298,3 +298,91 @@ def test_a_deploy_time_run_root_becomes_every_deployments_default(tmp_path: Path
     assert {d.full_name: d.parameters for d in deployments} == {
         d.full_name: {"config_name": "demo-alfworld", "run_root": root} for d in deployments
     }
+
+
+def read_prefect_yaml_configs(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The deployments and actions of a prefect.yaml, as ``prefect deploy`` loads and validates them."""
+    from prefect.cli.deploy._config import _load_deploy_configs_and_actions
+    from rich.console import Console
+
+    return _load_deploy_configs_and_actions(path, console=Console(stderr=True))
+
+
+def test_the_committed_prefect_yaml_is_the_generated_one() -> None:
+    from ragdistill.orchestration.prefect_yaml import PREFECT_YAML, REGENERATE_COMMAND, prefect_yaml_text
+
+    committed = (REPO / PREFECT_YAML).read_text()
+    assert committed == prefect_yaml_text(), (
+        f"{PREFECT_YAML} is out of date with DEPLOYMENTS: run `{REGENERATE_COMMAND}` at the repository root"
+    )
+    assert REGENERATE_COMMAND in committed.split("\n\n")[0], "the header says how to regenerate it"
+
+
+def test_prefects_own_loader_reads_every_deployment_as_the_code_builds_it(tmp_path: Path) -> None:
+    from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
+    from prefect.cli.deploy._triggers import _initialize_deployment_triggers
+    from prefect.flows import load_flow_from_entrypoint
+
+    from ragdistill.orchestration.prefect_yaml import PROJECT_FOLDER, write_prefect_yaml
+
+    configs, actions = read_prefect_yaml_configs(write_prefect_yaml(tmp_path, "paper-alfworld-react"))
+    assert len(configs) == len(DEPLOYMENTS), "every deployment passes Prefect's validation"
+    ((build_step,),) = [list(step) for step in actions["build"]]
+    assert build_step == "prefect.deployments.steps.run_shell_script"
+    assert actions["pull"] == [
+        {"prefect.deployments.steps.set_working_directory": {"directory": PROJECT_FOLDER}}
+    ]
+    in_code = {d.full_name: d for d in runner_deployments("paper-alfworld-react", working_dir=tmp_path)}
+    in_yaml: dict[str, dict[str, Any]] = {}
+    for config in configs:
+        flow = load_flow_from_entrypoint(config["entrypoint"], use_placeholder_flow=False)
+        in_yaml[f"{flow.name}/{config['name']}"] = config
+        assert flow in {spec.load() for spec in DEPLOYMENTS}, config["entrypoint"]
+    assert list(in_yaml) == list(in_code)
+
+    for name, deployment in in_code.items():
+        config = in_yaml[name]
+        assert config["entrypoint"] == deployment.entrypoint, name
+        assert config["work_pool"] == {"name": WORK_POOL, "job_variables": {"working_dir": PROJECT_FOLDER}}
+        assert config["parameters"] == deployment.parameters, name
+        assert config["description"] == deployment.description and config["tags"] == deployment.tags
+        schedules = [_schedule_config_to_deployment_schedule(s) for s in config.get("schedules", [])]
+        assert [(s["schedule"], s["active"], s["slug"]) for s in schedules] == [
+            (s.schedule, s.active, s.slug) for s in deployment.schedules or []
+        ], name
+        triggers = _initialize_deployment_triggers(config["name"], config.get("triggers", []))
+        assert [t.model_dump() for t in triggers] == [t.model_dump() for t in deployment.triggers], name
+        limit = config.get("concurrency_limit")
+        if deployment.concurrency_limit is None:
+            assert limit is None, name
+        else:
+            assert deployment.concurrency_options is not None
+            assert limit == {
+                "limit": deployment.concurrency_limit,
+                "collision_strategy": deployment.concurrency_options.collision_strategy.value,
+            }, name
+    assert sum(bool(d.triggers) for d in in_code.values()) == 1
+    assert in_yaml[f"pipeline/{DEPLOYMENT_NAME}"]["schedules"][0]["active"] is False
+
+
+def test_write_prefect_yaml_applies_the_deploy_options(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ragdistill.cli import app
+
+    target = tmp_path / "custom.yaml"
+    arguments = ["deploy", "--write-prefect-yaml", str(target), "--config", "paper-alfworld-react"]
+    result = CliRunner().invoke(
+        app, [*arguments, "--nightly", "--pool", "elsewhere", "--run-root", "s3://b/r"]
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output.splitlines()[-1])["prefect_yaml"] == str(target)
+    configs, _ = read_prefect_yaml_configs(target)
+    assert {c["work_pool"]["name"] for c in configs} == {"elsewhere"}
+    assert {json.dumps(c["parameters"]) for c in configs} == {
+        json.dumps({"config_name": "paper-alfworld-react", "run_root": "s3://b/r"})
+    }
+    assert [s["active"] for c in configs for s in c.get("schedules", [])] == [True]
+
+    unknown = CliRunner().invoke(app, ["deploy", "--write-prefect-yaml", str(tmp_path), "-c", "no-such"])
+    assert unknown.exit_code != 0 and not (tmp_path / "prefect.yaml").exists()

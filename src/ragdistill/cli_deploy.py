@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import sys
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -39,6 +40,15 @@ RunRootOption = Annotated[
         help="The run root deployment runs default to (e.g. s3://bucket/runs/demo), instead of the config's.",
     ),
 ]
+WritePrefectYamlOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--write-prefect-yaml",
+        metavar="PATH",
+        help="Write the prefect.yaml for `prefect deploy --all` (same deployments, same --config, --nightly, "
+        "--pool and --run-root) to PATH, a file or a folder, and exit without contacting a server.",
+    ),
+]
 
 
 def _print_json_line(payload: dict[str, Any]) -> None:
@@ -57,6 +67,19 @@ def _register(
     return register_deployments(config, active, pool, run_root=run_root), active
 
 
+def _write_prefect_yaml(
+    path: Path, config: str, nightly: bool | None, pool: str, run_root: str | None
+) -> None:
+    from ragdistill.flows.parameters import config_file
+    from ragdistill.orchestration.deployments import nightly_requested
+    from ragdistill.orchestration.prefect_yaml import write_prefect_yaml
+
+    config_file(config)
+    written = write_prefect_yaml(path, config, nightly_requested(nightly), pool, run_root)
+    typer.echo(f"wrote {written}: register it with `prefect --no-prompt deploy --all` from its folder")
+    _print_json_line({"prefect_yaml": str(written), "work_pool": pool})
+
+
 def _echo_deployments(names: list[str], nightly: bool) -> None:
     typer.echo("deployments:")
     for name in names:
@@ -70,11 +93,15 @@ def deploy(
     nightly: NightlyOption = None,
     pool: PoolOption = WORK_POOL,
     run_root: RunRootOption = None,
+    write_prefect_yaml: WritePrefectYamlOption = None,
 ) -> None:
     """Register the work pool and one deployment per flow with the Prefect server, then exit (a worker
     started elsewhere runs them: `prefect worker start --pool ragdistill-process`)."""
     from ragdistill.orchestration.server import prefect_api
 
+    if write_prefect_yaml is not None:
+        _write_prefect_yaml(write_prefect_yaml, config, nightly, pool, run_root)
+        return
     with prefect_api() as api_url:
         names, active = _register(config, nightly, pool, run_root)
     _echo_deployments(names, active)

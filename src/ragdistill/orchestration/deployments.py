@@ -8,7 +8,9 @@ installed package, not a copy of the source tree.
 
 The pipeline deployment carries a nightly cron schedule that is inactive unless asked for
 (``ragdistill serve --nightly``, or ``RAGDISTILL_NIGHTLY=1``); registering again applies the flag anew.
-A new flow gets a deployment by adding one :class:`FlowDeployment` to :data:`DEPLOYMENTS`.
+A new flow gets a deployment by adding one :class:`FlowDeployment` to :data:`DEPLOYMENTS`; the
+``prefect.yaml`` at the repository root (for ``prefect deploy --all``) is generated from the same list by
+:mod:`ragdistill.orchestration.prefect_yaml`.
 
 Call these inside :func:`ragdistill.orchestration.server.prefect_api`, which points the client at the
 server.
@@ -39,6 +41,7 @@ NIGHTLY_TIMEZONE = "UTC"
 NIGHTLY_SLUG = "nightly"
 NIGHTLY_ENV = "RAGDISTILL_NIGHTLY"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
+RETRAIN_CONCURRENCY_LIMIT = 1
 
 
 @dataclass(frozen=True)
@@ -78,9 +81,14 @@ def nightly_requested(flag: bool | None = None) -> bool:
     return os.environ.get(NIGHTLY_ENV, "").strip().lower() in TRUE_WORDS
 
 
-def _summary(flow: Flow[..., Any]) -> str | None:
+def flow_summary(flow: Flow[..., Any]) -> str | None:
     """The first paragraph of the flow's docstring (the rest documents its parameters)."""
     return flow.description.split("\n\n")[0].strip() if flow.description else None
+
+
+def deployment_parameters(config_name: str, run_root: str | None = None) -> dict[str, str]:
+    """The parameters every deployment's runs default to."""
+    return {"config_name": config_name, **({"run_root": run_root} if run_root else {})}
 
 
 def retrain_trigger(config_name: str) -> Any:
@@ -142,7 +150,7 @@ def runner_deployments(
             {
                 "triggers": [retrain_trigger(config_name)],
                 "concurrency_limit": ConcurrencyLimitConfig(
-                    limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+                    limit=RETRAIN_CONCURRENCY_LIMIT, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
                 ),
             }
             if spec.retrain_trigger
@@ -153,8 +161,8 @@ def runner_deployments(
                 flow,
                 name=DEPLOYMENT_NAME,
                 schedules=schedules,
-                parameters={"config_name": config_name, **({"run_root": run_root} if run_root else {})},
-                description=_summary(flow),
+                parameters=deployment_parameters(config_name, run_root),
+                description=flow_summary(flow),
                 tags=TAGS,
                 work_pool_name=work_pool,
                 job_variables={"working_dir": str(folder)},

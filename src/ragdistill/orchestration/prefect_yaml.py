@@ -1,0 +1,128 @@
+"""The ``prefect.yaml`` for ``prefect deploy --all``, generated from :data:`~.deployments.DEPLOYMENTS`.
+
+``prefect deploy --all`` run from the repository root registers the same deployments as ``ragdistill
+deploy``: same names, module-path entrypoints, default parameters, descriptions, tags, work pool, nightly
+schedule (inactive), retrain trigger and concurrency limit. Where ``ragdistill deploy`` passes the project
+folder as it registers, the file has one build step that prints the folder ``prefect deploy`` runs in
+(``pwd``); its output becomes the pull step's working directory and the process worker's ``working_dir``,
+so the committed file names no absolute path. ``prefect deploy`` does not create work pools: create
+:data:`~.deployments.WORK_POOL` first (``ragdistill deploy`` does, or ``prefect work-pool create``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ragdistill.flows.parameters import DEFAULT_CONFIG
+from ragdistill.orchestration.deployments import (
+    DEPLOYMENT_NAME,
+    DEPLOYMENTS,
+    NIGHTLY_CRON,
+    NIGHTLY_SLUG,
+    NIGHTLY_TIMEZONE,
+    RETRAIN_CONCURRENCY_LIMIT,
+    TAGS,
+    WORK_POOL,
+    WORK_POOL_TYPE,
+    deployment_parameters,
+    flow_summary,
+    retrain_trigger,
+)
+
+PREFECT_YAML = "prefect.yaml"
+PROJECT_NAME = "ragdistill"
+REGENERATE_COMMAND = f"ragdistill deploy --write-prefect-yaml {PREFECT_YAML}"
+FOLDER_STEP_ID = "project-folder"
+PROJECT_FOLDER = "{{ " + FOLDER_STEP_ID + ".stdout }}"
+HEADER = f"""\
+# Generated from ragdistill.orchestration.deployments.DEPLOYMENTS; do not edit by hand.
+# Regenerate from the repository root with:  {REGENERATE_COMMAND}
+# (tests/test_deployments.py fails while this file and the code disagree.)
+#
+# Register every deployment from the repository root (the work pool must exist):
+#   prefect work-pool create {WORK_POOL} --type {WORK_POOL_TYPE}   # once; `ragdistill deploy` does it too
+#   prefect --no-prompt deploy --all
+"""
+
+
+def _prefect_version() -> str:
+    import prefect
+
+    return str(prefect.__version__)
+
+
+def _trigger_spec(config_name: str) -> dict[str, Any]:
+    """The retrain trigger as prefect.yaml writes one: its fields as JSON, the trigger type first."""
+    trigger = retrain_trigger(config_name)
+    return {"type": trigger.type, **trigger.model_dump(mode="json", exclude_unset=True)}
+
+
+def prefect_yaml(
+    config_name: str = DEFAULT_CONFIG,
+    nightly: bool = False,
+    work_pool: str = WORK_POOL,
+    run_root: str | None = None,
+) -> dict[str, Any]:
+    """The prefect.yaml content: one deployment per entry of :data:`DEPLOYMENTS`, as
+    :func:`~.deployments.runner_deployments` builds them for the same arguments."""
+    deployments = []
+    for spec in DEPLOYMENTS:
+        flow = spec.load()
+        entry: dict[str, Any] = {
+            "name": DEPLOYMENT_NAME,
+            "entrypoint": spec.flow,
+            "description": flow_summary(flow),
+            "tags": list(TAGS),
+            "parameters": deployment_parameters(config_name, run_root),
+            "work_pool": {"name": work_pool, "job_variables": {"working_dir": PROJECT_FOLDER}},
+        }
+        if spec.nightly:
+            entry["schedules"] = [
+                {"cron": NIGHTLY_CRON, "timezone": NIGHTLY_TIMEZONE, "active": nightly, "slug": NIGHTLY_SLUG}
+            ]
+        if spec.retrain_trigger:
+            entry["triggers"] = [_trigger_spec(config_name)]
+            entry["concurrency_limit"] = {
+                "limit": RETRAIN_CONCURRENCY_LIMIT,
+                "collision_strategy": "ENQUEUE",
+            }
+        deployments.append(entry)
+    return {
+        "name": PROJECT_NAME,
+        "prefect-version": _prefect_version(),
+        "build": [{"prefect.deployments.steps.run_shell_script": {"id": FOLDER_STEP_ID, "script": "pwd"}}],
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": PROJECT_FOLDER}}],
+        "deployments": deployments,
+    }
+
+
+def prefect_yaml_text(
+    config_name: str = DEFAULT_CONFIG,
+    nightly: bool = False,
+    work_pool: str = WORK_POOL,
+    run_root: str | None = None,
+) -> str:
+    """:func:`prefect_yaml` as the file's text, with a header that says how to regenerate it."""
+    body = yaml.safe_dump(
+        prefect_yaml(config_name, nightly, work_pool, run_root),
+        sort_keys=False,
+        width=110,
+        allow_unicode=True,
+    )
+    return HEADER + "\n" + body
+
+
+def write_prefect_yaml(
+    path: Path,
+    config_name: str = DEFAULT_CONFIG,
+    nightly: bool = False,
+    work_pool: str = WORK_POOL,
+    run_root: str | None = None,
+) -> Path:
+    """Write :func:`prefect_yaml_text` to ``path`` (a folder gets a ``prefect.yaml`` in it); the file."""
+    target = path / PREFECT_YAML if path.is_dir() else path
+    target.write_text(prefect_yaml_text(config_name, nightly, work_pool, run_root))
+    return target
