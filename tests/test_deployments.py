@@ -386,3 +386,46 @@ def test_write_prefect_yaml_applies_the_deploy_options(tmp_path: Path) -> None:
 
     unknown = CliRunner().invoke(app, ["deploy", "--write-prefect-yaml", str(tmp_path), "-c", "no-such"])
     assert unknown.exit_code != 0 and not (tmp_path / "prefect.yaml").exists()
+
+
+@pytest.mark.slow
+def test_prefect_deploy_all_registers_the_committed_prefect_yaml(
+    fresh_prefect_home: Path,  # noqa: F811
+) -> None:
+    from prefect.client.orchestration import get_client
+
+    from ragdistill.orchestration.deployments import ensure_work_pool
+    from ragdistill.orchestration.server import prefect_api
+
+    with prefect_api(timeout_s=600) as api_url:
+        ensure_work_pool()
+        deploy = subprocess.run(
+            [str(Path(sys.executable).with_name("prefect")), "--no-prompt", "deploy", "--all"],
+            cwd=REPO,
+            env={**os.environ, API_URL_ENV: api_url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert deploy.returncode == 0, deploy.stdout[-3000:] + deploy.stderr[-3000:]
+        with get_client(sync_client=True) as client:
+            deployments = {
+                name: client.read_deployment_by_name(name)
+                for name in (d.full_name for d in runner_deployments(working_dir=REPO))
+            }
+            pipeline = deployments[f"pipeline/{DEPLOYMENT_NAME}"]
+            retrain = deployments[f"retrain/{DEPLOYMENT_NAME}"]
+            schedules = client.read_deployment_schedules(pipeline.id)
+            automations = client.read_resource_related_automations(f"prefect.deployment.{retrain.id}")
+    for deployment in deployments.values():
+        assert deployment.work_pool_name == WORK_POOL
+        assert deployment.job_variables == {"working_dir": str(REPO)}
+        assert deployment.pull_steps == [
+            {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
+        ]
+    assert [(s.schedule.cron, s.active) for s in schedules] == [(NIGHTLY_CRON, False)]  # type: ignore[union-attr]
+    assert retrain.global_concurrency_limit is not None and retrain.global_concurrency_limit.limit == 1
+    assert retrain.concurrency_options is not None
+    assert retrain.concurrency_options.collision_strategy.value == "ENQUEUE"
+    (automation,) = automations
+    assert automation.actions[0].parameters["run_root"] == "{{ event.resource['ragdistill.run-root'] }}"  # type: ignore[union-attr]
