@@ -7,9 +7,10 @@ with a recorded reason below ``retrain.min_failures``, and otherwise runs mine �
 → datasets → train → evaluate → promote on generation ``k`` (``generations/<k>/``, see ``stages.retrain``),
 then advances the watermark. Promote registers generation ``k``'s students in the *run root's* registry
 (lineage: the generation and the collect batches it consumed) and lets the gate compare the candidate with
-the run root's current version, so the next ``collect`` plays the new student once it is promoted. The retrain lease makes a second retrain of the same run root stop at once
-(``LeaseHeldError``) while one runs, whichever way it was started; the deployment's concurrency limit 1
-keeps a second triggered run from starting at all.
+the run root's current version, so the next ``collect`` plays the new student once it is promoted. The
+retrain lease makes a second retrain of the same run root stop at once (``LeaseHeldError``) while one runs,
+whichever way it was started; the deployment's concurrency limit 1 keeps a second triggered run from
+starting at all.
 """
 
 from __future__ import annotations
