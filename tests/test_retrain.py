@@ -18,10 +18,18 @@ import pytest
 import yaml
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
+from ragdistill.adapter_registry import AdapterRegistry, current_adapter
 from ragdistill.config import ExperimentConfig
 from ragdistill.leases import LeaseHeldError
 from ragdistill.stages import run_mining, run_rollout
-from ragdistill.stages.collect import finished_batches, next_batch, recorded_failures, run_collect
+from ragdistill.stages.collect import (
+    collect_plan,
+    finished_batches,
+    next_batch,
+    recorded_failures,
+    run_collect,
+)
+from ragdistill.stages.promotion import run_promotion
 from ragdistill.stages.retrain import (
     LAST_DECISION_FILE,
     WATERMARK_FILE,
@@ -34,6 +42,7 @@ from ragdistill.stages.retrain import (
     skip_reason,
 )
 from ragdistill.store import ArtifactStore, read_manifest, read_records
+from test_adapter_registry import evaluate, skip_training, student, write_upstream
 from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
 from test_stages import PolicyDouble, counter_config
 
@@ -134,6 +143,118 @@ def test_a_generation_combines_base_and_collect_episodes_and_mines_only_new_fail
     assert mined.counts["bank_size"] >= 1
     parent = read_manifest(ArtifactStore(config.run.run_root), "hints")
     assert parent.counts["failures_not_answered"] == 0 and "generations/1" in generation.run.run_root
+
+
+def test_a_generation_registers_its_students_in_the_parent_registry_and_collect_then_plays_them(
+    tmp_path: Path,
+) -> None:
+    """No training runs: each root holds what training and evaluation leave behind
+    (tests/test_adapter_registry.py), and the real promotion stage registers and gates them."""
+    parent = collect_config(tmp_path)
+    parent_store = ArtifactStore(parent.run.run_root)
+    write_upstream(parent_store)
+    evaluate(parent_store, "base", 3)
+    student(parent_store, b"first-pipeline", wins=5)
+    assert run_promotion(parent).counts["promoted"] == 1
+    first = AdapterRegistry(parent_store).current()
+    assert first is not None and first.version == "v0001"
+
+    generation = generation_config(parent, 1)
+    generation_store = ArtifactStore(generation.run.run_root)
+    write_upstream(generation_store)
+    evaluate(generation_store, "base", 3)
+    skip_training(generation_store, "sft")
+    student(generation_store, b"generation-1", wins=7)
+    lineage = {"number": 1, "collect_batches": ["collect-0000"], "new_batches": ["collect-0000"]}
+    manifest = run_promotion(generation, registry_store=parent_store, generation=lineage)
+
+    assert manifest.counts == {"registered": 1, "candidate": 1, "promoted": 1}
+    registry = AdapterRegistry(parent_store)
+    entry = registry.current()
+    assert entry is not None and entry.version == "v0002" and entry.lineage["generation"] == lineage
+    assert entry.adapter.source == "generations/1/adapters/distill/adapter"
+    decision = generation_store.read_json("promotion/decision.json")["decision"]
+    assert decision["reference"] == "v0001", "the gate compares with the parent's current version"
+    assert not generation_store.exists("registry/current.json"), "a generation has no registry of its own"
+    assert current_adapter(parent_store) == parent_store.uri("registry/adapters/v0002")
+    assert collect_plan(parent).adapter == current_adapter(parent_store), "collect plays the new student"
+
+    again = run_promotion(generation, registry_store=parent_store, generation=lineage)
+    assert again.digest == manifest.digest and len(registry.entries()) == 2, "a re-run adds no version"
+    worse = generation_config(parent, 2)
+    worse_store = ArtifactStore(worse.run.run_root)
+    write_upstream(worse_store)
+    evaluate(worse_store, "base", 3)
+    student(worse_store, b"generation-2", wins=7)
+    lineage_2 = {
+        "number": 2,
+        "collect_batches": ["collect-0000", "collect-0001"],
+        "new_batches": ["collect-0001"],
+    }
+    assert run_promotion(worse, registry_store=parent_store, generation=lineage_2).counts["promoted"] == 0
+    assert registry.current() == entry and len(registry.entries()) == 3, "registered, not promoted (a tie)"
+
+
+@pytest.mark.slow
+def test_retrain_flow_trains_generation_one_end_to_end_then_skips_without_new_failures(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retrain branch as a flow on the test server, the models replaced by the policy double; the
+    double wins nothing, so both training sets are empty and training is skipped (the registry part is
+    the test above)."""
+    from ragdistill.flows.retrain import retrain_flow
+    from ragdistill.inference import shared
+    from ragdistill.stages import retrain as retrain_stage
+
+    config = collect_config(
+        tmp_path, **{"retrieval.retriever": "bm25", "evaluation.limit": 2, "evaluation.split": "test"}
+    )
+    config_path = tmp_path / "retrain.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    double = PolicyDouble("wait")
+    for role in (config.models.agent, config.models.extractor):
+        shared._BACKENDS[shared._key(role)] = double
+    run_rollout(config, backend=double)
+    for _ in range(2):
+        run_collect(config, backend=double)
+    store = ArtifactStore(config.run.run_root)
+
+    advanced_after: list[set[str]] = []
+    real_advance = retrain_stage.advance_watermark
+
+    def advance_after_every_stage(*args: Any) -> Any:
+        advanced_after.append(
+            {*generation_store.list(""), *(["watermark"] if store.exists(WATERMARK_FILE) else [])}
+        )
+        return real_advance(*args)
+
+    generation_store = store.child("generations/1")
+    monkeypatch.setattr("ragdistill.flows.retrain.advance_watermark", advance_after_every_stage)
+    summary = retrain_flow(str(config_path))
+
+    assert summary["generation"] == 1 and summary["new_failures"] == 4 and summary["skipped"] is None
+    counts = summary["counts"]
+    assert counts["base"]["episodes"] == 6 and counts["hints"]["bank_size"] >= 1
+    assert counts["train_distill"] == {"trained": 0} and counts["eval_base"]["episodes"] == 2
+    assert counts["promotion"] == {"registered": 0, "candidate": 0, "promoted": 0}
+    folders = [
+        "rollouts/base", "hints", "rollouts/teacher", "datasets/sft", "datasets/distill", "adapters/sft",
+        "adapters/distill", "rollouts/eval-base", "rollouts/eval-rag", "promotion",
+    ]  # fmt: skip
+    for folder in folders:
+        assert generation_store.exists(f"{folder}/manifest.json"), folder
+    (before,) = advanced_after
+    assert any(path.startswith("promotion/") for path in before), "the watermark moves after every stage"
+    assert "watermark" not in before, "and not before"
+    watermark = read_watermark(store)
+    assert watermark.generation == 1 and set(watermark.consumed) == {"collect-0000", "collect-0001"}
+    assert not store.exists("registry/current.json")
+
+    for role in (config.models.agent, config.models.extractor):
+        shared._BACKENDS[shared._key(role)] = double
+    again = retrain_flow(str(config_path))
+    assert again["skipped"] is not None and "0 new failure(s)" in again["skipped"]
+    assert read_watermark(store) == watermark and not store.exists("generations/2")
 
 
 def wait_for(condition: Any, timeout_s: float, what: str) -> Any:

@@ -4,10 +4,13 @@
 ``ragdistill.failures.recorded`` event for the batch's failures. The retrain deployment's trigger starts
 ``retrain`` after a few such events; ``retrain`` reads every failure stored since its watermark, skips
 with a recorded reason below ``retrain.min_failures``, and otherwise runs mine → index → teach (→ expert)
-→ datasets → train → evaluate on generation ``k`` (``generations/<k>/``, see ``stages.retrain``), then
-advances the watermark. The retrain lease makes a second retrain of the same run root stop at once
-(``LeaseHeldError``) while one runs, whichever way it was started; the deployment's concurrency limit 1
-keeps a second triggered run from starting at all.
+→ datasets → train → evaluate → promote on generation ``k`` (``generations/<k>/``, see ``stages.retrain``),
+then advances the watermark. Promote registers generation ``k``'s students in the *run root's* registry
+(lineage: the generation and the collect batches it consumed) and lets the gate compare the candidate with
+the run root's current version, so the next ``collect`` plays the new student once it is promoted. The
+retrain lease makes a second retrain of the same run root stop at once (``LeaseHeldError``) while one runs,
+whichever way it was started; the deployment's concurrency limit 1 keeps a second triggered run from
+starting at all.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ragdistill.tasks.collect import (
     watermark_from,
 )
 from ragdistill.tasks.common import on_run_root
+from ragdistill.tasks.promotion import promote_task
 from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
 from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, train_task
 
@@ -78,6 +82,7 @@ def _train_generation(config: Any, decision: dict[str, Any]) -> dict[str, Any]:
     generation = decision["generation"]
     consumed = sorted(set(decision["watermark"]["consumed"]) | set(decision["pending"]))
     base = on_run_root(prepare_generation_task, config)(config, generation, consumed)
+    parent_root = ArtifactStore(config.run.run_root).root_url
     config = generation_config(config, generation)
 
     def task(wrapped: Any) -> Any:
@@ -100,6 +105,10 @@ def _train_generation(config: Any, decision: dict[str, Any]) -> dict[str, Any]:
         )
         for method in config.evaluation.methods
     }
+    lineage = {"number": generation, "collect_batches": consumed, "new_batches": sorted(decision["pending"])}
+    promotion = task(promote_task)(
+        config, [result["digest"] for result in evaluations.values()], parent_root, lineage
+    )
     return {
         "base": base["counts"],
         "hints": hints["counts"],
@@ -107,4 +116,5 @@ def _train_generation(config: Any, decision: dict[str, Any]) -> dict[str, Any]:
         **{f"dataset_{name}": result["counts"] for name, result in datasets.items()},
         **{f"train_{name}": result["counts"] for name, result in adapters.items()},
         **{f"eval_{method}": result["counts"] for method, result in evaluations.items()},
+        "promotion": promotion["counts"],
     }

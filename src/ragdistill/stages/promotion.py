@@ -12,12 +12,19 @@ Writes ``promotion/decision.json`` (what was registered and decided) and its man
 ``registry/`` belongs to no stage folder and is never cleared. Identity: the ``promotion`` settings, the
 content digests of everything read, and the code. Registering the same adapter with the same evaluation
 again finds the version registered before, so a re-run never adds versions.
+
+A retrain generation (``generations/<k>/``, a run root of its own) promotes into its *parent's* registry:
+``run_promotion(..., registry_store=<parent store>, generation=...)`` registers the generation's students
+there with their folders named from the parent (``generations/<k>/adapters/<student>/adapter``) and the
+generation (its number and the collect batches it consumed) in their lineage, and the gate compares the
+candidate with the parent's current version, so ``collect`` plays the new student once it is promoted.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ragdistill.adapter_registry import AdapterRegistry, EvalSummary, RegistryEntry, RegistryError
@@ -59,21 +66,42 @@ def promotion_inputs(store: ArtifactStore) -> dict[str, str]:
     return found
 
 
-def promotion_identity(config: ExperimentConfig, store: ArtifactStore) -> StageIdentity:
+def promotion_identity(
+    config: ExperimentConfig,
+    store: ArtifactStore,
+    registry_store: ArtifactStore | None = None,
+    generation: dict[str, Any] | None = None,
+) -> StageIdentity:
+    settings: dict[str, Any] = {"promotion": config.promotion.model_dump(mode="json"), "env": config.env.name}
+    if registry_store is not None:
+        settings["registry"] = registry_store.root_url
+    if generation is not None:
+        settings["generation"] = generation
     return StageIdentity(
         stage="promote",
-        settings={"promotion": config.promotion.model_dump(mode="json"), "env": config.env.name},
+        settings=settings,
         code=code_fingerprint("ragdistill.stages.promotion"),
         inputs=promotion_inputs(store),
     )
 
 
-def run_promotion(config: ExperimentConfig, *, by: Actor = "pipeline") -> Manifest:
-    """Register the students and decide on the candidate; see the module docstring."""
+def run_promotion(
+    config: ExperimentConfig,
+    *,
+    by: Actor = "pipeline",
+    registry_store: ArtifactStore | None = None,
+    generation: dict[str, Any] | None = None,
+) -> Manifest:
+    """Register the students and decide on the candidate; see the module docstring. ``registry_store``:
+    the run root whose registry receives them (default: this run root), which must contain this one;
+    ``generation``: what a retrain generation adds to each student's lineage (``number``,
+    ``collect_batches``)."""
     store = ArtifactStore(config.run.run_root)
-    identity = promotion_identity(config, store)
+    identity = promotion_identity(config, store, registry_store, generation)
     label = f"{config.run.name}: {PROMOTION_DIR}"
-    registry = AdapterRegistry(store, label=label, lease_wait_s=max(config.run.lease_wait_s, 60.0))
+    owner = registry_store if registry_store is not None else store
+    source = Registration(store, _folder_prefix(store, owner), generation)
+    registry = AdapterRegistry(owner, label=label, lease_wait_s=max(config.run.lease_wait_s, 60.0))
     with StageRun(store, PROMOTION_DIR, identity, label=label, lease_wait_s=config.run.lease_wait_s) as run:
         if run.current is not None and _registry_holds(registry, run.current):
             return run.current
@@ -81,7 +109,7 @@ def run_promotion(config: ExperimentConfig, *, by: Actor = "pipeline") -> Manife
         registered: list[dict[str, Any]] = []
         entries: dict[str, RegistryEntry] = {}
         for name in STUDENTS:
-            outcome = _register(config, store, registry, name, by)
+            outcome = _register(config, source, registry, name, by)
             if isinstance(outcome, str):
                 registered.append({"student": name, "version": None, "reason": outcome})
                 continue
@@ -125,10 +153,33 @@ def _registry_holds(registry: AdapterRegistry, manifest: Manifest) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class Registration:
+    """Where the students are read (``store``), the path of ``store`` inside the run root whose registry
+    receives them ("" or ``generations/<k>/``) and the generation's lineage."""
+
+    store: ArtifactStore
+    prefix: str
+    generation: dict[str, Any] | None
+
+
+def _folder_prefix(store: ArtifactStore, owner: ArtifactStore) -> str:
+    """The path of ``store`` inside ``owner``, ending with "/" (empty when they are the same root)."""
+    if store.root_url == owner.root_url:
+        return ""
+    if not store.root_url.startswith(owner.root_url.rstrip("/") + "/"):
+        raise RegistryError(
+            f"{store.root_url} is not inside {owner.root_url}: a run root can only register its students "
+            "in its own registry or in the registry of a run root that contains it (a retrain generation)"
+        )
+    return store.root_url[len(owner.root_url.rstrip("/")) + 1 :].strip("/") + "/"
+
+
 def _register(
-    config: ExperimentConfig, store: ArtifactStore, registry: AdapterRegistry, name: str, by: Actor
+    config: ExperimentConfig, source: Registration, registry: AdapterRegistry, name: str, by: Actor
 ) -> tuple[RegistryEntry, bool] | str:
     """Register one student; the registered entry and whether it is new, or why it was not registered."""
+    store = source.store
     folder = f"{ADAPTERS_DIR}/{name}"
     try:
         training = read_manifest(store, folder)
@@ -145,13 +196,16 @@ def _register(
     prefix = f"{ADAPTER_SUBDIR}/"
     files = {path[len(prefix) :]: info for path, info in training.files.items() if path.startswith(prefix)}
     settings = _recorded_settings(store, folder)
+    lineage = _lineage(store, name)
+    if source.generation is not None:
+        lineage["generation"] = source.generation
     return registry.register(
         student=name,
-        source_folder=f"{folder}/{ADAPTER_SUBDIR}",
+        source_folder=f"{source.prefix}{folder}/{ADAPTER_SUBDIR}",
         files=files,
         training_manifest=training.digest,
         base_model=settings.get("base_model", {}),
-        lineage=_lineage(store, name),
+        lineage=lineage,
         training={
             "settings": settings.get("training", {}),
             "seed": settings.get("seed"),
