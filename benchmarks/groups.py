@@ -4,7 +4,7 @@
 
 The teacher retrieves hints of one category per episode, and a WebShop instruction does not name its
 category. Two classifiers (``retrieval.group``): ``embedding`` (nearest centroid of the all-MiniLM-L6-v2
-embeddings of ``--train`` labelled training goals) and ``llm`` (the config's reranker model, or ``--role agent``, answers one
+embeddings of ``--train`` labelled training goals) and ``llm`` (the config's agent model, or ``--role reranker``, answers one
 category as schema-constrained JSON; the paper used an LLM). Printed: each one's accuracy against the
 goals' true categories, their agreement with each other, the LLM's tokens per goal and both wall times.
 The goals are the first ``--limit`` test goals in the upstream order (the paper's evaluation goals).
@@ -29,7 +29,10 @@ def main() -> None:
     parser.add_argument("--train", type=int, default=500)
     parser.add_argument("--no-model", action="store_true", help="skip the LLM classifier")
     parser.add_argument(
-        "--role", choices=("reranker", "agent"), default="reranker", help="the config's role that classifies"
+        "--role",
+        choices=("reranker", "agent"),
+        default="agent",
+        help="the config's role that classifies (paper configs: reranker, the paper's 7B retriever LLM)",
     )
     args = parser.parse_args()
 
