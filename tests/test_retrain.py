@@ -307,7 +307,7 @@ def test_failure_events_trigger_one_retrain_which_skips_below_the_threshold(
                 time.sleep(5)
                 assert flow_runs(retrain) == [], "two events are below the trigger's threshold of three"
                 emit_failures_recorded(config, batch.stage, 2)
-                (run,) = wait_for(lambda: flow_runs(retrain), 60, "the triggered retrain run")
+                (run,) = wait_for(lambda: flow_runs(retrain), 240, "the triggered retrain run")
                 for _ in range(3):  # a second batch inside the window
                     emit_failures_recorded(config, batch.stage, 2)
                 wait_for(
