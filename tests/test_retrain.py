@@ -10,7 +10,6 @@ window starts no second run, and that the triggered run reads storage and record
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,6 @@ from ragdistill.stages.collect import (
 )
 from ragdistill.stages.promotion import run_promotion
 from ragdistill.stages.retrain import (
-    LAST_DECISION_FILE,
     WATERMARK_FILE,
     advance_watermark,
     generation_config,
@@ -255,75 +253,3 @@ def test_retrain_flow_trains_generation_one_end_to_end_then_skips_without_new_fa
     again = retrain_flow(str(config_path))
     assert again["skipped"] is not None and "0 new failure(s)" in again["skipped"]
     assert read_watermark(store) == watermark and not store.exists("generations/2")
-
-
-def wait_for(condition: Any, timeout_s: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(1)
-    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-
-
-def flow_runs(deployment_name: str) -> list[Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    with get_client(sync_client=True) as client:
-        deployment = client.read_deployment_by_name(deployment_name)
-        return client.read_flow_runs(
-            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
-        )
-
-
-@pytest.mark.slow
-def test_failure_events_trigger_one_retrain_which_skips_below_the_threshold(
-    fresh_prefect_home: Path,  # noqa: F811
-    tmp_path: Path,
-) -> None:
-    from ragdistill.orchestration.deployments import DEPLOYMENT_NAME, register_deployments
-    from ragdistill.orchestration.events import emit_failures_recorded
-    from ragdistill.orchestration.server import prefect_api
-    from ragdistill.orchestration.worker import start_worker, stop_worker
-
-    config = collect_config(
-        tmp_path, **{"retrain.min_failures": 50, "retrain.trigger_events": 3, "retrain.trigger_window_s": 600}
-    )
-    batch, _ = run_collect(config, backend=PolicyDouble("wait"))
-    config_path = tmp_path / "retrain.yaml"
-    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    retrain = f"retrain/{DEPLOYMENT_NAME}"
-    worker_log = tmp_path / "worker.log"
-
-    with prefect_api(timeout_s=600) as api_url:
-        register_deployments(str(config_path), working_dir=REPO)
-        with worker_log.open("wb") as log:
-            worker = start_worker(api_url, output=log, environment={"PREFECT_WORKER_QUERY_SECONDS": "1"})
-            try:
-                for _ in range(2):
-                    emit_failures_recorded(config, batch.stage, 2)
-                time.sleep(5)
-                assert flow_runs(retrain) == [], "two events are below the trigger's threshold of three"
-                emit_failures_recorded(config, batch.stage, 2)
-                (run,) = wait_for(lambda: flow_runs(retrain), 240, "the triggered retrain run")
-                for _ in range(3):  # a second batch inside the window
-                    emit_failures_recorded(config, batch.stage, 2)
-                wait_for(
-                    lambda: all(r.state is not None and r.state.is_final() for r in flow_runs(retrain)),
-                    300,
-                    "the retrain run to finish",
-                )
-                time.sleep(5)
-                runs = flow_runs(retrain)
-            finally:
-                stop_worker(worker)
-    log_tail = worker_log.read_text(errors="replace")[-4000:]
-    assert len(runs) == 1, f"exactly one retrain for both batches of events: {runs}\n{log_tail}"
-    (run,) = runs
-    assert run.state is not None and run.state.is_completed(), f"{run.state}\n{log_tail}"
-    assert run.parameters["run_root"] == ArtifactStore(config.run.run_root).root_url
-    decision = ArtifactStore(config.run.run_root).read_json(LAST_DECISION_FILE)
-    assert decision["new_failures"] == 2 and "fewer than retrain.min_failures (50)" in decision["skipped"]
-    assert not ArtifactStore(config.run.run_root).exists(WATERMARK_FILE), "a skip never moves the watermark"
