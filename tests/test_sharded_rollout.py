@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
-from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.config import ExperimentConfig
 from ragdistill.inference.base import ChatMessage, Generation, GenerationRequest
 from ragdistill.stages import run_rollout
 from ragdistill.stages.rollout import base_plan, list_env_tasks, play_shard
 from ragdistill.stages.shards import ShardJob, split_round_robin, use_shard_runner
 from ragdistill.store import ArtifactStore, Manifest, read_manifest, read_records
+from test_stages import counter_config as stage_config
 
 TESTS_DIR = Path(__file__).parent
 
@@ -57,16 +58,8 @@ class InstructedPolicyDouble:
 
 
 def counter_config(root: Path, **overrides: object) -> ExperimentConfig:
-    settings: dict[str, object] = {
-        "run.run_root": f"file://{root}",
-        "env.name": "counter-double",
-        "env.limit": 6,
-        "env.workers": 1,
-        "agent.fewshot_source": "none",
-        "agent.max_calls": 4,
-        "rollout.batch_size": 4,
-    }
-    return with_overrides(ExperimentConfig(), {**settings, **overrides})
+    """test_stages' counter-double config, with one environment worker per shard's pool."""
+    return stage_config(root, **{"env.workers": 1, **overrides})
 
 
 def played(config: ExperimentConfig) -> tuple[Manifest, list[str]]:
