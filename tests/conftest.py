@@ -6,8 +6,10 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -103,3 +105,76 @@ def prefect_server() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+POSTGRES_URL_ENV = "RAGDISTILL_TEST_POSTGRES_URL"
+POSTGRES_BIN_GLOB = "/usr/lib/postgresql/*/bin"
+POSTGRES_USER = "prefect"
+
+
+def _postgres_bin() -> Path | None:
+    """The newest Debian ``postgresql`` server's bin directory, or None when the package is missing."""
+    candidates = sorted(
+        (path for path in Path("/").glob(POSTGRES_BIN_GLOB.lstrip("/")) if (path / "initdb").exists()),
+        key=lambda path: int(path.parent.name) if path.parent.name.isdigit() else 0,
+    )
+    return candidates[-1] if candidates else None
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run the command as the package's ``postgres`` user."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A SQLAlchemy URL (``postgresql+asyncpg://``) of an empty PostgreSQL database for Prefect's server.
+
+    ``$RAGDISTILL_TEST_POSTGRES_URL`` when set; else a throwaway cluster of Debian's ``postgresql`` package
+    (``.ci/run`` installs it), initialised in a temporary directory and listening on a free loopback port
+    with trust authentication, stopped and deleted afterwards.
+    """
+    configured = os.environ.get(POSTGRES_URL_ENV)
+    if configured:
+        yield configured
+        return
+    bin_dir = _postgres_bin()
+    if bin_dir is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL is missing: `.ci/run` installs Debian's `postgresql` package")
+        pytest.skip(
+            f"PostgreSQL is not installed (apt-get install postgresql) and {POSTGRES_URL_ENV} is unset"
+        )
+    # Not under pytest's tmp dir: its parents are private to the current user, whom postgres is not.
+    cluster = Path(tempfile.mkdtemp(prefix="ragdistill-postgres-"))
+    data_dir, socket_dir = cluster / "data", cluster / "socket"
+    socket_dir.mkdir()
+    if os.geteuid() == 0:
+        for path in (cluster, socket_dir):
+            shutil.chown(path, user="postgres", group="postgres")
+    port = free_port()
+    log = cluster / "postgres.log"
+    options = f"-p {port} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    run = partial(subprocess.run, check=True, capture_output=True, text=True, timeout=120)
+    run(_as_postgres_user([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", POSTGRES_USER, "-A", "trust"]))
+    ctl = [str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log)]
+    run(_as_postgres_user([*ctl, "-o", options, "-w", "start"]))
+    try:
+        run(
+            _as_postgres_user(
+                [
+                    str(bin_dir / "createdb"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-U",
+                    POSTGRES_USER,
+                    "prefect",
+                ]
+            )
+        )
+        yield f"postgresql+asyncpg://{POSTGRES_USER}@127.0.0.1:{port}/prefect"
+    finally:
+        run(_as_postgres_user([*ctl, "-m", "fast", "-w", "stop"]), check=False)
+        shutil.rmtree(cluster, ignore_errors=True)

@@ -176,32 +176,59 @@ def nightly_schedules() -> list[tuple[str, bool]]:
         return [(s.schedule.cron, s.active) for s in client.read_deployment_schedules(deployment.id)]  # type: ignore[union-attr]
 
 
+def mined_config_to_deploy(tmp_path: Path) -> tuple[ExperimentConfig, Path, dict[str, Any]]:
+    """A counter-double run mined in this process (tests/test_stages.py), ready for the ``index``
+    deployment: the config, its file, and the deployment run's parameters.
+
+    The file names a run root with nothing in it: a run finds the hints only if the typed overrides
+    given to the deployment run reach the flow in the worker's subprocess."""
+    from ragdistill.stages import run_mining, run_rollout
+    from test_stages import PolicyDouble, counter_config
+
+    config = counter_config(tmp_path, **{"env.limit": 2, "env.workers": 1})
+    run_rollout(config, backend=PolicyDouble("wait"))
+    run_mining(config, backend=PolicyDouble())
+    data = config.model_dump(mode="json")
+    data["run"]["run_root"] = f"file://{tmp_path}/empty"
+    config_path = tmp_path / "deployed.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    return config, config_path, {"overrides": {"run": {"run_root": config.run.run_root}}}
+
+
+def index_runs_by_a_worker(
+    api_url: str, parameters: dict[str, Any], worker_log: Path, count: int
+) -> list[Any]:
+    """Run the registered ``index`` deployment ``count`` times, one after another, by a real process worker
+    (started for these runs, its output in ``worker_log``); the finished flow runs."""
+    from prefect.deployments import run_deployment
+
+    from ragdistill.orchestration.worker import start_worker, stop_worker
+
+    with worker_log.open("wb") as log:
+        worker = start_worker(api_url, output=log, environment={"PREFECT_WORKER_QUERY_SECONDS": "1"})
+        try:
+            return [
+                run_deployment(
+                    f"index/{DEPLOYMENT_NAME}", parameters=parameters, timeout=240, poll_interval=1
+                )
+                for _ in range(count)
+            ]
+        finally:
+            stop_worker(worker)
+
+
 @pytest.mark.slow
 def test_a_deployment_run_by_a_process_worker_completes_and_a_rerun_is_cached(
     fresh_prefect_home: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.deployments import run_deployment
 
     from ragdistill.orchestration.deployments import register_deployments
     from ragdistill.orchestration.server import prefect_api
-    from ragdistill.orchestration.worker import start_worker, stop_worker
-    from ragdistill.stages import run_mining, run_rollout
     from ragdistill.store import ArtifactStore, read_manifest
-    from test_stages import PolicyDouble, counter_config
 
-    config = counter_config(tmp_path, **{"env.limit": 2, "env.workers": 1})
-    run_rollout(config, backend=PolicyDouble("wait"))
-    run_mining(config, backend=PolicyDouble())
-    # The file names a run root with nothing in it: the run finds the hints only if the typed overrides
-    # given to the deployment run reach the flow in the worker's subprocess.
-    data = config.model_dump(mode="json")
-    data["run"]["run_root"] = f"file://{tmp_path}/empty"
-    config_path = tmp_path / "deployed.yaml"
-    config_path.write_text(yaml.safe_dump(data))
-    parameters = {"overrides": {"run": {"run_root": config.run.run_root}}}
-
+    config, config_path, parameters = mined_config_to_deploy(tmp_path)
     worker_log = tmp_path / "worker.log"
     with prefect_api(timeout_s=600) as api_url:
         names = register_deployments(str(config_path), nightly=True, working_dir=REPO)
@@ -217,17 +244,7 @@ def test_a_deployment_run_by_a_process_worker_completes_and_a_rerun_is_cached(
         assert "QLoRA" in training["load_in_4bit"]["description"]
         assert pipeline.parameters == {"config_name": str(config_path)}
 
-        with worker_log.open("wb") as log:
-            worker = start_worker(api_url, output=log, environment={"PREFECT_WORKER_QUERY_SECONDS": "1"})
-            try:
-                runs = [
-                    run_deployment(
-                        f"index/{DEPLOYMENT_NAME}", parameters=parameters, timeout=240, poll_interval=1
-                    )
-                    for _ in range(2)
-                ]
-            finally:
-                stop_worker(worker)
+        runs = index_runs_by_a_worker(api_url, parameters, worker_log, count=2)
         log_tail = worker_log.read_text(errors="replace")[-4000:]
         for run in runs:
             assert run.state is not None and run.state.is_completed(), f"{run.state}\n{log_tail}"
