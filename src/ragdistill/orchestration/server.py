@@ -46,6 +46,8 @@ HOME_ENV = "PREFECT_HOME"
 API_URL_ENV = "PREFECT_API_URL"
 MEMO_STORE_ENV = "PREFECT_SERVER_MEMO_STORE_PATH"
 ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
+SERVER_HOST_ENV = "PREFECT_SERVER_API_HOST"
+SERVER_PORT_ENV = "PREFECT_SERVER_API_PORT"
 STATE_FILE = "server.json"
 LOG_FILE = "server.log"
 START_LOCK_FILE = "server.lock"
@@ -243,7 +245,9 @@ def _launch(home: Path, port: int | None, timeout_s: float, keep: bool) -> Serve
     port = port or _free_port()
     api_url = f"http://{HOST}:{port}/api"
     log_path = home / LOG_FILE
-    env = {**os.environ, HOME_ENV: str(home)}
+    # The UI's API address derives from these settings, not from --host/--port: without them the UI
+    # served on any port but Prefect's default 4200 calls an API that is not there.
+    env = {**os.environ, HOME_ENV: str(home), SERVER_HOST_ENV: HOST, SERVER_PORT_ENV: str(port)}
     env.pop(API_URL_ENV, None)
     env.setdefault(ANALYTICS_ENV, "false")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
