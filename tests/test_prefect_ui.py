@@ -104,9 +104,10 @@ def report_headline(markdown: str) -> str:
 
 def open_the_runs_artifacts_as_a_user(
     driver: Any, ui_url: str, flow_run_id: str, artifacts: dict[str, Any], screenshots: Path
-) -> dict[str, str]:
+) -> dict[str, Any]:
     """Open the flow run's page, its Artifacts tab, the metrics card there, then the report artifact's
-    page; each page's visible text by name ("run", "metrics", "report")."""
+    page; each page's visible text by name ("run", "metrics", "report") and the pixel widths of the
+    report's rendered figures ("figure widths", 0 for one that did not load)."""
     headline = report_headline(artifacts["report"].data)
     metrics_description = str(artifacts["metrics"].description)
     driver.get(f"{ui_url}/runs/flow-run/{flow_run_id}")
@@ -121,7 +122,11 @@ def open_the_runs_artifacts_as_a_user(
     assert driver.current_url.endswith(f"/artifacts/artifact/{artifacts['metrics'].latest_id}")
     driver.get(f"{ui_url}/artifacts/artifact/{artifacts['report'].latest_id}")
     report = wait_for_text(driver, lambda text: headline in text, screenshots / "report.png")
-    return {"run": run, "metrics": metrics, "report": report}
+    figures = driver.execute_script(
+        "return Array.from(document.images).filter(i => i.alt.startsWith('Success rate'))"
+        ".map(i => i.complete ? i.naturalWidth : 0)"
+    )
+    return {"run": run, "metrics": metrics, "report": report, "figure widths": figures}
 
 
 @pytest.mark.slow
@@ -153,3 +158,4 @@ def test_the_ui_shows_a_finished_pipeline_runs_metrics_table_and_report(
     report = pages["report"]
     assert report_headline(artifacts["report"].data) in report, report[-3000:]
     assert "Results (paper layout)" in report and "training set is empty" in report, report[-3000:]
+    assert pages["figure widths"] and all(pages["figure widths"]), "the report's figure loads in the page"

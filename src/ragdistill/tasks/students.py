@@ -5,6 +5,7 @@ Thin wrappers over the stage functions; each task's cache key is its stage's ide
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 from prefect import task
@@ -128,10 +129,9 @@ def report_task(config: ExperimentConfig, upstream_digests: list[str | None]) ->
 
     manifest = run_report(config)
     store = _store(config)
-    figure = store.uri(f"{REPORTS_DIR}/{FIGURE_FILE}")
     create_markdown_artifact(
         key="report",
-        markdown=store.read_text(f"{REPORTS_DIR}/report.md").replace(f"]({FIGURE_FILE})", f"]({figure})"),
+        markdown=report_with_inline_figure(store),
         description=f"{config.run.name}: report ({store.uri(REPORTS_DIR)})",
     )
     create_table_artifact(
@@ -143,6 +143,20 @@ def report_task(config: ExperimentConfig, upstream_digests: list[str | None]) ->
         key="run-root", link=store.uri(""), link_text=config.run.run_root, description="the run's artifacts"
     )
     return publish_manifest(manifest, key="report-counts", description=f"{config.run.name}: report")
+
+
+def report_with_inline_figure(store: ArtifactStore) -> str:
+    """The report's markdown with its figure inlined as a ``data:`` URI.
+
+    A page served over http cannot load the run root's ``file://`` or ``s3://`` address, so a link would
+    show as a broken image in the UI; the PNG is small (under 100 kB), so it travels inside the artifact.
+    """
+    markdown = store.read_text(f"{REPORTS_DIR}/report.md")
+    figure_path = f"{REPORTS_DIR}/{FIGURE_FILE}"
+    if not store.exists(figure_path):
+        return markdown
+    encoded = base64.b64encode(store.read_bytes(figure_path)).decode("ascii")
+    return markdown.replace(f"]({FIGURE_FILE})", f"](data:image/png;base64,{encoded})")
 
 
 def metrics_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
