@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -17,11 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import yaml
+from prefect import flow
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
-from ragdistill.config import ExperimentConfig
+from ragdistill.config import ExperimentConfig, load_config
 from ragdistill.leases import LeaseHeldError, StageLease
 from ragdistill.retrieval.mining import episode_id
 from ragdistill.stages import run_rollout
@@ -31,9 +34,10 @@ from ragdistill.stages.retrain import (
     pending_failures,
     read_watermark,
 )
-from ragdistill.store import ArtifactStore
+from ragdistill.store import ArtifactStore, read_manifest, read_records
+from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
 from test_retrain import collect_config
-from test_stages import PolicyDouble
+from test_stages import PolicyDouble, counter_config
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -97,9 +101,10 @@ def test_two_runs_that_write_their_lease_candidates_at_once_leave_exactly_one_ho
     assert store.list("retrain", hidden=True) == []
 
 
-def child_environment(api_url: str) -> dict[str, str]:
+def child_environment(api_url: str, **extra: str) -> dict[str, str]:
     return {
         **os.environ,
+        **extra,
         "PREFECT_API_URL": api_url,
         "PYTHONPATH": os.pathsep.join([str(SOURCES), str(TESTS), os.environ.get("PYTHONPATH", "")]),
     }
@@ -229,3 +234,203 @@ def test_racing_and_crashing_retrains_train_one_generation_and_consume_every_fai
     assert not store.exists("generations/2")
     decisions = [store.read_json(path) for path in store.list(DECISIONS_DIR)]
     assert sorted(str(d["generation"]) for d in decisions) == ["1", "None"], decisions
+
+
+ROLLOUT_TASKS = 10
+CALLS_PER_EPISODE = 3  # the policy double plays ``inc``, which wins the counter game in 3 steps
+
+
+def slow_rollout_config(tmp_path: Path) -> Path:
+    """Ten counter-double episodes, one at a time: with the policy double's delay, a run of ~15 s."""
+    config = counter_config(
+        tmp_path, **{"env.limit": ROLLOUT_TASKS, "env.workers": 1, "rollout.batch_size": 1}
+    )
+    path = tmp_path / "slow-rollout.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    return path
+
+
+@flow(name="rollout-with-policy-double")
+def rollout_with_policy_double(config_path: str, delay_s: float = 0.4) -> dict[str, Any]:
+    """The real rollout flow, as a subflow, with the agent's model replaced by the slow policy double: the
+    only way to hand a double to a flow run that a worker starts in a process of its own."""
+    from ragdistill.flows.rollout import rollout_flow
+    from ragdistill.inference import shared
+
+    config = load_config(config_path)
+    double = PolicyDouble("inc", delay_s=delay_s)
+    shared._BACKENDS[shared._key(config.models.agent)] = double
+    try:
+        return {**rollout_flow(config_path), "requests": len(double.requests)}
+    finally:
+        print(f"REQUESTS {len(double.requests)}")
+
+
+ROLLOUT_CHILD = """
+import json, sys
+from test_orchestration_faults import rollout_with_policy_double
+
+state = rollout_with_policy_double(sys.argv[1], return_state=True)
+print("STATE " + json.dumps({"flow_run_id": str(state.state_details.flow_run_id), "type": state.type.value}))
+"""
+
+
+def stored_task_ids(run_root: str) -> list[str]:
+    store = ArtifactStore(run_root)
+    return [r["task_id"] for r in read_records(store, "rollouts/base", read_manifest(store, "rollouts/base"))]
+
+
+def appended_parts(run_root: str) -> int:
+    return len(ArtifactStore(run_root).list("rollouts/base/parts"))
+
+
+def flow_run_state(flow_run_id: str) -> str:
+    import uuid
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return str(client.read_flow_run(uuid.UUID(flow_run_id)).state_type.value)  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("client_retries", ["5", "0"], ids=["prefect-client-retries", "no-client-retries"])
+def test_a_prefect_server_killed_and_restarted_mid_rollout_loses_and_repeats_no_episode(
+    fresh_prefect_home: Path,  # noqa: F811
+    tmp_path: Path,
+    client_retries: str,
+) -> None:
+    """A rollout flow in a child process reports to a real ``prefect server start`` (SQLite); the server
+    is SIGKILLed after a few episodes and started again on the same port and database. With Prefect's
+    client retries (``PREFECT_CLIENT_MAX_RETRIES``, 5 by default: about a minute of backoff) the run
+    rides the restart out and its final state is on the restarted server. Without them (an outage longer
+    than the retries) the progress updates that fail are skipped and the rollout plays every episode; the
+    run may then fail to report its end, and a re-run finds the stage finished. Either way every task is
+    stored once and the model is asked for each episode once."""
+    from ragdistill.orchestration.server import prefect_api, server_status, start_server, stop_server
+
+    config_path = slow_rollout_config(tmp_path)
+    run_root = load_config(config_path).run.run_root
+    server, started = start_server(timeout_s=600, keep=True)
+    assert started
+    total = ROLLOUT_TASKS * CALLS_PER_EPISODE
+    try:
+        log = tmp_path / "first.log"
+        with log.open("wb") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-c", ROLLOUT_CHILD, str(config_path)],
+                cwd=REPO,
+                env=child_environment(server.api_url, PREFECT_CLIENT_MAX_RETRIES=client_retries),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_until(lambda: appended_parts(run_root) >= 3 or child.poll() is not None, 240, "three episodes")
+        assert child.poll() is None, log.read_text(errors="replace")[-4000:]
+        os.killpg(server.pid, signal.SIGKILL)
+        wait_until(lambda: server_status() is None, 30, "the killed server to be gone")
+        restarted, started_again = start_server(timeout_s=600, port=server.port, keep=True)
+        assert started_again and restarted.api_url == server.api_url and restarted.pid != server.pid
+        child.wait(timeout=300)
+        text = log.read_text(errors="replace")
+        (requests,) = [int(line.split()[1]) for line in text.splitlines() if line.startswith("REQUESTS ")]
+        assert requests == total, ("the rollout plays on through the outage", text[-4000:])
+        if client_retries != "0":
+            assert child.returncode == 0, text[-4000:]
+        if child.returncode == 0:
+            (state,) = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("STATE ")]
+            with prefect_api():
+                assert flow_run_state(state["flow_run_id"]) == "COMPLETED", "recorded on the restarted server"
+        else:
+            again = subprocess.run(
+                [sys.executable, "-c", ROLLOUT_CHILD, str(config_path)],
+                cwd=REPO, env=child_environment(server.api_url), capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+            assert again.returncode == 0, (text[-3000:], again.stdout[-3000:], again.stderr[-3000:])
+            assert "REQUESTS 0" in again.stdout, "the re-run plays nothing again"
+    finally:
+        stop_server()
+    assert sorted(stored_task_ids(run_root)) == sorted(f"t{i}" for i in range(ROLLOUT_TASKS))
+    assert len(stored_task_ids(run_root)) == ROLLOUT_TASKS
+
+
+def kill_process_tree(pid: int) -> int:
+    """SIGKILL ``pid`` and every process under it (the worker, its flow-run process, the game workers)."""
+    root = psutil.Process(pid)
+    processes = [*root.children(recursive=True), root]
+    for process in processes:
+        process.kill()
+    psutil.wait_procs(processes, timeout=30)
+    return len(processes)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_flow_and_the_run_rescheduled_resumes_without_repeating_episodes(
+    fresh_prefect_home: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A deployment run of the rollout (with the policy double) is picked up by a real process worker;
+    the worker and its flow-run process are SIGKILLed mid-rollout. The run is set back to Scheduled
+    through the API and a new worker runs it again: it completes, and the stage holds every task once,
+    the episodes finished before the kill kept, not played again."""
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.states import Scheduled
+
+    from ragdistill.orchestration.deployments import WORK_POOL, ensure_work_pool
+    from ragdistill.orchestration.server import prefect_api
+    from ragdistill.orchestration.worker import start_worker, stop_worker
+
+    config_path = slow_rollout_config(tmp_path)
+    run_root = load_config(config_path).run.run_root
+    python_path = os.pathsep.join([str(SOURCES), str(TESTS), os.environ.get("PYTHONPATH", "")])
+    worker_environment = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PYTHONPATH": python_path}
+    logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
+    with prefect_api(timeout_s=600) as api_url:
+        ensure_work_pool()
+        deployment = RunnerDeployment.from_flow(
+            rollout_with_policy_double,
+            name="worker-killed",
+            parameters={"config_path": str(config_path)},
+            work_pool_name=WORK_POOL,
+            job_variables={"working_dir": str(REPO)},
+        )
+        deployment.apply(work_pool_name=WORK_POOL)
+        run = run_deployment(deployment.full_name, timeout=0)
+        with logs[0].open("wb") as out:
+            worker = start_worker(api_url, output=out, environment=worker_environment)
+        try:
+            wait_until(
+                lambda: appended_parts(run_root) >= 3 or worker.poll() is not None, 300, "three episodes"
+            )
+            assert worker.poll() is None, logs[0].read_text(errors="replace")[-4000:]
+            assert kill_process_tree(worker.pid) >= 2, "the worker and its flow-run process"
+        finally:
+            if worker.poll() is None:
+                stop_worker(worker)
+            worker.wait()
+        before = appended_parts(run_root)
+        time.sleep(2)
+        assert appended_parts(run_root) == before, "nothing plays on after the kill"
+        assert flow_run_state(str(run.id)) == "RUNNING", "the server still believes the run is running"
+
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(run.id, Scheduled(), force=True)
+        with logs[1].open("wb") as out:
+            worker = start_worker(api_url, output=out, environment=worker_environment)
+        try:
+            wait_until(
+                lambda: flow_run_state(str(run.id)) in ("COMPLETED", "FAILED", "CRASHED"), 300, "rerun"
+            )
+        finally:
+            stop_worker(worker)
+        worker_log = logs[1].read_text(errors="replace")
+        assert flow_run_state(str(run.id)) == "COMPLETED", worker_log[-4000:]
+
+    assert sorted(stored_task_ids(run_root)) == sorted(f"t{i}" for i in range(ROLLOUT_TASKS))
+    assert len(stored_task_ids(run_root)) == ROLLOUT_TASKS
+    stats = ArtifactStore(run_root).read_json("rollouts/base/run-stats.json")
+    assert (
+        stats["skipped_finished"] >= before - 1
+        and stats["played_now"] == ROLLOUT_TASKS - stats["skipped_finished"]
+    ), stats
