@@ -29,8 +29,11 @@ from ragdistill.leases import LeaseHeldError, StageLease
 from ragdistill.retrieval.mining import episode_id
 from ragdistill.stages import run_rollout
 from ragdistill.stages.collect import finished_batches, recorded_failures, run_collect
+from ragdistill.stages.lifecycle import StageError
 from ragdistill.stages.retrain import (
     DECISIONS_DIR,
+    WATERMARK_FILE,
+    advance_watermark,
     pending_failures,
     read_watermark,
 )
@@ -99,6 +102,23 @@ def test_two_runs_that_write_their_lease_candidates_at_once_leave_exactly_one_ho
     assert len(held) == 1 and len(refused) == 1, (held, refused)
     assert f"'{held[0]}'" in refused[0], "the refused run names the holder"
     assert store.list("retrain", hidden=True) == []
+
+
+def test_a_retrain_whose_decision_went_stale_consumes_nothing(tmp_path: Path) -> None:
+    """Two decisions taken on the same watermark (a retrain resumed after another one finished): the
+    first advances it, the second is refused and the watermark keeps exactly the first's failures."""
+    config = collect_config(tmp_path)
+    run_collect(config, backend=PolicyDouble("wait"))
+    store = ArtifactStore(config.run.run_root)
+    decided_on = read_watermark(store)
+    first = pending_failures(store, decided_on)
+    run_collect(config, backend=PolicyDouble("wait"))
+    stale = pending_failures(store, decided_on)
+    advanced = advance_watermark(store, decided_on, first)
+    with pytest.raises(StageError, match="moved from generation 0 to 1"):
+        advance_watermark(store, decided_on, stale)
+    assert read_watermark(store) == advanced and store.read_json(WATERMARK_FILE)["generation"] == 1
+    assert pending_failures(store, advanced).by_stage.keys() == {"collect-0001"}
 
 
 def child_environment(api_url: str, **extra: str) -> dict[str, str]:

@@ -36,7 +36,7 @@ from ragdistill.leases import LeaseHeldError, StageLease
 from ragdistill.retrieval.mining import episode_id
 from ragdistill.stages.collect import ROLLOUTS_DIR, finished_batches, recorded_failures
 from ragdistill.stages.layout import BASE_STAGE, HINTS_DIR, rollout_prefix
-from ragdistill.stages.lifecycle import IDENTITY_NAME, StageIdentity, StageRun
+from ragdistill.stages.lifecycle import IDENTITY_NAME, StageError, StageIdentity, StageRun
 from ragdistill.store import ArtifactError, ArtifactStore, Manifest, read_manifest, read_records
 
 RETRAIN_DIR = "retrain"
@@ -83,7 +83,17 @@ def read_watermark(store: ArtifactStore) -> Watermark:
 
 
 def advance_watermark(store: ArtifactStore, watermark: Watermark, pending: PendingFailures) -> Watermark:
-    """The watermark with ``pending`` consumed and the generation counted, written as one object."""
+    """The watermark with ``pending`` consumed and the generation counted, written as one object.
+
+    ``watermark`` is the one the retrain decided on; when the stored one has moved since (another retrain
+    finished a generation while this one held no lease), nothing is written: consuming ``pending`` on top
+    of it would count a generation twice."""
+    stored = read_watermark(store)
+    if stored.generation != watermark.generation:
+        raise StageError(
+            f"the retrain watermark moved from generation {watermark.generation} to {stored.generation} while "
+            f"this retrain ran: its decision is stale and nothing was consumed; run retrain again"
+        )
     consumed = {stage: sorted(ids) for stage, ids in watermark.consumed.items()}
     for stage, ids in pending.by_stage.items():
         consumed[stage] = sorted(set(consumed.get(stage, [])) | set(ids))
