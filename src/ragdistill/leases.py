@@ -11,6 +11,11 @@ conditional writes (s3rver, which the tests use).
 The holder refreshes its candidate every ``heartbeat_s``. A candidate of a dead process on this host,
 or one not refreshed for ``stale_after_s``, is stale and removed by whoever sees it. A run that finds the
 folder held waits up to ``wait_s``, then stops with an error naming the holder.
+
+Two runs that write their candidates at the same moment both see the other and both withdraw. So that
+such a tie never makes both give up (with ``wait_s`` 0, as the retrain lease has), a run whose deadline
+has passed tries again, after a random pause, while the candidate it saw has been withdrawn since: a
+holder keeps its candidate, a withdrawn contender does not (at most :data:`CONTENTION_RETRIES` times).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from ragdistill.processes import process_alive
 from ragdistill.store import ArtifactError, ArtifactStore
 
 LEASE_PREFIX = ".lease-"
+CONTENTION_RETRIES = 8
 
 
 class LeaseHeldError(UserFacingError, RuntimeError):
@@ -121,13 +127,24 @@ class StageLease:
         self.store.delete(self.path)
         return min(others, key=lambda holder: holder.acquired_at)
 
+    def _withdrawn(self, holder: LeaseHolder) -> bool:
+        """After a random pause: whether ``holder``'s candidate is gone (a contender that withdrew, or a
+        holder that finished), so trying again is worth it."""
+        time.sleep(min(self.poll_s, 0.5) * random.random())
+        candidate = f"{self.stage_dir}/{LEASE_PREFIX}{holder.token}.json"
+        return candidate not in self.store.list(self.stage_dir, hidden=True)
+
     def acquire(self) -> StageLease:
         deadline = time.monotonic() + self.wait_s
+        contended = 0
         while True:
             holder = self._try_acquire()
             if holder is None:
                 break
             if time.monotonic() >= deadline:
+                if contended < CONTENTION_RETRIES and self._withdrawn(holder):
+                    contended += 1
+                    continue
                 raise LeaseHeldError(
                     f"{self.store.uri(self.stage_dir)} is being written by {holder.describe()}; wait for that "
                     "run to finish (or stop it), set run.lease_wait_s to wait for it, or give this run another "

@@ -8,9 +8,9 @@ with a recorded reason below ``retrain.min_failures``, and otherwise runs mine â
 then advances the watermark. Promote registers generation ``k``'s students in the *run root's* registry
 (lineage: the generation and the collect batches it consumed) and lets the gate compare the candidate with
 the run root's current version, so the next ``collect`` plays the new student once it is promoted. The
-retrain lease makes a second retrain of the same run root stop at once (``LeaseHeldError``) while one runs,
-whichever way it was started; the deployment's concurrency limit 1 keeps a second triggered run from
-starting at all.
+retrain lease makes a second retrain of the same run root skip at once, with the holder recorded as the
+reason, while one runs, whichever way it was started; the deployment's concurrency limit 1 keeps a second
+triggered run from starting at all.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from prefect import flow
 
 from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
 from ragdistill.inference.shared import close_shared_backends
-from ragdistill.stages.retrain import advance_watermark, generation_config, record_decision, retrain_lease
+from ragdistill.stages.retrain import advance_watermark, generation_config, record_decision, retrain_turn
 from ragdistill.store import ArtifactStore
 from ragdistill.tasks.collect import (
     collect_task,
@@ -55,7 +55,9 @@ def retrain_flow(
 ) -> dict[str, Any]:
     """Retrain on every collect failure stored since the last retrain, or skip with the reason."""
     config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root})
-    with retrain_lease(config):
+    with retrain_turn(config) as busy:
+        if busy is not None:
+            return busy
         decision = retrain_decision_task(config)
         if decision["skipped"] is not None:
             return {key: value for key, value in decision.items() if key not in ("watermark", "pending")}

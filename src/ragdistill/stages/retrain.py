@@ -15,24 +15,28 @@ before are sent to it. Hints, index, teacher, datasets, adapters and evaluations
 live under ``generations/<k>/`` with identities computed there, so the first pipeline's cache and every
 earlier generation stay truthful.
 
-One retrain at a time per run root: the whole retrain holds the lease of ``retrain/`` (``leases``).
+One retrain at a time per run root: the whole retrain holds the lease of ``retrain/`` (``leases``). A
+retrain that finds it held (two triggers, a manual run beside a triggered one) records a skip naming the
+holder and ends without reading or writing the watermark (:func:`retrain_turn`).
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from ragdistill.config import ExperimentConfig, with_overrides
 from ragdistill.identity import code_fingerprint
-from ragdistill.leases import StageLease
+from ragdistill.leases import LeaseHeldError, StageLease
 from ragdistill.retrieval.mining import episode_id
 from ragdistill.stages.collect import ROLLOUTS_DIR, finished_batches, recorded_failures
 from ragdistill.stages.layout import BASE_STAGE, HINTS_DIR, rollout_prefix
-from ragdistill.stages.lifecycle import IDENTITY_NAME, StageIdentity, StageRun
+from ragdistill.stages.lifecycle import IDENTITY_NAME, StageError, StageIdentity, StageRun
 from ragdistill.store import ArtifactError, ArtifactStore, Manifest, read_manifest, read_records
 
 RETRAIN_DIR = "retrain"
@@ -79,7 +83,17 @@ def read_watermark(store: ArtifactStore) -> Watermark:
 
 
 def advance_watermark(store: ArtifactStore, watermark: Watermark, pending: PendingFailures) -> Watermark:
-    """The watermark with ``pending`` consumed and the generation counted, written as one object."""
+    """The watermark with ``pending`` consumed and the generation counted, written as one object.
+
+    ``watermark`` is the one the retrain decided on; when the stored one has moved since (another retrain
+    finished a generation while this one held no lease), nothing is written: consuming ``pending`` on top
+    of it would count a generation twice."""
+    stored = read_watermark(store)
+    if stored.generation != watermark.generation:
+        raise StageError(
+            f"the retrain watermark moved from generation {watermark.generation} to {stored.generation} while "
+            f"this retrain ran: its decision is stale and nothing was consumed; run retrain again"
+        )
     consumed = {stage: sorted(ids) for stage, ids in watermark.consumed.items()}
     for stage, ids in pending.by_stage.items():
         consumed[stage] = sorted(set(consumed.get(stage, [])) | set(ids))
@@ -126,6 +140,23 @@ def retrain_lease(config: ExperimentConfig) -> StageLease:
     """The lease every retrain of a run root holds from its decision to its watermark."""
     store = ArtifactStore(config.run.run_root)
     return StageLease(store, RETRAIN_DIR, label=f"{config.run.name}: retrain", wait_s=0.0)
+
+
+@contextmanager
+def retrain_turn(config: ExperimentConfig) -> Iterator[dict[str, Any] | None]:
+    """Hold the retrain lease for the block, which sees None; when another retrain holds it, the block
+    sees the skip decision recorded here instead (``skipped`` names the holder) and must not retrain."""
+    lease = retrain_lease(config)
+    try:
+        lease.acquire()
+    except LeaseHeldError as held:
+        reason = f"another retrain of this run root is running, nothing retrained: {held}"
+        yield record_decision(ArtifactStore(config.run.run_root), {"generation": None, "skipped": reason})
+        return
+    try:
+        yield None
+    finally:
+        lease.release()
 
 
 def generation_root(config: ExperimentConfig, generation: int) -> str:

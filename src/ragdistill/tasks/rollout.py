@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prefect import task
@@ -19,11 +20,18 @@ from ragdistill.tasks.common import publish_manifest, stage_cache_policy
 
 
 def progress_reporter(stage: str) -> ProgressCallback:
-    """A progress artifact in the Prefect UI, moved after every finished episode."""
+    """A progress artifact in the Prefect UI, moved after every finished episode. Best effort: an update
+    the API does not take (the server down for longer than the client's retries) is logged and skipped,
+    and the rollout plays on; its episodes are stored either way."""
     progress_id = create_progress_artifact(progress=0.0, description=f"episodes finished in rollouts/{stage}")
 
     def on_episode(_: EpisodeRecord, finished: int, total: int) -> None:
-        update_progress_artifact(progress_id, progress=100.0 * finished / max(total, 1))
+        try:
+            update_progress_artifact(progress_id, progress=100.0 * finished / max(total, 1))
+        except Exception as error:  # whatever the client raises: progress is not the result
+            logging.getLogger(__name__).warning(
+                "rollouts/%s: progress not sent to the Prefect API (%s); the rollout goes on", stage, error
+            )
 
     return on_episode
 
