@@ -111,6 +111,7 @@ class FaultInjectingOpenAIServer:
         self._port = 0
         self._server: _QuietServer | None = None
         self._thread: threading.Thread | None = None
+        self._stopper: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
@@ -118,6 +119,8 @@ class FaultInjectingOpenAIServer:
 
     def start(self) -> FaultInjectingOpenAIServer:
         """Listen (again, on the same port after :meth:`die_after`), healthy."""
+        if self._stopper is not None:
+            self._stopper.join()
         with self._lock:
             self._down, self._answers_left = False, None
         self._server = _QuietServer(("127.0.0.1", self._port), self._handler())
@@ -158,7 +161,8 @@ class FaultInjectingOpenAIServer:
             if self._down:
                 return
             self._down = True
-        threading.Thread(target=self.stop, daemon=True).start()
+        self._stopper = threading.Thread(target=self.stop, daemon=True)
+        self._stopper.start()
 
     def _next(self, body: dict[str, Any]) -> str:
         with self._lock:

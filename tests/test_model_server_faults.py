@@ -31,7 +31,7 @@ from ragdistill.stages.mining import CHUNKS_DIR
 from ragdistill.store import ArtifactStore, read_manifest, read_records
 from test_stages import PolicyDouble, counter_config
 
-FAST_RETRIES = {"retry_backoff_s": 0.001, "max_retries": 2, "timeout_s": 0.5}
+FAST_RETRIES = {"retry_backoff_s": 0.001, "max_retries": 2, "timeout_s": 1.0}
 """Tiny backoffs; a timeout short enough for the ``timeout`` and ``slow`` faults to trip it quickly."""
 
 WHAT_THE_ERROR_SAYS = {
@@ -64,7 +64,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def server() -> Iterator[FaultInjectingOpenAIServer]:
-    with FaultInjectingOpenAIServer(scripted_policy("go to desk 1"), hang_s=1.5, slow_total_s=1.5) as double:
+    with FaultInjectingOpenAIServer(scripted_policy("go to desk 1"), hang_s=2.5, slow_total_s=2.5) as double:
         yield double
 
 
@@ -148,7 +148,9 @@ def test_a_server_dying_mid_rollout_fails_the_stage_clearly_and_the_rerun_plays_
 ) -> None:
     with FaultInjectingOpenAIServer(scripted_policy("inc")) as server:
         config = served_config(tmp_path, server, tokenizer_dir)
-        server.die_after(8)  # the counter game takes 3 calls: some of the 6 episodes finish first
+        # The counter game takes 3 calls and at most 4 episodes are in flight: whatever the interleaving,
+        # 12 answers finish at least one episode and leave at least one of the 6 unfinished.
+        server.die_after(12)
         with pytest.raises(StageError) as failed:
             run_rollout(config)
         assert isinstance(failed.value, UserFacingError)
