@@ -192,9 +192,11 @@ _TRANSCRIPT_MARKER = re.compile(
     r"\b(?:action|observation|obs|thought|think)\s*:|\bthink\s*\[|(?:^|\s)>\s*\S", re.IGNORECASE
 )
 _OVERRIDE = re.compile(
-    r"\b(?:ignore|disregard|forget|override|bypass)\b.{0,40}?\b(?:previous|prior|above|earlier|all|any|"
-    r"your|the|these|those|system)\b.{0,30}?\b(?:instructions?|rules?|prompts?|messages?|directions?|"
-    r"guidelines?|context)\b|\byou are now\b|\bnew instructions?\b|\bsystem prompt\b|\bjailbreak",
+    r"\b(?:ignore|disregard|forget|override|bypass)(?:\s+(?:all|any|the|your|of|these|those|my))*"
+    r"\s+(?:(?:previous|prior|above|earlier|preceding|system|original|given)\s+)?"
+    r"(?:instructions?|rules?|prompts?|directions?|guidelines?)\b"
+    r"|\b(?:ignore|disregard|forget)\s+(?:everything|all)\s+(?:above|before|else)\b"
+    r"|\byou are now\b|\bnew instructions?\b|\bsystem prompt\b|\bjailbreak",
     re.IGNORECASE,
 )
 MAX_PROMPT_HINT_CHARS = 300
