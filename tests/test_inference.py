@@ -385,13 +385,14 @@ def test_connection_errors_are_retried_then_reported_transient() -> None:
 
 
 def test_one_requests_fault_stays_with_it_and_the_rest_arrive_in_order(tiny_tokenizer_dir: Path) -> None:
-    """A batch with a prompt over the server's window, one that exhausts its retries on 503 and one
-    answered without choices: those three fail in their places, the siblings are served."""
+    """A batch with a prompt over the server's window (not retried), one that exhausts its retries on
+    503 and one answered without choices on every retry: those three fail in their places, the
+    siblings are served."""
     prompts = ["first", "too long", "second", "flaky", "empty", "third"]
     scripts: dict[str, list[int | str]] = {
         "too long": ["context-length"],
         "flaky": [503] * 3,
-        "empty": ["no-choices"],
+        "empty": ["no-choices"] * 3,
     }
     sleep = SleepRecorder()
     with FlakyOpenAIServerDouble([], delay_s=0.05, by_prompt=scripts) as server:
@@ -409,8 +410,8 @@ def test_one_requests_fault_stays_with_it_and_the_rest_arrive_in_order(tiny_toke
     assert_failed(empty, "request", "request 4: ", server.base_url, "without choices", "scripted: no choices")
     prompt_count = backend.count_tokens(requests[1].messages)[0]
     assert too_long.prompt_tokens == prompt_count > 0  # counted with the tokenizer at hand
-    assert sorted(server.prompts_sent()) == sorted([*prompts, "flaky", "flaky"])  # only 503 is retried
-    assert sleep.delays == [0.5, 1.0]
+    assert sorted(server.prompts_sent()) == sorted([*prompts, "flaky", "flaky", "empty", "empty"])
+    assert sorted(sleep.delays) == [0.5, 0.5, 1.0, 1.0]
 
 
 def test_a_non_json_200_is_retried_then_fails_transient() -> None:

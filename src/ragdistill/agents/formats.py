@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Protocol
 
 from ragdistill.agents.parsing import (
+    action_problem,
     clean_action,
     first_line,
     parse_state_lines,
@@ -237,6 +238,8 @@ class _OneLineFormat(_BaseFormat):
         action = self._action(line)
         if not action:
             return ParsedOutput(action=None, error=f"no action in output line {line[:80]!r}", text=line)
+        if (problem := action_problem(action)) is not None:
+            return ParsedOutput(action=None, error=problem, text=line)
         return ParsedOutput(action=action, text=action)
 
     def transcript(self, first_observation: str, turns: Sequence[tuple[str, str]]) -> str:
@@ -325,6 +328,8 @@ class StateActFormat(_BaseFormat):
                 text=text,
                 state=state,
             )
+        if (problem := action_problem(action)) is not None:
+            return ParsedOutput(action=None, thought=thought, error=problem, text=text, state=state)
         return ParsedOutput(action=action, thought=thought, text=text, state=state)
 
     def transcript(self, first_observation: str, turns: Sequence[tuple[str, str]]) -> str:

@@ -1,13 +1,16 @@
 """Turning raw model text into an action: forgiving about decoration, strict about what counts.
 
 Small chat models wrap actions in junk: a leading ``> `` copied from the transcripts, an ``Action:``
-label, quotes, markdown bold, a trailing full stop, several lines. The cleaners here strip that
-decoration and nothing else; whether the remaining text is a valid command is the environment's call.
+label, quotes, markdown bold, a trailing full stop, several lines, control characters. The cleaners
+here strip that decoration and nothing else; whether the remaining text is a valid command is the
+environment's call. What they hand on is one line without control characters; an action longer than
+:data:`MAX_ACTION_CHARS` is no command in any environment (:func:`action_problem`).
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -21,6 +24,9 @@ _THINK_LABEL = re.compile(r"^(?:think|thought)\s*:\s*", re.IGNORECASE)
 _THINK_BRACKET = re.compile(r"^(?:think|thought)\s*\[\s*", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
 _ANY_ACTION_LABEL = re.compile(r"action[ \t]*:", re.IGNORECASE)
+MAX_ACTION_CHARS = 400
+"""Longer than any ALFWorld command or WebShop search a goal calls for."""
+_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp"})
 
 
 @lru_cache(maxsize=16)
@@ -37,9 +43,18 @@ def first_line(text: str) -> str:
     return ""
 
 
+def without_control_characters(text: str) -> str:
+    """``text`` with control and invisible format characters (NUL, escape, zero-width, bidi, line
+    separators) replaced by spaces."""
+    if text.isprintable():
+        return text
+    return "".join(" " if unicodedata.category(char) in _CONTROL_CATEGORIES else char for char in text)
+
+
 def strip_decoration(line: str) -> str:
-    """Remove prompt markers, quotes and markdown around one line; collapse whitespace."""
-    line = _LEADING_MARKERS.sub("", line)
+    """Remove prompt markers, quotes and markdown around one line; collapse whitespace and control
+    characters."""
+    line = _LEADING_MARKERS.sub("", without_control_characters(line))
     line = _TRAILING_JUNK.sub("", line)
     return _SPACES.sub(" ", line).strip()
 
@@ -89,11 +104,18 @@ def clean_action(line: str, lowercase: bool = True) -> str:
     return action.lower() if lowercase else action
 
 
+def action_problem(action: str) -> str | None:
+    """Why a cleaned action cannot be a command (None when it can be sent)."""
+    if len(action) > MAX_ACTION_CHARS:
+        return f"the action is {len(action)} characters long, more than any command ({MAX_ACTION_CHARS})"
+    return None
+
+
 def parse_state_lines(text: str, keys: Sequence[str]) -> dict[str, str]:
     """The StateAct ``key: value`` lines of ``keys`` in ``text``; a key written twice keeps its last value."""
     state: dict[str, str] = {}
     for match in _state_line(tuple(keys)).finditer(text):
-        state[match.group(1).lower()] = match.group(2).strip()
+        state[match.group(1).lower()] = first_line(match.group(2))
     return state
 
 

@@ -3,13 +3,17 @@
 Requests go out concurrently (at most ``backend.max_concurrency`` in flight) over httpx. A request's
 fault stays with it (see :class:`ragdistill.inference.base.Backend`); its siblings are served:
 
-- connection errors, timeouts, a cut-off body, 408, 429 and 5xx answers, and a 200 whose body is not
-  JSON (a proxy's page, a body cut short) are retried with exponential backoff and jitter (at least
-  the server's Retry-After); after ``backend.max_retries`` retries the request fails "transient";
+- connection errors and resets, timeouts, a cut-off body, 408, 429 and 5xx answers, and a 200 whose
+  body is not JSON (a proxy's page, a body cut short) are retried with exponential backoff and jitter
+  (at least the server's Retry-After, in seconds or as an HTTP date); after ``backend.max_retries``
+  retries the request fails "transient";
+- ``backend.timeout_s`` bounds each attempt as a whole, not only each read: a server that trickles its
+  answer byte by byte cannot hold a request for longer;
 - any other 4xx (400 for a prompt over the context window, 413, 422, …) fails the request at once,
   "request", with the server's message;
-- a JSON 200 without ``choices[0].message`` fails the request at once, "request": the server parsed
-  and answered it, so sending it again gets the same answer;
+- a JSON 200 without ``choices[0].message`` (empty choices, an error object) is retried the same way,
+  since gateways send such answers under load; when every attempt gets one the request fails
+  "request": the server keeps answering it so, and replaying the episode would not help;
 - 401, 403, 404, 405 and redirects would fail every request (the key, the URL, the model name):
   ``generate`` raises :class:`BackendError` at once, naming the server and what to fix.
 
@@ -31,12 +35,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import random
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -94,12 +101,30 @@ class RequestFault:
     cause: str
 
 
-def _retry_after_s(response: httpx.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    try:
-        return min(MAX_BACKOFF_S, max(0.0, float(value))) if value is not None else None
-    except ValueError:
+def retry_after_s(value: str | None, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP date), capped; None when absent
+    or unreadable."""
+    if value is None:
         return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = parsedate_to_datetime(value).timestamp() - (time.time() if now is None else now)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+    return None if math.isnan(seconds) else min(MAX_BACKOFF_S, max(0.0, seconds))
+
+
+def reply_shape_problem(reply: Any) -> str | None:
+    """Why a decoded 200 body is no chat completion (None when it has ``choices[0].message``)."""
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if not isinstance(choices, list) or not choices:
+        return "choices missing or empty"
+    first = choices[0]
+    if not isinstance(first, dict) or not isinstance(first.get("message"), dict):
+        return "choices[0] has no message"
+    return None
 
 
 def adapter_model_name(adapter: str) -> str:
@@ -227,17 +252,27 @@ class OpenAIBackend:
         attempt = 0
         while True:
             wait_hint: float | None = None
+            kind: FailureKind = "transient"
             try:
-                response = await client.post(self._url, json=body)
+                async with asyncio.timeout(backend.timeout_s):
+                    response = await client.post(self._url, json=body)
+            except TimeoutError:
+                problem = f"no complete answer within backend.timeout_s ({backend.timeout_s:g} s)"
             except (httpx.TransportError, httpx.DecodingError) as error:
                 problem = f"{type(error).__name__}: {error}"
             else:
                 status = response.status_code
                 if status == 200:
                     try:
-                        return response.json()
+                        reply = response.json()
                     except ValueError as error:
                         problem = f"a 200 whose body is not JSON ({error}): {response.text[:200]!r}"
+                    else:
+                        shape = reply_shape_problem(reply)
+                        if shape is None:
+                            return reply
+                        kind = "request"
+                        problem = f"a 200 without choices[0].message ({shape}): {response.text[:300]}"
                 elif (fix := backend_fault_fix(status)) is not None:
                     raise BackendError(
                         f"{self._url} answered {status}: {response.text[:300]}; every request would fail "
@@ -249,12 +284,15 @@ class OpenAIBackend:
                     )
                 else:
                     problem = f"HTTP {status}"
-                    wait_hint = _retry_after_s(response)
+                    wait_hint = retry_after_s(response.headers.get("retry-after"))
             if attempt >= backend.max_retries:
+                advice = (
+                    "the server answers this request without a completion"
+                    if kind == "request"
+                    else "check that the server is up (GET /health) or raise backend.max_retries / timeout_s"
+                )
                 return RequestFault(
-                    "transient",
-                    f"{self._url} failed {attempt + 1} time(s), last with {problem}; check that the server "
-                    "is up (GET /health) or raise backend.max_retries / timeout_s",
+                    kind, f"{self._url} failed {attempt + 1} time(s), last with {problem}; {advice}"
                 )
             delay = backoff_delay(attempt, backend.retry_backoff_s, self._rand)
             delay = max(delay, wait_hint) if wait_hint is not None else delay

@@ -18,6 +18,7 @@ from ragdistill.config import MiningConfig, SamplingConfig
 from ragdistill.environments.profile import EnvProfile, HintStyle, ThinkSyntax
 from ragdistill.environments.registry import get_profile
 from ragdistill.episodes import EpisodeRecord, Step
+from ragdistill.errors import UserFacingError
 from ragdistill.inference.base import Backend, ChatMessage, GenerationRequest
 from ragdistill.retrieval.hints import Hint, parse_hints
 
@@ -25,6 +26,11 @@ SYSTEM_PROMPT = (
     "You study failed attempts of an agent in a text environment and write short, general rules that "
     "would help an agent succeed at other tasks of the same type. You answer with JSON only."
 )
+
+
+class ExtractorUnreachableError(UserFacingError, RuntimeError):
+    """Every request of a batch was lost to an infrastructure fault after the backend's own retries: the
+    extractor's server is down, so sending the next batches would only fail the same way."""
 
 
 def episode_id(record: EpisodeRecord) -> str:
@@ -236,7 +242,10 @@ def extract_hints(
     sampling: SamplingConfig | None = None,
     constrain_hint_text: bool = False,
 ) -> list[MinedEpisode]:
-    """One batched generate call for ``failures``; an entry per answered request, in order."""
+    """One batched generate call for ``failures``; an entry per answered request, in order.
+
+    A request lost to an infrastructure fault has no entry (it is sent again next time); when every
+    request was lost, :class:`ExtractorUnreachableError` says so with the first cause."""
     if not failures:
         return []
     profiles = {env: get_profile(env) for env in {record.env for record in failures}}
@@ -248,6 +257,13 @@ def extract_hints(
     if len(generations) != len(requests):
         raise RuntimeError(
             f"backend {backend.name!r} returned {len(generations)} answers for {len(requests)} requests"
+        )
+    lost = [generation.error for generation in generations if generation.error_kind == "transient"]
+    if len(lost) == len(generations):
+        raise ExtractorUnreachableError(
+            f"the extractor (backend {backend.name!r}) answered none of {len(lost)} request(s) after its "
+            f"retries; first cause: {lost[0]}. Answers committed so far are kept: run the mining stage "
+            "again once the extractor answers (models.extractor.backend)"
         )
     mined: list[MinedEpisode] = []
     for record, generation in zip(failures, generations, strict=True):

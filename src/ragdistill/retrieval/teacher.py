@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Literal
 
 from ragdistill.environments.base import TaskInfo
 from ragdistill.retrieval.groups import GroupClassifier, GroupPrediction
+from ragdistill.retrieval.hints import Hint, unsafe_for_prompt
 from ragdistill.retrieval.retrievers import RetrievalQuery, Retriever, query_text
 from ragdistill.rollout import RetrievedHints
+
+log = logging.getLogger(__name__)
 
 
 class RetrieverHintSource:
@@ -17,7 +21,10 @@ class RetrieverHintSource:
     Each episode queries the hints of one group: the task's own (``classifier`` None: ALFWorld's task
     type is stated by the game), or the group a classifier reads off the instruction (WebShop's
     category, which the environment does not reveal). A classifier's model tokens count as retrieval
-    tokens, and its prediction is named in the episode's retrieval note."""
+    tokens, and its prediction is named in the episode's retrieval note.
+
+    Hints are data: a retrieved hint that could act on the prompt (:func:`unsafe_for_prompt`: a bank
+    edited by hand, or mined before mining checked for it) is left out, and the note names it."""
 
     def __init__(
         self,
@@ -40,15 +47,35 @@ class RetrieverHintSource:
             for (task, observation), group in zip(starts, groups, strict=True)
         ]
         results = self.retriever.retrieve(queries, self.k)
-        return [
-            RetrievedHints(
-                [hint.text for hint in result.hints],
-                result.hint_ids,
-                result.tokens + group.tokens,
-                _note(result.reason, group, self.classifier),
+        retrieved: list[RetrievedHints] = []
+        for result, group in zip(results, groups, strict=True):
+            safe, refused = _prompt_safe_hints(result.hints)
+            notes = [_note(result.reason, group, self.classifier), refused]
+            retrieved.append(
+                RetrievedHints(
+                    [hint.text for hint in safe],
+                    [hint.id for hint in safe],
+                    result.tokens + group.tokens,
+                    "; ".join(note for note in notes if note) or None,
+                )
             )
-            for result, group in zip(results, groups, strict=True)
-        ]
+        return retrieved
+
+
+def _prompt_safe_hints(hints: Sequence[Hint]) -> tuple[list[Hint], str | None]:
+    """The hints fit to paste into a prompt, and a note naming the ones left out (None when none was)."""
+    safe: list[Hint] = []
+    refused: list[str] = []
+    for hint in hints:
+        reason = unsafe_for_prompt(hint.text)
+        if reason is None:
+            safe.append(hint)
+        else:
+            refused.append(f"{hint.id} ({reason})")
+    if not refused:
+        return safe, None
+    log.warning("left out hint(s) that could act on the prompt: %s", ", ".join(refused))
+    return safe, f"left out hint(s) that could act on the prompt: {', '.join(refused)}"
 
 
 def _note(reason: str | None, group: GroupPrediction, classifier: GroupClassifier | None) -> str | None:

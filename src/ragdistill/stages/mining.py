@@ -104,6 +104,7 @@ def run_mining(
         counts = {
             **result.counts,
             "failures_not_answered": len(failures) - len(current),
+            "transient_errors": len(failures) - len(current),  # never current: the next run sends them
             "hints_added": outcomes["added"],
             "hints_merged": outcomes["merged"],
             "bank_size": len(bank),
