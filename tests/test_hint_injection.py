@@ -22,13 +22,14 @@ from ragdistill.environments.base import TaskInfo
 from ragdistill.environments.webshop.hints import WEBSHOP_HINT_STYLE
 from ragdistill.retrieval.bank import BANK_PATH, HintBank
 from ragdistill.retrieval.hints import Hint, injection_reason, unsafe_for_prompt, validate_hint
-from ragdistill.retrieval.retrievers import BM25Retriever
+from ragdistill.retrieval.retrievers import BM25Retriever, LLMRerankRetriever, RetrievalQuery
 from ragdistill.retrieval.teacher import RetrieverHintSource
 from ragdistill.stages import run_mining, run_rollout
 from ragdistill.stages.layout import HINTS_DIR, REJECTED_HINTS
 from ragdistill.stages.teaching import run_teacher
 from ragdistill.store import ArtifactStore, read_manifest, write_manifest
 from retrieval_doubles import ScriptedExtractorDouble
+from rollout_doubles import ScriptedBackendDouble
 from test_stages import PolicyDouble, counter_config
 
 SAFE_HINT = "Start by counting how often you must act before you wait."
@@ -139,3 +140,28 @@ def test_a_hand_written_bank_cannot_inject_into_any_agent_formats_prompt(format_
     assert lines[-1].text in prompt
     for fragment, _ in PAYLOADS.values():
         assert fragment not in prompt, fragment
+
+
+def test_the_llm_re_rankers_prompt_never_carries_a_hint_that_could_act_on_it() -> None:
+    seen: list[str] = []
+
+    def reranker(prompt: str) -> str:
+        seen.append(prompt)
+        return '{"indices": [1]}'
+
+    lines = [Hint.create(f"{text} apple fridge", "alfworld", "clean") for text in PAYLOADS]
+    plain = [
+        Hint.create(f"Clean {{object}} in the sinkbasin before step {n}.", "alfworld", "clean")
+        for n in (1, 2)
+    ]
+    bank = HintBank.from_jsonl(
+        "".join(json.dumps(hint.to_dict()) + "\n" for hint in [*lines, *plain]), source=BANK_PATH
+    )
+    [result] = LLMRerankRetriever(bank, ScriptedBackendDouble(reranker)).retrieve(
+        [RetrievalQuery("clean", "put a clean apple in fridge")], k=1
+    )
+    assert len(seen) == 1, "two plain candidates for k=1: the re-ranker is asked"
+    assert plain[0].text in seen[0] and plain[1].text in seen[0]
+    for fragment, _ in PAYLOADS.values():
+        assert fragment not in seen[0], fragment
+    assert [hint.id for hint in result.hints] == [plain[0].id]

@@ -23,7 +23,7 @@ from ragdistill.bm25 import import_bm25s
 from ragdistill.config import RetrievalConfig, SamplingConfig
 from ragdistill.inference.base import Backend, ChatMessage, GenerationRequest
 from ragdistill.retrieval.bank import HintBank, TextEmbedder
-from ragdistill.retrieval.hints import Hint
+from ragdistill.retrieval.hints import Hint, unsafe_for_prompt
 from ragdistill.retrieval.index import HintIndex, HintIndexError, IndexParams
 from ragdistill.retrieval.lenient_json import find_json
 
@@ -251,12 +251,17 @@ class LLMRerankRetriever:
         self.bank, self.backend, self.group_label = bank, backend, group_label
         self.sampling = sampling or SamplingConfig(max_tokens=64)
 
+    def _candidates(self, task_type: str) -> list[Hint]:
+        """The group's hints fit to show the re-ranker: hints are data, and one that could act on a
+        prompt (:func:`unsafe_for_prompt`) never reaches the re-ranker's prompt either."""
+        return [hint for hint in self.bank.hints(task_type) if unsafe_for_prompt(hint.text) is None]
+
     def retrieve(self, queries: Sequence[RetrievalQuery], k: int) -> list[RetrievalResult]:
         results = [RetrievalResult() for _ in queries]
         asked: list[int] = []
         requests: list[GenerationRequest] = []
         for position, query in enumerate(queries):
-            hints = self.bank.hints(query.task_type)
+            hints = self._candidates(query.task_type)
             if len(hints) <= k or k <= 0:
                 results[position].hints = hints[: max(k, 0)]
                 results[position].reason = _shortfall(
@@ -271,7 +276,7 @@ class LLMRerankRetriever:
                 f"backend {self.backend.name!r} returned {len(generations)} answers for {len(requests)} requests"
             )
         for position, generation in zip(asked, generations, strict=True):
-            hints = self.bank.hints(queries[position].task_type)
+            hints = self._candidates(queries[position].task_type)
             result = results[position]
             if generation.failed:
                 result.reason = f"the re-ranker failed: {generation.error}"
