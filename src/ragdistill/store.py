@@ -33,6 +33,7 @@ MANIFEST_VERSION = 2
 PARTS_DIR = "parts"
 _SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.jsonl$")
 _PART_PATTERN = re.compile(r"^part-(\d{9})\.jsonl$")
+_TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")  # ArtifactStore.write_bytes's temp files
 
 
 class ArtifactError(UserFacingError, RuntimeError):
@@ -142,6 +143,17 @@ class ArtifactStore:
             self.fs.rm(target, recursive=True)
         if not self.is_local:
             self.fs.invalidate_cache()
+
+    def remove_temp_files(self, prefix: str) -> list[str]:
+        """Remove the temp files of writes that never finished (a writer killed before its rename) under
+        ``prefix``; their relative paths. Only for a caller that holds the folder: a live writer's temp
+        file would vanish under it. Object stores write in one PUT and leave none."""
+        stale = [
+            path for path in self.list(prefix, hidden=True) if _TEMP_PATTERN.match(posixpath.basename(path))
+        ]
+        for path in stale:
+            self.delete(path)
+        return stale
 
     def sha256(self, relative: str) -> str:
         return hashlib.sha256(self.read_bytes(relative)).hexdigest()

@@ -144,6 +144,8 @@ class StageRun:
 
     def _claim(self) -> None:
         self.store.delete(f"{self.stage_dir}/{MANIFEST_NAME}")
+        for stale in self.store.remove_temp_files(self.stage_dir):
+            log.info("removed %s, left by a write that never finished", self.store.uri(stale))
         path = f"{self.stage_dir}/{IDENTITY_NAME}"
         recorded = self._recorded_identity(path)
         if recorded is not None and recorded.get("resume_key") != self.identity.resume_key:
