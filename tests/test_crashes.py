@@ -50,7 +50,12 @@ def use_hashing_embedder() -> None:
     import ragdistill.retrieval.embed as embed
     from retrieval_doubles import HashingEmbedderDouble
 
-    embed.get_embedder = lambda *_args, **_kwargs: HashingEmbedderDouble()
+    def hashing_embedder(model_name: str = "all-minilm-l6-v2", *_args: object, **_kwargs: object) -> object:
+        double = HashingEmbedderDouble()
+        double.model_name = model_name
+        return double
+
+    embed.get_embedder = hashing_embedder
 
 
 def _rollout(config: ExperimentConfig, action: str = "wait") -> Manifest:
