@@ -33,6 +33,7 @@ MANIFEST_VERSION = 2
 PARTS_DIR = "parts"
 _SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.jsonl$")
 _PART_PATTERN = re.compile(r"^part-(\d{9})\.jsonl$")
+_TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")  # ArtifactStore.write_bytes's temp files
 
 
 class ArtifactError(UserFacingError, RuntimeError):
@@ -143,6 +144,17 @@ class ArtifactStore:
         if not self.is_local:
             self.fs.invalidate_cache()
 
+    def remove_temp_files(self, prefix: str) -> list[str]:
+        """Remove the temp files of writes that never finished (a writer killed before its rename) under
+        ``prefix``; their relative paths. Only for a caller that holds the folder: a live writer's temp
+        file would vanish under it. Object stores write in one PUT and leave none."""
+        stale = [
+            path for path in self.list(prefix, hidden=True) if _TEMP_PATTERN.match(posixpath.basename(path))
+        ]
+        for path in stale:
+            self.delete(path)
+        return stale
+
     def sha256(self, relative: str) -> str:
         return hashlib.sha256(self.read_bytes(relative)).hexdigest()
 
@@ -155,7 +167,7 @@ def _parse_lines(store: ArtifactStore, relative: str) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             raise ArtifactError(
                 f"{store.uri(relative)} line {number} is not a complete JSON record; the file is "
-                "corrupted: delete it to redo its records"
+                "corrupted: delete it and run its stage again to redo its records"
             ) from None
     return records
 
@@ -305,19 +317,21 @@ def write_manifest(
     return manifest
 
 
-def read_manifest(store: ArtifactStore, stage_dir: str) -> Manifest:
+def read_manifest(store: ArtifactStore, stage_dir: str, remedy: str = "run the stage again") -> Manifest:
+    """The stage's manifest; ``remedy`` ends the error when it is missing or unreadable."""
     relative = f"{stage_dir.strip('/')}/{MANIFEST_NAME}"
     if not store.exists(relative):
-        raise ArtifactError(f"{store.uri(relative)} is missing: the stage did not finish; run it again")
-    data = store.read_json(relative)
+        raise ArtifactError(f"{store.uri(relative)} is missing: the stage did not finish; {remedy}")
+    try:
+        data = store.read_json(relative)
+    except ArtifactError as error:
+        raise ArtifactError(f"{error}; {remedy}") from None
     if not isinstance(data, dict) or data.get("version") != MANIFEST_VERSION:
-        raise ArtifactError(
-            f"{store.uri(relative)} was written by another ragdistill version; run the stage again"
-        )
+        raise ArtifactError(f"{store.uri(relative)} was written by another ragdistill version; {remedy}")
     try:
         return Manifest(**data)
     except TypeError as error:
-        raise ArtifactError(f"{store.uri(relative)} is not a manifest: {error}") from None
+        raise ArtifactError(f"{store.uri(relative)} is not a manifest: {error}; {remedy}") from None
 
 
 def manifest_problems(store: ArtifactStore, stage_dir: str, manifest: Manifest) -> list[str]:
@@ -336,14 +350,15 @@ def manifest_problems(store: ArtifactStore, stage_dir: str, manifest: Manifest) 
     return problems
 
 
-def verify_manifest(store: ArtifactStore, stage_dir: str) -> Manifest:
-    """Check every file the manifest lists; raise one error naming every missing or altered file."""
-    manifest = read_manifest(store, stage_dir)
+def verify_manifest(store: ArtifactStore, stage_dir: str, remedy: str = "run the stage again") -> Manifest:
+    """Check every file the manifest lists; raise one error naming every missing or altered file, ending
+    with ``remedy``."""
+    manifest = read_manifest(store, stage_dir, remedy)
     problems = manifest_problems(store, stage_dir, manifest)
     if problems:
         raise ArtifactError(
             f"stage '{manifest.stage}' artifacts under {store.uri(stage_dir)} failed verification:\n  "
             + "\n  ".join(problems)
-            + "\nRun the stage again (the pipeline rebuilds it and everything after it)."
+            + f"\nTo rebuild them, {remedy} (the pipeline rebuilds it and everything after it)."
         )
     return manifest

@@ -45,6 +45,54 @@ class AdapterRegistry:
         return dict(self._ids)
 
 
+class AdapterBaseMismatchError(BackendError):
+    """An adapter trained on one base model is asked to play on another."""
+
+
+_ARCHITECTURE_KEYS = (
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+
+
+def _architecture(model: str) -> dict[str, object] | None:
+    """The shape-defining part of a local checkpoint's ``config.json`` (None: not a local checkpoint)."""
+    config = Path(model) / "config.json"
+    if not config.is_file():
+        return None
+    data = json.loads(config.read_text())
+    return {key: data.get(key) for key in _ARCHITECTURE_KEYS if key in data}
+
+
+def check_adapter_base(adapter: Path, base_model: str) -> None:
+    """Stop when ``adapter`` was trained on another base model than ``base_model`` (a folder or hub id).
+
+    The two are the same model when peft recorded that very name, or when both are checkpoints on this
+    machine with the same architecture (an fp32 and a bf16 copy of one model are the same base). An
+    adapter trained on a checkpoint this machine does not have is let through: the engine checks shapes."""
+    recorded = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not recorded or recorded == base_model:
+        return
+    trained_on, serving = _architecture(str(recorded)), _architecture(base_model)
+    if trained_on is None or serving is None or trained_on == serving:
+        return
+    differing = ", ".join(
+        f"{key} {trained_on.get(key)} vs {serving.get(key)}"
+        for key in _ARCHITECTURE_KEYS
+        if trained_on.get(key) != serving.get(key)
+    )
+    raise AdapterBaseMismatchError(
+        f"the adapter {adapter} was trained on the base model {recorded}, not on {base_model} "
+        f"({differing}): train the student again on this model (`ragdistill train -c CONFIG`), or set "
+        "models.agent.model.name to the model it was trained on"
+    )
+
+
 ADAPTER_CACHE_SUBDIR = "adapters"
 _COMPLETE = ".complete"
 
@@ -109,6 +157,7 @@ def merged_checkpoint(
 
     from ragdistill.models import default_cache_root
 
+    check_adapter_base(adapter, base_model)
     key = digest.removeprefix("sha256:")[:24] + f"-{dtype}"
     target = (cache_root or default_cache_root()) / MERGED_SUBDIR / key
     if (target / _COMPLETE).is_file():

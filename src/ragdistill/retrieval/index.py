@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
 INDEX_PREFIX = "index"
 META_NAME = "meta.json"
+REBUILD = "rebuild the index with `ragdistill index -c CONFIG`"
 FORMAT_VERSION = 1
 
 
@@ -181,29 +182,35 @@ class HintIndex:
         meta = store.read_json(meta_path)
         where = store.uri(meta_path)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
-            raise HintIndexError(f"{where} is not a format-{FORMAT_VERSION} hint index; rebuild the index")
+            raise HintIndexError(f"{where} is not a format-{FORMAT_VERSION} hint index; {REBUILD}")
         try:
             index = cls(str(meta["model"]), int(meta["dim"]))
             entries = list(meta["types"])
         except (KeyError, TypeError, ValueError) as error:
-            raise HintIndexError(f"{where} is malformed ({error}); rebuild the index") from None
+            raise HintIndexError(f"{where} is malformed ({error}); {REBUILD}") from None
         for entry in entries:
             try:
                 task_type, name, ids = entry["task_type"], entry["file"], entry["ids"]
                 expected_sha = entry["sha256"]
             except (KeyError, TypeError) as error:
-                raise HintIndexError(f"{where}: a type entry lacks {error}; rebuild the index") from None
+                raise HintIndexError(f"{where}: a type entry lacks {error}; {REBUILD}") from None
             data = store.read_bytes(f"{prefix}/{name}")
             if hashlib.sha256(data).hexdigest() != expected_sha:
                 raise HintIndexError(
                     f"{store.uri(f'{prefix}/{name}')} does not match its sha256 in {where}: corrupted or "
-                    "replaced; rebuild the index"
+                    f"replaced; {REBUILD}"
                 )
-            sub = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            try:
+                sub = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            except RuntimeError as error:
+                raise HintIndexError(
+                    f"{store.uri(f'{prefix}/{name}')} is not a FAISS index ({str(error).splitlines()[0]}); "
+                    f"{REBUILD}"
+                ) from None
             if sub.d != index.dim or sub.ntotal != len(ids):
                 raise HintIndexError(
                     f"{name}: {sub.ntotal} vectors of dim {sub.d}, meta lists {len(ids)} ids of dim "
-                    f"{index.dim}; rebuild the index"
+                    f"{index.dim}; {REBUILD}"
                 )
             if "nprobe" in entry:
                 sub.nprobe = int(entry["nprobe"])

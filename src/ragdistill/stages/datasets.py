@@ -38,8 +38,8 @@ from ragdistill.stages.layout import (
     TEACHER_STAGE,
     rollout_prefix,
 )
-from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest
-from ragdistill.store import ArtifactStore, Manifest, read_records, verify_manifest
+from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest, verified_input
+from ragdistill.store import ArtifactStore, Manifest, read_records
 
 if TYPE_CHECKING:
     from ragdistill.training.examples import Selection
@@ -128,7 +128,7 @@ def run_dataset(config: ExperimentConfig, name: str) -> Manifest:
         episodes_per_source: Counter[str] = Counter()
         for stage in source_stages(config, name):
             prefix = rollout_prefix(stage)
-            manifest = verify_manifest(store, prefix)
+            manifest = verified_input(store, prefix)
             for item in read_records(store, prefix, manifest):
                 record = EpisodeRecord.from_dict(item)
                 records[f"{record.source}/{record.run_id}/{record.task_id}"] = record
@@ -201,7 +201,7 @@ def _empty_reason(name: str, config: ExperimentConfig, skipped: Counter[str], ep
 def _hint_lookup(store: ArtifactStore) -> Any:
     from ragdistill.retrieval.bank import HintBank
 
-    verify_manifest(store, HINTS_DIR)
+    verified_input(store, HINTS_DIR)
     bank = HintBank.load(store)
     return lambda hint_id: bank.get(hint_id).text if hint_id in bank else None
 

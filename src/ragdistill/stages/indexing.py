@@ -11,8 +11,8 @@ import time
 from ragdistill.config import ExperimentConfig
 from ragdistill.identity import code_fingerprint, library_versions
 from ragdistill.stages.layout import HINTS_DIR, INDEX_DIR
-from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest
-from ragdistill.store import ArtifactStore, Manifest, verify_manifest
+from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest, verified_input
+from ragdistill.store import ArtifactStore, Manifest
 
 
 def indexing_identity(config: ExperimentConfig, store: ArtifactStore) -> StageIdentity:
@@ -42,7 +42,7 @@ def run_indexing(config: ExperimentConfig) -> Manifest:
         if run.current is not None:
             return run.current
         started = time.perf_counter()
-        verify_manifest(store, HINTS_DIR)
+        verified_input(store, HINTS_DIR)
         bank = load_nonempty_bank(store)
         embedder = get_embedder(config.retrieval.embedding_model)
         index = HintIndex.build(bank, embedder, IndexParams(exact_max=config.retrieval.exact_index_max))

@@ -34,6 +34,7 @@ from typing import Any
 from ragdistill.errors import UserFacingError
 from ragdistill.identity import digest
 from ragdistill.leases import StageLease
+from ragdistill.stages.layout import rerun_command
 from ragdistill.store import (
     MANIFEST_NAME,
     RUN_STATS_NAME,
@@ -42,6 +43,7 @@ from ragdistill.store import (
     Manifest,
     manifest_problems,
     read_manifest,
+    verify_manifest,
     write_manifest,
 )
 
@@ -104,10 +106,20 @@ def current_manifest(store: ArtifactStore, stage_dir: str, identity: StageIdenti
     return None if manifest_problems(store, stage_dir, manifest) else manifest
 
 
+def rerun_remedy(stage_dir: str) -> str:
+    return f"run `{rerun_command(stage_dir)}`"
+
+
 def recorded_input_digest(store: ArtifactStore, stage_dir: str) -> str:
     """The content digest an upstream manifest records, without re-hashing its files (for cache keys;
     the stage itself verifies its inputs before reading them)."""
-    return read_manifest(store, stage_dir).digest
+    return read_manifest(store, stage_dir, rerun_remedy(stage_dir)).digest
+
+
+def verified_input(store: ArtifactStore, stage_dir: str) -> Manifest:
+    """An upstream stage's manifest after checking every file it lists; a missing or altered file stops
+    the reading stage with the command that rebuilds the upstream one."""
+    return verify_manifest(store, stage_dir, rerun_remedy(stage_dir))
 
 
 class StageRun:
@@ -144,6 +156,8 @@ class StageRun:
 
     def _claim(self) -> None:
         self.store.delete(f"{self.stage_dir}/{MANIFEST_NAME}")
+        for stale in self.store.remove_temp_files(self.stage_dir):
+            log.info("removed %s, left by a write that never finished", self.store.uri(stale))
         path = f"{self.stage_dir}/{IDENTITY_NAME}"
         recorded = self._recorded_identity(path)
         if recorded is not None and recorded.get("resume_key") != self.identity.resume_key:

@@ -23,9 +23,9 @@ from ragdistill.identity import code_fingerprint
 from ragdistill.inference.base import Backend
 from ragdistill.inference.shared import shared_backend
 from ragdistill.stages.layout import BASE_STAGE, HINTS_DIR, REJECTED_HINTS, rollout_prefix
-from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest
+from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest, verified_input
 from ragdistill.stages.roles import ResolvedAdapter, role_settings
-from ragdistill.store import ArtifactStore, Manifest, read_records, verify_manifest
+from ragdistill.store import ArtifactStore, Manifest, read_records
 
 CHUNKS_DIR = f"{HINTS_DIR}/chunks"
 MINED_EPISODES = f"{HINTS_DIR}/mined-episodes.json"
@@ -69,7 +69,7 @@ def run_mining(
         if run.current is not None:
             return run.current
         started = time.perf_counter()
-        rollout = verify_manifest(store, source)
+        rollout = verified_input(store, source)
         records = [EpisodeRecord.from_dict(item) for item in read_records(store, source, rollout)]
         failures, counts = select_failures(records, config.mining.max_failures)
         ledger = _load_ledger(store)

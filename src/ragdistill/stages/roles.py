@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ragdistill.config import RoleConfig
+from ragdistill.config import ModelSpec, RoleConfig
 from ragdistill.identity import library_versions
 from ragdistill.store import ArtifactStore
 
@@ -22,12 +22,16 @@ class ResolvedAdapter:
     digest: str | None = None
 
 
-def resolve_adapter(store: ArtifactStore, reference: str | None) -> ResolvedAdapter:
+def resolve_adapter(
+    store: ArtifactStore, reference: str | None, base: ModelSpec | None = None
+) -> ResolvedAdapter:
     """A role's adapter as a local folder plus its content digest. A relative reference
-    (``adapters/distill/adapter``) names a folder under the run root; URLs are fetched into a cache."""
+    (``adapters/distill/adapter``) names a folder under the run root; URLs are fetched into a cache.
+    With ``base``, an adapter trained on another base model is refused (``check_adapter_base``)."""
     if reference is None:
         return ResolvedAdapter()
-    from ragdistill.inference.adapters import adapter_digest, materialize_adapter
+    from ragdistill.inference.adapters import adapter_digest, check_adapter_base, materialize_adapter
+    from ragdistill.models import resolve_model
 
     if (
         "://" not in reference
@@ -36,6 +40,8 @@ def resolve_adapter(store: ArtifactStore, reference: str | None) -> ResolvedAdap
     ):
         reference = store.uri(reference)
     folder = materialize_adapter(reference)
+    if base is not None:
+        check_adapter_base(folder, resolve_model(base))
     return ResolvedAdapter(str(folder), adapter_digest(folder))
 
 

@@ -114,7 +114,9 @@ def plan_identity(config: ExperimentConfig, plan: RolloutPlan) -> StageIdentity:
     """The identity a plan would run under (used by cache keys before anything runs)."""
     store = ArtifactStore(config.run.run_root)
     tasks = list(plan.tasks) if plan.tasks is not None else list_env_tasks(plan.env)
-    return rollout_identity(config, plan, tasks, resolve_adapter(store, plan.role.model.adapter))
+    return rollout_identity(
+        config, plan, tasks, resolve_adapter(store, plan.role.model.adapter, plan.role.model)
+    )
 
 
 def run_rollout(
@@ -138,7 +140,7 @@ def run_rollout_plan(
     """Play a plan's tasks, keeping every finished episode already in its folder; see the module doc."""
     store = ArtifactStore(config.run.run_root)
     tasks = list(plan.tasks) if plan.tasks is not None else list_env_tasks(plan.env)
-    adapter = resolve_adapter(store, plan.role.model.adapter)
+    adapter = resolve_adapter(store, plan.role.model.adapter, plan.role.model)
     identity = rollout_identity(config, plan, tasks, adapter)
     prefix = rollout_prefix(plan.stage)
     label = f"{config.run.name}: rollouts/{plan.stage}"
@@ -208,7 +210,7 @@ def play_shard(job: ShardJob) -> RolloutStats:
     config, plan = job.config, job.plan
     store = ArtifactStore(config.run.run_root)
     folder = shard_dir(rollout_prefix(plan.stage), job.index)
-    adapter = resolve_adapter(store, plan.role.model.adapter)
+    adapter = resolve_adapter(store, plan.role.model.adapter, plan.role.model)
     label = f"{config.run.name}: {folder}"
     with StageLease(store, folder, label=label, wait_s=config.run.lease_wait_s):
         records = RecordLog(

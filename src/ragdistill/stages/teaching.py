@@ -14,10 +14,10 @@ from ragdistill.identity import code_fingerprint
 from ragdistill.inference.base import Backend
 from ragdistill.rollout import HintSource, ProgressCallback
 from ragdistill.stages.layout import HINTS_DIR, INDEX_DIR, TEACHER_STAGE
-from ragdistill.stages.lifecycle import recorded_input_digest
+from ragdistill.stages.lifecycle import StageError, recorded_input_digest, rerun_remedy, verified_input
 from ragdistill.stages.roles import ResolvedAdapter, role_settings
 from ragdistill.stages.rollout import RolloutPlan, run_rollout_plan
-from ragdistill.store import ArtifactStore, Manifest, verify_manifest
+from ragdistill.store import ArtifactStore, Manifest
 
 if TYPE_CHECKING:
     from ragdistill.retrieval.groups import GroupClassifier
@@ -52,12 +52,18 @@ def hint_source_factory(config: ExperimentConfig) -> HintSource:
 
     profile = get_profile(config.env.name)
     store = ArtifactStore(config.run.run_root)
-    verify_manifest(store, HINTS_DIR)
+    verified_input(store, HINTS_DIR)
     bank = load_nonempty_bank(store)
     index = None
     if config.retrieval.retriever == "faiss":
-        verify_manifest(store, INDEX_DIR)
+        verified_input(store, INDEX_DIR)
         index = HintIndex.load(store, INDEX_DIR)
+        if index.model_name != config.retrieval.embedding_model:
+            raise StageError(
+                f"{store.uri(INDEX_DIR)} was built with the embedding model {index.model_name!r} (another "
+                f"config's), but retrieval.embedding_model is {config.retrieval.embedding_model!r}: "
+                f"{rerun_remedy(INDEX_DIR)} to rebuild it with this config"
+            )
     reranker = shared_backend(config.models.reranker) if config.retrieval.retriever == "llm-rerank" else None
     retriever = make_retriever(
         config.retrieval,

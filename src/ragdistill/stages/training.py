@@ -23,8 +23,15 @@ from ragdistill.config import ExperimentConfig
 from ragdistill.identity import code_fingerprint, library_versions
 from ragdistill.stages.datasets import DATA_FILE, dataset_dir
 from ragdistill.stages.layout import ADAPTERS_DIR
-from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest
-from ragdistill.store import ArtifactStore, Manifest, verify_manifest
+from ragdistill.stages.lifecycle import (
+    StageError,
+    StageIdentity,
+    StageRun,
+    recorded_input_digest,
+    rerun_remedy,
+    verified_input,
+)
+from ragdistill.store import ArtifactStore, Manifest
 
 STUDENT_OUTPUTS = ("adapter", "loss.csv", "loss.png", "tensorboard", "train.log", "result.json")
 
@@ -63,7 +70,8 @@ def run_training(config: ExperimentConfig, name: str) -> Manifest:
     ) as run:
         if run.current is not None:
             return run.current
-        dataset = verify_manifest(store, dataset_dir(name))
+        dataset = verified_input(store, dataset_dir(name))
+        _check_tokenizer(store, name, dataset, config.models.agent.model.name)
         if dataset.counts.get("examples", 0) == 0:
             reason = f"the {name} training set is empty: {dataset.extra.get('card', {}).get('empty_because')}"
             run.clear()
@@ -98,6 +106,18 @@ def run_training(config: ExperimentConfig, name: str) -> Manifest:
             counts={"trained": 1, "examples": result.examples, "steps": result.steps},
             extra={"result": result.to_dict()},
             run_stats={"seconds": round(time.perf_counter() - started, 2)},
+        )
+
+
+def _check_tokenizer(store: ArtifactStore, name: str, dataset: Manifest, model: str) -> None:
+    """A training set holds token ids of one tokenizer: one built for another model (by another config)
+    would train this model on the wrong tokens."""
+    built_for = dataset.extra.get("card", {}).get("tokenizer")
+    if built_for != model:
+        raise StageError(
+            f"{store.uri(dataset_dir(name) + '/manifest.json')} was built with the tokenizer of "
+            f"{built_for!r} (another config's), but models.agent.model is {model!r}: "
+            f"{rerun_remedy(dataset_dir(name))} to rebuild it for this model"
         )
 
 

@@ -1,0 +1,62 @@
+"""Every setting of an experiment, as typed pydantic models with documented defaults.
+
+A YAML file under ``configs/`` is one :class:`ExperimentConfig`. Unknown keys and wrong types are
+rejected before any work starts; :class:`ConfigError` names the file and the dotted key at fault.
+Defaults follow the paper (``specs/paper.md``) wherever the paper fixes a value.
+
+One module per group of sections (``base``, ``models``, ``rollouts``, ``retrieval``, ``training``,
+``evaluation``), the whole experiment in ``experiment`` and reading files in ``loading``; every name is
+importable from ``ragdistill.config``.
+"""
+
+from ragdistill.config.base import DEFAULT_GPU_SHARE, ConfigError, StrictModel
+from ragdistill.config.evaluation import (
+    CollectConfig,
+    EvaluationConfig,
+    PromotionConfig,
+    RetrainConfig,
+    RunConfig,
+)
+from ragdistill.config.experiment import ExperimentConfig
+from ragdistill.config.loading import config_hash, load_config, validate_config, with_overrides
+from ragdistill.config.models import (
+    BackendConfig,
+    ModelsConfig,
+    ModelSpec,
+    RoleConfig,
+    SamplingConfig,
+    engine_key,
+)
+from ragdistill.config.retrieval import MiningConfig, RetrievalConfig
+from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
+from ragdistill.config.training import DistillConfig, TrainingConfig
+
+__all__ = [
+    "DEFAULT_GPU_SHARE",
+    "AgentConfig",
+    "BackendConfig",
+    "CollectConfig",
+    "ConfigError",
+    "DistillConfig",
+    "EnvConfig",
+    "EvaluationConfig",
+    "ExperimentConfig",
+    "MiningConfig",
+    "ModelSpec",
+    "ModelsConfig",
+    "OrchestrationConfig",
+    "PromotionConfig",
+    "RetrainConfig",
+    "RetrievalConfig",
+    "RoleConfig",
+    "RolloutConfig",
+    "RunConfig",
+    "SamplingConfig",
+    "StrictModel",
+    "TrainingConfig",
+    "config_hash",
+    "engine_key",
+    "load_config",
+    "validate_config",
+    "with_overrides",
+]

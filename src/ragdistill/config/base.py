@@ -1,0 +1,19 @@
+"""What every section shares: the strict base model and the error a bad config raises."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+from ragdistill.errors import UserFacingError
+
+
+class ConfigError(UserFacingError, ValueError):
+    """A configuration file or override that cannot be used; the message says where and why."""
+
+
+DEFAULT_GPU_SHARE = 0.9
+"""The share of one GPU's memory that in-process vLLM engines without an explicit setting divide."""
+
+
+class StrictModel(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)

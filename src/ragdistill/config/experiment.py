@@ -1,0 +1,98 @@
+"""The whole experiment: every section, and the checks that need more than one of them."""
+
+from __future__ import annotations
+
+from pydantic import Field, model_validator
+
+from ragdistill.config.base import DEFAULT_GPU_SHARE, StrictModel
+from ragdistill.config.evaluation import (
+    CollectConfig,
+    EvaluationConfig,
+    PromotionConfig,
+    RetrainConfig,
+    RunConfig,
+)
+from ragdistill.config.models import VLLM_LORA_RANKS, ModelsConfig, RoleConfig, engine_key
+from ragdistill.config.retrieval import MiningConfig, RetrievalConfig
+from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
+from ragdistill.config.training import DistillConfig, TrainingConfig
+
+
+class ExperimentConfig(StrictModel):
+    run: RunConfig = Field(default_factory=RunConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    mining: MiningConfig = Field(default_factory=MiningConfig)
+    retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    collect: CollectConfig = Field(default_factory=CollectConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    def engine_roles(self) -> dict[str, RoleConfig]:
+        """The model roles a pipeline run loads (the re-ranker only for the ``llm-rerank`` retriever)."""
+        roles = {"agent": self.models.agent, "extractor": self.models.extractor}
+        if self.retrieval.retriever == "llm-rerank":
+            roles["reranker"] = self.models.reranker
+        return roles
+
+    @model_validator(mode="after")
+    def _students_fit_the_agent_engine(self) -> ExperimentConfig:
+        """Students evaluated as LoRA adapters on the agent's vLLM engine must fit its largest rank."""
+        backend = self.models.agent.backend
+        students = {"sft", "distill"} & set(self.evaluation.methods)
+        if (
+            students
+            and self.evaluation.student_weights == "lora"
+            and backend.kind == "vllm"
+            and self.training.lora_r > backend.max_lora_rank
+        ):
+            fitting = [rank for rank in VLLM_LORA_RANKS if rank >= self.training.lora_r]
+            raise ValueError(
+                f"training.lora_r {self.training.lora_r} is above models.agent.backend.max_lora_rank "
+                f"{backend.max_lora_rank}, the largest LoRA rank the agent's vLLM engine loads, so the "
+                f"{'/'.join(sorted(students))} student could not be evaluated: raise max_lora_rank to "
+                f"{fitting[0] if fitting else 'a larger vLLM rank'}, lower training.lora_r, or set "
+                "evaluation.student_weights: merged"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _in_process_engines_fit_one_gpu(self) -> ExperimentConfig:
+        """In-process vLLM engines stay loaded for the whole run and share the GPU: together they may ask
+        for at most all of one GPU's memory (``gpu_memory_utilization`` is per engine). Engines without a
+        setting get an even share of what the others leave, at most ``DEFAULT_GPU_SHARE`` in all."""
+        engines: dict[str, list[tuple[str, RoleConfig]]] = {}
+        for name, role in self.engine_roles().items():
+            if role.backend.kind == "vllm":
+                engines.setdefault(engine_key(role), []).append((name, role))
+        explicit = {key: roles[0][1].backend.gpu_memory_utilization for key, roles in engines.items()}
+        fixed = sum(share for share in explicit.values() if share is not None)
+        unset = [key for key, share in explicit.items() if share is None]
+        if unset:
+            share = round(min(DEFAULT_GPU_SHARE, 1.0) - min(fixed, DEFAULT_GPU_SHARE), 4) / len(unset)
+            if share < 0.05:
+                raise ValueError(
+                    f"the in-process vLLM engines with gpu_memory_utilization set take {fixed:g} of one GPU's "
+                    "memory and leave too little for the others; lower those settings or set every role's"
+                )
+            for key in unset:
+                for _, role in engines[key]:
+                    role.backend._resolved_gpu_share = share
+        total = sum(roles[0][1].backend.gpu_share() for roles in engines.values())
+        if total > 1.0 + 1e-9:
+            parts = " + ".join(
+                f"{'/'.join(name for name, _ in roles)} {roles[0][1].backend.gpu_share():g}"
+                for roles in engines.values()
+            )
+            raise ValueError(
+                f"the in-process vLLM engines ask for {total:g} of one GPU's memory ({parts}); lower "
+                "models.<role>.backend.gpu_memory_utilization so they add up to at most 1, let roles share one "
+                "engine (the same model and backend settings), or serve a role through backend.kind 'openai'"
+            )
+        return self

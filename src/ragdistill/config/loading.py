@@ -1,0 +1,85 @@
+"""Reading a config: YAML files, dotted overrides, validation errors a user can act on, hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ragdistill.config.base import ConfigError
+from ragdistill.config.checks import runnable_problems
+from ragdistill.config.experiment import ExperimentConfig
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"{source}: {error.error_count()} invalid setting(s):"]
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            lines.append(f"  {key}: unknown key; check its spelling against ragdistill.config")
+        else:
+            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+    return "\n".join(lines)
+
+
+def validate_config(data: Any, source: str = "<config>") -> ExperimentConfig:
+    """Validate a mapping, naming ``source`` and the dotted key of every problem."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment config, apply dotted-key ``overrides`` (e.g. ``{"env.split": "x"}``) and
+    check that what it names exists on this machine (``config.checks``): a config to run now."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    data = data or {}
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(data, dotted, value, source=str(path))
+    config = validate_config(data, source=str(path))
+    problems = runnable_problems(config)
+    if problems:
+        raise ConfigError(
+            f"{path}: {len(problems)} setting(s) name what this machine lacks:\n  " + "\n  ".join(problems)
+        )
+    return config
+
+
+def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """A copy of ``config`` with dotted-key overrides applied and everything re-validated."""
+    data = config.model_dump(mode="json")
+    for dotted, value in overrides.items():
+        _set_dotted(data, dotted, value, source="override")
+    return validate_config(data, source="override")
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
+    *parents, leaf = dotted.split(".")
+    node = data
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source}: cannot set {dotted}: {part} is not a section")
+        node = child
+    node[leaf] = value
+
+
+def config_hash(section: BaseModel | dict[str, Any]) -> str:
+    """A stable sha256 of a config (or one section of it), for manifests and cache keys."""
+    payload = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,227 @@
+"""Corrupted artifacts are detected, named, and come with the remedy: the ``ragdistill`` command that
+rebuilds them, or the stage rebuilding them by itself when it is run again.
+
+Runs on the ``counter-double`` environment with named doubles (test_stages.PolicyDouble for models,
+the hashing embedder for the index); the upstream run roots are built once per module and copied.
+Pinned elsewhere: a corrupted shard line named by file and line (test_store.py::
+test_corrupted_shard_line_is_reported_by_file_and_line), every tampered or missing file of a manifest
+named at once (test_store.py::test_manifest_verification_names_tampered_and_missing_files), an altered
+rollout shard rebuilt by the rollout itself (test_stages.py::
+test_a_deleted_or_altered_shard_makes_the_stage_run_again), a sub-index that does not match its meta
+(test_index.py::test_load_detects_a_corrupted_or_missing_sub_index), and a stage folder made by other
+settings cleared and played again (test_stages.py::
+test_a_setting_the_rollout_reads_starts_it_again_and_one_it_does_not_read_does_not).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import env_doubles  # noqa: F401  (registers the counter-double environment)
+from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.inference.adapters import AdapterBaseMismatchError, merged_checkpoint
+from ragdistill.retrieval.index import HintIndexError
+from ragdistill.stages import StageError, run_indexing, run_mining, run_rollout, run_teacher
+from ragdistill.stages.datasets import run_dataset
+from ragdistill.stages.training import run_training
+from ragdistill.store import ArtifactError, ArtifactStore, read_manifest, read_records, write_manifest
+from test_crashes import crash_config, use_hashing_embedder
+from test_stages import PolicyDouble
+
+
+@pytest.fixture(scope="module")
+def mined_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Failed base episodes, the hint bank and the index built from them."""
+    root = tmp_path_factory.mktemp("mined")
+    config = crash_config(root)
+    run_rollout(config, backend=PolicyDouble("wait"))
+    run_mining(config, backend=PolicyDouble())
+    use_hashing_embedder()
+    run_indexing(config)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Won base episodes and the SFT set built from them."""
+    root = tmp_path_factory.mktemp("dataset")
+    config = crash_config(root)
+    run_rollout(config, backend=PolicyDouble("inc"))
+    run_dataset(config, "sft")
+    return root
+
+
+def copy_of(source: Path, tmp_path: Path) -> tuple[ExperimentConfig, ArtifactStore]:
+    shutil.copytree(source / "run", tmp_path / "run")
+    config = crash_config(tmp_path)
+    return config, ArtifactStore(config.run.run_root)
+
+
+def test_a_truncated_jsonl_shard_is_named_downstream_and_its_episodes_are_played_again(
+    mined_root: Path, tmp_path: Path
+) -> None:
+    config, store = copy_of(mined_root, tmp_path)
+    shard = tmp_path / "run" / "rollouts" / "base" / "shard-00000.jsonl"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size - 40])
+    with pytest.raises(
+        ArtifactError, match=r"(?s)corrupted: .*shard-00000\.jsonl.*`ragdistill rollout -c CONFIG`"
+    ):
+        run_dataset(config, "sft")
+    with pytest.raises(
+        ArtifactError, match=r"shard-00000\.jsonl line 3 is not a complete JSON record.*delete it"
+    ):
+        run_rollout(config, backend=PolicyDouble("wait"))
+    shard.unlink()
+    rebuilt = run_rollout(config, backend=PolicyDouble("wait"))
+    assert rebuilt.counts["episodes"] == 8
+    assert store.read_json("rollouts/base/run-stats.json")["played_now"] == 3, "the shard's three episodes"
+
+
+def test_an_altered_hint_bank_fails_the_checksum_and_mining_again_rebuilds_it(
+    mined_root: Path, tmp_path: Path
+) -> None:
+    config, store = copy_of(mined_root, tmp_path)
+    original = read_manifest(store, "hints")
+    bank = tmp_path / "run" / "hints" / "bank.jsonl"
+    bank.write_text(bank.read_text().replace("Open", "Close"))
+    shutil.rmtree(tmp_path / "run" / "index")  # a current index does not read the bank again
+    with pytest.raises(
+        ArtifactError, match=r"(?s)corrupted: .*hints/bank\.jsonl \(sha256 .*`ragdistill mine -c CONFIG`"
+    ):
+        run_indexing(config)
+    extractor = PolicyDouble()
+    rebuilt = run_mining(config, backend=extractor)
+    assert not extractor.requests, "the committed extractor answers are reused"
+    assert rebuilt.files == original.files
+
+
+@pytest.mark.parametrize("manifest_text", [None, "{not json", '{"version": 1}'])
+def test_a_missing_or_unreadable_upstream_manifest_names_the_command_that_rebuilds_it(
+    mined_root: Path, tmp_path: Path, manifest_text: str | None
+) -> None:
+    config, _ = copy_of(mined_root, tmp_path)
+    manifest = tmp_path / "run" / "hints" / "manifest.json"
+    if manifest_text is None:
+        manifest.unlink()
+    else:
+        manifest.write_text(manifest_text)
+    with pytest.raises(ArtifactError, match=r"hints/manifest\.json .*run `ragdistill mine -c CONFIG`"):
+        run_indexing(config)
+
+
+def test_a_broken_faiss_file_is_named_and_indexing_again_rebuilds_it(
+    mined_root: Path, tmp_path: Path
+) -> None:
+    config, store = copy_of(mined_root, tmp_path)
+    original = read_manifest(store, "index")
+    (tmp_path / "run" / "index" / "type-000.faiss").write_bytes(b"not a faiss index")
+    with pytest.raises(
+        ArtifactError, match=r"(?s)corrupted: .*index/type-000\.faiss.*`ragdistill index -c CONFIG`"
+    ):
+        run_teacher(config, backend=PolicyDouble("inc"))
+    use_hashing_embedder()
+    assert run_indexing(config).files == original.files
+
+
+def test_a_broken_faiss_file_with_matching_checksums_is_named_when_loaded(
+    mined_root: Path, tmp_path: Path
+) -> None:
+    """Someone rewrote the checksums over a broken file: loading still names it."""
+    config, store = copy_of(mined_root, tmp_path)
+    garbage = b"not a faiss index"
+    store.write_bytes("index/type-000.faiss", garbage)
+    meta = store.read_json("index/meta.json")
+    meta["types"][0]["sha256"] = hashlib.sha256(garbage).hexdigest()
+    store.write_json("index/meta.json", meta)
+    manifest = read_manifest(store, "index")
+    write_manifest(store, "index", manifest.stage, manifest.identity, list(manifest.files), manifest.counts)
+    with pytest.raises(
+        HintIndexError, match=r"type-000\.faiss is not a FAISS index .*`ragdistill index -c CONFIG`"
+    ):
+        run_teacher(config, backend=PolicyDouble("inc"))
+
+
+def test_an_index_from_another_embedding_model_is_refused_by_the_teacher(
+    mined_root: Path, tmp_path: Path
+) -> None:
+    config, _ = copy_of(mined_root, tmp_path)
+    other = with_overrides(config, {"retrieval.embedding_model": "another-embedder"})
+    with pytest.raises(
+        StageError, match=r"embedding model 'all-minilm-l6-v2' .*`ragdistill index -c CONFIG`"
+    ):
+        run_teacher(other, backend=PolicyDouble("inc"))
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered"])
+def test_a_missing_or_altered_parquet_stops_training_with_the_command_that_rebuilds_it(
+    dataset_root: Path, tmp_path: Path, damage: str
+) -> None:
+    config, _ = copy_of(dataset_root, tmp_path)
+    parquet = tmp_path / "run" / "datasets" / "sft" / "data.parquet"
+    if damage == "missing":
+        parquet.unlink()
+    else:
+        parquet.write_bytes(parquet.read_bytes()[:-100])
+    with pytest.raises(ArtifactError, match=rf"(?s){damage if damage == 'missing' else 'corrupted'}: "
+                       r".*datasets/sft/data\.parquet.*`ragdistill build-datasets -c CONFIG`"):  # fmt: skip
+        run_training(config, "sft")
+    assert not (tmp_path / "run" / "adapters" / "sft" / "adapter").exists()
+
+
+def test_building_datasets_again_restores_a_deleted_parquet(dataset_root: Path, tmp_path: Path) -> None:
+    config, store = copy_of(dataset_root, tmp_path)
+    original = read_manifest(store, "datasets/sft")
+    (tmp_path / "run" / "datasets" / "sft" / "data.parquet").unlink()
+    assert run_dataset(config, "sft").files == original.files
+
+
+def test_a_dataset_built_for_another_model_is_refused_by_training(dataset_root: Path, tmp_path: Path) -> None:
+    config, _ = copy_of(dataset_root, tmp_path)
+    other = with_overrides(config, {"models.agent.model.name": "another/model"})
+    with pytest.raises(
+        StageError,
+        match=r"datasets/sft/manifest\.json was built with the tokenizer of 'smollm2-135m' .*'another/model'.*"
+        r"`ragdistill build-datasets -c CONFIG`",
+    ):
+        run_training(other, "sft")
+
+
+def fake_checkpoint(folder: Path, hidden_size: int) -> Path:
+    """A model folder with only its ``config.json``: enough for the architecture check."""
+    folder.mkdir(parents=True)
+    config = {"model_type": "llama", "hidden_size": hidden_size, "num_hidden_layers": 30, "vocab_size": 49152}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_an_adapter_trained_on_another_base_model_is_refused(tmp_path: Path) -> None:
+    trained_on = fake_checkpoint(tmp_path / "base-a", 576)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 8, "base_model_name_or_path": str(trained_on)})
+    )
+    config = crash_config(tmp_path)
+    other = fake_checkpoint(tmp_path / "base-b", 960)
+    playing = with_overrides(
+        config, {"models.agent.model.name": str(other), "models.agent.model.adapter": str(adapter)}
+    )
+    with pytest.raises(
+        AdapterBaseMismatchError,
+        match=r"trained on the base model .*base-a, not on .*base-b \(hidden_size 576 vs 960\).*ragdistill train",
+    ):
+        run_rollout(playing, backend=PolicyDouble("inc"))
+    assert not ArtifactStore(config.run.run_root).exists("rollouts/base/parts")
+    with pytest.raises(AdapterBaseMismatchError, match="base-b"):
+        merged_checkpoint(str(other), adapter, "sha256:0", cache_root=tmp_path / "cache")
+
+    same_architecture = shutil.copytree(trained_on, tmp_path / "base-a-copy")
+    fine = with_overrides(playing, {"models.agent.model.name": str(same_architecture)})
+    assert run_rollout(fine, backend=PolicyDouble("inc")).counts["episodes"] == 8
+    store = ArtifactStore(config.run.run_root)
+    assert {record["adapter"] for record in read_records(store, "rollouts/base")} != {None}
