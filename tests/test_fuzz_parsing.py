@@ -62,6 +62,7 @@ def has_control_characters(text: str) -> bool:
 @example("go " * 1000, "act", "alfworld")
 @example("thought: x\naction: search[" + "red " * 200 + "]", "stateact", "webshop")
 @example("\x1b", "act", "alfworld")
+@example("\x08THINK[", "act", "alfworld")
 @example("> go to\x00desk 1\u200b", "react", "alfworld")
 def test_every_format_parses_any_text_into_a_clean_action_or_says_why(
     output: str, format_name: str, env: str

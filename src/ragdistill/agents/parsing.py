@@ -65,7 +65,7 @@ def split_think(line: str) -> str | None:
     Both syntaxes are accepted whatever the environment's own (a model trained on one may write the
     other). Leading markers and ``Action:`` labels go; the thought keeps its case and final punctuation.
     """
-    stripped = _LEADING_MARKERS.sub("", line)
+    stripped = _LEADING_MARKERS.sub("", without_control_characters(line).strip())
     while (match := _ACTION_LABEL.match(stripped)) is not None:
         stripped = _LEADING_MARKERS.sub("", stripped[match.end() :])
     if (match := _THINK_LABEL.match(stripped)) is not None:
