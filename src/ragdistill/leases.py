@@ -30,6 +30,9 @@ from ragdistill.processes import process_alive
 from ragdistill.store import ArtifactError, ArtifactStore
 
 LEASE_PREFIX = ".lease-"
+_LIVE_TOKENS: set[str] = set()
+"""Tokens of this process's leases that are being acquired or are held. A candidate of this process
+whose token is not here was left by a lease whose release failed (storage down): it is stale."""
 
 
 class LeaseHeldError(UserFacingError, RuntimeError):
@@ -100,6 +103,8 @@ class StageLease:
             return False
         if holder.host == socket.gethostname() and not process_alive(holder.pid):
             return True
+        if holder.host == socket.gethostname() and holder.pid == os.getpid():
+            return holder.token not in _LIVE_TOKENS
         return time.time() - holder.refreshed_at > self.stale_after_s
 
     def _write(self, acquired_at: float) -> None:
@@ -123,11 +128,17 @@ class StageLease:
 
     def acquire(self) -> StageLease:
         deadline = time.monotonic() + self.wait_s
+        _LIVE_TOKENS.add(self.token)
         while True:
-            holder = self._try_acquire()
+            try:
+                holder = self._try_acquire()
+            except BaseException:
+                _LIVE_TOKENS.discard(self.token)
+                raise
             if holder is None:
                 break
             if time.monotonic() >= deadline:
+                _LIVE_TOKENS.discard(self.token)
                 raise LeaseHeldError(
                     f"{self.store.uri(self.stage_dir)} is being written by {holder.describe()}; wait for that "
                     "run to finish (or stop it), set run.lease_wait_s to wait for it, or give this run another "
@@ -150,8 +161,11 @@ class StageLease:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
-        self.store.delete(self.path)
         self._held = False
+        try:
+            self.store.delete(self.path)
+        finally:
+            _LIVE_TOKENS.discard(self.token)
 
     def __enter__(self) -> StageLease:
         return self.acquire()
