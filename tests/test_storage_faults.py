@@ -24,6 +24,7 @@ import env_doubles  # noqa: F401  (registers the counter-double environment)
 from conftest import S3_BUCKET, free_port, launch_s3rver, require_s3rver
 from ragdistill.config import ExperimentConfig
 from ragdistill.inference.base import Generation, GenerationRequest
+from ragdistill.leases import StageLease
 from ragdistill.stages import run_rollout
 from ragdistill.store import (
     ArtifactError,
@@ -203,3 +204,22 @@ def test_a_local_run_root_that_cannot_be_created_fails_the_preflight(tmp_path: P
     (tmp_path / "a-file").write_text("not a folder")
     with pytest.raises(StorageError, match=r"cannot write to the run root file://.*a-file/run"):
         check_writable(str(tmp_path / "a-file" / "run"))
+
+
+@pytest.mark.s3
+def test_a_lease_keeps_its_heartbeat_through_an_outage(
+    own_s3: RestartableS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = ArtifactStore(f"s3://{S3_BUCKET}/heartbeat")
+    lease = StageLease(store, "stage", label="outage", heartbeat_s=0.1)
+    with caplog.at_level("WARNING", logger="ragdistill.leases"):
+        lease.acquire()
+        own_s3.kill()
+        deadline = time.monotonic() + 30
+        while "could not refresh the lease" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert f"bucket '{S3_BUCKET}' at {own_s3.endpoint}" in caplog.text
+    own_s3.start()
+    assert lease._heartbeat is not None and lease._heartbeat.is_alive()
+    lease.release()
+    assert store.list("stage", hidden=True) == []

@@ -15,6 +15,7 @@ folder held waits up to ``wait_s``, then stops with an error naming the holder.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import random
@@ -27,9 +28,10 @@ from types import TracebackType
 
 from ragdistill.errors import UserFacingError
 from ragdistill.processes import process_alive
-from ragdistill.store import ArtifactError, ArtifactStore
+from ragdistill.store import ArtifactError, ArtifactStore, StorageError
 
 LEASE_PREFIX = ".lease-"
+log = logging.getLogger("ragdistill.leases")
 _LIVE_TOKENS: set[str] = set()
 """Tokens of this process's leases that are being acquired or are held. A candidate of this process
 whose token is not here was left by a lease whose release failed (storage down): it is stale."""
@@ -152,8 +154,12 @@ class StageLease:
         return self
 
     def _refresh(self) -> None:
+        """Keeps refreshing through a storage outage: the stage itself fails on its next write."""
         while not self._stop.wait(self.heartbeat_s):
-            self._write(self._acquired_at)
+            try:
+                self._write(self._acquired_at)
+            except StorageError as error:
+                log.warning("could not refresh the lease on %s: %s", self.store.uri(self.stage_dir), error)
 
     def release(self) -> None:
         if not self._held:

@@ -29,7 +29,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import fsspec
-from botocore.exceptions import BotoCoreError
 from fsspec.implementations.local import LocalFileSystem
 
 from ragdistill.errors import UserFacingError
@@ -121,7 +120,11 @@ class ArtifactStore:
                 f"{self.uri(relative)}: {self.describe_storage()} refused the credentials ({error}). Check "
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, then run the stage again."
             ) from error
-        except (BotoCoreError, OSError) as error:
+        except Exception as error:
+            from botocore.exceptions import BotoCoreError  # loaded by s3fs already; local runs skip it
+
+            if not isinstance(error, BotoCoreError | OSError):
+                raise
             raise StorageError(
                 f"{self.uri(relative)}: {self.describe_storage()} failed ({error}). Check that the object "
                 "store is up and AWS_ENDPOINT_URL points at it, then run the stage again: finished work "
