@@ -7,10 +7,10 @@ shards when it ends. Each stage ends with a manifest: the exact files it produce
 its identity (``ragdistill.identity``) and content-derived counts. Downstream stages read exactly the
 files a manifest lists, and :func:`verify_manifest` checks them file by file.
 
-Object-store faults (server down, bucket missing, credentials refused) surface as :class:`StorageError`
-naming the endpoint and bucket, after a bounded number of retries (``S3_MAX_ATTEMPTS``, or the usual
-``AWS_MAX_ATTEMPTS``), so a stopped server fails a stage in seconds; every stage first checks that its
-run root is writable (:func:`check_writable`) before doing any work.
+Object-store faults surface as :class:`~ragdistill.store_faults.StorageError` naming the endpoint and
+bucket, after a bounded number of retries (``S3_MAX_ATTEMPTS``, or the usual ``AWS_MAX_ATTEMPTS``), so a
+stopped server fails a stage in seconds; every stage first checks that its run root is writable
+(:func:`check_writable`) before doing any work.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -32,6 +31,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ragdistill.errors import UserFacingError
+from ragdistill.store_faults import StorageError, describe_storage, storage_faults
 from ragdistill.version import code_version
 
 MANIFEST_NAME = "manifest.json"
@@ -44,18 +44,12 @@ WRITE_CHECK_PREFIX = ".write-check-"
 S3_MAX_ATTEMPTS = 3
 """Attempts per S3 request (botocore's standard retry mode) unless ``AWS_MAX_ATTEMPTS`` says otherwise:
 a transient error is retried with backoff, a stopped server fails within seconds."""
-_MISSING_BUCKET = "specified bucket does not exist"
 
 log = logging.getLogger("ragdistill.store")
 
 
 class ArtifactError(UserFacingError, RuntimeError):
     """An artifact is missing, corrupted or malformed; the message names the file."""
-
-
-class StorageError(UserFacingError, RuntimeError):
-    """The run root's storage cannot be reached, does not exist or refuses the credentials; the message
-    names the endpoint and bucket and says what to check."""
 
 
 def _storage_options(protocol: str) -> dict[str, Any]:
@@ -90,47 +84,6 @@ class ArtifactStore:
     def path(self, relative: str) -> str:
         return posixpath.join(self.root, relative.strip("/"))
 
-    def describe_storage(self) -> str:
-        """Where the run root lives, for error messages: the endpoint and bucket of an object store."""
-        if self.is_local:
-            return f"the folder {self.root}"
-        endpoint = getattr(self.fs, "endpoint_url", None) or getattr(self.fs, "client_kwargs", {}).get(
-            "endpoint_url"
-        )
-        bucket = self.root.split("/", 1)[0]
-        return f"bucket '{bucket}' at {endpoint or 'the default AWS endpoint'}"
-
-    @contextmanager
-    def _storage_faults(self, relative: str) -> Iterator[None]:
-        """Object-store failures as a :class:`StorageError`; a missing key stays a ``FileNotFoundError``."""
-        if self.is_local:
-            yield
-            return
-        try:
-            yield
-        except FileNotFoundError as error:
-            if _MISSING_BUCKET not in str(error):
-                raise
-            raise StorageError(
-                f"{self.uri(relative)}: {self.describe_storage()} does not exist. Create the bucket or "
-                "fix run.run_root, then run the stage again."
-            ) from error
-        except PermissionError as error:
-            raise StorageError(
-                f"{self.uri(relative)}: {self.describe_storage()} refused the credentials ({error}). Check "
-                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, then run the stage again."
-            ) from error
-        except Exception as error:
-            from botocore.exceptions import BotoCoreError  # loaded by s3fs already; local runs skip it
-
-            if not isinstance(error, BotoCoreError | OSError):
-                raise
-            raise StorageError(
-                f"{self.uri(relative)}: {self.describe_storage()} failed ({error}). Check that the object "
-                "store is up and AWS_ENDPOINT_URL points at it, then run the stage again: finished work "
-                "is kept and resumed."
-            ) from error
-
     def uri(self, relative: str) -> str:
         return f"{self.root_url}/{relative.strip('/')}"
 
@@ -150,7 +103,7 @@ class ArtifactStore:
     def write_bytes(self, relative: str, data: bytes) -> None:
         target = self.path(relative)
         if not self.is_local:
-            with self._storage_faults(relative):
+            with storage_faults(self, relative):
                 self.fs.pipe_file(target, data)
             return
         directory = posixpath.dirname(target)
@@ -168,7 +121,7 @@ class ArtifactStore:
 
     def read_bytes(self, relative: str) -> bytes:
         try:
-            with self._storage_faults(relative):
+            with storage_faults(self, relative):
                 return self.fs.cat_file(self.path(relative))
         except FileNotFoundError:
             raise ArtifactError(f"missing artifact {self.uri(relative)}") from None
@@ -189,14 +142,14 @@ class ArtifactStore:
             raise ArtifactError(f"{self.uri(relative)} is not valid JSON: {error}") from None
 
     def exists(self, relative: str) -> bool:
-        with self._storage_faults(relative):
+        with storage_faults(self, relative):
             return self.fs.exists(self.path(relative))
 
     def list(self, prefix: str = "", *, hidden: bool = False) -> list[str]:
         """Relative paths of every file under ``prefix`` (recursive, sorted). Files whose name starts with
         a dot (temp files, leases) are left out unless ``hidden``."""
         base = self.path(prefix)
-        with self._storage_faults(prefix):
+        with storage_faults(self, prefix):
             if not self.is_local:
                 self.fs.invalidate_cache(base)
             if not self.fs.exists(base):
@@ -207,7 +160,7 @@ class ArtifactStore:
 
     def delete(self, relative: str) -> None:
         target = self.path(relative)
-        with self._storage_faults(relative):
+        with storage_faults(self, relative):
             if self.fs.exists(target):
                 self.fs.rm(target, recursive=True)
             if not self.is_local:
@@ -229,7 +182,7 @@ def check_writable(store: ArtifactStore | str) -> None:
         store.delete(probe)
     except OSError as error:
         raise StorageError(
-            f"cannot write to the run root {store.root_url} ({store.describe_storage()}): {error}. Fix "
+            f"cannot write to the run root {store.root_url} ({describe_storage(store)}): {error}. Fix "
             "run.run_root or the folder's permissions, then run the stage again."
         ) from error
     except ArtifactError as error:
