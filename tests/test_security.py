@@ -6,9 +6,10 @@
   scan of ``src/`` that names file and line).
 - Model code from a hub never runs: no call passes ``trust_remote_code`` other than ``False`` (the
   transformers, vLLM and sentence-transformers default), and a config cannot switch it on.
-- Secrets come only from the environment: config fields name environment variables, never hold keys,
-  and a whole pipeline run with planted keys leaves them in no artifact, report, log, Prefect parameter,
-  artifact or block (``test_planted_secrets_appear_nowhere_after_a_pipeline_run``).
+- Secrets come only from the environment: config fields name environment variables, a setting whose URL
+  carries a credential is refused (without echoing it), and a whole pipeline run with planted keys
+  leaves them in no artifact, report, log, Prefect parameter, artifact or block
+  (``test_planted_secrets_appear_nowhere_after_a_pipeline_run``).
 """
 
 from __future__ import annotations
@@ -166,6 +167,24 @@ def test_the_source_unpickles_nothing_and_never_trusts_remote_code() -> None:
 def test_a_config_cannot_switch_on_remote_code() -> None:
     with pytest.raises(ConfigError, match="trust_remote_code"):
         with_overrides(ExperimentConfig(), {"models.agent.model.trust_remote_code": True})
+
+
+@pytest.mark.parametrize(
+    ("setting", "url"),
+    [
+        ("models.agent.backend.base_url", "https://user:{secret}@llm.example/v1"),
+        ("models.extractor.backend.base_url", "http://127.0.0.1:8000/v1?api_key={secret}"),
+        ("run.run_root", "s3://AKIA:{secret}@bucket/runs"),
+    ],
+)
+def test_a_setting_carrying_a_credential_is_refused_without_echoing_it(setting: str, url: str) -> None:
+    """Settings are copied into run.json, Prefect parameters and logs; keys belong in the environment."""
+    secret = f"planted-{uuid.uuid4().hex}"
+    with pytest.raises(ConfigError, match=rf"{re.escape(setting)} carries a credential") as raised:
+        with_overrides(ExperimentConfig(), {setting: url.format(secret=secret)})
+    assert secret not in str(raised.value)
+    plain = with_overrides(ExperimentConfig(), {"models.agent.backend.base_url": "http://127.0.0.1:8000/v1"})
+    assert plain.models.agent.backend.base_url == "http://127.0.0.1:8000/v1"
 
 
 SECRET_FIELD = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
