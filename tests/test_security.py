@@ -18,6 +18,8 @@ import ast
 import json
 import os
 import re
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -316,54 +318,71 @@ def prefect_database() -> list[tuple[str, str]]:
 @pytest.mark.slow
 @pytest.mark.s3
 def test_planted_secrets_appear_nowhere_after_a_pipeline_run(
-    prefect_server: None,
-    s3_root: str,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str],
-    caplog: pytest.LogCaptureFixture,
+    prefect_server: None, s3_root: str, tmp_path: Path
 ) -> None:
-    """The run uses both keys (the model server gets the API key; S3 requests are signed with the
-    planted secret, which s3rver does not verify), then every place a run leaves text is searched."""
-    import s3fs
+    """`ragdistill pipeline` on an s3:// run root, in its own process with planted keys in its
+    environment. The run uses both (the model server gets the API key; S3 requests are signed with the
+    planted secret, which s3rver does not verify); then every place a run leaves text is searched: its
+    stdout and stderr (every log line), every object under the run root (results, report), the Prefect
+    server's records and database file, and PREFECT_HOME."""
+    from prefect.settings import PREFECT_API_URL
 
-    from ragdistill.flows.pipeline import pipeline_flow
-    from ragdistill.inference import shared
     from ragdistill.store import ArtifactStore
 
-    api_key, aws_secret = f"sk-planted-{uuid.uuid4().hex}", f"planted-aws-{uuid.uuid4().hex}"
-    monkeypatch.setenv("OPENAI_API_KEY", api_key)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", aws_secret)
-    planted = {"OPENAI_API_KEY": api_key, "AWS_SECRET_ACCESS_KEY": aws_secret}
-    s3fs.S3FileSystem.clear_instance_cache()  # a cached filesystem would sign with the old secret
-    caplog.set_level("DEBUG")
-    try:
-        with OpenAIServerDouble() as server:
-            config_path = secret_pipeline_config(tmp_path, s3_root, server.base_url)
-            summary = pipeline_flow(str(config_path), s3_root)
-        assert summary["base"]["episodes"] == 1 and summary["report"]["methods"] == 2
-        assert server.authorizations == {f"Bearer {api_key}"}, "the run used the planted API key"
+    planted = {
+        name: f"planted-{name.lower()}-{uuid.uuid4().hex}"
+        for name in ("OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY")
+    }
+    environment = {
+        **os.environ,
+        **planted,
+        "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC.parent), os.environ.get("PYTHONPATH")])),
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "ragdistill",  # ragdistill's log lines reach the server too
+        "PREFECT_LOGGING_ROOT_LEVEL": "DEBUG",  # every library's debug lines reach stderr
+    }
+    with OpenAIServerDouble() as server:
+        config_path = secret_pipeline_config(tmp_path, s3_root, server.base_url)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ragdistill.cli",
+                "pipeline",
+                "--config",
+                str(config_path),
+                "--run-root",
+                s3_root,
+            ],
+            env=environment,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+    assert run.returncode == 0, run.stderr[-3000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["base_episodes"] == 1 and summary["report_methods"] == 2
+    assert server.authorizations == {f"Bearer {planted['OPENAI_API_KEY']}"}, "the run used the planted key"
 
-        places: list[tuple[str, str]] = []
-        store = ArtifactStore(s3_root)
-        names = store.list(hidden=True)
-        assert "reports/report.md" in names and any(name.startswith(".prefect-results/") for name in names)
-        places += [(f"artifact {name}", store.read_bytes(name).decode(errors="replace")) for name in names]
-        places += list(prefect_records()) + prefect_database()
-        places += [
-            ("prefect home", path.read_text(errors="replace")) for path in _files(os.environ["PREFECT_HOME"])
-        ]
-        captured = capfd.readouterr()
-        places += [("stdout", captured.out), ("stderr", captured.err), ("log records", caplog.text)]
-        for where in ("flow run", "database"):
-            assert any(what.startswith(where) and s3_root in text for what, text in places), where
-        leaks = [
-            f"{name} in {what}" for what, text in places for name, secret in planted.items() if secret in text
-        ]
-        assert leaks == []
-    finally:
-        shared.close_shared_backends()
-        s3fs.S3FileSystem.clear_instance_cache()
+    places: list[tuple[str, str]] = [("stdout", run.stdout), ("stderr", run.stderr)]
+    store = ArtifactStore(s3_root)
+    names = store.list(hidden=True)
+    assert "reports/report.md" in names and any(name.startswith(".prefect-results/") for name in names)
+    places += [(f"object {name}", store.read_bytes(name).decode(errors="replace")) for name in names]
+    places += list(prefect_records()) + prefect_database()
+    places += [
+        (f"file {path}", path.read_text(errors="replace")) for path in _files(os.environ["PREFECT_HOME"])
+    ]
+    assert any(what == "log" for what, _ in places), "the scan sees the run's log lines"
+    for where in ("flow run", "database"):
+        assert any(what.startswith(where) and s3_root in text for what, text in places), (
+            f"the scan sees {where}"
+        )
+    leaks = [
+        f"{name} in {what}" for what, text in places for name, secret in planted.items() if secret in text
+    ]
+    assert leaks == []
 
 
 def _files(folder: str) -> list[Path]:
