@@ -13,6 +13,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -223,3 +224,22 @@ def test_a_lease_keeps_its_heartbeat_through_an_outage(
     assert lease._heartbeat is not None and lease._heartbeat.is_alive()
     lease.release()
     assert store.list("stage", hidden=True) == []
+
+
+@pytest.mark.s3
+def test_the_cli_reports_a_missing_bucket_in_one_line_before_any_work(own_s3: RestartableS3) -> None:
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run(
+        [sys.executable, "-m", "ragdistill.cli", "rollout", "--config", "configs/demo-alfworld.yaml",
+         "--limit", "1", "--run-root", "s3://no-such-bucket/run"],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root / "src")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2, run.stderr[-2000:]
+    last_line = run.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and "Traceback" not in run.stderr
+    assert f"bucket 'no-such-bucket' at {own_s3.endpoint} does not exist" in last_line
+    assert sorted(os.listdir(own_s3.directory)) == [S3_BUCKET]
