@@ -47,15 +47,15 @@ def wait_for_port(port: int, timeout_s: float) -> None:
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout_s}s")
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real S3 HTTP API on loopback (s3rver, installed by `make setup`), with the AWS variables set."""
+def require_s3rver() -> None:
     if not S3RVER.exists():
         if os.environ.get("CI"):
             pytest.fail(f"{S3RVER} is missing: `make setup` installs it")
         pytest.skip("s3rver is not installed; run `make setup`")
-    port = free_port()
-    directory = tmp_path_factory.mktemp("s3rver")
+
+
+def launch_s3rver(directory: Path, port: int) -> subprocess.Popen[bytes]:
+    """s3rver serving ``directory`` (with the test bucket) on 127.0.0.1:``port``, once it listens."""
     process = subprocess.Popen(
         [
             str(S3RVER),
@@ -73,13 +73,27 @@ def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         # s3rver 3.7 makes list continuation tokens with a cipher OpenSSL 3 only has in its legacy provider.
         env={**os.environ, "NODE_OPTIONS": "--openssl-legacy-provider"},
     )
+    try:
+        wait_for_port(port, timeout_s=30)
+    except TimeoutError:
+        process.kill()
+        raise
+    return process
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real S3 HTTP API on loopback (s3rver, installed by `make setup`), with the AWS variables set."""
+    require_s3rver()
+    port = free_port()
+    directory = tmp_path_factory.mktemp("s3rver")
+    process = launch_s3rver(directory, port)
     endpoint = f"http://127.0.0.1:{port}"
     saved = {
         key: os.environ.get(key) for key in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
     }
     os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="S3RVER", AWS_SECRET_ACCESS_KEY="S3RVER")
     try:
-        wait_for_port(port, timeout_s=30)
         yield endpoint
     finally:
         process.terminate()

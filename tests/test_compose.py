@@ -188,3 +188,33 @@ def test_the_cpu_image_installs_what_make_setup_installs_with_the_same_constrain
     gpu = (REPO / "Dockerfile.gpu").read_text()
     assert 'pip install ".[gpu]"' in gpu and "FROM nvidia/cuda:" in gpu
     assert re.search(r"^USER ragdistill$", gpu, re.MULTILINE)
+
+
+def test_no_service_reaches_around_the_loopback_binding(compose: dict[str, Any]) -> None:
+    """Host networking or a privileged container would expose what the port bindings keep on 127.0.0.1."""
+    for name, service in compose["services"].items():
+        assert service.get("network_mode", "") != "host", f"{name} uses the host's network"
+        assert not service.get("privileged"), f"{name} is privileged"
+        assert service.get("pid") != "host" and service.get("ipc") != "host", f"{name} shares host namespaces"
+        for volume in service.get("volumes", []):
+            source = str(volume).split(":", 1)[0]
+            assert not source.startswith("/var/run/docker"), f"{name} mounts the Docker socket"
+
+
+SECRET_IN_IMAGE = re.compile(rf"^\s*(ENV|ARG)\s+.*({SECRET_NAME.pattern})", re.MULTILINE | re.IGNORECASE)
+
+
+def test_images_are_built_without_secrets() -> None:
+    """No credential is baked into an image: none is an ENV or ARG, and .env never enters the build."""
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        text = (REPO / dockerfile).read_text()
+        assert not SECRET_IN_IMAGE.search(text), f"{dockerfile} sets a secret at build time"
+    assert ".env" in (REPO / ".dockerignore").read_text().splitlines()
+
+
+def test_the_example_credentials_are_placeholders_documented_as_local_only() -> None:
+    """The example values only ever meet ports bound to 127.0.0.1; each secret has its own placeholder."""
+    header = ENV_EXAMPLE.read_text().split("\n\n", 1)[0]
+    assert "127.0.0.1" in header and "change-me" in header
+    placeholders = [value for name, value in env_example().items() if value.startswith("change-me")]
+    assert len(placeholders) == len(set(placeholders)) >= 4, "no two secrets share an example value"

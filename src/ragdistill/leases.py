@@ -20,6 +20,7 @@ holder keeps its candidate, a withdrawn contender does not (at most :data:`CONTE
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import random
@@ -32,10 +33,14 @@ from types import TracebackType
 
 from ragdistill.errors import UserFacingError
 from ragdistill.processes import process_alive
-from ragdistill.store import ArtifactError, ArtifactStore
+from ragdistill.store import ArtifactError, ArtifactStore, StorageError
 
 LEASE_PREFIX = ".lease-"
 CONTENTION_RETRIES = 8
+log = logging.getLogger("ragdistill.leases")
+_LIVE_TOKENS: set[str] = set()
+"""Tokens of this process's leases that are being acquired or are held. A candidate of this process
+whose token is not here was left by a lease whose release failed (storage down): it is stale."""
 
 
 class LeaseHeldError(UserFacingError, RuntimeError):
@@ -106,6 +111,8 @@ class StageLease:
             return False
         if holder.host == socket.gethostname() and not process_alive(holder.pid):
             return True
+        if holder.host == socket.gethostname() and holder.pid == os.getpid():
+            return holder.token not in _LIVE_TOKENS
         return time.time() - holder.refreshed_at > self.stale_after_s
 
     def _write(self, acquired_at: float) -> None:
@@ -137,14 +144,20 @@ class StageLease:
     def acquire(self) -> StageLease:
         deadline = time.monotonic() + self.wait_s
         contended = 0
+        _LIVE_TOKENS.add(self.token)
         while True:
-            holder = self._try_acquire()
+            try:
+                holder = self._try_acquire()
+            except BaseException:
+                _LIVE_TOKENS.discard(self.token)
+                raise
             if holder is None:
                 break
             if time.monotonic() >= deadline:
                 if contended < CONTENTION_RETRIES and self._withdrawn(holder):
                     contended += 1
                     continue
+                _LIVE_TOKENS.discard(self.token)
                 raise LeaseHeldError(
                     f"{self.store.uri(self.stage_dir)} is being written by {holder.describe()}; wait for that "
                     "run to finish (or stop it), set run.lease_wait_s to wait for it, or give this run another "
@@ -158,8 +171,12 @@ class StageLease:
         return self
 
     def _refresh(self) -> None:
+        """Keeps refreshing through a storage outage: the stage itself fails on its next write."""
         while not self._stop.wait(self.heartbeat_s):
-            self._write(self._acquired_at)
+            try:
+                self._write(self._acquired_at)
+            except StorageError as error:
+                log.warning("could not refresh the lease on %s: %s", self.store.uri(self.stage_dir), error)
 
     def release(self) -> None:
         if not self._held:
@@ -167,8 +184,11 @@ class StageLease:
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
-        self.store.delete(self.path)
         self._held = False
+        try:
+            self.store.delete(self.path)
+        finally:
+            _LIVE_TOKENS.discard(self.token)
 
     def __enter__(self) -> StageLease:
         return self.acquire()

@@ -6,12 +6,18 @@ rename on local disks, a single PUT on object stores). A stage appends records a
 shards when it ends. Each stage ends with a manifest: the exact files it produced with their sha256,
 its identity (``ragdistill.identity``) and content-derived counts. Downstream stages read exactly the
 files a manifest lists, and :func:`verify_manifest` checks them file by file.
+
+Object-store faults surface as :class:`~ragdistill.store_faults.StorageError` naming the endpoint and
+bucket, after a bounded number of retries (``S3_MAX_ATTEMPTS``, or the usual ``AWS_MAX_ATTEMPTS``), so a
+stopped server fails a stage in seconds; every stage first checks that its run root is writable
+(:func:`check_writable`) before doing any work.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import re
@@ -25,6 +31,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from ragdistill.errors import UserFacingError
+from ragdistill.store_faults import StorageError, describe_storage, storage_faults
 from ragdistill.version import code_version
 
 MANIFEST_NAME = "manifest.json"
@@ -34,6 +41,12 @@ PARTS_DIR = "parts"
 _SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.jsonl$")
 _PART_PATTERN = re.compile(r"^part-(\d{9})\.jsonl$")
 _TEMP_PATTERN = re.compile(r"^\..+\.[0-9a-f]{32}\.tmp$")  # ArtifactStore.write_bytes's temp files
+WRITE_CHECK_PREFIX = ".write-check-"
+S3_MAX_ATTEMPTS = 3
+"""Attempts per S3 request (botocore's standard retry mode) unless ``AWS_MAX_ATTEMPTS`` says otherwise:
+a transient error is retried with backoff, a stopped server fails within seconds."""
+
+log = logging.getLogger("ragdistill.store")
 
 
 class ArtifactError(UserFacingError, RuntimeError):
@@ -42,9 +55,14 @@ class ArtifactError(UserFacingError, RuntimeError):
 
 def _storage_options(protocol: str) -> dict[str, Any]:
     """S3 endpoint and keys come from the usual AWS variables, so MinIO, s3rver and AWS work unchanged."""
-    if protocol in ("s3", "s3a") and os.environ.get("AWS_ENDPOINT_URL"):
-        return {"client_kwargs": {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}}
-    return {}
+    if protocol not in ("s3", "s3a"):
+        return {}
+    options: dict[str, Any] = {}
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        options["client_kwargs"] = {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}
+    if not os.environ.get("AWS_MAX_ATTEMPTS"):
+        options["config_kwargs"] = {"retries": {"max_attempts": S3_MAX_ATTEMPTS, "mode": "standard"}}
+    return options
 
 
 class ArtifactStore:
@@ -86,7 +104,8 @@ class ArtifactStore:
     def write_bytes(self, relative: str, data: bytes) -> None:
         target = self.path(relative)
         if not self.is_local:
-            self.fs.pipe_file(target, data)
+            with storage_faults(self, relative):
+                self.fs.pipe_file(target, data)
             return
         directory = posixpath.dirname(target)
         os.makedirs(directory, exist_ok=True)
@@ -103,7 +122,8 @@ class ArtifactStore:
 
     def read_bytes(self, relative: str) -> bytes:
         try:
-            return self.fs.cat_file(self.path(relative))
+            with storage_faults(self, relative):
+                return self.fs.cat_file(self.path(relative))
         except FileNotFoundError:
             raise ArtifactError(f"missing artifact {self.uri(relative)}") from None
 
@@ -123,26 +143,29 @@ class ArtifactStore:
             raise ArtifactError(f"{self.uri(relative)} is not valid JSON: {error}") from None
 
     def exists(self, relative: str) -> bool:
-        return self.fs.exists(self.path(relative))
+        with storage_faults(self, relative):
+            return self.fs.exists(self.path(relative))
 
     def list(self, prefix: str = "", *, hidden: bool = False) -> list[str]:
         """Relative paths of every file under ``prefix`` (recursive, sorted). Files whose name starts with
         a dot (temp files, leases) are left out unless ``hidden``."""
         base = self.path(prefix)
-        if not self.is_local:
-            self.fs.invalidate_cache(base)
-        if not self.fs.exists(base):
-            return []
-        found = self.fs.find(base)
+        with storage_faults(self, prefix):
+            if not self.is_local:
+                self.fs.invalidate_cache(base)
+            if not self.fs.exists(base):
+                return []
+            found = self.fs.find(base)
         relative = [posixpath.relpath(path, self.root) for path in found]
         return sorted(path for path in relative if hidden or not posixpath.basename(path).startswith("."))
 
     def delete(self, relative: str) -> None:
         target = self.path(relative)
-        if self.fs.exists(target):
-            self.fs.rm(target, recursive=True)
-        if not self.is_local:
-            self.fs.invalidate_cache()
+        with storage_faults(self, relative):
+            if self.fs.exists(target):
+                self.fs.rm(target, recursive=True)
+            if not self.is_local:
+                self.fs.invalidate_cache()
 
     def remove_temp_files(self, prefix: str) -> list[str]:
         """Remove the temp files of writes that never finished (a writer killed before its rename) under
@@ -157,6 +180,27 @@ class ArtifactStore:
 
     def sha256(self, relative: str) -> str:
         return hashlib.sha256(self.read_bytes(relative)).hexdigest()
+
+
+def check_writable(store: ArtifactStore | str) -> None:
+    """Write, read back and remove a small object under the run root, so a missing bucket, refused
+    credentials, an unreachable endpoint or a read-only folder is reported before a stage does any work."""
+    store = store if isinstance(store, ArtifactStore) else ArtifactStore(store)
+    probe = f"{WRITE_CHECK_PREFIX}{uuid.uuid4().hex}"
+    payload = f"ragdistill write check {probe}".encode()
+    try:
+        store.write_bytes(probe, payload)
+        readable = store.read_bytes(probe) == payload
+        store.delete(probe)
+    except OSError as error:
+        raise StorageError(
+            f"cannot write to the run root {store.root_url} ({describe_storage(store)}): {error}. Fix "
+            "run.run_root or the folder's permissions, then run the stage again."
+        ) from error
+    except ArtifactError as error:
+        raise StorageError(f"the run root {store.root_url} lost an object just written: {error}") from error
+    if not readable:
+        raise StorageError(f"the run root {store.root_url} returned other bytes than were just written")
 
 
 def _parse_lines(store: ArtifactStore, relative: str) -> list[dict[str, Any]]:
@@ -235,11 +279,31 @@ class RecordLog:
         """Every record, the last one of each key, in the order of those last occurrences."""
         latest: dict[str, tuple[int, dict[str, Any]]] = {}
         position = 0
-        for relative in [*shard_paths(self.store, self.prefix), *self._part_paths()]:
+        shards, parts = shard_paths(self.store, self.prefix), self._part_paths()
+        for relative in shards:
             for record in _parse_lines(self.store, relative):
                 latest[self.key(record)] = (position, record)
                 position += 1
+        for relative in parts:
+            record = self._part_record(relative)
+            if record is not None:
+                latest[self.key(record)] = (position, record)
+                position += 1
         return [record for _, record in sorted(latest.values(), key=lambda item: item[0])]
+
+    def _part_record(self, relative: str) -> dict[str, Any] | None:
+        """The one record a part holds, or None for a torn part: object stores that write in place
+        (s3rver, some NFS-backed servers) can keep the first bytes of a PUT the server died in. Its
+        record was never acknowledged, so it counts as not appended (the episode is played again)."""
+        text = self.store.read_text(relative)
+        try:
+            record = json.loads(text) if text.endswith("\n") else None
+        except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
+            log.warning("%s is a torn write (%d bytes): ignoring it", self.store.uri(relative), len(text))
+            return None
+        return record
 
     def keys(self) -> set[str]:
         return {self.key(record) for record in self.records()}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from pydantic import Field, model_validator
 
 from ragdistill.config.base import DEFAULT_GPU_SHARE, StrictModel
@@ -96,3 +99,30 @@ class ExperimentConfig(StrictModel):
                 "engine (the same model and backend settings), or serve a role through backend.kind 'openai'"
             )
         return self
+
+    @model_validator(mode="after")
+    def _no_credentials_in_settings(self) -> ExperimentConfig:
+        """Keys come only from the environment (``backend.api_key_env``, the AWS variables): a setting
+        would be copied into ``run.json``, Prefect parameters and logs."""
+        for where, value in _string_settings(self.model_dump(mode="json")):
+            if _CREDENTIALS_IN_URL.search(value):
+                raise ValueError(
+                    f"{where} carries a credential in its URL; remove it and put the key in the environment "
+                    "variable named by backend.api_key_env (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
+                )
+        return self
+
+
+_CREDENTIALS_IN_URL = re.compile(
+    r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]+@|[?&](api[_-]?key|access[_-]?token|token|secret|password)=",
+    re.IGNORECASE,
+)
+
+
+def _string_settings(value: Any, where: str = "") -> list[tuple[str, str]]:
+    """(dotted key, text) for every string setting in a dumped config."""
+    if isinstance(value, dict):
+        return [item for key, inner in value.items() for item in _string_settings(inner, f"{where}{key}.")]
+    if isinstance(value, list):
+        return [item for inner in value for item in _string_settings(inner, where)]
+    return [(where.rstrip("."), value)] if isinstance(value, str) else []

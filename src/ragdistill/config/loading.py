@@ -21,6 +21,10 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
         key = ".".join(str(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; check its spelling against ragdistill.config")
+        elif not item[
+            "loc"
+        ]:  # a check across settings: its input is the whole config, which may hold secrets
+            lines.append(f"  {key}: {item['msg']}")
         else:
             lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
     return "\n".join(lines)

@@ -9,7 +9,8 @@ Every stage function runs inside :class:`StageRun`::
         ...                              # write outputs
         return run.finish(files, counts=...)
 
-On entry the run takes the folder's lease (one writer per folder), then:
+On entry the run checks that the run root is writable (``store.check_writable``: a missing bucket or
+refused credentials stop it before any work), takes the folder's lease (one writer per folder), then:
 
 - when the manifest matches the identity and every file it lists is unchanged, ``run.current`` holds it
   and nothing is written;
@@ -41,6 +42,7 @@ from ragdistill.store import (
     ArtifactError,
     ArtifactStore,
     Manifest,
+    check_writable,
     manifest_problems,
     read_manifest,
     verify_manifest,
@@ -139,6 +141,7 @@ class StageRun:
         self.current: Manifest | None = None
 
     def __enter__(self) -> StageRun:
+        check_writable(self.store)
         self.lease.acquire()
         try:
             self.current = current_manifest(self.store, self.stage_dir, self.identity)
