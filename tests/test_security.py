@@ -4,8 +4,10 @@
   cloudpickle / dill / joblib / marshal / shelve load, no ``torch.load`` without ``weights_only=True``,
   no ``numpy.load(allow_pickle=True)``, no unsafe YAML load and no pickle result serializer (a static
   scan of ``src/`` that names file and line).
-- Model code from a hub never runs: no call passes ``trust_remote_code`` other than ``False`` (the
-  transformers, vLLM and sentence-transformers default), and a config cannot switch it on.
+- A model folder's own Python code runs only when the config says so: every call passes
+  ``trust_remote_code`` as ``False`` (the transformers, vLLM and sentence-transformers default) or as the
+  config's switch (``….trust_remote_code``, off by default), and a planted model whose code would run
+  is refused with the switch off.
 - Secrets come only from the environment: config fields name environment variables, a setting whose URL
   carries a credential is refused (without echoing it), and a whole pipeline run with planted keys
   leaves them in no artifact, report, log, Prefect parameter, artifact or block
@@ -86,7 +88,9 @@ def unsafe_calls(source: str, filename: str) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Dict):
             for key, value in zip(node.keys, node.values, strict=True):
-                if _is_constant_str(key, "trust_remote_code") and not _is_constant(value, False):
+                if _is_constant_str(key, "trust_remote_code") and not (
+                    _is_constant(value, False) or _is_the_switch(value)
+                ):
                     found.append(f"{filename}:{node.lineno}: 'trust_remote_code' set to {ast.unparse(value)}")
         if not isinstance(node, ast.Call):
             continue
@@ -105,12 +109,19 @@ def unsafe_calls(source: str, filename: str) -> list[str]:
             if loader is None or "Safe" not in ast.unparse(loader):
                 found.append(f"{where}: yaml.load without a safe loader")
         remote_code = _keyword(node, "trust_remote_code")
-        if remote_code is not None and not _is_constant(remote_code, False):
+        if remote_code is not None and not (_is_constant(remote_code, False) or _is_the_switch(remote_code)):
             found.append(f"{where}: trust_remote_code={ast.unparse(remote_code)}")
         serializer = _keyword(node, "result_serializer")
         if isinstance(serializer, ast.Constant) and serializer.value in UNSAFE_SERIALIZERS:
             found.append(f"{where}: result_serializer={serializer.value!r}")
     return sorted(found, key=lambda finding: int(finding.split(":")[1]))
+
+
+def _is_the_switch(node: ast.expr) -> bool:
+    """The config's ``trust_remote_code`` (``role.model.trust_remote_code``, a parameter of that name)."""
+    return (isinstance(node, ast.Attribute) and node.attr == "trust_remote_code") or (
+        isinstance(node, ast.Name) and node.id == "trust_remote_code"
+    )
 
 
 def _is_constant_str(node: ast.expr | None, value: str) -> bool:
@@ -137,6 +148,7 @@ joblib.load("m.joblib")
 AutoModel.from_pretrained("x", trust_remote_code=True)
 AutoModel.from_pretrained("x", trust_remote_code=spec.trust)
 AutoModel.from_pretrained("x", trust_remote_code=False)
+AutoModel.from_pretrained("x", trust_remote_code=role.model.trust_remote_code)
 LLM(**{"model": "x", "trust_remote_code": True})
 task.with_options(result_serializer="pickle")
 task.with_options(result_serializer="json")
@@ -166,9 +178,52 @@ def test_the_source_unpickles_nothing_and_never_trusts_remote_code() -> None:
     assert found == []
 
 
-def test_a_config_cannot_switch_on_remote_code() -> None:
-    with pytest.raises(ConfigError, match="trust_remote_code"):
-        with_overrides(ExperimentConfig(), {"models.agent.model.trust_remote_code": True})
+PLANTED_CODE = """import os, pathlib
+pathlib.Path(os.environ["PLANTED_MARKER"]).write_text("the model folder's code ran")
+from transformers import PreTrainedTokenizer
+class PlantedTokenizer(PreTrainedTokenizer):
+    pass
+"""
+
+
+def test_a_model_folders_own_code_runs_only_when_the_config_switches_it_on(tmp_path: Path) -> None:
+    """A checkpoint that ships a tokenizer class of its own: the loader the backends use refuses it with
+    the config's default, and runs its code only with ``trust_remote_code: true``."""
+    assert ExperimentConfig().models.agent.model.trust_remote_code is False
+    model = tmp_path / "model"
+    model.mkdir()
+    auto_map = {"AutoTokenizer": ["tokenization_planted.PlantedTokenizer", None]}
+    (model / "config.json").write_text(json.dumps({"model_type": "planted", "auto_map": auto_map}))
+    (model / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PlantedTokenizer", "auto_map": auto_map})
+    )
+    (model / "tokenization_planted.py").write_text(PLANTED_CODE)
+    marker = tmp_path / "marker"
+    script = (
+        "import sys\n"
+        "from ragdistill.config import ExperimentConfig, with_overrides\n"
+        "from ragdistill.inference.chat import load_tokenizer\n"
+        "on = sys.argv[2] == 'on'\n"
+        "spec = with_overrides(ExperimentConfig(), {'models.agent.model.trust_remote_code': on}).models.agent.model\n"
+        "try:\n"
+        "    load_tokenizer(sys.argv[1], spec.trust_remote_code)\n"
+        "except Exception as error:\n"
+        "    print(type(error).__name__, error)\n"
+    )
+    env = {**os.environ, "PLANTED_MARKER": str(marker), "HF_MODULES_CACHE": str(tmp_path / "modules")}
+    off = subprocess.run(
+        [sys.executable, "-c", script, str(model), "off"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert "trust_remote_code" in off.stdout, off.stdout + off.stderr
+    assert not marker.exists(), "with the switch off the folder's code must not run"
+    subprocess.run(
+        [sys.executable, "-c", script, str(model), "on"], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert marker.read_text() == "the model folder's code ran"
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,11 @@ class ModelSpec(StrictModel):
     adapter: str | None = Field(None, description="A LoRA adapter folder (or run-root URL) applied on top.")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
     max_model_len: int = Field(8192, gt=0, description="Context window in tokens.")
+    trust_remote_code: bool = Field(
+        False,
+        description="Run Python code shipped in the model's folder (custom architectures on the hub). "
+        "Off: turn it on only for a model whose code you have read, since it runs with this process's rights.",
+    )
 
 
 class BackendConfig(StrictModel):

@@ -140,7 +140,10 @@ class _Results:
         where = f"{method_label(method)} · {agent_label(agent)}"
         result = self.by_key.get((method, agent))
         if result is None:
-            return notes.mark("not evaluated in this run (not in `evaluation.methods`, or its evaluation has not run yet)", where)
+            return notes.mark(
+                "not evaluated in this run (not in `evaluation.methods`, or its evaluation has not run yet)",
+                where,
+            )
         if result.metrics is None:
             return notes.mark(result.not_run_reason or "not run (no reason recorded)", where)
         if result.metrics.empty:

@@ -146,7 +146,12 @@ MERGED_SUBDIR = "merged"
 
 
 def merged_checkpoint(
-    base_model: str, adapter: Path, digest: str, dtype: str = "float32", cache_root: Path | None = None
+    base_model: str,
+    adapter: Path,
+    digest: str,
+    dtype: str = "float32",
+    cache_root: Path | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """A checkpoint of ``base_model`` with the LoRA ``adapter`` merged into its weights, built once per
     adapter content (``digest``) under ``<cache>/merged/`` and reused after. Serving the merged weights
@@ -163,12 +168,14 @@ def merged_checkpoint(
     if (target / _COMPLETE).is_file():
         return target
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=dtypes[dtype])
+    model = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=dtypes[dtype], trust_remote_code=trust_remote_code
+    )
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
     partial = target.with_name(f".{key}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     merged.save_pretrained(partial, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base_model).save_pretrained(partial)
+    AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code).save_pretrained(partial)
     (partial / _COMPLETE).write_text(f"{base_model} + {adapter} ({digest})\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)

@@ -97,7 +97,9 @@ def completion_token_count(tokenizer: Tokenizer, token_ids: Sequence[int], text:
     return low
 
 
-def load_tokenizer(model_path: str, **kwargs: Any) -> Tokenizer:
+def load_tokenizer(model_path: str, trust_remote_code: bool = False, **kwargs: Any) -> Tokenizer:
+    """The checkpoint's tokenizer; the folder's own Python code runs only when the model's config says
+    ``trust_remote_code``."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(model_path, **kwargs)
+    return AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code, **kwargs)

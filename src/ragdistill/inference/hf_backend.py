@@ -62,7 +62,7 @@ class HFBackend:
         if role.backend.torch_threads is not None:
             torch.set_num_threads(role.backend.torch_threads)
         self.model_path = model_path or resolve_model(role.model)
-        self._tokenizer = load_tokenizer(self.model_path)
+        self._tokenizer = load_tokenizer(self.model_path, role.model.trust_remote_code)
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
@@ -73,7 +73,7 @@ class HFBackend:
             "auto": "auto",
         }
         self._model: Any = AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=dtypes[role.model.dtype]
+            self.model_path, dtype=dtypes[role.model.dtype], trust_remote_code=role.model.trust_remote_code
         )
         self._model.eval()
         self._adapters = AdapterRegistry()

@@ -177,7 +177,10 @@ class OpenAIBackend:
                 try:
                     from ragdistill.models import resolve_model
 
-                    self._tokenizer = load_tokenizer(self._tokenizer_path or resolve_model(self._role.model))
+                    self._tokenizer = load_tokenizer(
+                        self._tokenizer_path or resolve_model(self._role.model),
+                        self._role.model.trust_remote_code,
+                    )
                 except Exception as error:  # any loader failure means "no tokenizer here"
                     self._tokenizer_error = f"{type(error).__name__}: {error}"
                     log.warning("no tokenizer for %s: %s", self._role.model.name, self._tokenizer_error)

@@ -68,7 +68,7 @@ class VLLMBackend:
                 "uninstall those three"
             ) from error
         self._engine_errors: tuple[type[Exception], ...] = (ValueError, RuntimeError, VLLMError)
-        self._tokenizer = load_tokenizer(self.model_path)
+        self._tokenizer = load_tokenizer(self.model_path, role.model.trust_remote_code)
         self._adapters = AdapterRegistry()
         self.lora_enabled = (
             backend.enable_lora if backend.enable_lora is not None else role.model.adapter is not None
@@ -88,6 +88,7 @@ class VLLMBackend:
             "enable_prefix_caching": backend.enable_prefix_caching,
             "enforce_eager": on_cpu,
             "tensor_parallel_size": backend.tensor_parallel_size,
+            "trust_remote_code": role.model.trust_remote_code,
         }
         if not on_cpu:
             engine_args["gpu_memory_utilization"] = backend.gpu_share()

@@ -134,7 +134,8 @@ def run_dataset(config: ExperimentConfig, name: str) -> Manifest:
                 records[f"{record.source}/{record.run_id}/{record.task_id}"] = record
                 episodes_per_source[record.source] += 1
         chosen = selection(config)
-        tokenizer = load_tokenizer(resolve_model(config.models.agent.model))
+        agent_model = config.models.agent.model
+        tokenizer = load_tokenizer(resolve_model(agent_model), agent_model.trust_remote_code)
         built = build_examples(
             records.values(),
             tokenizer,

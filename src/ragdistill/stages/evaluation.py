@@ -111,7 +111,13 @@ def student_role(config: ExperimentConfig, store: ArtifactStore, name: str) -> t
     folder = materialize_adapter(store.uri(adapter_folder(name)))
     digest = adapter_digest(folder)
     if config.evaluation.student_weights == "merged":
-        merged = merged_checkpoint(resolve_model(agent.model), folder, digest, agent.model.dtype)
+        merged = merged_checkpoint(
+            resolve_model(agent.model),
+            folder,
+            digest,
+            agent.model.dtype,
+            trust_remote_code=agent.model.trust_remote_code,
+        )
         model = agent.model.model_copy(update={"name": str(merged), "adapter": None})
         return agent.model_copy(update={"model": model}), digest
     model = agent.model.model_copy(update={"adapter": adapter_folder(name)})

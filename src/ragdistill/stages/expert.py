@@ -79,7 +79,7 @@ def run_expert_teacher(config: ExperimentConfig, *, progress: ProgressCallback |
         pending = [task for task in tasks if task.task_id not in finished]
         if pending:
             role = config.models.agent
-            tokenizer = load_tokenizer(resolve_model(role.model))
+            tokenizer = load_tokenizer(resolve_model(role.model), role.model.trust_remote_code)
             env = config.env
             with open_pool(env, len(pending)) as pool:
                 write_expert_episodes(

@@ -95,6 +95,7 @@ def run_training(config: ExperimentConfig, name: str) -> Manifest:
             base_model=resolve_model(config.models.agent.model),
             output_dir=str(work),
             seed=config.models.agent.sampling.seed,
+            trust_remote_code=config.models.agent.model.trust_remote_code,
         )
         result = launch_training(spec, config.training.accelerate_config)
         if not store.is_local:

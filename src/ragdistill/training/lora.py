@@ -72,12 +72,21 @@ class TrainSpec:
     output_dir: str
     training: TrainingConfig = field(default_factory=TrainingConfig)
     seed: int = 42
+    trust_remote_code: bool = False
+    """Whether the base model's own Python code may run (``models.agent.model.trust_remote_code``)."""
 
     @classmethod
     def from_config(
-        cls, training: TrainingConfig, *, dataset: str, base_model: str, output_dir: str, seed: int = 42
+        cls,
+        training: TrainingConfig,
+        *,
+        dataset: str,
+        base_model: str,
+        output_dir: str,
+        seed: int = 42,
+        trust_remote_code: bool = False,
     ) -> TrainSpec:
-        return cls(str(dataset), str(base_model), str(output_dir), training, seed)
+        return cls(str(dataset), str(base_model), str(output_dir), training, seed, trust_remote_code)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -86,16 +95,19 @@ class TrainSpec:
             "output_dir": self.output_dir,
             "training": self.training.model_dump(mode="json"),
             "seed": self.seed,
+            "trust_remote_code": self.trust_remote_code,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
+        trust_remote_code = data.get("trust_remote_code") is True
         return cls(
             dataset=data["dataset"],
             base_model=data["base_model"],
             output_dir=data["output_dir"],
             training=TrainingConfig.model_validate(data.get("training", {})),
             seed=int(data.get("seed", 42)),
+            trust_remote_code=trust_remote_code,
         )
 
     def write(self, path: Path) -> Path:
@@ -266,7 +278,7 @@ def prepare_training(spec: TrainSpec) -> PreparedTraining:
     loss_head = config.loss_head if config.loss_head != "auto" else "trl-fused" if on_cuda else "compact"
     tensorboard = _tensorboard_callback(config.tensorboard, output / TENSORBOARD_DIR)
     dataset, counts = load_examples(spec.dataset, config.max_seq_len)
-    tokenizer = AutoTokenizer.from_pretrained(spec.base_model)
+    tokenizer = AutoTokenizer.from_pretrained(spec.base_model, trust_remote_code=spec.trust_remote_code)
     model = load_base_model(spec, precision, on_cuda)
     checkpointing = wants_checkpointing(config, on_cuda, counts.longest)
     student_trainer, step_clock = trainer_classes()

@@ -110,7 +110,9 @@ def load_base_model(spec: TrainSpec, precision: Precision, on_cuda: bool) -> Pre
         if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() not in {"1", "true"}:
             kwargs["device_map"] = {"": PartialState().local_process_index}
     try:
-        return AutoModelForCausalLM.from_pretrained(spec.base_model, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(
+            spec.base_model, trust_remote_code=spec.trust_remote_code, **kwargs
+        )
     except OSError as error:
         raise TrainingError(f"cannot load the base model {spec.base_model!r}: {error}") from None
 
