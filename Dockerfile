@@ -37,6 +37,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     HF_HUB_OFFLINE=1 \
     PREFECT_HOME=/app/.prefect \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
+    PREFECT_LOGGING_EXTRA_LOGGERS=ragdistill \
     PREFECT_RESULTS_DEFAULT_SERIALIZER=json \
     RAGDISTILL_CACHE=/app/.cache/ragdistill
 RUN useradd --create-home --uid 10001 ragdistill \

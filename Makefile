@@ -19,6 +19,8 @@ export TOKENIZERS_PARALLELISM ?= false
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+# ragdistill's own INFO lines (stage progress, skips, retries) in each run's logs in the Prefect UI.
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= ragdistill
 # The project's Prefect home (database, logs, server state): under the project, never ~/.prefect.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_MEMO_STORE_PATH ?= $(PREFECT_HOME)/memo_store.toml

@@ -46,6 +46,7 @@ HOME_ENV = "PREFECT_HOME"
 API_URL_ENV = "PREFECT_API_URL"
 MEMO_STORE_ENV = "PREFECT_SERVER_MEMO_STORE_PATH"
 ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
+EXTRA_LOGGERS_ENV = "PREFECT_LOGGING_EXTRA_LOGGERS"
 SERVER_HOST_ENV = "PREFECT_SERVER_API_HOST"
 SERVER_PORT_ENV = "PREFECT_SERVER_API_PORT"
 STATE_FILE = "server.json"
@@ -104,6 +105,8 @@ def configure_prefect_home() -> Path:
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.environ[HOME_ENV] = str(home)
     os.environ.setdefault(ANALYTICS_ENV, "false")
+    # ragdistill's own INFO lines (stage progress, skips, retries) in each run's logs in the UI.
+    os.environ.setdefault(EXTRA_LOGGERS_ENV, "ragdistill")
     # Prefect 3.7 derives this path from the home only in some code paths, else from ~/.prefect.
     os.environ.setdefault(MEMO_STORE_ENV, str(home / "memo_store.toml"))
     return home
