@@ -22,7 +22,7 @@ from ragdistill.stages.rollout import plan_identity
 from ragdistill.stages.shards import use_shard_runner
 from ragdistill.stages.training import adapter_dir, run_training, training_identity
 from ragdistill.store import ArtifactStore
-from ragdistill.tasks.common import publish_manifest, stage_cache_policy
+from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, stage_cache_policy
 from ragdistill.tasks.rollout import progress_reporter
 
 
@@ -59,7 +59,7 @@ class _Skipped(UserFacingError):
 
 @task(
     name="expert",
-    task_run_name="expert",
+    task_run_name="expert-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_expert, __name__),
     result_serializer="json",
 )
@@ -70,7 +70,7 @@ def expert_task(config: ExperimentConfig, hints_digest: str) -> dict[str, Any]:
 
 @task(
     name="dataset",
-    task_run_name="dataset-{name}",
+    task_run_name="dataset-{name}-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_dataset, __name__),
     result_serializer="json",
 )
@@ -83,7 +83,7 @@ def dataset_task(config: ExperimentConfig, name: str, source_digests: list[str])
 
 @task(
     name="train",
-    task_run_name="train-{name}",
+    task_run_name="train-{name}-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_training, __name__),
     result_serializer="json",
 )
@@ -103,7 +103,7 @@ def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict
 
 @task(
     name="evaluate",
-    task_run_name="evaluate-{method}",
+    task_run_name="evaluate-{method}-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_evaluation, __name__),
     result_serializer="json",
 )
@@ -119,7 +119,7 @@ def evaluate_task(config: ExperimentConfig, method: str, upstream_digests: list[
 
 @task(
     name="report",
-    task_run_name="report",
+    task_run_name="report-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_report, __name__),
     result_serializer="json",
 )
