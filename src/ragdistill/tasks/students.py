@@ -6,8 +6,10 @@ Thin wrappers over the stage functions; each task's cache key is its stage's ide
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ragdistill.config import ExperimentConfig
 from ragdistill.errors import UserFacingError
@@ -24,6 +26,7 @@ from ragdistill.stages.training import adapter_dir, run_training, training_ident
 from ragdistill.store import ArtifactStore
 from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, stage_cache_policy
 from ragdistill.tasks.rollout import progress_reporter
+from ragdistill.training.progress import ProgressListener, TrainingProgress, use_training_progress
 
 
 def _store(config: ExperimentConfig) -> ArtifactStore:
@@ -90,7 +93,8 @@ def dataset_task(config: ExperimentConfig, name: str, source_digests: list[str])
 def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict[str, Any]:
     from prefect.artifacts import create_link_artifact
 
-    manifest = run_training(config, name)
+    with use_training_progress(training_progress_reporter(name)):
+        manifest = run_training(config, name)
     if manifest.counts.get("trained"):
         folder = _store(config).uri(adapter_folder(name))
         create_link_artifact(
@@ -99,6 +103,24 @@ def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict
     return publish_manifest(
         manifest, key=f"adapter-{name}", description=f"{config.run.name}: adapters/{name}"
     )
+
+
+def training_progress_reporter(name: str) -> ProgressListener:
+    """A progress artifact in the Prefect UI, created at the training's first logged optimizer step (a
+    skipped training makes none) and moved at every one after it."""
+    artifact: list[UUID] = []
+
+    def on_step(progress: TrainingProgress) -> None:
+        description = (
+            f"adapters/{name}: step {progress.step} of {progress.max_steps}, "
+            f"epoch {progress.epoch:.2f}, loss {progress.loss:.4f}"
+        )
+        if not artifact:
+            artifact.append(create_progress_artifact(progress=progress.percent, description=description))
+        else:
+            update_progress_artifact(artifact[0], progress=progress.percent, description=description)
+
+    return on_step
 
 
 @task(
