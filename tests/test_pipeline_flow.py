@@ -247,3 +247,17 @@ def test_flow_and_task_runs_are_named_after_the_stage_environment_and_run(
         )
     assert flow_run.name == "rollout-probe-counter-double-naming-test"
     assert [run.name for run in task_runs] == ["rollout-probe-counter-double-naming-test"]
+
+
+def test_a_flow_run_is_named_after_the_config_it_will_run_with_or_its_file_when_unreadable(
+    tmp_path: Path,
+) -> None:
+    from ragdistill.flows.naming import flow_run_label
+
+    assert flow_run_label("pipeline", {"config_name": "demo-webshop"}) == "pipeline-webshop-demo-webshop"
+    overridden = {"config_name": "demo-alfworld", "overrides": {"run": {"name": "nightly"}}, "stage": "b2"}
+    assert flow_run_label("rollout", overridden, "base") == "rollout-b2-alfworld-nightly"
+    assert flow_run_label("rollout", {"config_name": "demo-alfworld"}, "base").startswith("rollout-base-")
+    assert flow_run_label("mine", {"config_name": str(tmp_path / "gone.yaml")}) == "mine-gone"
+    bad = {"config_name": "demo-alfworld", "overrides": {"env": {"limit": -1}}}
+    assert flow_run_label("mine", bad) == "mine-demo-alfworld"

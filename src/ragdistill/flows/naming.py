@@ -29,11 +29,11 @@ def flow_run_label(flow_name: str, parameters: dict[str, Any], default_stage: st
     head = f"{flow_name}-{stage}" if stage else flow_name
     config_name = str(parameters.get("config_name", ""))
     overrides = parameters.get("overrides")
-    if isinstance(overrides, dict):
-        overrides = ExperimentOverrides.model_validate(overrides)
     settings = {"env.split": parameters.get("split"), "env.limit": parameters.get("limit")}
     settings["run.run_root"] = parameters.get("run_root")
     try:
+        if isinstance(overrides, dict):
+            overrides = ExperimentOverrides.model_validate(overrides)
         config, _ = experiment_config(config_name, overrides, settings)
     except (UserFacingError, ValueError):
         return f"{head}-{Path(config_name).stem or 'unknown-config'}"
