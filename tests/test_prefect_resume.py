@@ -95,6 +95,8 @@ def recorded_parts(store: ArtifactStore) -> dict[str, str]:
     """task id -> the exact JSON line of each base episode appended so far."""
     found = {}
     for path in store.list(BASE_PARTS):
+        if not Path(path).name.startswith("part-"):  # a part being written is a hidden temporary file
+            continue
         text = store.read_text(path).strip()
         if text:
             found[EpisodeRecord.from_dict(json.loads(text)).task_id] = text
