@@ -250,8 +250,9 @@ def test_a_deployment_run_by_a_process_worker_completes_and_a_rerun_is_cached(
             assert run.state is not None and run.state.is_completed(), f"{run.state}\n{log_tail}"
         first, second = (task_states(run.id) for run in runs)
 
-    assert first == {"index": "Completed"}, log_tail
-    assert second == {"index": "Cached"}, log_tail
+    index_run = f"index-{config.env.name}-{config.run.name}"
+    assert first == {index_run: "Completed"}, log_tail
+    assert second == {index_run: "Cached"}, log_tail
     assert runs[0].parameters["overrides"] == parameters["overrides"]
     manifest = read_manifest(ArtifactStore(config.run.run_root), "index")
     assert manifest.counts["hints"] >= 1

@@ -75,7 +75,8 @@ def edited_config(path: Path, name: str, change: dict) -> Path:
 
 
 def run_pipeline(config_path: Path, double: AgentAndExtractorDouble) -> tuple[dict, dict[str, str]]:
-    """Run the flow on the test server; its summary and each task's final state name."""
+    """Run the flow on the test server; its summary and each task's final state name, by the task run's
+    name without the environment and run it names."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
@@ -88,7 +89,9 @@ def run_pipeline(config_path: Path, double: AgentAndExtractorDouble) -> tuple[di
     flow_run_id = state.state_details.flow_run_id
     with get_client(sync_client=True) as client:
         runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
-    return summary, {run.name: run.state_name for run in runs}
+    suffix = f"-{config.env.name}-{config.run.name}"
+    assert all(run.name.endswith(suffix) for run in runs), "every task run names its environment and run"
+    return summary, {run.name.removesuffix(suffix): run.state_name for run in runs}
 
 
 def ui_artifacts() -> dict:
@@ -218,3 +221,43 @@ def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
         identity.code_fingerprint.cache_clear()
     assert only(states, STAGES_A_TO_C) == dict.fromkeys(STAGES_A_TO_C, "Completed")
     assert states["evaluate-base"] == "Completed", "the base agent's code changed"
+
+
+def test_flow_and_task_runs_are_named_after_the_stage_environment_and_run(
+    prefect_server: None, tmp_path: Path
+) -> None:
+    """Read back through the Prefect API: a run says what it plays, not a random adjective-animal name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    import env_doubles  # noqa: F401  (registers the counter-double environment)
+    from ragdistill.flows.rollout import rollout_flow
+    from test_stages import PolicyDouble, counter_config
+
+    config = counter_config(tmp_path, **{"env.limit": 1, "env.workers": 1, "run.name": "naming-test"})
+    config_path = tmp_path / "naming.yaml"
+    config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    shared._BACKENDS[shared._key(config.models.agent)] = PolicyDouble("wait")
+    state = rollout_flow(str(config_path), stage="probe", return_state=True)
+    assert state.is_completed(), state
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(state.state_details.flow_run_id)
+        task_runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run.id]))
+        )
+    assert flow_run.name == "rollout-probe-counter-double-naming-test"
+    assert [run.name for run in task_runs] == ["rollout-probe-counter-double-naming-test"]
+
+
+def test_a_flow_run_is_named_after_the_config_it_will_run_with_or_its_file_when_unreadable(
+    tmp_path: Path,
+) -> None:
+    from ragdistill.flows.naming import flow_run_label
+
+    assert flow_run_label("pipeline", {"config_name": "demo-webshop"}) == "pipeline-webshop-demo-webshop"
+    overridden = {"config_name": "demo-alfworld", "overrides": {"run": {"name": "nightly"}}, "stage": "b2"}
+    assert flow_run_label("rollout", overridden, "base") == "rollout-b2-alfworld-nightly"
+    assert flow_run_label("rollout", {"config_name": "demo-alfworld"}, "base").startswith("rollout-base-")
+    assert flow_run_label("mine", {"config_name": str(tmp_path / "gone.yaml")}) == "mine-gone"
+    bad = {"config_name": "demo-alfworld", "overrides": {"env": {"limit": -1}}}
+    assert flow_run_label("mine", bad) == "mine-demo-alfworld"

@@ -35,6 +35,7 @@ from ragdistill.training.lora import (
     prepare_training,
     train_lora,
 )
+from ragdistill.training.progress import TrainingProgress, use_training_progress
 from ragdistill.training.trainer_setup import (
     TrainingError,
     add_compact_loss_head,
@@ -379,7 +380,10 @@ def test_launch_training_with_the_cpu_config_writes_adapter_and_curve(
     spec = TrainSpec.from_config(
         tiny_training(max_steps=3), dataset=str(chat_dataset), base_model=base_model, output_dir=str(tmp_path)
     )
-    result = launch_training(spec, "cpu")
+    progress: list[TrainingProgress] = []
+    with use_training_progress(progress.append):
+        result = launch_training(spec, "cpu")
+    assert [(point.step, point.max_steps) for point in progress] == [(1, 3), (2, 3), (3, 3)]
     adapter = Path(result.adapter_dir)
     assert (adapter / "adapter_model.safetensors").is_file()
     assert json.loads((adapter / "adapter_config.json").read_text())["r"] == 4

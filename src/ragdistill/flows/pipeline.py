@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import flow
 
+from ragdistill.flows.naming import flow_run_namer
 from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.stages.report import write_run_file
@@ -23,7 +24,7 @@ from ragdistill.tasks.rollout import rollout_task
 from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, report_task, train_task
 
 
-@flow(name="pipeline", log_prints=True)
+@flow(name="pipeline", flow_run_name=flow_run_namer("pipeline"), log_prints=True)
 @documented_parameters
 def pipeline_flow(
     config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None

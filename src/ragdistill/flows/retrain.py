@@ -19,6 +19,7 @@ from typing import Any
 
 from prefect import flow
 
+from ragdistill.flows.naming import flow_run_namer
 from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.stages.retrain import advance_watermark, generation_config, record_decision, retrain_turn
@@ -35,7 +36,7 @@ from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
 from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, train_task
 
 
-@flow(name="collect", log_prints=True)
+@flow(name="collect", flow_run_name=flow_run_namer("collect"), log_prints=True)
 @documented_parameters
 def collect_flow(
     config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
@@ -48,7 +49,7 @@ def collect_flow(
         close_shared_backends()
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", flow_run_name=flow_run_namer("retrain"), log_prints=True)
 @documented_parameters
 def retrain_flow(
     config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None

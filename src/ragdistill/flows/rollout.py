@@ -6,13 +6,14 @@ from typing import Any
 
 from prefect import flow
 
+from ragdistill.flows.naming import flow_run_namer
 from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.tasks.common import on_run_root
 from ragdistill.tasks.rollout import rollout_task
 
 
-@flow(name="rollout", log_prints=True)
+@flow(name="rollout", flow_run_name=flow_run_namer("rollout", "base"), log_prints=True)
 @documented_parameters
 def rollout_flow(
     config_name: str,

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from prefect import flow
 
 from ragdistill.errors import UserFacingError
+from ragdistill.flows.naming import flow_run_namer
 from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.stages.datasets import dataset_dir
@@ -50,7 +51,7 @@ def _digests_present(run_root: str, *stage_dirs: str) -> list[str]:
     return found
 
 
-@flow(name="mine", log_prints=True)
+@flow(name="mine", flow_run_name=flow_run_namer("mine"), log_prints=True)
 @documented_parameters
 def mine_flow(
     config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
@@ -65,7 +66,7 @@ def mine_flow(
         close_shared_backends()
 
 
-@flow(name="index", log_prints=True)
+@flow(name="index", flow_run_name=flow_run_namer("index"), log_prints=True)
 @documented_parameters
 def index_flow(
     config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
@@ -75,7 +76,7 @@ def index_flow(
     return on_run_root(index_task, config)(config, _digest(config.run.run_root, HINTS_DIR))
 
 
-@flow(name="teach", log_prints=True)
+@flow(name="teach", flow_run_name=flow_run_namer("teach"), log_prints=True)
 @documented_parameters
 def teach_flow(
     config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
@@ -89,7 +90,7 @@ def teach_flow(
         close_shared_backends()
 
 
-@flow(name="expert", log_prints=True)
+@flow(name="expert", flow_run_name=flow_run_namer("expert"), log_prints=True)
 @documented_parameters
 def expert_flow(
     config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
@@ -102,7 +103,7 @@ def expert_flow(
         close_shared_backends()
 
 
-@flow(name="build-datasets", log_prints=True)
+@flow(name="build-datasets", flow_run_name=flow_run_namer("build-datasets"), log_prints=True)
 @documented_parameters
 def build_datasets_flow(
     config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
@@ -119,7 +120,7 @@ def build_datasets_flow(
     return {name: task(config, name, digests)["counts"] for name, digests in sources.items()}
 
 
-@flow(name="train", log_prints=True)
+@flow(name="train", flow_run_name=flow_run_namer("train"), log_prints=True)
 @documented_parameters
 def train_flow(
     config_name: str,
@@ -136,7 +137,7 @@ def train_flow(
     }
 
 
-@flow(name="evaluate", log_prints=True)
+@flow(name="evaluate", flow_run_name=flow_run_namer("evaluate"), log_prints=True)
 @documented_parameters
 def evaluate_flow(
     config_name: str,
@@ -164,7 +165,7 @@ def evaluate_flow(
         close_shared_backends()
 
 
-@flow(name="report", log_prints=True)
+@flow(name="report", flow_run_name=flow_run_namer("report"), log_prints=True)
 @documented_parameters
 def report_flow(
     config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None

@@ -21,11 +21,11 @@ from ragdistill.stages.retrain import (
     skip_reason,
 )
 from ragdistill.store import ArtifactStore
-from ragdistill.tasks.common import publish_manifest
+from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest
 from ragdistill.tasks.rollout import progress_reporter
 
 
-@task(name="collect", task_run_name="collect", result_serializer="json")
+@task(name="collect", task_run_name="collect-" + TASK_RUN_SUFFIX, result_serializer="json")
 def collect_task(config: ExperimentConfig, batch: int | None = None) -> dict[str, Any]:
     """Play the next (or the given) collect batch; emit its failures event. Not cached by Prefect: which
     batch is next depends on the run root, and the rollout stage itself skips finished work."""
@@ -39,7 +39,7 @@ def collect_task(config: ExperimentConfig, batch: int | None = None) -> dict[str
     return {**result, "batch": planned.stage, "failures": failures, "adapter": planned.adapter}
 
 
-@task(name="retrain-decision", task_run_name="retrain-decision", result_serializer="json")
+@task(name="retrain-decision", task_run_name="retrain-decision-" + TASK_RUN_SUFFIX, result_serializer="json")
 def retrain_decision_task(config: ExperimentConfig) -> dict[str, Any]:
     """Read the watermark and the stored failures; record a skip (with its reason) when there are too few."""
     store = ArtifactStore(config.run.run_root)
@@ -61,7 +61,11 @@ def retrain_decision_task(config: ExperimentConfig) -> dict[str, Any]:
     return {**decision, "watermark": _as_dict(watermark), "pending": pending.by_stage}
 
 
-@task(name="prepare-generation", task_run_name="prepare-generation-{generation}", result_serializer="json")
+@task(
+    name="prepare-generation",
+    task_run_name="prepare-generation-{generation}-" + TASK_RUN_SUFFIX,
+    result_serializer="json",
+)
 def prepare_generation_task(config: ExperimentConfig, generation: int, stages: list[str]) -> dict[str, Any]:
     manifest = prepare_generation(config, generation, stages)
     return publish_manifest(

@@ -48,6 +48,10 @@ Identify = Callable[[ExperimentConfig, dict[str, Any]], tuple[str, StageIdentity
 
 T = TypeVar("T", bound=Task)
 
+TASK_RUN_SUFFIX = "{config.env.name}-{config.run.name}"
+"""Appended to a stage task's run name (a format string over its ``config`` parameter): the environment it
+plays and the run it belongs to, e.g. ``rollout-teacher-alfworld-demo-alfworld``."""
+
 
 def stage_cache_key(identify: Identify, task_module: str) -> Callable[[Any, dict[str, Any]], str]:
     def key(_context: Any, parameters: dict[str, Any]) -> str:

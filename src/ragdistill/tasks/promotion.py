@@ -11,7 +11,7 @@ from ragdistill.stages.layout import PROMOTION_DIR
 from ragdistill.stages.lifecycle import StageIdentity
 from ragdistill.stages.promotion import promotion_identity, run_promotion
 from ragdistill.store import ArtifactStore
-from ragdistill.tasks.common import publish_manifest, stage_cache_policy
+from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, stage_cache_policy
 
 
 def _promotion(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
@@ -27,7 +27,7 @@ def _registry_store(registry_root: str | None) -> ArtifactStore | None:
 
 @task(
     name="promote",
-    task_run_name="promote",
+    task_run_name="promote-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_promotion, __name__),
     result_serializer="json",
 )

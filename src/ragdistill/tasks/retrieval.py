@@ -20,7 +20,7 @@ from ragdistill.stages.rollout import plan_identity
 from ragdistill.stages.shards import use_shard_runner
 from ragdistill.stages.teaching import run_teacher, teacher_plan
 from ragdistill.store import ArtifactStore
-from ragdistill.tasks.common import publish_manifest, stage_cache_policy
+from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, stage_cache_policy
 from ragdistill.tasks.rollout import progress_reporter
 
 
@@ -38,7 +38,7 @@ def _teaching(config: ExperimentConfig, _: dict[str, Any]) -> tuple[str, StageId
 
 @task(
     name="mine",
-    task_run_name="mine",
+    task_run_name="mine-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_mining, __name__),
     result_serializer="json",
 )
@@ -49,7 +49,7 @@ def mine_task(config: ExperimentConfig, rollout_digest: str) -> dict[str, Any]:
 
 @task(
     name="index",
-    task_run_name="index",
+    task_run_name="index-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_indexing, __name__),
     result_serializer="json",
 )
@@ -60,7 +60,7 @@ def index_task(config: ExperimentConfig, hints_digest: str) -> dict[str, Any]:
 
 @task(
     name="teach",
-    task_run_name="teach",
+    task_run_name="teach-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_teaching, __name__),
     result_serializer="json",
 )

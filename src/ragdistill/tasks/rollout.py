@@ -16,7 +16,7 @@ from ragdistill.stages.layout import rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity
 from ragdistill.stages.rollout import base_plan, plan_identity, run_rollout
 from ragdistill.stages.shards import use_shard_runner
-from ragdistill.tasks.common import publish_manifest, stage_cache_policy
+from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, stage_cache_policy
 
 
 def progress_reporter(stage: str) -> ProgressCallback:
@@ -43,7 +43,7 @@ def _identify(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str
 
 @task(
     name="rollout",
-    task_run_name="rollout-{stage}",
+    task_run_name="rollout-{stage}-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_identify, __name__),
     result_serializer="json",
 )

@@ -13,7 +13,12 @@ from ragdistill.stages.shards import ShardJob
 from ragdistill.tasks.rollout import progress_reporter
 
 
-@task(name="rollout-shard", task_run_name="rollout-{job.name}", cache_policy=NO_CACHE, persist_result=False)
+@task(
+    name="rollout-shard",
+    task_run_name="rollout-{job.name}-{job.config.env.name}-{job.config.run.name}",
+    cache_policy=NO_CACHE,
+    persist_result=False,
+)
 def rollout_shard_task(job: ShardJob) -> dict[str, Any]:
     """Play one shard; the stage (its Prefect task ``rollout-<stage>``) merges and caches the result.
     A shard sent to another process reports its own progress artifact."""

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 from typing import Any
+from uuid import UUID
 
 from prefect import task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ragdistill.config import ExperimentConfig
 from ragdistill.errors import UserFacingError
@@ -23,8 +25,9 @@ from ragdistill.stages.rollout import plan_identity
 from ragdistill.stages.shards import use_shard_runner
 from ragdistill.stages.training import adapter_dir, run_training, training_identity
 from ragdistill.store import ArtifactStore
-from ragdistill.tasks.common import publish_manifest, stage_cache_policy
+from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, stage_cache_policy
 from ragdistill.tasks.rollout import progress_reporter
+from ragdistill.training.progress import ProgressListener, TrainingProgress, use_training_progress
 
 
 def _store(config: ExperimentConfig) -> ArtifactStore:
@@ -60,7 +63,7 @@ class _Skipped(UserFacingError):
 
 @task(
     name="expert",
-    task_run_name="expert",
+    task_run_name="expert-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_expert, __name__),
     result_serializer="json",
 )
@@ -71,7 +74,7 @@ def expert_task(config: ExperimentConfig, hints_digest: str) -> dict[str, Any]:
 
 @task(
     name="dataset",
-    task_run_name="dataset-{name}",
+    task_run_name="dataset-{name}-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_dataset, __name__),
     result_serializer="json",
 )
@@ -84,14 +87,15 @@ def dataset_task(config: ExperimentConfig, name: str, source_digests: list[str])
 
 @task(
     name="train",
-    task_run_name="train-{name}",
+    task_run_name="train-{name}-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_training, __name__),
     result_serializer="json",
 )
 def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict[str, Any]:
     from prefect.artifacts import create_link_artifact
 
-    manifest = run_training(config, name)
+    with use_training_progress(training_progress_reporter(name)):
+        manifest = run_training(config, name)
     if manifest.counts.get("trained"):
         folder = _store(config).uri(adapter_folder(name))
         create_link_artifact(
@@ -102,9 +106,27 @@ def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict
     )
 
 
+def training_progress_reporter(name: str) -> ProgressListener:
+    """A progress artifact in the Prefect UI, created at the training's first logged optimizer step (a
+    skipped training makes none) and moved at every one after it."""
+    artifact: list[UUID] = []
+
+    def on_step(progress: TrainingProgress) -> None:
+        description = (
+            f"adapters/{name}: step {progress.step} of {progress.max_steps}, "
+            f"epoch {progress.epoch:.2f}, loss {progress.loss:.4f}"
+        )
+        if not artifact:
+            artifact.append(create_progress_artifact(progress=progress.percent, description=description))
+        else:
+            update_progress_artifact(artifact[0], progress=progress.percent, description=description)
+
+    return on_step
+
+
 @task(
     name="evaluate",
-    task_run_name="evaluate-{method}",
+    task_run_name="evaluate-{method}-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_evaluation, __name__),
     result_serializer="json",
 )
@@ -120,7 +142,7 @@ def evaluate_task(config: ExperimentConfig, method: str, upstream_digests: list[
 
 @task(
     name="report",
-    task_run_name="report",
+    task_run_name="report-" + TASK_RUN_SUFFIX,
     cache_policy=stage_cache_policy(_report, __name__),
     result_serializer="json",
 )

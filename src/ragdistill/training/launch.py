@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ragdistill.training.accelerate_configs import AccelerateSetup, read_accelerate_config
 from ragdistill.training.lora import TrainingError, TrainResult, TrainSpec
+from ragdistill.training.progress import current_progress_listener, parse_progress_line
 
 RESULT_FILE = "result.json"
 SPEC_FILE = "spec.json"
@@ -113,7 +114,9 @@ def launch_training(
     on_line: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Train through ``accelerate launch`` with a shipped config name or a config file; output lines go
-    to ``<output>/train.log`` (and to ``on_line``). A failure raises with the log's last lines."""
+    to ``<output>/train.log`` (and to ``on_line``), progress lines also to the listener of
+    :func:`~ragdistill.training.progress.use_training_progress`. A failure raises with the log's last
+    lines."""
     setup = read_accelerate_config(accelerate_config)
     output = Path(spec.output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -122,6 +125,7 @@ def launch_training(
     result_path.unlink(missing_ok=True)
     command = launch_command(spec_path, setup, num_processes)
     log_path = output / LOG_FILE
+    progress_listener = current_progress_listener()
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     with log_path.open("a", encoding="utf-8") as log:
         log.write(f"$ {' '.join(command)}\n")
@@ -143,6 +147,8 @@ def launch_training(
                 tail.append(line.rstrip("\n"))
                 if on_line is not None:
                     on_line(line.rstrip("\n"))
+                if progress_listener is not None and (progress := parse_progress_line(line)) is not None:
+                    progress_listener(progress)
         finally:
             returncode = process.wait()
     if returncode != 0 or not result_path.is_file():

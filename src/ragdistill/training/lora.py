@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from ragdistill.config import TrainingConfig
 from ragdistill.training.curves import loss_points, plot_loss, write_loss_csv
+from ragdistill.training.progress import progress_callback
 from ragdistill.training.trainer_setup import (
     Precision,
     TrainingError,
@@ -295,7 +296,9 @@ def prepare_training(spec: TrainSpec) -> PreparedTraining:
             target_modules=list(config.target_modules),
             task_type="CAUSAL_LM",
         ),
-        callbacks=[callback for callback in (clock, tensorboard) if callback is not None],
+        callbacks=[
+            callback for callback in (clock, tensorboard, progress_callback()) if callback is not None
+        ],
         compact_loss=loss_head == "compact",
     )
     return PreparedTraining(
