@@ -57,7 +57,7 @@ def test_a_deployment_run_by_a_process_worker_completes_on_a_postgresql_server(
     log_tail = worker_log.read_text(errors="replace")[-4000:]
 
     assert run.state is not None and run.state.is_completed(), f"{run.state}\n{log_tail}"
-    assert states == {"index": "Completed"}, log_tail
+    assert states == {f"index-{config.env.name}-{config.run.name}": "Completed"}, log_tail
     assert asyncio.run(stored_flow_run(postgres_url, run.id)) == ("COMPLETED", DEPLOYMENT_NAME)
     assert not list(fresh_prefect_home.glob("*.db")), "the server must not have used SQLite"
     assert read_manifest(ArtifactStore(config.run.run_root), "index").counts["hints"] >= 1
