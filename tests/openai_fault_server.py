@@ -50,9 +50,12 @@ def scripted_policy(action: str = "inc", hint_answer: str = HINT_ANSWER) -> Poli
     return answer
 
 
-def train_tiny_tokenizer(folder: Path) -> Path:
-    """A 400-token byte-level BPE with a ChatML template, saved to ``folder`` (a loadable model name for
-    token counting; no weights)."""
+DEFAULT_TOKENIZER_CORPUS = ("You are in the middle of a room. Open the drawer, inc, wait.",)
+
+
+def train_tiny_tokenizer(folder: Path, corpus: tuple[str, ...] = DEFAULT_TOKENIZER_CORPUS) -> Path:
+    """A 400-token byte-level BPE trained on ``corpus`` with a ChatML template, saved to ``folder`` (a
+    loadable model name for token counting; no weights)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -64,7 +67,7 @@ def train_tiny_tokenizer(folder: Path) -> Path:
         special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    bpe.train_from_iterator(["You are in the middle of a room. Open the drawer, inc, wait."] * 10, trainer)
+    bpe.train_from_iterator(list(corpus) * 10, trainer)
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|im_end|>")
     tokenizer.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import httpx
 import pytest
 
+from openai_fault_server import train_tiny_tokenizer
 from ragdistill.config import BackendConfig, ModelSpec, RoleConfig
 from ragdistill.inference import BackendError, ChatMessage, Generation, GenerationRequest, make_backend
 from ragdistill.inference import factory as factory_module
@@ -66,26 +67,8 @@ def assert_counts_match(
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    bpe.train_from_iterator(["The capital of France is Paris.", "Hello world, more text here."] * 10, trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|im_end|>", pad_token="<|im_end|>")
-    tokenizer.chat_template = (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    )
-    folder = tmp_path_factory.mktemp("tiny-tokenizer")
-    tokenizer.save_pretrained(str(folder))
-    return folder
+    corpus = ("The capital of France is Paris.", "Hello world, more text here.")
+    return train_tiny_tokenizer(tmp_path_factory.mktemp("tiny-tokenizer"), corpus)
 
 
 @pytest.fixture(scope="module")
