@@ -38,6 +38,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PREFECT_HOME=/app/.prefect \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     PREFECT_LOGGING_EXTRA_LOGGERS=ragdistill \
+    PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW=ignore \
     PREFECT_RESULTS_DEFAULT_SERIALIZER=json \
     RAGDISTILL_CACHE=/app/.cache/ragdistill
 RUN useradd --create-home --uid 10001 ragdistill \

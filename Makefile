@@ -21,6 +21,7 @@ export VLLM_ENABLE_V1_MULTIPROCESSING ?= 0
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 # ragdistill's own INFO lines (stage progress, skips, retries) in each run's logs in the Prefect UI.
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= ragdistill
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 # The project's Prefect home (database, logs, server state): under the project, never ~/.prefect.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_MEMO_STORE_PATH ?= $(PREFECT_HOME)/memo_store.toml

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,7 +31,7 @@ from ragdistill.stages import StageError, run_indexing, run_mining, run_rollout,
 from ragdistill.stages.datasets import run_dataset
 from ragdistill.stages.training import run_training
 from ragdistill.store import ArtifactError, ArtifactStore, read_manifest, read_records, write_manifest
-from test_crashes import crash_config, use_hashing_embedder
+from test_crashes import crash_config, hashing_embedder
 from test_stages import PolicyDouble
 
 
@@ -41,9 +42,15 @@ def mined_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config = crash_config(root)
     run_rollout(config, backend=PolicyDouble("wait"))
     run_mining(config, backend=PolicyDouble())
-    use_hashing_embedder()
-    run_indexing(config)
+    with hashing_embedder():
+        run_indexing(config)
     return root
+
+
+@pytest.fixture(autouse=True)
+def _stage_c_embeds_with_the_hashing_double() -> Iterator[None]:
+    with hashing_embedder():
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +131,6 @@ def test_a_broken_faiss_file_is_named_and_indexing_again_rebuilds_it(
         ArtifactError, match=r"(?s)corrupted: .*index/type-000\.faiss.*`ragdistill index -c CONFIG`"
     ):
         run_teacher(config, backend=PolicyDouble("inc"))
-    use_hashing_embedder()
     assert run_indexing(config).files == original.files
 
 

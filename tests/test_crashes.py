@@ -26,7 +26,8 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,8 +46,10 @@ from test_stages import PolicyDouble, counter_config
 TESTS_DIR = Path(__file__).parent
 
 
-def use_hashing_embedder() -> None:
-    """Stage C with the hashing embedder double instead of loading sentence-transformers (seconds)."""
+@contextmanager
+def hashing_embedder() -> Iterator[None]:
+    """Stage C with the hashing embedder double instead of loading sentence-transformers (seconds), inside
+    the block only: later tests in the process get the real embedder."""
     import ragdistill.retrieval.embed as embed
     from retrieval_doubles import HashingEmbedderDouble
 
@@ -55,7 +58,9 @@ def use_hashing_embedder() -> None:
         double.model_name = model_name
         return double
 
-    embed.get_embedder = hashing_embedder
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(embed, "get_embedder", hashing_embedder)
+        yield
 
 
 def _rollout(config: ExperimentConfig, action: str = "wait") -> Manifest:
@@ -67,8 +72,8 @@ def _mine(config: ExperimentConfig) -> Manifest:
 
 
 def _index(config: ExperimentConfig) -> Manifest:
-    use_hashing_embedder()
-    return run_indexing(config)
+    with hashing_embedder():
+        return run_indexing(config)
 
 
 def _sft_dataset(config: ExperimentConfig) -> Manifest:

@@ -47,6 +47,7 @@ API_URL_ENV = "PREFECT_API_URL"
 MEMO_STORE_ENV = "PREFECT_SERVER_MEMO_STORE_PATH"
 ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
 EXTRA_LOGGERS_ENV = "PREFECT_LOGGING_EXTRA_LOGGERS"
+LOGS_OUTSIDE_FLOWS_ENV = "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"
 SERVER_HOST_ENV = "PREFECT_SERVER_API_HOST"
 SERVER_PORT_ENV = "PREFECT_SERVER_API_PORT"
 STATE_FILE = "server.json"
@@ -107,6 +108,7 @@ def configure_prefect_home() -> Path:
     os.environ.setdefault(ANALYTICS_ENV, "false")
     # ragdistill's own INFO lines (stage progress, skips, retries) in each run's logs in the UI.
     os.environ.setdefault(EXTRA_LOGGERS_ENV, "ragdistill")
+    os.environ.setdefault(LOGS_OUTSIDE_FLOWS_ENV, "ignore")  # a plain stage call logs to the console only
     # Prefect 3.7 derives this path from the home only in some code paths, else from ~/.prefect.
     os.environ.setdefault(MEMO_STORE_ENV, str(home / "memo_store.toml"))
     return home
