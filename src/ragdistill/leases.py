@@ -142,33 +142,33 @@ class StageLease:
         return candidate not in self.store.list(self.stage_dir, hidden=True)
 
     def acquire(self) -> StageLease:
+        _LIVE_TOKENS.add(self.token)
+        try:
+            self._wait_for_turn()
+        except BaseException:
+            _LIVE_TOKENS.discard(self.token)
+            raise
+        self._held = True
+        self._stop.clear()
+        self._heartbeat = threading.Thread(target=self._refresh, name="stage-lease", daemon=True)
+        self._heartbeat.start()
+        return self
+
+    def _wait_for_turn(self) -> None:
+        """Return once this run holds the folder; LeaseHeldError when ``wait_s`` passes before that."""
         deadline = time.monotonic() + self.wait_s
         contended = 0
-        _LIVE_TOKENS.add(self.token)
-        while True:
-            try:
-                holder = self._try_acquire()
-            except BaseException:
-                _LIVE_TOKENS.discard(self.token)
-                raise
-            if holder is None:
-                break
+        while (holder := self._try_acquire()) is not None:
             if time.monotonic() >= deadline:
                 if contended < CONTENTION_RETRIES and self._withdrawn(holder):
                     contended += 1
                     continue
-                _LIVE_TOKENS.discard(self.token)
                 raise LeaseHeldError(
                     f"{self.store.uri(self.stage_dir)} is being written by {holder.describe()}; wait for that "
                     "run to finish (or stop it), set run.lease_wait_s to wait for it, or give this run another "
                     "run.run_root"
                 )
             time.sleep(self.poll_s * (0.5 + random.random()))
-        self._held = True
-        self._stop.clear()
-        self._heartbeat = threading.Thread(target=self._refresh, name="stage-lease", daemon=True)
-        self._heartbeat.start()
-        return self
 
     def _refresh(self) -> None:
         """Keeps refreshing through a storage outage: the stage itself fails on its next write."""
