@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict
@@ -120,3 +121,15 @@ def publish_manifest(manifest: Manifest, key: str, description: str) -> dict[str
     payload = asdict(manifest)
     payload["digest"] = manifest.digest
     return payload
+
+
+def send_progress(what: str, send: Callable[[], object]) -> None:
+    """Call ``send`` (a progress artifact's create or update). Best effort: an update the API does not
+    take (the server down for longer than the client's retries) is logged and skipped, and the stage goes
+    on; its outputs are stored either way."""
+    try:
+        send()
+    except Exception as error:  # whatever the client raises: progress is not the result
+        logging.getLogger(__name__).warning(
+            "%s: progress not sent to the Prefect API (%s); going on", what, error
+        )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from prefect import task
@@ -16,22 +15,17 @@ from ragdistill.stages.layout import rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity
 from ragdistill.stages.rollout import base_plan, plan_identity, run_rollout
 from ragdistill.stages.shards import use_shard_runner
-from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, stage_cache_policy
+from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, send_progress, stage_cache_policy
 
 
 def progress_reporter(stage: str) -> ProgressCallback:
-    """A progress artifact in the Prefect UI, moved after every finished episode. Best effort: an update
-    the API does not take (the server down for longer than the client's retries) is logged and skipped,
-    and the rollout plays on; its episodes are stored either way."""
+    """A progress artifact in the Prefect UI, moved after every finished episode (best effort:
+    :func:`send_progress`)."""
     progress_id = create_progress_artifact(progress=0.0, description=f"episodes finished in rollouts/{stage}")
 
     def on_episode(_: EpisodeRecord, finished: int, total: int) -> None:
-        try:
-            update_progress_artifact(progress_id, progress=100.0 * finished / max(total, 1))
-        except Exception as error:  # whatever the client raises: progress is not the result
-            logging.getLogger(__name__).warning(
-                "rollouts/%s: progress not sent to the Prefect API (%s); the rollout goes on", stage, error
-            )
+        percent = 100.0 * finished / max(total, 1)
+        send_progress(f"rollouts/{stage}", lambda: update_progress_artifact(progress_id, progress=percent))
 
     return on_episode
 

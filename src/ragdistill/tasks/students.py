@@ -25,7 +25,7 @@ from ragdistill.stages.rollout import plan_identity
 from ragdistill.stages.shards import use_shard_runner
 from ragdistill.stages.training import adapter_dir, run_training, training_identity
 from ragdistill.store import ArtifactStore
-from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, stage_cache_policy
+from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, send_progress, stage_cache_policy
 from ragdistill.tasks.rollout import progress_reporter
 from ragdistill.training.progress import ProgressListener, TrainingProgress, use_training_progress
 
@@ -108,7 +108,7 @@ def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict
 
 def training_progress_reporter(name: str) -> ProgressListener:
     """A progress artifact in the Prefect UI, created at the training's first logged optimizer step (a
-    skipped training makes none) and moved at every one after it."""
+    skipped training makes none) and moved at every one after it (best effort: :func:`send_progress`)."""
     artifact: list[UUID] = []
 
     def on_step(progress: TrainingProgress) -> None:
@@ -117,9 +117,19 @@ def training_progress_reporter(name: str) -> ProgressListener:
             f"epoch {progress.epoch:.2f}, loss {progress.loss:.4f}"
         )
         if not artifact:
-            artifact.append(create_progress_artifact(progress=progress.percent, description=description))
+            send_progress(
+                f"adapters/{name}",
+                lambda: artifact.append(
+                    create_progress_artifact(progress=progress.percent, description=description)
+                ),
+            )
         else:
-            update_progress_artifact(artifact[0], progress=progress.percent, description=description)
+            send_progress(
+                f"adapters/{name}",
+                lambda: update_progress_artifact(
+                    artifact[0], progress=progress.percent, description=description
+                ),
+            )
 
     return on_step
 
