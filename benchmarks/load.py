@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/load.py [--episodes 1000] [--sample-every 25] [--workers 2] [--shard-size 50]
 
 Plays ``--episodes`` WebShop training goals (the project's WebShop environment on the 1000-product
-catalog, in ``--workers`` real game worker processes) through ``stages.run_rollout``: the rollout engine,
+catalog, in ``--workers`` real game worker processes) through ``stages.rollout.run_rollout``: the rollout engine,
 the episode log (one object per finished episode) and its compaction into ``shard-*.jsonl`` files of
 ``rollout.shard_size`` records. The model is :class:`ShopperPolicyDouble`, a deterministic policy
 test double (search the goal's words, open the first result, buy), so the run measures the engine, the
@@ -31,10 +31,11 @@ from pathlib import Path
 import psutil
 
 from ragdistill.config import ExperimentConfig, load_config, with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import ChatMessage, Generation, GenerationRequest
-from ragdistill.stages import run_rollout
-from ragdistill.stages.rollout import list_env_tasks
+from ragdistill.rollout.plan import select_tasks
+from ragdistill.stages.rollout import run_rollout
 from ragdistill.store import ArtifactStore, read_manifest, read_records, shard_paths
 
 REPO = Path(__file__).resolve().parents[1]
@@ -161,9 +162,11 @@ def run_load(config: ExperimentConfig, sample_every: int = 25, warmup: int = 100
             children = [child for child in me.children(recursive=True) if child.is_running()]
             samples.append((finished, rss_mib(me), sum(rss_mib(c) for c in children), len(children)))
 
-    tasks = [task.task_id for task in list_env_tasks(config.env)]
+    settings = PipelineSettings.from_experiment(config)
+    ctx, rollout = settings.ctx, settings.rollout(STAGE)
+    tasks = [task.task_id for task in select_tasks(ctx, rollout.env, rollout.tasks)]
     started = time.perf_counter()
-    run_rollout(config, STAGE, backend=ShopperPolicyDouble(), progress=sample)
+    run_rollout(ctx, rollout, backend=ShopperPolicyDouble(), progress=sample)
     seconds = time.perf_counter() - started
 
     store = ArtifactStore(config.run.run_root)

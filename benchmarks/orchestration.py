@@ -65,35 +65,48 @@ def write_config(source: Path, settings: dict[str, Any], run_root: Path, target:
 
 
 def run_direct(config_path: Path) -> None:
-    """The pipeline's stages as plain functions, in the flow's order, with the flow's branching."""
+    """The pipeline's stages as plain functions, in the flow's order, with the flow's branching: each is
+    handed the content digests of the folders it reads as the run root holds them (what the CLI does)."""
+    from collections.abc import Callable
+
     from ragdistill.config import load_config
+    from ragdistill.config.stages import PipelineSettings, StageSettings
     from ragdistill.inference.shared import close_shared_backends
+    from ragdistill.layout import STUDENTS
     from ragdistill.stages import run_indexing, run_mining, run_rollout, run_teacher
     from ragdistill.stages.datasets import run_dataset
     from ragdistill.stages.evaluation import run_evaluation
     from ragdistill.stages.expert import run_expert_teacher
+    from ragdistill.stages.lifecycle import upstream_inputs
     from ragdistill.stages.promotion import run_promotion
     from ragdistill.stages.report import run_report, write_run_file
     from ragdistill.stages.training import run_training
+    from ragdistill.store import ArtifactStore
 
     config = load_config(config_path)
-    write_run_file(config, str(config_path))
+    stages = PipelineSettings.from_experiment(config)
+    ctx = stages.ctx
+    store = ArtifactStore(ctx.run_root)
+    write_run_file(store, config_path.stem, config.model_dump(mode="json"))
+
+    def run(stage: Callable[..., Any], settings: StageSettings, **options: Any) -> Any:
+        return stage(ctx, settings, upstream_inputs(store, settings), **options)
+
     try:
-        run_rollout(config, "base")
-        run_mining(config)
+        run(run_rollout, stages.rollout())
+        run(run_mining, stages.mining)
         if config.retrieval.retriever == "faiss":
-            run_indexing(config)
-        run_teacher(config)
+            run(run_indexing, stages.indexing)
+        run(run_teacher, stages.teacher)
         if config.distill.teacher in ("expert", "both"):
-            run_expert_teacher(config)
-        for name in ("sft", "distill"):
-            run_dataset(config, name)
-        for name in ("sft", "distill"):
-            run_training(config, name)
+            run(run_expert_teacher, stages.expert)
+        for name in STUDENTS:
+            run(run_dataset, stages.dataset(name))
+            run(run_training, stages.training(name))
         for method in config.evaluation.methods:
-            run_evaluation(config, method)
-        run_promotion(config, by="pipeline")
-        run_report(config)
+            run(run_evaluation, stages.evaluation(method))
+        run(run_promotion, stages.promotion(), by="pipeline")
+        run(run_report, stages.report(config_path.stem))
     finally:
         close_shared_backends()
 

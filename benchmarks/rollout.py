@@ -24,9 +24,10 @@ import time
 from dataclasses import dataclass, field
 
 from ragdistill.config import ExperimentConfig, load_config, with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.inference import make_backend
 from ragdistill.inference.base import Generation, GenerationRequest
-from ragdistill.stages import run_rollout
+from ragdistill.stages.rollout import run_rollout
 
 
 @dataclass
@@ -56,8 +57,9 @@ class RecordingBackend:
 
 
 def timed_rollout(config: ExperimentConfig, backend: RecordingBackend) -> dict[str, float]:
+    settings = PipelineSettings.from_experiment(config)
     start = time.perf_counter()
-    manifest = run_rollout(config, "bench", backend=backend)
+    manifest = run_rollout(settings.ctx, settings.rollout("bench"), backend=backend)
     seconds = time.perf_counter() - start
     tokens = sum(sum(step["completion_tokens"] for step in record["steps"]) for record in _records(config))
     episodes = manifest.counts["episodes"]

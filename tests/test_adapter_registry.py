@@ -25,10 +25,12 @@ from ragdistill.adapter_registry import (
 from ragdistill.agents.segments import Segment
 from ragdistill.cli import app
 from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.evaluation.metrics import compute_metrics
 from ragdistill.inference.adapters import adapter_digest
+from ragdistill.stages.lifecycle import upstream_inputs
 from ragdistill.stages.promotion import run_promotion
 from ragdistill.stages.report import run_report, write_run_file
 from ragdistill.store import ArtifactStore, Manifest, read_manifest, write_manifest
@@ -40,6 +42,15 @@ def make_config(run_root: str, **overrides: object) -> ExperimentConfig:
     return with_overrides(
         ExperimentConfig(), {"run.run_root": run_root, "run.name": "registry-test", **overrides}
     )
+
+
+def promote(
+    config: ExperimentConfig, *, registry_root: str | None = None, generation: dict | None = None
+) -> Manifest:
+    """The promotion stage of ``config`` on the folders its run root holds now, as the CLI runs it."""
+    stages = PipelineSettings.from_experiment(config)
+    settings = stages.promotion(registry_root=registry_root, generation=generation)
+    return run_promotion(stages.ctx, settings, upstream_inputs(ArtifactStore(stages.ctx.run_root), settings))
 
 
 def write_stage(
@@ -148,7 +159,7 @@ def test_a_student_is_registered_with_its_lineage_a_copy_of_its_adapter_and_prom
     config = make_config(run_root)
     store = ArtifactStore(run_root)
     student(store, b"weights-1", wins=6)
-    manifest = run_promotion(config)
+    manifest = promote(config)
 
     assert manifest.counts == {"registered": 1, "candidate": 1, "promoted": 1}
     decision = json.loads(store.read_text("promotion/decision.json"))
@@ -196,11 +207,11 @@ def test_registering_the_same_adapter_and_evaluation_again_adds_no_version(run_r
     config = make_config(run_root)
     store = ArtifactStore(run_root)
     student(store, b"weights-1", wins=6)
-    first = run_promotion(config)
-    assert run_promotion(config) == first, "nothing changed: the stage is current"
+    first = promote(config)
+    assert promote(config) == first, "nothing changed: the stage is current"
 
     store.delete("promotion")
-    again = run_promotion(config)
+    again = promote(config)
     assert again.extra["versions"] == ["v0001"] and len(AdapterRegistry(store).entries()) == 1
     assert (
         json.loads(store.read_text("promotion/decision.json"))["decision"]["reason"]
@@ -208,7 +219,7 @@ def test_registering_the_same_adapter_and_evaluation_again_adds_no_version(run_r
     )
 
     store.delete("registry")  # a registry deleted by hand: the stage registers the students again
-    run_promotion(config)
+    promote(config)
     assert [entry.version for entry in AdapterRegistry(store).entries()] == ["v0001"]
     kinds = [event.kind for event in AdapterRegistry(store).events()]
     assert kinds == ["registered", "promoted"]
@@ -219,12 +230,12 @@ def test_a_better_student_is_promoted_and_a_worse_a_tied_or_a_barely_better_one_
     config = make_config(run_root, **{"promotion.margin": 15.0})
     registry = AdapterRegistry(store)
     student(store, b"first", wins=5)
-    assert run_promotion(config).counts["promoted"] == 1  # 50% against the base agent's 30%
+    assert promote(config).counts["promoted"] == 1  # 50% against the base agent's 30%
 
     outcomes = {}
     for weights, wins in ((b"worse", 4), (b"tied", 5), (b"barely", 6), (b"better", 7)):
         student(store, weights, wins=wins)
-        decision = run_promotion(config).extra["decision"]
+        decision = promote(config).extra["decision"]
         outcomes[weights.decode()] = (decision["promoted"], decision["reason"], registry.pointer().version)
 
     assert outcomes["worse"][0] is False and "-10.0 points, worse" in outcomes["worse"][1]
@@ -249,7 +260,7 @@ def test_a_better_student_is_promoted_and_a_worse_a_tied_or_a_barely_better_one_
 def test_no_current_and_a_student_no_better_than_the_base_agent_is_rejected(run_root: str) -> None:
     store = ArtifactStore(run_root)
     student(store, b"weights", wins=3)
-    decision = run_promotion(make_config(run_root)).extra["decision"]
+    decision = promote(make_config(run_root)).extra["decision"]
     assert decision["promoted"] is False and "against the base agent's 30.0: a tie" in decision["reason"]
     assert AdapterRegistry(store).pointer() is None and current_adapter(store) is None
 
@@ -259,9 +270,9 @@ def test_evaluations_on_different_task_lists_are_not_compared(run_root: str) -> 
     config = make_config(run_root)
     registry = AdapterRegistry(store)
     student(store, b"first", wins=5)
-    run_promotion(config)
+    promote(config)
     student(store, b"other tasks", wins=9, tasks=[f"u{index}" for index in range(10)])
-    decision = run_promotion(config).extra["decision"]
+    decision = promote(config).extra["decision"]
     assert decision["promoted"] is False and "another task list" in decision["reason"]
     assert "evaluation.split and evaluation.limit" in decision["reason"]
     with pytest.raises(RegistryError, match=r"another task list.*--force"):
@@ -278,11 +289,11 @@ def test_rollback_returns_to_the_previous_version_and_manual_promotion_is_record
     with pytest.raises(RegistryError, match="nothing is current"):
         registry.rollback(by="cli")
     student(store, b"first", wins=5)
-    run_promotion(config)
+    promote(config)
     with pytest.raises(RegistryError, match="no previous one"):
         registry.rollback(by="cli")
     student(store, b"second", wins=8)
-    run_promotion(config)
+    promote(config)
     assert registry.pointer().version == "v0002"
 
     event = registry.rollback(by="cli")
@@ -311,7 +322,7 @@ def test_a_skipped_candidate_is_recorded_and_nothing_is_decided(run_root: str) -
     store = ArtifactStore(run_root)
     skip_training(store, "distill")
     student(store, b"sft weights", wins=9, name="sft")
-    manifest = run_promotion(make_config(run_root))
+    manifest = promote(make_config(run_root))
     decision = manifest.extra["decision"]
     assert manifest.counts == {"registered": 1, "candidate": 0, "promoted": 0}
     assert decision["version"] is None and "training set is empty" in decision["reason"]
@@ -323,10 +334,10 @@ def test_a_stale_evaluation_or_a_disabled_gate_promotes_nothing(run_root: str) -
     store = ArtifactStore(run_root)
     student(store, b"first", wins=9)
     train(store, "distill", b"retrained, not evaluated")
-    manifest = run_promotion(make_config(run_root))
+    manifest = promote(make_config(run_root))
     assert "evaluation is of an earlier training" in manifest.extra["decision"]["reason"]
     student(store, b"evaluated", wins=9)
-    manifest = run_promotion(make_config(run_root, **{"promotion.enabled": False}))
+    manifest = promote(make_config(run_root, **{"promotion.enabled": False}))
     assert (
         manifest.counts["registered"] == 1
         and manifest.extra["decision"]["reason"] == "promotion.enabled is false"
@@ -381,9 +392,11 @@ def test_the_report_shows_the_decision(run_root: str) -> None:
     store = ArtifactStore(run_root)
     config = make_config(run_root, **{"evaluation.methods": ["base", "distill"]})
     student(store, b"first", wins=6)
-    run_promotion(config)
-    write_run_file(config, None)
-    run_report(config)
+    promote(config)
+    stages = PipelineSettings.from_experiment(config)
+    write_run_file(store, config.run.name, config.model_dump(mode="json"))
+    settings = stages.report()
+    run_report(stages.ctx, settings, upstream_inputs(store, settings))
     report = store.read_text("reports/report.md")
     assert "Promotion: v0001 promoted to current in the adapter registry" in report
 
@@ -392,9 +405,9 @@ def test_the_cli_lists_promotes_and_rolls_back(run_root: str) -> None:
     store = ArtifactStore(run_root)
     config = make_config(run_root)
     student(store, b"first", wins=5)
-    run_promotion(config)
+    promote(config)
     student(store, b"second", wins=4)
-    run_promotion(config)
+    promote(config)
     runner = CliRunner()
     root = store.local_path("")
 
@@ -433,9 +446,9 @@ def test_the_registry_works_on_an_s3_run_root(s3_root: str) -> None:
     evaluate(store, "base", 3)
     config = make_config(s3_root)
     student(store, b"first", wins=5)
-    assert run_promotion(config).counts["promoted"] == 1
+    assert promote(config).counts["promoted"] == 1
     student(store, b"second", wins=7)
-    assert run_promotion(config).counts["promoted"] == 1
+    assert promote(config).counts["promoted"] == 1
 
     url = current_adapter(store)
     assert url == f"{s3_root}/registry/adapters/v0002"
@@ -454,9 +467,9 @@ def test_a_second_writer_waits_for_the_registry_lease_and_then_stops_with_the_ho
 
     store = ArtifactStore(run_root)
     student(store, b"first", wins=5)
-    run_promotion(make_config(run_root))
+    promote(make_config(run_root))
     student(store, b"second", wins=8)
-    run_promotion(make_config(run_root))
+    promote(make_config(run_root))
     impatient = AdapterRegistry(store, label="impatient", lease_wait_s=0.0)
     with StageLease(store, LOCK_DIR, label="another run"), pytest.raises(LeaseHeldError, match="another run"):
         impatient.rollback(by="cli")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from rapidfuzz import fuzz
 
-from ragdistill.config import MiningConfig
+from ragdistill.config import HintRules
 from ragdistill.retrieval.bank import BankFormatError, HintBank
 from ragdistill.retrieval.hints import Hint, hint_id, normalise
 from ragdistill.store import ArtifactStore
@@ -44,7 +44,7 @@ def test_near_duplicates_merge_within_a_type_and_keep_the_first_text_and_id() ->
 def test_threshold_decides_what_counts_as_a_duplicate() -> None:
     strict = HintBank(fuzzy_threshold=0.99)
     assert strict.add_all([hint(NEAR_A), hint(NEAR_B)]) == {"added": 2, "merged": 0}
-    loose = HintBank.from_config(MiningConfig(fuzzy_threshold=0.85))
+    loose = HintBank.from_rules(HintRules(fuzzy_threshold=0.85))
     assert loose.add_all([hint(NEAR_A), hint(NEAR_B)]) == {"added": 1, "merged": 1}
 
 

@@ -25,14 +25,56 @@ import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.inference.adapters import AdapterBaseMismatchError, merged_checkpoint
 from ragdistill.retrieval.index import HintIndexError
 from ragdistill.stages import StageError, run_indexing, run_mining, run_rollout, run_teacher
 from ragdistill.stages.datasets import run_dataset
 from ragdistill.stages.training import run_training
-from ragdistill.store import ArtifactError, ArtifactStore, read_manifest, read_records, write_manifest
-from test_crashes import crash_config, hashing_embedder
+from ragdistill.store import (
+    ArtifactError,
+    ArtifactStore,
+    Manifest,
+    read_manifest,
+    read_records,
+    write_manifest,
+)
+from test_crashes import crash_config, hashing_embedder, upstream
 from test_stages import PolicyDouble
+
+
+def rollout(config: ExperimentConfig, action: str) -> Manifest:
+    stages = PipelineSettings.from_experiment(config)
+    return run_rollout(stages.ctx, stages.rollout(), {}, backend=PolicyDouble(action))
+
+
+def mining(config: ExperimentConfig, extractor: PolicyDouble) -> Manifest:
+    stages = PipelineSettings.from_experiment(config)
+    return run_mining(stages.ctx, stages.mining, upstream(config, stages.mining), backend=extractor)
+
+
+def indexing(config: ExperimentConfig) -> Manifest:
+    stages = PipelineSettings.from_experiment(config)
+    return run_indexing(stages.ctx, stages.indexing, upstream(config, stages.indexing))
+
+
+def teacher(config: ExperimentConfig) -> Manifest:
+    stages = PipelineSettings.from_experiment(config)
+    return run_teacher(
+        stages.ctx, stages.teacher, upstream(config, stages.teacher), backend=PolicyDouble("inc")
+    )
+
+
+def sft_dataset(config: ExperimentConfig) -> Manifest:
+    stages = PipelineSettings.from_experiment(config)
+    settings = stages.dataset("sft")
+    return run_dataset(stages.ctx, settings, upstream(config, settings))
+
+
+def sft_training(config: ExperimentConfig) -> Manifest:
+    stages = PipelineSettings.from_experiment(config)
+    settings = stages.training("sft")
+    return run_training(stages.ctx, settings, upstream(config, settings))
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +82,10 @@ def mined_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Failed base episodes, the hint bank and the index built from them."""
     root = tmp_path_factory.mktemp("mined")
     config = crash_config(root)
-    run_rollout(config, backend=PolicyDouble("wait"))
-    run_mining(config, backend=PolicyDouble())
+    rollout(config, "wait")
+    mining(config, PolicyDouble())
     with hashing_embedder():
-        run_indexing(config)
+        indexing(config)
     return root
 
 
@@ -58,8 +100,8 @@ def dataset_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Won base episodes and the SFT set built from them."""
     root = tmp_path_factory.mktemp("dataset")
     config = crash_config(root)
-    run_rollout(config, backend=PolicyDouble("inc"))
-    run_dataset(config, "sft")
+    rollout(config, "inc")
+    sft_dataset(config)
     return root
 
 
@@ -78,13 +120,13 @@ def test_a_truncated_jsonl_shard_is_named_downstream_and_its_episodes_are_played
     with pytest.raises(
         ArtifactError, match=r"(?s)corrupted: .*shard-00000\.jsonl.*`ragdistill rollout -c CONFIG`"
     ):
-        run_dataset(config, "sft")
+        sft_dataset(config)
     with pytest.raises(
         ArtifactError, match=r"shard-00000\.jsonl line 3 is not a complete JSON record.*delete it"
     ):
-        run_rollout(config, backend=PolicyDouble("wait"))
+        rollout(config, "wait")
     shard.unlink()
-    rebuilt = run_rollout(config, backend=PolicyDouble("wait"))
+    rebuilt = rollout(config, "wait")
     assert rebuilt.counts["episodes"] == 8
     assert store.read_json("rollouts/base/run-stats.json")["played_now"] == 3, "the shard's three episodes"
 
@@ -100,9 +142,9 @@ def test_an_altered_hint_bank_fails_the_checksum_and_mining_again_rebuilds_it(
     with pytest.raises(
         ArtifactError, match=r"(?s)corrupted: .*hints/bank\.jsonl \(sha256 .*`ragdistill mine -c CONFIG`"
     ):
-        run_indexing(config)
+        indexing(config)
     extractor = PolicyDouble()
-    rebuilt = run_mining(config, backend=extractor)
+    rebuilt = mining(config, extractor)
     assert not extractor.requests, "the committed extractor answers are reused"
     assert rebuilt.files == original.files
 
@@ -118,7 +160,7 @@ def test_a_missing_or_unreadable_upstream_manifest_names_the_command_that_rebuil
     else:
         manifest.write_text(manifest_text)
     with pytest.raises(ArtifactError, match=r"hints/manifest\.json .*run `ragdistill mine -c CONFIG`"):
-        run_indexing(config)
+        indexing(config)
 
 
 def test_a_broken_faiss_file_is_named_and_indexing_again_rebuilds_it(
@@ -130,8 +172,8 @@ def test_a_broken_faiss_file_is_named_and_indexing_again_rebuilds_it(
     with pytest.raises(
         ArtifactError, match=r"(?s)corrupted: .*index/type-000\.faiss.*`ragdistill index -c CONFIG`"
     ):
-        run_teacher(config, backend=PolicyDouble("inc"))
-    assert run_indexing(config).files == original.files
+        teacher(config)
+    assert indexing(config).files == original.files
 
 
 def test_a_broken_faiss_file_with_matching_checksums_is_named_when_loaded(
@@ -149,7 +191,7 @@ def test_a_broken_faiss_file_with_matching_checksums_is_named_when_loaded(
     with pytest.raises(
         HintIndexError, match=r"type-000\.faiss is not a FAISS index .*`ragdistill index -c CONFIG`"
     ):
-        run_teacher(config, backend=PolicyDouble("inc"))
+        teacher(config)
 
 
 def test_an_index_from_another_embedding_model_is_refused_by_the_teacher(
@@ -160,7 +202,7 @@ def test_an_index_from_another_embedding_model_is_refused_by_the_teacher(
     with pytest.raises(
         StageError, match=r"embedding model 'all-minilm-l6-v2' .*`ragdistill index -c CONFIG`"
     ):
-        run_teacher(other, backend=PolicyDouble("inc"))
+        teacher(other)
 
 
 @pytest.mark.parametrize("damage", ["missing", "altered"])
@@ -175,7 +217,7 @@ def test_a_missing_or_altered_parquet_stops_training_with_the_command_that_rebui
         parquet.write_bytes(parquet.read_bytes()[:-100])
     with pytest.raises(ArtifactError, match=rf"(?s){damage if damage == 'missing' else 'corrupted'}: "
                        r".*datasets/sft/data\.parquet.*`ragdistill build-datasets -c CONFIG`"):  # fmt: skip
-        run_training(config, "sft")
+        sft_training(config)
     assert not (tmp_path / "run" / "adapters" / "sft" / "adapter").exists()
 
 
@@ -183,7 +225,7 @@ def test_building_datasets_again_restores_a_deleted_parquet(dataset_root: Path, 
     config, store = copy_of(dataset_root, tmp_path)
     original = read_manifest(store, "datasets/sft")
     (tmp_path / "run" / "datasets" / "sft" / "data.parquet").unlink()
-    assert run_dataset(config, "sft").files == original.files
+    assert sft_dataset(config).files == original.files
 
 
 def test_a_dataset_built_for_another_model_is_refused_by_training(dataset_root: Path, tmp_path: Path) -> None:
@@ -194,7 +236,7 @@ def test_a_dataset_built_for_another_model_is_refused_by_training(dataset_root: 
         match=r"datasets/sft/manifest\.json was built with the tokenizer of 'smollm2-135m' .*'another/model'.*"
         r"`ragdistill build-datasets -c CONFIG`",
     ):
-        run_training(other, "sft")
+        sft_training(other)
 
 
 def fake_checkpoint(folder: Path, hidden_size: int) -> Path:
@@ -221,13 +263,13 @@ def test_an_adapter_trained_on_another_base_model_is_refused(tmp_path: Path) -> 
         AdapterBaseMismatchError,
         match=r"trained on the base model .*base-a, not on .*base-b \(hidden_size 576 vs 960\).*ragdistill train",
     ):
-        run_rollout(playing, backend=PolicyDouble("inc"))
+        rollout(playing, "inc")
     assert not ArtifactStore(config.run.run_root).exists("rollouts/base/parts")
     with pytest.raises(AdapterBaseMismatchError, match="base-b"):
         merged_checkpoint(str(other), adapter, "sha256:0", cache_root=tmp_path / "cache")
 
     same_architecture = shutil.copytree(trained_on, tmp_path / "base-a-copy")
     fine = with_overrides(playing, {"models.agent.model.name": str(same_architecture)})
-    assert run_rollout(fine, backend=PolicyDouble("inc")).counts["episodes"] == 8
+    assert rollout(fine, "inc").counts["episodes"] == 8
     store = ArtifactStore(config.run.run_root)
     assert {record["adapter"] for record in read_records(store, "rollouts/base")} != {None}

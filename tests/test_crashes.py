@@ -36,10 +36,11 @@ import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.config import ExperimentConfig
+from ragdistill.config.stages import Inputs, PipelineSettings, StageSettings
 from ragdistill.stages import run_indexing, run_mining, run_rollout
 from ragdistill.stages.datasets import run_dataset
 from ragdistill.stages.evaluation import run_evaluation
-from ragdistill.stages.lifecycle import BOOKKEEPING
+from ragdistill.stages.lifecycle import BOOKKEEPING, upstream_inputs
 from ragdistill.store import ArtifactStore, Manifest, read_manifest, read_records
 from test_stages import PolicyDouble, counter_config
 
@@ -63,25 +64,39 @@ def hashing_embedder() -> Iterator[None]:
         yield
 
 
+def upstream(config: ExperimentConfig, settings: StageSettings) -> Inputs:
+    """The digests of the folders ``settings`` reads, as the run root holds them now (what the CLI
+    hands a stage)."""
+    return upstream_inputs(ArtifactStore(config.run.run_root), settings)
+
+
 def _rollout(config: ExperimentConfig, action: str = "wait") -> Manifest:
-    return run_rollout(config, backend=PolicyDouble(action))
+    stages = PipelineSettings.from_experiment(config)
+    return run_rollout(stages.ctx, stages.rollout(), {}, backend=PolicyDouble(action))
 
 
 def _mine(config: ExperimentConfig) -> Manifest:
-    return run_mining(config, backend=PolicyDouble())
+    stages = PipelineSettings.from_experiment(config)
+    settings = stages.mining
+    return run_mining(stages.ctx, settings, upstream(config, settings), backend=PolicyDouble())
 
 
 def _index(config: ExperimentConfig) -> Manifest:
+    stages = PipelineSettings.from_experiment(config)
     with hashing_embedder():
-        return run_indexing(config)
+        return run_indexing(stages.ctx, stages.indexing, upstream(config, stages.indexing))
 
 
 def _sft_dataset(config: ExperimentConfig) -> Manifest:
-    return run_dataset(config, "sft")
+    stages = PipelineSettings.from_experiment(config)
+    settings = stages.dataset("sft")
+    return run_dataset(stages.ctx, settings, upstream(config, settings))
 
 
 def _evaluate_base(config: ExperimentConfig) -> Manifest:
-    manifest = run_evaluation(config, "base", backend=PolicyDouble("inc"))
+    stages = PipelineSettings.from_experiment(config)
+    settings = stages.evaluation("base")
+    manifest = run_evaluation(stages.ctx, settings, upstream(config, settings), backend=PolicyDouble("inc"))
     assert isinstance(manifest, Manifest)
     return manifest
 

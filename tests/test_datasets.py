@@ -17,10 +17,10 @@ from ragdistill.agents.segments import drop_kinds, render_messages
 from ragdistill.config import AgentConfig, ModelSpec
 from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.episodes import EpisodeRecord, call_segments
-from ragdistill.expert_episodes import Demonstration, expert_record
 from ragdistill.inference.chat import count_chat_tokens, encode_chat, load_tokenizer
 from ragdistill.models import resolve_model
 from ragdistill.rollout import RetrievedHints
+from ragdistill.rollout.expert_episodes import Demonstration, expert_record
 from ragdistill.training.examples import (
     DISTILL_REMOVED,
     LeakError,

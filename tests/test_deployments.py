@@ -182,12 +182,19 @@ def mined_config_to_deploy(tmp_path: Path) -> tuple[ExperimentConfig, Path, dict
 
     The file names a run root with nothing in it: a run finds the hints only if the typed overrides
     given to the deployment run reach the flow in the worker's subprocess."""
-    from ragdistill.stages import run_mining, run_rollout
+    from ragdistill.config.stages import PipelineSettings
+    from ragdistill.stages.lifecycle import upstream_inputs
+    from ragdistill.stages.mining import run_mining
+    from ragdistill.stages.rollout import run_rollout
+    from ragdistill.store import ArtifactStore
     from test_stages import PolicyDouble, counter_config
 
     config = counter_config(tmp_path, **{"env.limit": 2, "env.workers": 1})
-    run_rollout(config, backend=PolicyDouble("wait"))
-    run_mining(config, backend=PolicyDouble())
+    stages = PipelineSettings.from_experiment(config)
+    run_rollout(stages.ctx, stages.rollout(), {}, backend=PolicyDouble("wait"))
+    mining = stages.mining
+    inputs = upstream_inputs(ArtifactStore(stages.ctx.run_root), mining)
+    run_mining(stages.ctx, mining, inputs, backend=PolicyDouble())
     data = config.model_dump(mode="json")
     data["run"]["run_root"] = f"file://{tmp_path}/empty"
     config_path = tmp_path / "deployed.yaml"

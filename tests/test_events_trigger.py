@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
-from ragdistill.stages.collect import run_collect
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.stages.retrain import LAST_DECISION_FILE, WATERMARK_FILE
 from ragdistill.store import ArtifactStore
 from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
-from test_retrain import collect_config
+from test_retrain import collect, collect_config
 from test_stages import PolicyDouble
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,8 @@ def test_failure_events_trigger_one_retrain_which_skips_below_the_threshold(
     config = collect_config(
         tmp_path, **{"retrain.min_failures": 50, "retrain.trigger_events": 3, "retrain.trigger_window_s": 600}
     )
-    batch, _ = run_collect(config, backend=PolicyDouble("wait"))
+    ctx = PipelineSettings.from_experiment(config).ctx
+    batch, _ = collect(config, PolicyDouble("wait"))
     config_path = tmp_path / "retrain.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     retrain = f"retrain/{DEPLOYMENT_NAME}"
@@ -73,13 +74,13 @@ def test_failure_events_trigger_one_retrain_which_skips_below_the_threshold(
             worker = start_worker(api_url, output=log, environment={"PREFECT_WORKER_QUERY_SECONDS": "1"})
             try:
                 for _ in range(2):
-                    emit_failures_recorded(config, batch.stage, 2)
+                    emit_failures_recorded(ctx, batch.stage, 2)
                 time.sleep(5)
                 assert flow_runs(retrain) == [], "two events are below the trigger's threshold of three"
-                emit_failures_recorded(config, batch.stage, 2)
+                emit_failures_recorded(ctx, batch.stage, 2)
                 (run,) = wait_for(lambda: flow_runs(retrain), 240, "the triggered retrain run")
                 for _ in range(3):  # a second batch inside the window
-                    emit_failures_recorded(config, batch.stage, 2)
+                    emit_failures_recorded(ctx, batch.stage, 2)
                 wait_for(
                     lambda: all(r.state is not None and r.state.is_final() for r in flow_runs(retrain)),
                     300,

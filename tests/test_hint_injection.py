@@ -16,16 +16,19 @@ import pytest
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.agents.formats import get_format
 from ragdistill.agents.segments import render_messages
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.environments.alfworld.hints import ALFWORLD_HINT_STYLE
 from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.environments.base import TaskInfo
 from ragdistill.environments.webshop.hints import WEBSHOP_HINT_STYLE
+from ragdistill.layout import HINTS_DIR, REJECTED_HINTS
 from ragdistill.retrieval.bank import BANK_PATH, HintBank
 from ragdistill.retrieval.hints import Hint, injection_reason, unsafe_for_prompt, validate_hint
 from ragdistill.retrieval.retrievers import BM25Retriever, LLMRerankRetriever, RetrievalQuery
 from ragdistill.retrieval.teacher import RetrieverHintSource
-from ragdistill.stages import run_mining, run_rollout
-from ragdistill.stages.layout import HINTS_DIR, REJECTED_HINTS
+from ragdistill.stages.lifecycle import upstream_inputs
+from ragdistill.stages.mining import run_mining
+from ragdistill.stages.rollout import run_rollout
 from ragdistill.stages.teaching import run_teacher
 from ragdistill.store import ArtifactStore, read_manifest, write_manifest
 from retrieval_doubles import ScriptedExtractorDouble
@@ -83,9 +86,11 @@ def test_mining_rejects_injected_hints_with_reasons_and_the_teachers_prompt_neve
     config = counter_config(
         tmp_path, **{"env.limit": 2, "retrieval.retriever": "bm25", "retrieval.k": 20, "mining.chunk_size": 2}
     )
-    run_rollout(config, backend=PolicyDouble("wait"))
-    manifest = run_mining(config, backend=extractor_proposing_payloads())
-    store = ArtifactStore(config.run.run_root)
+    settings, store = PipelineSettings.from_experiment(config), ArtifactStore(config.run.run_root)
+    ctx = settings.ctx
+    run_rollout(ctx, settings.rollout(), backend=PolicyDouble("wait"))
+    mining_inputs = upstream_inputs(store, settings.mining)
+    manifest = run_mining(ctx, settings.mining, mining_inputs, backend=extractor_proposing_payloads())
     rejected = [json.loads(line) for line in store.read_text(REJECTED_HINTS).splitlines()]
     assert len(rejected) == 2 * len(PAYLOADS)
     reasons = {item["text"]: item["reason"] for item in rejected}
@@ -106,7 +111,7 @@ def test_mining_rejects_injected_hints_with_reasons_and_the_teachers_prompt_neve
     )
 
     agent = PolicyDouble("inc")
-    run_teacher(config, backend=agent)
+    run_teacher(ctx, settings.teacher, upstream_inputs(store, settings.teacher), backend=agent)
     prompts = ["\n".join(message.content for message in request.messages) for request in agent.requests]
     assert prompts and all(SAFE_HINT in prompt for prompt in prompts)
     for prompt in prompts:

@@ -300,7 +300,7 @@ def test_mine_hints_with_the_real_tiny_model_gets_schema_valid_json() -> None:
     pytest.importorskip("vllm")
     import torch
 
-    from ragdistill.config import BackendConfig, MiningConfig, ModelSpec, RoleConfig
+    from ragdistill.config import BackendConfig, HintRules, ModelSpec, RoleConfig
     from ragdistill.inference.vllm_backend import VLLMBackend
     from ragdistill.retrieval.mining import mine_hints_from_config
 
@@ -313,9 +313,7 @@ def test_mine_hints_with_the_real_tiny_model_gets_schema_valid_json() -> None:
     backend = VLLMBackend(role)
     try:
         records = [make_record("f1", "heat"), make_record("f2", "cool"), make_record("won", success=True)]
-        result = mine_hints_from_config(
-            records, backend, MiningConfig(constrain_hint_text=True), role.sampling
-        )
+        result = mine_hints_from_config(records, backend, HintRules(constrain_hint_text=True), role.sampling)
     finally:
         backend.close()
     counts = result.counts

@@ -22,13 +22,16 @@ import pytest
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from openai_fault_server import FAULTS, FaultInjectingOpenAIServer, scripted_policy, train_tiny_tokenizer
 from ragdistill.config import BackendConfig, ExperimentConfig, ModelSpec, RoleConfig, with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.errors import UserFacingError
 from ragdistill.inference import ChatMessage, GenerationRequest
+from ragdistill.inference.base import Backend
 from ragdistill.inference.openai_backend import OpenAIBackend, retry_after_s
-from ragdistill.stages import StageError, run_mining, run_rollout
-from ragdistill.stages.layout import HINTS_DIR
-from ragdistill.stages.mining import CHUNKS_DIR
-from ragdistill.store import ArtifactStore, read_manifest, read_records
+from ragdistill.layout import HINTS_DIR
+from ragdistill.stages.lifecycle import StageError, upstream_inputs
+from ragdistill.stages.mining import CHUNKS_DIR, run_mining
+from ragdistill.stages.rollout import run_rollout
+from ragdistill.store import ArtifactStore, Manifest, read_manifest, read_records
 from test_stages import PolicyDouble, counter_config
 
 FAST_RETRIES = {"retry_backoff_s": 0.001, "max_retries": 2, "timeout_s": 1.0}
@@ -139,6 +142,19 @@ def served_config(
     return with_overrides(counter_config(tmp_path), {**settings, **overrides})
 
 
+def rollout(config: ExperimentConfig, backend: Backend | None = None) -> Manifest:
+    """Stage A of ``config`` (the agent on the config's backend unless ``backend`` is given)."""
+    settings = PipelineSettings.from_experiment(config)
+    return run_rollout(settings.ctx, settings.rollout(), backend=backend)
+
+
+def mine(config: ExperimentConfig) -> Manifest:
+    """Stage B of ``config`` on its base rollout, the extractor on the config's backend."""
+    settings = PipelineSettings.from_experiment(config)
+    inputs = upstream_inputs(ArtifactStore(config.run.run_root), settings.mining)
+    return run_mining(settings.ctx, settings.mining, inputs)
+
+
 def stored_episodes(config: ExperimentConfig) -> list[dict[str, Any]]:
     return list(read_records(ArtifactStore(config.run.run_root), "rollouts/base"))
 
@@ -152,7 +168,7 @@ def test_a_server_dying_mid_rollout_fails_the_stage_clearly_and_the_rerun_plays_
         # 12 answers finish at least one episode and leave at least one of the 6 unfinished.
         server.die_after(12)
         with pytest.raises(StageError) as failed:
-            run_rollout(config)
+            rollout(config)
         assert isinstance(failed.value, UserFacingError)
         message = str(failed.value)
         assert f"{server.base_url}/chat/completions failed 3 time(s)" in message, message
@@ -165,7 +181,7 @@ def test_a_server_dying_mid_rollout_fails_the_stage_clearly_and_the_rerun_plays_
 
         server.start()
         before = len(server.requests)
-        manifest = run_rollout(config)
+        manifest = rollout(config)
     assert manifest.counts == {"episodes": 6, "won": 6, "errors": 0, "transient_errors": 0}
     final = stored_episodes(config)
     assert sorted(record["task_id"] for record in final) == [f"t{i}" for i in range(6)]
@@ -176,7 +192,7 @@ def test_a_server_dying_mid_rollout_fails_the_stage_clearly_and_the_rerun_plays_
 
 def rollout_of_failures(config: ExperimentConfig) -> None:
     """Four failed episodes (``wait`` never wins), played by a model double: mining is under test."""
-    run_rollout(config, backend=PolicyDouble("wait"))
+    rollout(config, PolicyDouble("wait"))
 
 
 def test_a_server_dying_during_mining_keeps_the_committed_chunks_and_the_rerun_completes(
@@ -187,7 +203,7 @@ def test_a_server_dying_during_mining_keeps_the_committed_chunks_and_the_rerun_c
         rollout_of_failures(config)
         server.die_after(2)  # the first chunk is answered, then the server is gone
         with pytest.raises(UserFacingError) as failed:
-            run_mining(config)
+            mine(config)
         message = str(failed.value)
         assert "answered none of 2 request(s)" in message and server.base_url in message, message
         store = ArtifactStore(config.run.run_root)
@@ -195,7 +211,7 @@ def test_a_server_dying_during_mining_keeps_the_committed_chunks_and_the_rerun_c
 
         server.start()
         before = len(server.requests)
-        manifest = run_mining(config)
+        manifest = mine(config)
     assert len(server.requests) - before == 4, "only failures without a committed answer are sent again"
     assert manifest.counts["failures"] == 6 and manifest.counts["hints_accepted"] == 6
     assert manifest.counts["transient_errors"] == 0
@@ -209,10 +225,10 @@ def test_a_mining_answer_lost_beside_answered_ones_is_sent_again_by_the_next_run
         overrides = {"env.limit": 2, "models.extractor.backend.max_concurrency": 1}
         config = served_config(tmp_path, server, tokenizer_dir, **overrides)
         rollout_of_failures(config)
-        first = run_mining(config)
+        first = mine(config)
         assert first.counts["failures_not_answered"] == 1 and first.counts["transient_errors"] == 1
         before = len(server.requests)
-        second = run_mining(config)
+        second = mine(config)
     assert len(server.requests) - before == 1
     assert second.counts["failures_not_answered"] == 0 and second.counts["hints_accepted"] == 2
     assert read_manifest(ArtifactStore(config.run.run_root), HINTS_DIR).identity == second.identity

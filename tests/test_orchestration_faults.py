@@ -25,10 +25,18 @@ from prefect import flow
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.config import ExperimentConfig, load_config
+from ragdistill.config.stages import PipelineSettings
+from ragdistill.inference.base import Backend
 from ragdistill.leases import LeaseHeldError, StageLease
 from ragdistill.retrieval.mining import episode_id
 from ragdistill.stages import run_rollout
-from ragdistill.stages.collect import finished_batches, recorded_failures, run_collect
+from ragdistill.stages.collect import (
+    CollectBatch,
+    finished_batches,
+    next_batch,
+    recorded_failures,
+    run_collect,
+)
 from ragdistill.stages.lifecycle import StageError
 from ragdistill.stages.retrain import (
     DECISIONS_DIR,
@@ -37,7 +45,7 @@ from ragdistill.stages.retrain import (
     pending_failures,
     read_watermark,
 )
-from ragdistill.store import ArtifactStore, read_manifest, read_records
+from ragdistill.store import ArtifactStore, Manifest, read_manifest, read_records
 from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
 from test_retrain import collect_config
 from test_stages import PolicyDouble, counter_config
@@ -45,6 +53,13 @@ from test_stages import PolicyDouble, counter_config
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 SOURCES = REPO / "src"
+
+
+def collect(config: ExperimentConfig, backend: Backend) -> tuple[CollectBatch, Manifest]:
+    """The next collect batch of ``config``, played by ``backend``."""
+    stages = PipelineSettings.from_experiment(config)
+    batch = next_batch(ArtifactStore(stages.ctx.run_root))
+    return run_collect(stages.ctx, stages.collect(batch), backend=backend)
 
 
 class LeaseBarrierStore(ArtifactStore):
@@ -108,11 +123,11 @@ def test_a_retrain_whose_decision_went_stale_consumes_nothing(tmp_path: Path) ->
     """Two decisions taken on the same watermark (a retrain resumed after another one finished): the
     first advances it, the second is refused and the watermark keeps exactly the first's failures."""
     config = collect_config(tmp_path)
-    run_collect(config, backend=PolicyDouble("wait"))
+    collect(config, PolicyDouble("wait"))
     store = ArtifactStore(config.run.run_root)
     decided_on = read_watermark(store)
     first = pending_failures(store, decided_on)
-    run_collect(config, backend=PolicyDouble("wait"))
+    collect(config, PolicyDouble("wait"))
     stale = pending_failures(store, decided_on)
     advanced = advance_watermark(store, decided_on, first)
     with pytest.raises(StageError, match="moved from generation 0 to 1"):
@@ -213,9 +228,10 @@ def test_racing_and_crashing_retrains_train_one_generation_and_consume_every_fai
     )
     config_path = tmp_path / "retrain.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
-    run_rollout(config, backend=PolicyDouble("wait"))
+    stages = PipelineSettings.from_experiment(config)
+    run_rollout(stages.ctx, stages.rollout(), {}, backend=PolicyDouble("wait"))
     for _ in range(2):
-        run_collect(config, backend=PolicyDouble("wait"))
+        collect(config, PolicyDouble("wait"))
     store = ArtifactStore(config.run.run_root)
     gate = tmp_path / "gate"
 
@@ -227,7 +243,7 @@ def test_racing_and_crashing_retrains_train_one_generation_and_consume_every_fai
             "retrain A to take its decision and prepare generation 1",
         )
         assert first.poll() is None, (tmp_path / "a.log").read_text(errors="replace")[-4000:]
-        run_collect(config, backend=PolicyDouble("wait"))
+        collect(config, PolicyDouble("wait"))
         second = start_retrain(config_path, gate, api_url, tmp_path / "b.log")
         skipped = child_summary(second, tmp_path / "b.log", timeout_s=240)
         assert skipped["generation"] is None and "another retrain" in skipped["skipped"]
@@ -274,7 +290,7 @@ def slow_rollout_config(tmp_path: Path) -> Path:
 def rollout_with_policy_double(config_path: str, delay_s: float = 0.4) -> dict[str, Any]:
     """The real rollout flow, as a subflow, with the agent's model replaced by the slow policy double: the
     only way to hand a double to a flow run that a worker starts in a process of its own."""
-    from ragdistill.flows.rollout import rollout_flow
+    from ragdistill.flows.standalone import rollout_flow
     from ragdistill.inference import shared
 
     config = load_config(config_path)

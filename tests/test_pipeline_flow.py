@@ -157,7 +157,8 @@ def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
     report = store.read_text("reports/report.md")
     assert "training set is empty" in report and store.exists("reports/accuracy_tokens.png")
 
-    # A setting no stage reads (training is not a stage yet) re-runs nothing.
+    # A setting that only training reads re-runs none of the stages before it, nor the evaluations that
+    # play no student.
     unrelated = edited_config(flow_config, "unrelated.yaml", {"training": {"learning_rate": 1e-4}})
     _, states = run_pipeline(unrelated, double)
     assert only(states, STAGES_A_TO_C + EVALUATIONS[:2]) == dict.fromkeys(
@@ -200,17 +201,17 @@ def test_pipeline_flow_runs_every_stage_and_its_cache_never_lies(
     assert states["evaluate-base"] == "Cached" and states["evaluate-rag"] == "Completed"
     assert double.calls > calls
 
-    # An edit of the rollout code re-runs the rollout and everything after it, with no error.
+    # An edit of the rollout engine re-runs the rollout and everything after it, with no error.
     from ragdistill import identity
 
-    source = Path(identity.PACKAGE_DIR) / "rollout.py"
+    source = Path(identity.PACKAGE_DIR) / "rollout" / "engine.py"
     edited = flow_config.parent / "rollout_edited.py"
     edited.write_text(source.read_text() + "\nEDITED_IN_A_TEST = True\n")
     real_module_file = identity._module_file
     monkeypatch.setattr(
         identity,
         "_module_file",
-        lambda name: edited if name == "ragdistill.rollout" else real_module_file(name),
+        lambda name: edited if name == "ragdistill.rollout.engine" else real_module_file(name),
     )
     identity._module_summary.cache_clear()
     identity.code_fingerprint.cache_clear()
@@ -231,7 +232,7 @@ def test_flow_and_task_runs_are_named_after_the_stage_environment_and_run(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     import env_doubles  # noqa: F401  (registers the counter-double environment)
-    from ragdistill.flows.rollout import rollout_flow
+    from ragdistill.flows.standalone import rollout_flow
     from test_stages import PolicyDouble, counter_config
 
     config = counter_config(tmp_path, **{"env.limit": 1, "env.workers": 1, "run.name": "naming-test"})

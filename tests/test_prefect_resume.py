@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.orchestration.server import API_URL_ENV
 from ragdistill.stages import run_rollout
@@ -155,6 +156,6 @@ def test_a_killed_pipeline_resumes_through_prefect_without_replaying_finished_ep
         assert final[task_id] == json.loads(line), f"{task_id} changed after the resume"
     assert store.exists("reports/report.md"), "the resumed run finished the whole pipeline"
 
-    uninterrupted = counter_config(tmp_path / "uninterrupted", **settings)
-    expected = run_rollout(uninterrupted, backend=PolicyDouble("wait"))
+    uninterrupted = PipelineSettings.from_experiment(counter_config(tmp_path / "uninterrupted", **settings))
+    expected = run_rollout(uninterrupted.ctx, uninterrupted.rollout(), {}, backend=PolicyDouble("wait"))
     assert manifest.identity == expected.identity and manifest.counts == expected.counts

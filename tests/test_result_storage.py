@@ -1,7 +1,8 @@
 """Prefect task results under the run root: JSON on local disks and on S3, served only while current.
 
-A one-file stage (`echo`) stands in for the real ones: it goes through the same cache policy
-(``stage_cache_policy``) and result storage (``on_run_root``) as every stage task.
+A one-file stage (`echo`) stands in for the real ones: it takes ``(ctx, settings, inputs)`` and goes
+through the same cache policy (``STAGE_CACHE``, its identity found by its settings' type) and result
+storage (``on_run_root``) as every stage task.
 """
 
 from __future__ import annotations
@@ -10,49 +11,71 @@ import base64
 import json
 import os
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from prefect import flow, task
 from prefect.filesystems import RemoteFileSystem
 
-from ragdistill.config import ExperimentConfig, load_config
-from ragdistill.stages.lifecycle import StageIdentity
+from ragdistill.config import load_config
+from ragdistill.config.stages import Inputs, PipelineSettings, RunContext, StageSettings
+from ragdistill.stages import identities
+from ragdistill.stages.lifecycle import StageIdentity, stage_identity
 from ragdistill.store import ArtifactStore, write_manifest
 from ragdistill.tasks.common import (
     RESULTS_DIR,
+    STAGE_CACHE,
     on_run_root,
     publish_manifest,
     result_storage,
-    stage_cache_policy,
 )
 
 REPO = Path(__file__).resolve().parents[1]
 STAGE = "echo"
 
 
-def _identify(_config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
-    return STAGE, StageIdentity(stage=STAGE, settings={"text": parameters["text"]}, code="echo-v1")
+class EchoSettings(StageSettings):
+    """The echo stage writes ``text`` to ``echo/out.txt``."""
+
+    CODE: ClassVar[str] = "ragdistill.tasks.common"
+    text: str
+
+    def stage_dir(self) -> str:
+        return STAGE
 
 
-@task(
-    name="echo",
-    cache_policy=stage_cache_policy(_identify, "ragdistill.tasks.common"),
-    result_serializer="json",
-)
-def echo_task(config: ExperimentConfig, text: str) -> dict[str, Any]:
-    store = ArtifactStore(config.run.run_root)
-    store.write_text(f"{STAGE}/out.txt", text)
-    _, identity = _identify(config, {"text": text})
+def echo_identity(ctx: RunContext, settings: EchoSettings, inputs: Inputs) -> StageIdentity:
+    return stage_identity(settings, inputs)
+
+
+@pytest.fixture(autouse=True)
+def echo_is_a_stage(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``identify`` (what ``STAGE_CACHE`` keys on) knows the echo stage as it knows every real one."""
+    real = identities._identities
+    monkeypatch.setattr(identities, "_identities", lambda: {**real(), EchoSettings: echo_identity})
+    yield
+
+
+def echo(ctx: RunContext, settings: EchoSettings, inputs: Inputs) -> dict[str, Any]:
+    store = ArtifactStore(ctx.run_root)
+    store.write_text(f"{STAGE}/out.txt", settings.text)
+    identity = echo_identity(ctx, settings, inputs)
     manifest = write_manifest(store, STAGE, STAGE, identity.key, ["out.txt"])
     return publish_manifest(manifest, key="echo", description="echo")
+
+
+# The cache key fingerprints the code of the task's module, which is a stage task module in ragdistill.
+echo.__module__ = "ragdistill.tasks.common"
+echo_task = task(name="echo", cache_policy=STAGE_CACHE, result_serializer="json")(echo)
 
 
 @flow(name="echo-flow")
 def echo_flow(run_root: str, text: str) -> tuple[str, dict[str, Any]]:
     config = load_config(REPO / "configs" / "demo-alfworld.yaml", {"run.run_root": run_root})
-    state = on_run_root(echo_task, config)(config, text, return_state=True)
+    ctx = PipelineSettings.from_experiment(config).ctx
+    state = on_run_root(echo_task, ctx)(ctx, EchoSettings(text=text), {}, return_state=True)
     return state.name, state.result()
 
 

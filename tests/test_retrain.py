@@ -18,29 +18,32 @@ import yaml
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.adapter_registry import AdapterRegistry, current_adapter
-from ragdistill.config import ExperimentConfig
+from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.config.stages import PipelineSettings
+from ragdistill.inference.base import Backend
 from ragdistill.leases import LeaseHeldError
-from ragdistill.stages import run_mining, run_rollout
 from ragdistill.stages.collect import (
-    collect_plan,
+    CollectBatch,
     finished_batches,
     next_batch,
     recorded_failures,
     run_collect,
 )
-from ragdistill.stages.promotion import run_promotion
+from ragdistill.stages.lifecycle import upstream_inputs
+from ragdistill.stages.mining import run_mining
 from ragdistill.stages.retrain import (
     WATERMARK_FILE,
     advance_watermark,
-    generation_config,
+    generation_root,
     pending_failures,
     prepare_generation,
     read_watermark,
     retrain_lease,
     skip_reason,
 )
-from ragdistill.store import ArtifactStore, read_manifest, read_records
-from test_adapter_registry import evaluate, skip_training, student, write_upstream
+from ragdistill.stages.rollout import run_rollout
+from ragdistill.store import ArtifactStore, Manifest, read_manifest, read_records
+from test_adapter_registry import evaluate, promote, skip_training, student, write_upstream
 from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
 from test_stages import PolicyDouble, counter_config
 
@@ -59,6 +62,32 @@ def collect_config(tmp_path: Path, **overrides: object) -> ExperimentConfig:
     return counter_config(tmp_path, **{**settings, **overrides})
 
 
+def base_rollout(config: ExperimentConfig, backend: Backend) -> Manifest:
+    """Stage A of ``config``, ``backend`` playing the agent."""
+    stages = PipelineSettings.from_experiment(config)
+    return run_rollout(stages.ctx, stages.rollout(), {}, backend=backend)
+
+
+def mine(config: ExperimentConfig, backend: Backend) -> Manifest:
+    """Stage B of ``config`` on the base rollout its run root holds now, ``backend`` extracting."""
+    stages = PipelineSettings.from_experiment(config)
+    settings = stages.mining
+    inputs = upstream_inputs(ArtifactStore(stages.ctx.run_root), settings)
+    return run_mining(stages.ctx, settings, inputs, backend=backend)
+
+
+def collect(config: ExperimentConfig, backend: Backend) -> tuple[CollectBatch, Manifest]:
+    """The next collect batch of ``config`` (the lowest one not finished), as the collect flow plays it."""
+    stages = PipelineSettings.from_experiment(config)
+    batch = next_batch(ArtifactStore(stages.ctx.run_root))
+    return run_collect(stages.ctx, stages.collect(batch), backend=backend)
+
+
+def generation_config(config: ExperimentConfig, generation: int) -> ExperimentConfig:
+    """The config every stage of generation ``generation`` runs with, as the retrain flow builds it."""
+    return with_overrides(config, {"run.run_root": generation_root(config.run.run_root, generation)})
+
+
 def played_task_ids(config: ExperimentConfig, stage: str) -> list[str]:
     store = ArtifactStore(config.run.run_root)
     return [
@@ -69,10 +98,10 @@ def played_task_ids(config: ExperimentConfig, stage: str) -> list[str]:
 
 def test_successive_collects_play_new_tasks_with_the_base_model_before_any_promotion(tmp_path: Path) -> None:
     config = collect_config(tmp_path)
-    run_rollout(config, backend=PolicyDouble("wait"))
+    base_rollout(config, PolicyDouble("wait"))
     store = ArtifactStore(config.run.run_root)
-    first, _ = run_collect(config, backend=PolicyDouble("wait"))
-    second, _ = run_collect(config, backend=PolicyDouble("inc"))
+    first, _ = collect(config, PolicyDouble("wait"))
+    second, _ = collect(config, PolicyDouble("inc"))
     assert (first.stage, second.stage) == ("collect-0000", "collect-0001")
     assert first.adapter is None and second.adapter is None
     base = set(played_task_ids(config, "base"))
@@ -87,18 +116,19 @@ def test_retrain_skips_below_the_threshold_and_the_watermark_consumes_only_what_
     tmp_path: Path,
 ) -> None:
     config = collect_config(tmp_path)
+    settings = PipelineSettings.from_experiment(config).retrain
     store = ArtifactStore(config.run.run_root)
     assert pending_failures(store, read_watermark(store)).total == 0
-    run_collect(config, backend=PolicyDouble("wait"))
+    collect(config, PolicyDouble("wait"))
     watermark = read_watermark(store)
     pending = pending_failures(store, watermark)
     assert pending.total == 2
-    reason = skip_reason(config, pending)
+    reason = skip_reason(settings, pending)
     assert reason is not None and "fewer than retrain.min_failures (3)" in reason
 
-    run_collect(config, backend=PolicyDouble("wait"))
+    collect(config, PolicyDouble("wait"))
     pending = pending_failures(store, watermark)
-    assert pending.total == 4 and skip_reason(config, pending) is None
+    assert pending.total == 4 and skip_reason(settings, pending) is None
     advanced = advance_watermark(store, watermark, pending)
     assert advanced.generation == 1 and store.exists(WATERMARK_FILE)
     assert read_watermark(store).consumed == advanced.consumed
@@ -106,34 +136,35 @@ def test_retrain_skips_below_the_threshold_and_the_watermark_consumes_only_what_
         "consumed failures are never counted again"
     )
 
-    run_collect(config, backend=PolicyDouble("wait"))
+    collect(config, PolicyDouble("wait"))
     assert pending_failures(store, read_watermark(store)).by_stage.keys() == {"collect-0002"}
 
 
 def test_one_retrain_per_run_root_holds_the_retrain_lease(tmp_path: Path) -> None:
-    config = collect_config(tmp_path)
-    with retrain_lease(config), pytest.raises(LeaseHeldError), retrain_lease(config):
+    ctx = PipelineSettings.from_experiment(collect_config(tmp_path)).ctx
+    with retrain_lease(ctx), pytest.raises(LeaseHeldError), retrain_lease(ctx):
         pass
-    with retrain_lease(config):
+    with retrain_lease(ctx):
         pass
 
 
 def test_a_generation_combines_base_and_collect_episodes_and_mines_only_new_failures(tmp_path: Path) -> None:
     config = collect_config(tmp_path)
-    run_rollout(config, backend=PolicyDouble("wait"))
-    run_mining(config, backend=PolicyDouble())
-    batch, _ = run_collect(config, backend=PolicyDouble("wait"))
-    manifest = prepare_generation(config, 1, [batch.stage])
+    ctx = PipelineSettings.from_experiment(config).ctx
+    base_rollout(config, PolicyDouble("wait"))
+    mine(config, PolicyDouble())
+    batch, _ = collect(config, PolicyDouble("wait"))
+    manifest = prepare_generation(ctx, 1, [batch.stage])
     assert manifest.counts["episodes"] == 4 and set(manifest.inputs) == {
         "rollouts/base",
         "rollouts/collect-0000",
     }
-    again = prepare_generation(config, 1, [batch.stage])
+    again = prepare_generation(ctx, 1, [batch.stage])
     assert again.digest == manifest.digest, "a prepared generation is current"
 
     generation = generation_config(config, 1)
     extractor = PolicyDouble()
-    mined = run_mining(generation, backend=extractor)
+    mined = mine(generation, extractor)
     generation_store = ArtifactStore(generation.run.run_root)
     stats = generation_store.read_json("hints/run-stats.json")
     assert stats["sent_to_extractor_now"] == 2 and stats["reused_answers"] == 2
@@ -153,7 +184,7 @@ def test_a_generation_registers_its_students_in_the_parent_registry_and_collect_
     write_upstream(parent_store)
     evaluate(parent_store, "base", 3)
     student(parent_store, b"first-pipeline", wins=5)
-    assert run_promotion(parent).counts["promoted"] == 1
+    assert promote(parent).counts["promoted"] == 1
     first = AdapterRegistry(parent_store).current()
     assert first is not None and first.version == "v0001"
 
@@ -164,7 +195,7 @@ def test_a_generation_registers_its_students_in_the_parent_registry_and_collect_
     skip_training(generation_store, "sft")
     student(generation_store, b"generation-1", wins=7)
     lineage = {"number": 1, "collect_batches": ["collect-0000"], "new_batches": ["collect-0000"]}
-    manifest = run_promotion(generation, registry_store=parent_store, generation=lineage)
+    manifest = promote(generation, registry_root=parent_store.root_url, generation=lineage)
 
     assert manifest.counts == {"registered": 1, "candidate": 1, "promoted": 1}
     registry = AdapterRegistry(parent_store)
@@ -175,9 +206,11 @@ def test_a_generation_registers_its_students_in_the_parent_registry_and_collect_
     assert decision["reference"] == "v0001", "the gate compares with the parent's current version"
     assert not generation_store.exists("registry/current.json"), "a generation has no registry of its own"
     assert current_adapter(parent_store) == parent_store.uri("registry/adapters/v0002")
-    assert collect_plan(parent).adapter == current_adapter(parent_store), "collect plays the new student"
+    batch, played = collect(parent, PolicyDouble("wait"))
+    assert batch.adapter == current_adapter(parent_store), "collect plays the new student"
+    assert played.inputs["adapter"] == entry.adapter.digest
 
-    again = run_promotion(generation, registry_store=parent_store, generation=lineage)
+    again = promote(generation, registry_root=parent_store.root_url, generation=lineage)
     assert again.digest == manifest.digest and len(registry.entries()) == 2, "a re-run adds no version"
     worse = generation_config(parent, 2)
     worse_store = ArtifactStore(worse.run.run_root)
@@ -189,7 +222,7 @@ def test_a_generation_registers_its_students_in_the_parent_registry_and_collect_
         "collect_batches": ["collect-0000", "collect-0001"],
         "new_batches": ["collect-0001"],
     }
-    assert run_promotion(worse, registry_store=parent_store, generation=lineage_2).counts["promoted"] == 0
+    assert promote(worse, registry_root=parent_store.root_url, generation=lineage_2).counts["promoted"] == 0
     assert registry.current() == entry and len(registry.entries()) == 3, "registered, not promoted (a tie)"
 
 
@@ -212,9 +245,9 @@ def test_retrain_flow_trains_generation_one_end_to_end_then_skips_without_new_fa
     double = PolicyDouble("wait")
     for role in (config.models.agent, config.models.extractor):
         shared._BACKENDS[shared._key(role)] = double
-    run_rollout(config, backend=double)
+    base_rollout(config, double)
     for _ in range(2):
-        run_collect(config, backend=double)
+        collect(config, double)
     store = ArtifactStore(config.run.run_root)
 
     advanced_after: list[set[str]] = []

@@ -13,12 +13,15 @@ import pytest
 
 from ragdistill.agents.segments import render_messages
 from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.environments.alfworld.hints import ALFWORLD_HINT_STYLE
 from ragdistill.episodes import EpisodeRecord, Step, call_segments
 from ragdistill.inference import make_backend
 from ragdistill.retrieval.bank import HintBank
 from ragdistill.retrieval.hints import validate_hint
-from ragdistill.stages import run_mining, run_rollout
+from ragdistill.stages.lifecycle import upstream_inputs
+from ragdistill.stages.mining import run_mining
+from ragdistill.stages.rollout import run_rollout
 from ragdistill.store import ArtifactStore, read_records
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +64,8 @@ def test_real_rollouts_write_complete_records_with_exact_token_counts(
     try:
         for agent_format in ("react", "stateact"):
             config = config_for(tmp_path, backend_kind, agent_format)
-            manifest = run_rollout(config, backend=backend)
+            settings = PipelineSettings.from_experiment(config)
+            manifest = run_rollout(settings.ctx, settings.rollout(), backend=backend)
             assert manifest.counts["episodes"] == 4 and manifest.counts["errors"] == 0
             raw_records = list(read_records(ArtifactStore(config.run.run_root), "rollouts/base"))
             assert len({raw["task_id"] for raw in raw_records}) == 4
@@ -95,9 +99,12 @@ def mine_real_failures(config: ExperimentConfig, backend: object) -> None:
     config = with_overrides(
         config, {"mining.constrain_hint_text": True, "models.extractor.sampling.max_tokens": 256}
     )
-    manifest = run_mining(config, backend=backend)
+    settings = PipelineSettings.from_experiment(config)
+    store = ArtifactStore(config.run.run_root)
+    inputs = upstream_inputs(store, settings.mining)
+    manifest = run_mining(settings.ctx, settings.mining, inputs, backend=backend)
     assert manifest.counts["failures"] >= 1
-    bank = HintBank.load(ArtifactStore(config.run.run_root))
+    bank = HintBank.load(store)
     assert len(bank) >= 1, manifest.counts
     for hint in bank:
         assert validate_hint(hint.text, ALFWORLD_HINT_STYLE)[1] is None and len(hint.text) <= 120

@@ -16,6 +16,7 @@ from ragdistill.agents.demonstrations import ExpertTrajectory
 from ragdistill.agents.fewshot import FewshotError, build_examples
 from ragdistill.agents.formats import AgentFormat, get_format
 from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.environments import registry
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
 from ragdistill.environments.profile import AgentStyle, DemonstratedStep, EnvProfile
@@ -253,7 +254,8 @@ def test_mining_asks_in_the_profiles_words_and_validates_with_its_hint_style(tmp
 def test_a_dataset_keeps_only_episodes_within_the_profiles_invalid_limit(tmp_path: Path) -> None:
     sloppy, _ = play(tmp_path / "sloppy", sloppy=True)
     clean, _ = play(tmp_path / "clean", sloppy=False)
-    chosen = selection(with_overrides(ExperimentConfig(), {"env.name": SHOP}))
+    config = with_overrides(ExperimentConfig(), {"env.name": SHOP})
+    chosen = selection(PipelineSettings.from_experiment(config).dataset("distill"))
     assert (chosen.invalid_observation, chosen.max_invalid_actions) == (INVALID, 0)
     kept, skipped = select_episodes([sloppy, clean], chosen)
     assert kept == [clean] and skipped == {"too_many_invalid_actions": 1}
@@ -338,7 +340,7 @@ def test_without_a_classifier_the_teacher_queries_the_task_group() -> None:
 
 
 def test_prompt_version_follows_the_profile() -> None:
-    from ragdistill.stages.rollout import prompt_version
+    from ragdistill.rollout.plan import prompt_version
 
     assert prompt_version(SHOP) != prompt_version("alfworld")
 

@@ -1,4 +1,4 @@
-"""Rollout shards (``stages.shards``): the same episodes as an unsharded rollout, in threads and on a
+"""Rollout shards (``rollout.shards``): the same episodes as an unsharded rollout, in threads and on a
 local Ray instance, and resume per shard after a shard failed or its driver died.
 
 The environment is the ``counter-double`` (tests/env_doubles.py) in real worker processes; the model is
@@ -16,10 +16,10 @@ import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.config import ExperimentConfig
-from ragdistill.inference.base import ChatMessage, Generation, GenerationRequest
-from ragdistill.stages import run_rollout
-from ragdistill.stages.rollout import base_plan, list_env_tasks, play_shard
-from ragdistill.stages.shards import ShardJob, split_round_robin, use_shard_runner
+from ragdistill.config.stages import PipelineSettings
+from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
+from ragdistill.rollout import ShardJob, plan_rollout, play_shard, split_round_robin, use_shard_runner
+from ragdistill.stages.rollout import run_rollout
 from ragdistill.store import ArtifactStore, Manifest, read_manifest, read_records
 from test_stages import counter_config as stage_config
 
@@ -62,6 +62,12 @@ def counter_config(root: Path, **overrides: object) -> ExperimentConfig:
     return stage_config(root, **{"env.workers": 1, **overrides})
 
 
+def rollout(config: ExperimentConfig, backend: Backend) -> Manifest:
+    """Stage A of ``config`` with ``backend`` as the agent."""
+    settings = PipelineSettings.from_experiment(config)
+    return run_rollout(settings.ctx, settings.rollout(), backend=backend)
+
+
 def played(config: ExperimentConfig) -> tuple[Manifest, list[str]]:
     store = ArtifactStore(config.run.run_root)
     manifest = read_manifest(store, "rollouts/base")
@@ -77,9 +83,9 @@ def test_a_task_keeps_its_shard_when_the_list_grows() -> None:
 def test_in_process_shards_play_the_same_episodes_as_one_rollout(tmp_path: Path) -> None:
     single = counter_config(tmp_path / "single")
     sharded = counter_config(tmp_path / "sharded", **{"rollout.shards": 3})
-    first = run_rollout(single, backend=InstructedPolicyDouble())
+    first = rollout(single, InstructedPolicyDouble())
     backend = InstructedPolicyDouble()
-    second = run_rollout(sharded, backend=backend)
+    second = rollout(sharded, backend)
     assert second.identity == first.identity, "the shard count is not part of the identity"
     assert played(sharded)[1] == played(single)[1] == [f"t{i}" for i in range(6)]
     assert second.counts == first.counts and second.counts["won"] == 6
@@ -91,16 +97,17 @@ def test_in_process_shards_play_the_same_episodes_as_one_rollout(tmp_path: Path)
 def test_a_failed_shard_resumes_alone_and_a_dead_drivers_shard_is_merged(tmp_path: Path) -> None:
     config = counter_config(tmp_path, **{"rollout.shards": 2})
     with pytest.raises(RuntimeError, match="lost its engine"):
-        run_rollout(config, backend=InstructedPolicyDouble(crash_on=frozenset({"t5"})))
+        rollout(config, InstructedPolicyDouble(crash_on=frozenset({"t5"})))
     # Shard 0 (t0, t2, t4) finished; shard 1 (t1, t3, t5) played one lock-step batch that crashed.
     # A driver that died after its shard 1 played t1 leaves that shard's folder behind:
-    tasks = list_env_tasks(config.env)
+    settings = PipelineSettings.from_experiment(config)
+    plan = plan_rollout(settings.ctx, settings.rollout())
     left_behind = InstructedPolicyDouble()
-    play_shard(ShardJob(config, base_plan(config), 1, 2, [tasks[1]], backend=left_behind))
+    play_shard(ShardJob(settings.ctx, plan, 1, 2, [plan.tasks[1]], backend=left_behind))
     assert ArtifactStore(config.run.run_root).list("rollouts/base/shards/001")
 
     backend = InstructedPolicyDouble()
-    manifest = run_rollout(config, backend=backend)
+    manifest = rollout(config, backend)
     assert sorted(set(backend.games)) == ["t3", "t5"], "only the missing episodes are played"
     assert played(config)[1] == [f"t{i}" for i in range(6)] and manifest.counts["won"] == 6
     stats = ArtifactStore(config.run.run_root).read_json("rollouts/base/run-stats.json")
@@ -112,19 +119,19 @@ def test_shards_on_a_local_ray_instance_equal_the_unsharded_rollout(
     tmp_path: Path, prefect_server: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ray = pytest.importorskip("ray")
-    from ragdistill.orchestration.runners import prefect_shard_runner
+    from ragdistill.tasks.shards import prefect_shard_runner
 
     source = str(Path(__import__("ragdistill").__file__).parents[1])
     paths = [source, str(TESTS_DIR), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(dict.fromkeys(paths)))
     single = counter_config(tmp_path / "single")
     sharded = counter_config(tmp_path / "ray", **{"rollout.shards": 2, "orchestration.task_runner": "ray"})
-    first = run_rollout(single, backend=InstructedPolicyDouble())
+    first = rollout(single, InstructedPolicyDouble())
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         with use_shard_runner(prefect_shard_runner(sharded.orchestration)):
-            second = run_rollout(sharded, backend=InstructedPolicyDouble(trace_dir=tmp_path))
+            second = rollout(sharded, InstructedPolicyDouble(trace_dir=tmp_path))
     finally:
         ray.shutdown()
     print(f"sharded rollout on local Ray: {time.perf_counter() - started:.1f}s")
@@ -138,12 +145,12 @@ def test_shards_on_a_local_ray_instance_equal_the_unsharded_rollout(
 def test_shards_as_prefect_tasks_in_process_equal_the_unsharded_rollout(
     tmp_path: Path, prefect_server: None
 ) -> None:
-    from ragdistill.orchestration.runners import prefect_shard_runner
+    from ragdistill.tasks.shards import prefect_shard_runner
 
     single = counter_config(tmp_path / "single")
     sharded = counter_config(tmp_path / "threads", **{"rollout.shards": 2})
-    first = run_rollout(single, backend=InstructedPolicyDouble())
+    first = rollout(single, InstructedPolicyDouble())
     with use_shard_runner(prefect_shard_runner(sharded.orchestration)):
-        second = run_rollout(sharded, backend=InstructedPolicyDouble(trace_dir=tmp_path))
+        second = rollout(sharded, InstructedPolicyDouble(trace_dir=tmp_path))
     assert {int(path.name) for path in tmp_path.iterdir() if path.name.isdigit()} == {os.getpid()}
     assert played(sharded)[1] == played(single)[1] and second.counts == first.counts

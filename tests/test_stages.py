@@ -19,14 +19,15 @@ import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.inference.base import ChatMessage, Generation, GenerationRequest
+from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
+from ragdistill.layout import HINTS_DIR
 from ragdistill.leases import LeaseHeldError, StageLease
-from ragdistill.stages import StageError, run_mining, run_rollout
-from ragdistill.stages.layout import HINTS_DIR
-from ragdistill.stages.lifecycle import current_manifest
-from ragdistill.stages.mining import CHUNKS_DIR
-from ragdistill.store import ArtifactStore, read_manifest, read_records
+from ragdistill.stages.lifecycle import StageError, StageIdentity, current_manifest, upstream_inputs
+from ragdistill.stages.mining import CHUNKS_DIR, run_mining
+from ragdistill.stages.rollout import rollout_identity, run_rollout
+from ragdistill.store import ArtifactStore, Manifest, read_manifest, read_records
 
 TESTS_DIR = Path(__file__).parent
 HINT = '{"hints": [{"text": "Open {container} before looking for {object} inside it."}]}'
@@ -79,6 +80,20 @@ def counter_config(tmp_path: Path, **overrides: object) -> ExperimentConfig:
     return with_overrides(ExperimentConfig(), {**settings, **overrides})
 
 
+def rollout(config: ExperimentConfig, backend: Backend) -> Manifest:
+    """Stage A of ``config`` with ``backend`` as the agent."""
+    stages = PipelineSettings.from_experiment(config)
+    return run_rollout(stages.ctx, stages.rollout(), {}, backend=backend)
+
+
+def mine(config: ExperimentConfig, backend: Backend) -> Manifest:
+    """Stage B of ``config`` on its base rollout as the run root holds it now, ``backend`` extracting."""
+    stages = PipelineSettings.from_experiment(config)
+    settings = stages.mining
+    inputs = upstream_inputs(ArtifactStore(stages.ctx.run_root), settings)
+    return run_mining(stages.ctx, settings, inputs, backend=backend)
+
+
 def episodes(config: ExperimentConfig, stage: str = "base") -> list[EpisodeRecord]:
     store = ArtifactStore(config.run.run_root)
     manifest = read_manifest(store, f"rollouts/{stage}")
@@ -90,14 +105,14 @@ def test_a_rollout_is_current_after_it_finishes_and_a_larger_limit_plays_only_th
 ) -> None:
     config = counter_config(tmp_path, **{"env.limit": 4})
     backend = PolicyDouble("inc")
-    first = run_rollout(config, backend=backend)
+    first = rollout(config, backend)
     assert first.counts["episodes"] == 4 and first.counts["won"] == 4
     calls = len(backend.requests)
-    assert run_rollout(config, backend=backend).identity == first.identity
+    assert rollout(config, backend).identity == first.identity
     assert len(backend.requests) == calls, "a finished stage with the same identity plays nothing"
 
     bigger = with_overrides(config, {"env.limit": 6})
-    second = run_rollout(bigger, backend=backend)
+    second = rollout(bigger, backend)
     played = {record.task_id for record in episodes(bigger)}
     assert second.counts["episodes"] == 6 and played == {f"t{i}" for i in range(6)}
     stats = ArtifactStore(config.run.run_root).read_json("rollouts/base/run-stats.json")
@@ -109,18 +124,18 @@ def test_a_setting_the_rollout_reads_starts_it_again_and_one_it_does_not_read_do
 ) -> None:
     config = counter_config(tmp_path)
     backend = PolicyDouble("inc")
-    first = run_rollout(config, backend=backend)
+    first = rollout(config, backend)
     calls = len(backend.requests)
     unrelated = with_overrides(
         config,
         {"training.learning_rate": 1e-4, "env.workers": 1, "rollout.batch_size": 2, "run.name": "renamed",
          "mining.max_hints_per_failure": 2, "retrieval.k": 5, "rollout.shard_size": 3},
     )  # fmt: skip
-    assert run_rollout(unrelated, backend=backend).identity == first.identity
+    assert rollout(unrelated, backend).identity == first.identity
     assert len(backend.requests) == calls
 
     changed = with_overrides(config, {"agent.max_calls": 3})
-    again = run_rollout(changed, backend=PolicyDouble("wait"))
+    again = rollout(changed, PolicyDouble("wait"))
     assert again.identity != first.identity
     assert all(not record.success and record.model_calls == 3 for record in episodes(changed))
 
@@ -128,11 +143,11 @@ def test_a_setting_the_rollout_reads_starts_it_again_and_one_it_does_not_read_do
 def test_a_deleted_or_altered_shard_makes_the_stage_run_again(tmp_path: Path) -> None:
     config = counter_config(tmp_path)
     store = ArtifactStore(config.run.run_root)
-    first = run_rollout(config, backend=PolicyDouble("inc"))
+    first = rollout(config, PolicyDouble("inc"))
     (shard,) = [name for name in first.files if name.startswith("shard-")]
     store.write_text(f"rollouts/base/{shard}", store.read_text(f"rollouts/base/{shard}").replace("t1", "tX"))
     backend = PolicyDouble("inc")
-    rebuilt = run_rollout(config, backend=backend)
+    rebuilt = rollout(config, backend)
     assert backend.requests, "an altered output is not current"
     assert {record.task_id for record in episodes(config)} == {f"t{i}" for i in range(6)}
     assert rebuilt.counts["episodes"] == 6
@@ -140,7 +155,7 @@ def test_a_deleted_or_altered_shard_makes_the_stage_run_again(tmp_path: Path) ->
 
 def test_a_request_that_fails_ends_its_episode_and_the_stage_finishes(tmp_path: Path) -> None:
     config = counter_config(tmp_path, **{"rollout.max_error_share": 0.5})
-    manifest = run_rollout(config, backend=PolicyDouble("inc", poison="start t2 "))
+    manifest = rollout(config, PolicyDouble("inc", poison="start t2 "))
     assert manifest.counts == {"episodes": 6, "won": 5, "errors": 1, "transient_errors": 0}
     (failed,) = [record for record in episodes(config) if not record.success]
     assert failed.task_id == "t2" and failed.error_kind == "request" and "too long" in failed.error
@@ -151,7 +166,7 @@ def test_too_many_errors_fail_the_stage_naming_the_first_causes_and_keep_the_rec
     with pytest.raises(
         StageError, match=r"1 of 6 episodes .* ended in an error.*\n  t2: request \d+: too long"
     ):
-        run_rollout(config, backend=PolicyDouble("inc", poison="start t2 "))
+        rollout(config, PolicyDouble("inc", poison="start t2 "))
     store = ArtifactStore(config.run.run_root)
     assert not store.exists("rollouts/base/manifest.json")
     assert len(list(read_records(store, "rollouts/base"))) == 6, "finished episodes are kept"
@@ -174,20 +189,19 @@ def test_episodes_ended_by_an_infrastructure_fault_are_played_again_on_resume(tm
                 )
             return out
 
-    first = run_rollout(config, backend=FlakyDouble())
+    first = rollout(config, FlakyDouble())
     assert first.counts["transient_errors"] == 1
     store = ArtifactStore(config.run.run_root)
     assert current_manifest(store, "rollouts/base", _identity(config)) is None, "holes are never current"
     backend = PolicyDouble("inc")
-    second = run_rollout(config, backend=backend)
+    second = rollout(config, backend)
     assert second.counts == {"episodes": 6, "won": 6, "errors": 0, "transient_errors": 0}
     assert store.read_json("rollouts/base/run-stats.json")["played_now"] == 1
 
 
-def _identity(config: ExperimentConfig):
-    from ragdistill.stages.rollout import base_plan, plan_identity
-
-    return plan_identity(config, base_plan(config))
+def _identity(config: ExperimentConfig) -> StageIdentity:
+    stages = PipelineSettings.from_experiment(config)
+    return rollout_identity(stages.ctx, stages.rollout(), {})
 
 
 def test_a_second_run_on_the_same_folder_stops_with_the_holders_name_or_waits(tmp_path: Path) -> None:
@@ -196,7 +210,7 @@ def test_a_second_run_on_the_same_folder_stops_with_the_holders_name_or_waits(tm
     held = StageLease(store, "rollouts/base", label="other-run: rollouts/base")
     refused = pytest.raises(LeaseHeldError, match=r"being written by 'other-run: rollouts/base' \(pid")
     with held, refused:
-        run_rollout(config, backend=PolicyDouble("inc"))
+        rollout(config, PolicyDouble("inc"))
     assert not store.exists("rollouts/base/manifest.json")
 
     holder = StageLease(store, "rollouts/base", label="slow run")
@@ -206,7 +220,7 @@ def test_a_second_run_on_the_same_folder_stops_with_the_holders_name_or_waits(tm
 
     threading.Timer(1.0, holder.release).start()
     started = time.monotonic()
-    manifest = run_rollout(waiting, backend=PolicyDouble("inc"))
+    manifest = rollout(waiting, PolicyDouble("inc"))
     assert time.monotonic() - started >= 0.9 and manifest.counts["episodes"] == 6
 
 
@@ -214,9 +228,8 @@ MINING_SCRIPT = """
 import sys, time
 sys.path.insert(0, {tests!r})
 import env_doubles
-from test_stages import PolicyDouble, counter_config
+from test_stages import PolicyDouble, counter_config, mine
 from pathlib import Path
-from ragdistill.stages import run_mining
 
 class SlowExtractor(PolicyDouble):
     def generate(self, requests):
@@ -227,7 +240,7 @@ class SlowExtractor(PolicyDouble):
 
 config = counter_config(Path({tmp!r}), **{{"env.limit": 8}})
 backend = SlowExtractor("wait")
-run_mining(config, backend=backend)
+mine(config, backend)
 print("sent", len(backend.requests), flush=True)
 """
 
@@ -239,7 +252,7 @@ def _mine_in_subprocess(tmp_path: Path, delay: float) -> subprocess.Popen[str]:
 
 def test_a_kill_during_mining_loses_at_most_one_chunk(tmp_path: Path) -> None:
     config = counter_config(tmp_path, **{"env.limit": 8})
-    run_rollout(config, backend=PolicyDouble("wait"))  # 8 failures
+    rollout(config, PolicyDouble("wait"))  # 8 failures
     store = ArtifactStore(config.run.run_root)
 
     process = _mine_in_subprocess(tmp_path, delay=0.6)
@@ -266,22 +279,22 @@ def test_a_kill_during_mining_loses_at_most_one_chunk(tmp_path: Path) -> None:
 
 def test_mining_again_after_more_rollouts_sends_only_the_new_failures(tmp_path: Path) -> None:
     config = counter_config(tmp_path, **{"env.limit": 4})
-    run_rollout(config, backend=PolicyDouble("wait"))
+    rollout(config, PolicyDouble("wait"))
     first = PolicyDouble()
-    run_mining(config, backend=first)
+    mine(config, first)
     assert len(first.requests) == 4
     bigger = with_overrides(config, {"env.limit": 6})
-    run_rollout(bigger, backend=PolicyDouble("wait"))
+    rollout(bigger, PolicyDouble("wait"))
     second = PolicyDouble()
-    manifest = run_mining(bigger, backend=second)
+    manifest = mine(bigger, second)
     assert len(second.requests) == 2 and manifest.counts["failures"] == 6
     third = PolicyDouble()
-    assert run_mining(bigger, backend=third).identity == manifest.identity and not third.requests
+    assert mine(bigger, third).identity == manifest.identity and not third.requests
 
 
 def test_an_extractor_request_lost_to_a_fault_is_not_ledgered_and_is_sent_again(tmp_path: Path) -> None:
     config = counter_config(tmp_path, **{"env.limit": 2})
-    run_rollout(config, backend=PolicyDouble("wait"))
+    rollout(config, PolicyDouble("wait"))
 
     class LosesTheFirst(PolicyDouble):
         def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
@@ -289,7 +302,7 @@ def test_an_extractor_request_lost_to_a_fault_is_not_ledgered_and_is_sent_again(
             out[0] = Generation("", "error", 0, 0, error="request 0: timed out", error_kind="transient")
             return out
 
-    manifest = run_mining(config, backend=LosesTheFirst())
+    manifest = mine(config, LosesTheFirst())
     assert manifest.counts["failures_not_answered"] == 1
     store = ArtifactStore(config.run.run_root)
     assert len(store.read_json(f"{HINTS_DIR}/mined-episodes.json")) == 1
@@ -297,7 +310,7 @@ def test_an_extractor_request_lost_to_a_fault_is_not_ledgered_and_is_sent_again(
 
 def test_records_carry_schema_and_prompt_versions_and_the_stored_history(tmp_path: Path) -> None:
     config = counter_config(tmp_path, **{"env.limit": 1})
-    run_rollout(config, backend=PolicyDouble("> inc"))
+    rollout(config, PolicyDouble("> inc"))
     (record,) = episodes(config)
     assert record.schema_version == 2 and len(record.prompt_version) == 16
     assert [step.history_text for step in record.steps] == ["inc", "inc", "inc"]
@@ -307,7 +320,7 @@ def test_records_carry_schema_and_prompt_versions_and_the_stored_history(tmp_pat
 
 def test_every_rollout_stage_pins_its_task_list_and_environment_version(tmp_path: Path) -> None:
     config = counter_config(tmp_path, **{"env.limit": 3})
-    manifest = run_rollout(config, backend=PolicyDouble("inc"))
+    manifest = rollout(config, PolicyDouble("inc"))
     assert "tasks.json" in manifest.files
     pinned = ArtifactStore(config.run.run_root).read_json("rollouts/base/tasks.json")
     assert pinned == {

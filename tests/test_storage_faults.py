@@ -24,12 +24,14 @@ import pytest
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from conftest import S3_BUCKET, free_port, launch_s3rver, require_s3rver
 from ragdistill.config import ExperimentConfig
-from ragdistill.inference.base import Generation, GenerationRequest
+from ragdistill.config.stages import PipelineSettings
+from ragdistill.inference.base import Backend, Generation, GenerationRequest
 from ragdistill.leases import StageLease
 from ragdistill.stages import run_rollout
 from ragdistill.store import (
     ArtifactError,
     ArtifactStore,
+    Manifest,
     RecordLog,
     StorageError,
     check_writable,
@@ -95,6 +97,12 @@ def s3_config(tmp_path: Path, root: str) -> ExperimentConfig:
     return counter_config(tmp_path, **overrides)
 
 
+def rollout(config: ExperimentConfig, backend: Backend) -> Manifest:
+    """Stage A of ``config`` with ``backend`` as the agent."""
+    stages = PipelineSettings.from_experiment(config)
+    return run_rollout(stages.ctx, stages.rollout(), {}, backend=backend)
+
+
 @pytest.mark.s3
 def test_a_stage_whose_server_dies_fails_clearly_and_resumes_to_exactly_the_expected_records(
     own_s3: RestartableS3, tmp_path: Path
@@ -102,7 +110,7 @@ def test_a_stage_whose_server_dies_fails_clearly_and_resumes_to_exactly_the_expe
     config = s3_config(tmp_path, f"s3://{S3_BUCKET}/run")
     killer = ServerKillingPolicy(own_s3, kill_at=5)  # two episodes (three calls each) are recorded by then
     with pytest.raises(StorageError) as raised:
-        run_rollout(config, backend=killer)
+        rollout(config, killer)
     assert killer.killed_at is not None and time.monotonic() - killer.killed_at < 30, "bounded retries"
     message = str(raised.value)
     assert f"bucket '{S3_BUCKET}' at {own_s3.endpoint}" in message and "run the stage again" in message
@@ -116,7 +124,7 @@ def test_a_stage_whose_server_dies_fails_clearly_and_resumes_to_exactly_the_expe
     assert 2 <= len(kept) < 6 and all(record["success"] for record in kept), "only complete records"
 
     resumed = PolicyDouble("inc")
-    manifest = run_rollout(config, backend=resumed)
+    manifest = rollout(config, resumed)
     records = list(read_records(store, "rollouts/base", manifest))
     assert sorted(record["task_id"] for record in records) == [f"t{i}" for i in range(6)]
     assert manifest.counts["episodes"] == 6 and manifest.counts["won"] == 6
@@ -170,7 +178,7 @@ def test_a_missing_bucket_stops_the_stage_before_any_work(own_s3: RestartableS3,
     config = s3_config(tmp_path, "s3://no-such-bucket/run")
     policy = PolicyDouble("inc")
     with pytest.raises(StorageError, match=f"bucket 'no-such-bucket' at {own_s3.endpoint} does not exist"):
-        run_rollout(config, backend=policy)
+        rollout(config, policy)
     assert policy.requests == []
     assert sorted(os.listdir(own_s3.directory)) == [S3_BUCKET], "nothing was created"
 
@@ -183,7 +191,7 @@ def test_refused_credentials_stop_the_stage_before_any_work(
     config = s3_config(tmp_path, f"s3://{S3_BUCKET}/refused")
     policy = PolicyDouble("inc")
     with pytest.raises(StorageError, match="refused the credentials") as raised:
-        run_rollout(config, backend=policy)
+        rollout(config, policy)
     assert f"bucket '{S3_BUCKET}' at {own_s3.endpoint}" in str(raised.value)
     assert "AWS_ACCESS_KEY_ID" in str(raised.value)
     assert policy.requests == []

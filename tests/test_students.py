@@ -9,21 +9,37 @@ students evaluated with vLLM, and the report with its figure.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.config import ExperimentConfig, with_overrides
-from ragdistill.stages import run_mining, run_rollout
-from ragdistill.stages.datasets import run_datasets
-from ragdistill.stages.evaluation import SkippedMethod, eval_tasks, run_evaluation
+from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
+from ragdistill.rollout.plan import select_tasks
+from ragdistill.stages.datasets import run_dataset
+from ragdistill.stages.evaluation import SkippedMethod, run_evaluation
+from ragdistill.stages.lifecycle import upstream_inputs
+from ragdistill.stages.mining import run_mining
 from ragdistill.stages.report import run_report, write_run_file
+from ragdistill.stages.rollout import run_rollout
 from ragdistill.stages.training import run_training
 from ragdistill.store import ArtifactStore, read_manifest
 from test_stages import PolicyDouble, counter_config
 
+Result = TypeVar("Result")
+
 REPO = Path(__file__).resolve().parents[1]
+
+
+def on_upstream(
+    stage: Callable[..., Result], ctx: RunContext, settings: StageSettings, **options: Any
+) -> Result:
+    """Run ``stage`` handed the digests of its upstream folders as the run root holds them now (as the
+    CLI does)."""
+    return stage(ctx, settings, upstream_inputs(ArtifactStore(ctx.run_root), settings), **options)
 
 
 def test_an_empty_training_set_is_recorded_and_flows_through_training_evaluation_and_report(
@@ -31,36 +47,34 @@ def test_an_empty_training_set_is_recorded_and_flows_through_training_evaluation
 ) -> None:
     config = counter_config(tmp_path, **{"env.limit": 4, "evaluation.split": "test", "evaluation.limit": 2,
                                          "evaluation.methods": ["base", "sft"]})  # fmt: skip
-    run_rollout(config, backend=PolicyDouble("wait"))  # no success: nothing to learn from
-    datasets = run_datasets_sft_only(config)
+    stages = PipelineSettings.from_experiment(config)
+    ctx, store = stages.ctx, ArtifactStore(config.run.run_root)
+    run_rollout(ctx, stages.rollout(), {}, backend=PolicyDouble("wait"))  # no success: nothing to learn from
+    datasets = on_upstream(run_dataset, ctx, stages.dataset("sft"))
     assert datasets.counts["examples"] == 0 and datasets.counts["skipped_not_successful"] == 4
-    card = ArtifactStore(config.run.run_root).read_text("datasets/sft/README.md")
+    card = store.read_text("datasets/sft/README.md")
     assert "This set is empty: none of the 4 episodes of the base agent qualified (4 not successful)" in card
 
-    trained = run_training(config, "sft")
+    trained = on_upstream(run_training, ctx, stages.training("sft"))
     assert trained.counts == {"trained": 0} and "training set is empty" in trained.extra["skipped"]
-    assert run_training(config, "sft").identity == trained.identity, "a recorded skip is current"
+    again = on_upstream(run_training, ctx, stages.training("sft"))
+    assert again.identity == trained.identity, "a recorded skip is current"
 
-    skipped = run_evaluation(config, "sft")
+    skipped = on_upstream(run_evaluation, ctx, stages.evaluation("sft"))
     assert isinstance(skipped, SkippedMethod) and "training set is empty" in skipped.reason
-    base = run_evaluation(config, "base", backend=PolicyDouble("inc"))
+    base_settings = stages.evaluation("base")
+    base = on_upstream(run_evaluation, ctx, base_settings, backend=PolicyDouble("inc"))
     assert not isinstance(base, SkippedMethod) and base.counts["episodes"] == 2 and base.counts["won"] == 2
-    assert [task.task_id for task in eval_tasks(config)] == ["t0", "t1"]
+    pinned = select_tasks(ctx, base_settings.env, base_settings.tasks)
+    assert [task.task_id for task in pinned] == ["t0", "t1"]
 
-    write_run_file(config, "configs/counter.yaml")
-    report = run_report(config)
-    store = ArtifactStore(config.run.run_root)
+    write_run_file(store, "counter", config.model_dump(mode="json"))
+    report = on_upstream(run_report, ctx, stages.report("counter"))
     text = store.read_text("reports/report.md")
     assert report.counts["methods"] == 1 and store.exists("reports/accuracy_tokens.png")
     assert "training set is empty" in text and "100.0" in text
     metrics = json.loads(store.read_text("reports/metrics.json"))
     assert {result["method"] for result in metrics["results"]} == {"base", "sft"}
-
-
-def run_datasets_sft_only(config: ExperimentConfig):
-    from ragdistill.stages.datasets import run_dataset
-
-    return run_dataset(config, "sft")
 
 
 @pytest.mark.slow
@@ -100,17 +114,20 @@ def test_students_are_distilled_from_expert_demonstrations_and_evaluated_on_alfw
         },
     )
     store = ArtifactStore(config.run.run_root)
-    run_rollout(config, backend=PolicyDouble("look"))  # failures to mine: the model is not under test here
-    run_mining(config, backend=PolicyDouble())
-    from ragdistill.stages import run_indexing
+    stages = PipelineSettings.from_experiment(config)
+    ctx = stages.ctx
+    # failures to mine: the model is not under test here
+    run_rollout(ctx, stages.rollout(), {}, backend=PolicyDouble("look"))
+    on_upstream(run_mining, ctx, stages.mining, backend=PolicyDouble())
     from ragdistill.stages.expert import run_expert_teacher
+    from ragdistill.stages.indexing import run_indexing
 
-    run_indexing(config)
-    expert = run_expert_teacher(config)
+    on_upstream(run_indexing, ctx, stages.indexing)
+    expert = on_upstream(run_expert_teacher, ctx, stages.expert)
     assert expert.counts["episodes"] == 6 and expert.counts["won"] == 6
-    datasets = run_datasets(config)
+    datasets = {name: on_upstream(run_dataset, ctx, stages.dataset(name)) for name in ("sft", "distill")}
     assert datasets["distill"].counts["examples"] == 6 and datasets["sft"].counts["examples"] == 0
-    trained = run_training(config, "distill")
+    trained = on_upstream(run_training, ctx, stages.training("distill"))
     result = trained.extra["result"]
     assert result["steps"] == 3 and store.exists("adapters/distill/adapter/adapter_model.safetensors")
     assert {"loss.csv", "loss.png"} <= {name.split("/")[-1] for name in trained.files}
@@ -118,7 +135,7 @@ def test_students_are_distilled_from_expert_demonstrations_and_evaluated_on_alfw
     adapter = store.local_path("adapters/distill/adapter")
     assert_adapter_changes_greedy_outputs(config, adapter)
 
-    evaluated = run_evaluation(config, "distill")
+    evaluated = on_upstream(run_evaluation, ctx, stages.evaluation("distill"))
     assert not isinstance(evaluated, SkippedMethod) and evaluated.counts["episodes"] == 2
     manifest = read_manifest(store, "rollouts/eval-distill")
     from ragdistill.episodes import EpisodeRecord

@@ -13,12 +13,11 @@ from ragdistill.agents.expert import play_expert
 from ragdistill.agents.fewshot import build_examples
 from ragdistill.agents.formats import get_format
 from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.environments.registry import get_profile, list_tasks, make_env
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.stages.evaluation import eval_tasks
-from ragdistill.stages.roles import ResolvedAdapter
-from ragdistill.stages.rollout import base_plan, list_env_tasks, open_pool, rollout_identity, run_rollout
-from ragdistill.stages.teaching import retrieval_settings
+from ragdistill.rollout.plan import open_pool, select_tasks
+from ragdistill.stages.rollout import rollout_identity, run_rollout
 from ragdistill.store import ArtifactStore, read_records
 from rollout_doubles import ScriptedBackendDouble
 
@@ -95,40 +94,41 @@ def _webshop_config(**overrides: object) -> ExperimentConfig:
 
 
 def test_rollouts_and_evaluation_take_goals_in_the_upstream_order() -> None:
-    config = _webshop_config(evaluation={"split": "test", "limit": 3})
-    assert [t.task_id for t in list_env_tasks(config.env)] == [
+    settings = PipelineSettings.from_experiment(_webshop_config(evaluation={"split": "test", "limit": 3}))
+    rollout, evaluation = settings.rollout(), settings.evaluation("base")
+    assert [t.task_id for t in select_tasks(settings.ctx, rollout.env, rollout.tasks)] == [
         f"webshop-train-{i}" for i in range(1500, 1504)
     ]
-    assert [t.task_id for t in eval_tasks(config)] == ["webshop-test-0", "webshop-test-1", "webshop-test-2"]
+    assert [t.task_id for t in select_tasks(settings.ctx, evaluation.env, evaluation.tasks)] == [
+        "webshop-test-0",
+        "webshop-test-1",
+        "webshop-test-2",
+    ]
 
 
 def test_env_options_reach_the_environment_and_the_rollout_identity() -> None:
-    config = _webshop_config(env={"name": "webshop", "options": {"page_size": 3, "max_steps": 2}})
-    with open_pool(config.env, 1) as pool:
-        ((slot, _reset),) = pool.reset_many(list_env_tasks(config.env)[:1])
+    options = {"name": "webshop", "options": {"page_size": 3, "max_steps": 2}}
+    settings = PipelineSettings.from_experiment(_webshop_config(env=options))
+    ctx, rollout = settings.ctx, settings.rollout()
+    with open_pool(ctx, rollout.env, 1) as pool:
+        ((slot, _reset),) = pool.reset_many(select_tasks(ctx, rollout.env, rollout.tasks)[:1])
         first = pool.step_many([(slot, "click[nothing]")])[0]
         second = pool.step_many([(slot, "click[nothing]")])[0]
     assert not first.done and second.done, "max_steps 2 ends the episode at the second step"
-    plain = base_plan(_webshop_config())
-    with_options = base_plan(config)
-    tasks = list_env_tasks(config.env)
-    assert (
-        rollout_identity(config, with_options, tasks, ResolvedAdapter()).settings["env"]["options"]
-        != rollout_identity(_webshop_config(), plain, tasks, ResolvedAdapter()).settings["env"]["options"]
-    )
+    plain = PipelineSettings.from_experiment(_webshop_config())
+    with_options = rollout_identity(ctx, rollout).settings["env"]["options"]
+    assert with_options == {"page_size": 3, "max_steps": 2}
+    assert with_options != rollout_identity(plain.ctx, plain.rollout()).settings["env"]["options"]
 
 
 def test_teacher_identity_reads_group_examples_only_for_the_embedding_classifier() -> None:
-    task_group = retrieval_settings(_webshop_config(retrieval={"group": "task", "group_examples": 10}))
-    assert task_group == retrieval_settings(
-        _webshop_config(retrieval={"group": "task", "group_examples": 20})
-    )
-    embedding = [
-        retrieval_settings(_webshop_config(retrieval={"group": "embedding", "group_examples": n}))
-        for n in (10, 20)
-    ]
-    assert embedding[0] != embedding[1]
-    assert "reranker" in retrieval_settings(_webshop_config(retrieval={"group": "llm"}))
+    def teacher(**retrieval: object) -> dict[str, object]:
+        settings = PipelineSettings.from_experiment(_webshop_config(retrieval=retrieval)).teacher
+        return settings.model_dump(mode="json", include={"retrieval", "reranker"})
+
+    assert teacher(group="task", group_examples=10) == teacher(group="task", group_examples=20)
+    assert teacher(group="embedding", group_examples=10) != teacher(group="embedding", group_examples=20)
+    assert teacher(group="llm")["reranker"] is not None and teacher(group="task")["reranker"] is None
 
 
 def _shopper(observation: str) -> str:
@@ -148,7 +148,8 @@ def test_a_rollout_records_every_part_of_the_reward(tmp_path: Path) -> None:
         env={"name": "webshop", "split": "test", "limit": 2, "workers": 1, "data_dir": str(DATA_DIR)},
         agent={"format": "act", "fewshot_source": "none", "fewshot_count": 0, "max_calls": 6},
     )
-    run_rollout(config, backend=ScriptedBackendDouble(_shopper))
+    settings = PipelineSettings.from_experiment(config)
+    run_rollout(settings.ctx, settings.rollout(), backend=ScriptedBackendDouble(_shopper))
     records = [
         EpisodeRecord.from_dict(r) for r in read_records(ArtifactStore(config.run.run_root), "rollouts/base")
     ]

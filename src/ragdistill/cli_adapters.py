@@ -156,10 +156,15 @@ def register(
 ) -> None:
     """Register the trained, evaluated students and run the promotion gate (the pipeline's promote step)."""
     from ragdistill.config import load_config
+    from ragdistill.config.stages import PipelineSettings
+    from ragdistill.stages.lifecycle import upstream_inputs
     from ragdistill.stages.promotion import run_promotion
+    from ragdistill.store import ArtifactStore
 
     experiment = load_config(config, {"run.run_root": override} if override else None)
-    manifest = run_promotion(experiment, by="cli")
+    stages = PipelineSettings.from_experiment(experiment)
+    ctx, settings = stages.ctx, stages.promotion()
+    manifest = run_promotion(ctx, settings, upstream_inputs(ArtifactStore(ctx.run_root), settings), by="cli")
     decision = manifest.extra.get("decision", {})
     verdict = "promoted" if decision.get("promoted") else "not promoted"
     typer.echo(f"{decision.get('version') or 'no candidate'} {verdict}: {decision.get('reason')}")

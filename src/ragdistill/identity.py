@@ -30,14 +30,16 @@ NOT_OUTPUT_CODE: frozenset[str] = frozenset(
     {
         "ragdistill",
         "ragdistill.config",
+        "ragdistill.config.stages",
         "ragdistill.errors",
+        "ragdistill.layout",
         "ragdistill.identity",
         "ragdistill.store",
         "ragdistill.leases",
         "ragdistill.processes",
         "ragdistill.version",
         "ragdistill.stages",
-        "ragdistill.stages.layout",
+        "ragdistill.stages.identities",
         "ragdistill.stages.lifecycle",
         "ragdistill.inference.shared",
     }
@@ -56,7 +58,12 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 def _module_file(name: str) -> Path | None:
     """The source file of a ragdistill module (found on disk, never imported); None for a non-module
     such as ``ragdistill.config.ExperimentConfig``."""
-    relative = Path(*name.split(".")[1:])
+    if name != PACKAGE and not name.startswith(PACKAGE + "."):
+        return None
+    parts = name.split(".")[1:]
+    if not parts:
+        return PACKAGE_DIR / "__init__.py"
+    relative = Path(*parts)
     for candidate in (PACKAGE_DIR / relative.with_suffix(".py"), PACKAGE_DIR / relative / "__init__.py"):
         if candidate.is_file():
             return candidate

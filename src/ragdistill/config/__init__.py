@@ -27,7 +27,7 @@ from ragdistill.config.models import (
     SamplingConfig,
     engine_key,
 )
-from ragdistill.config.retrieval import MiningConfig, RetrievalConfig
+from ragdistill.config.retrieval import HintRules, MiningConfig, RetrievalConfig
 from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
 from ragdistill.config.training import DistillConfig, TrainingConfig
 
@@ -41,6 +41,7 @@ __all__ = [
     "EnvConfig",
     "EvaluationConfig",
     "ExperimentConfig",
+    "HintRules",
     "MiningConfig",
     "ModelSpec",
     "ModelsConfig",

@@ -9,7 +9,9 @@ from pydantic import Field
 from ragdistill.config.base import StrictModel
 
 
-class MiningConfig(StrictModel):
+class HintRules(StrictModel):
+    """What mining keeps of the extractor's answers (stage B's settings, without how work is committed)."""
+
     max_hints_per_failure: int = Field(
         4, gt=0, description="At most this many hints per failure, capped by the environment's hint style."
     )
@@ -18,17 +20,20 @@ class MiningConfig(StrictModel):
     fuzzy_threshold: float = Field(0.85, gt=0, le=1, description="Paper: ratio > 0.85 is a duplicate.")
     embedding_threshold: float = Field(0.9, gt=0, le=1)
     max_failures: int | None = Field(None, gt=0, description="Mine at most this many failures in all.")
-    chunk_size: int = Field(
-        32,
-        gt=0,
-        description="Failures sent to the extractor per commit: a crash loses at most one chunk's answers.",
-    )
     constrain_hint_text: bool = Field(
         False,
         description="Constrain each hint's text in the JSON schema: it starts with an imperative verb of the "
         "environment's list, holds no digits, ends with a period and stays within max_hint_chars. Small "
         "extractors (the demo's 135M model) produce valid hints only this way. vLLM's structured outputs "
         "honour it; keep it off for APIs whose strict mode rejects pattern/maxLength.",
+    )
+
+
+class MiningConfig(HintRules):
+    chunk_size: int = Field(
+        32,
+        gt=0,
+        description="Failures sent to the extractor per commit: a crash loses at most one chunk's answers.",
     )
 
 

@@ -33,7 +33,6 @@ class EnvConfig(StrictModel):
         description="Games one worker process loads before a fresh process replaces it (TextWorld keeps "
         "~5 MB of every game it loaded).",
     )
-    seed: int = Field(42, description="Seed for environments that draw at random (ALFWorld does not).")
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="Keyword arguments for the environment's constructor (WebShop: page_size 3 for the "

@@ -13,10 +13,13 @@ from typing import Any
 
 from prefect import flow
 
+from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
 from ragdistill.flows.naming import flow_run_namer
 from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
 from ragdistill.inference.shared import close_shared_backends
+from ragdistill.layout import STUDENTS
 from ragdistill.stages.report import write_run_file
+from ragdistill.store import ArtifactStore
 from ragdistill.tasks.common import on_run_root
 from ragdistill.tasks.promotion import promote_task
 from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
@@ -31,43 +34,56 @@ def pipeline_flow(
 ) -> dict[str, Any]:
     """Every stage in order: rollout, mine, index, teach (expert), datasets, train, evaluate, report."""
     config, config_file = experiment_config(config_name, overrides, {"run.run_root": run_root})
-    write_run_file(config, str(config_file))
-
-    def task(wrapped: Any) -> Any:
-        return on_run_root(wrapped, config)
-
+    stages = PipelineSettings.from_experiment(config)
+    ctx = stages.ctx
+    write_run_file(ArtifactStore(ctx.run_root), config_file.stem, config.model_dump(mode="json"))
+    run = StageCalls(ctx)
     try:
-        base = task(rollout_task)(config, "base")
-        hints = task(mine_task)(config, base["digest"])
-        index = task(index_task)(config, hints["digest"]) if config.retrieval.retriever == "faiss" else None
-        teacher = task(teach_task)(config, hints["digest"], index["digest"] if index else None)
-        sources = {"base": base["digest"], "teacher": teacher["digest"]}
-        if config.distill.teacher in ("expert", "both"):
-            sources["expert"] = task(expert_task)(config, hints["digest"])["digest"]
-        datasets = {
-            "sft": task(dataset_task)(config, "sft", [base["digest"]]),
-            "distill": task(dataset_task)(
-                config, "distill", [sources[key] for key in sorted(sources) if key != "base"]
-            ),
+        counts = {
+            "base": run(rollout_task, stages.rollout()),
+            "hints": run(mine_task, stages.mining),
         }
-        adapters = {name: task(train_task)(config, name, datasets[name]["digest"]) for name in datasets}
-        evaluations = {
-            method: task(evaluate_task)(
-                config, method, [adapters[method]["digest"]] if method in adapters else [teacher["digest"]]
-            )
-            for method in config.evaluation.methods
-        }
-        promotion = task(promote_task)(config, [result["digest"] for result in evaluations.values()])
-        report = task(report_task)(config, [result["digest"] for result in evaluations.values()])
+        if config.retrieval.retriever == "faiss":
+            run(index_task, stages.indexing)
+        counts["teacher"] = run(teach_task, stages.teacher)
+        counts.update(run_students(run, stages))
     finally:
         close_shared_backends()
-    return {
-        "base": base["counts"],
-        "hints": hints["counts"],
-        "teacher": teacher["counts"],
-        **{f"dataset_{name}": result["counts"] for name, result in datasets.items()},
-        **{f"train_{name}": result["counts"] for name, result in adapters.items()},
-        **{f"eval_{method}": result["counts"] for method, result in evaluations.items()},
-        "promotion": promotion["counts"],
-        "report": report["counts"],
-    }
+    counts["report"] = run(report_task, stages.report(config_file.stem))
+    return counts
+
+
+class StageCalls:
+    """Calls stage tasks in order, each handed the content digests of the folders it reads (its
+    ``settings.input_dirs()``) from the results of the tasks before it; returns each one's counts."""
+
+    def __init__(self, ctx: RunContext, digests: dict[str, str] | None = None) -> None:
+        self.ctx, self.digests = ctx, dict(digests or {})
+
+    def __call__(self, task: Any, settings: StageSettings) -> dict[str, Any]:
+        inputs = {folder: self.digests[folder] for folder in settings.input_dirs() if folder in self.digests}
+        result = on_run_root(task, self.ctx)(self.ctx, settings, inputs)
+        if result.get("digest") is not None:
+            self.digests[settings.stage_dir()] = result["digest"]
+        return result["counts"]
+
+
+def run_students(
+    run: StageCalls,
+    stages: PipelineSettings,
+    registry_root: str | None = None,
+    generation: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Stages D and E after the teacher, in order: the expert teacher (when ``distill.teacher`` asks for
+    it), both training sets and students, every evaluation method and the promotion gate. The pipeline
+    and a retrain generation share this order."""
+    counts: dict[str, Any] = {}
+    if stages.config.distill.teacher in ("expert", "both"):
+        counts["expert"] = run(expert_task, stages.expert)
+    for name in STUDENTS:
+        counts[f"dataset_{name}"] = run(dataset_task, stages.dataset(name))
+        counts[f"train_{name}"] = run(train_task, stages.training(name))
+    for method in stages.config.evaluation.methods:
+        counts[f"eval_{method}"] = run(evaluate_task, stages.evaluation(method))
+    counts["promotion"] = run(promote_task, stages.promotion(registry_root, generation))
+    return counts

@@ -19,10 +19,15 @@ from typing import Any
 
 from prefect import flow
 
+from ragdistill.config import with_overrides
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.flows.naming import flow_run_namer
 from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
+from ragdistill.flows.pipeline import StageCalls, run_students
 from ragdistill.inference.shared import close_shared_backends
-from ragdistill.stages.retrain import advance_watermark, generation_config, record_decision, retrain_turn
+from ragdistill.layout import BASE_STAGE, rollout_prefix
+from ragdistill.stages.collect import next_batch
+from ragdistill.stages.retrain import advance_watermark, generation_root, record_decision, retrain_turn
 from ragdistill.store import ArtifactStore
 from ragdistill.tasks.collect import (
     collect_task,
@@ -31,9 +36,7 @@ from ragdistill.tasks.collect import (
     watermark_from,
 )
 from ragdistill.tasks.common import on_run_root
-from ragdistill.tasks.promotion import promote_task
 from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
-from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, train_task
 
 
 @flow(name="collect", flow_run_name=flow_run_namer("collect"), log_prints=True)
@@ -43,8 +46,10 @@ def collect_flow(
 ) -> dict[str, Any]:
     """Let the current student play the next batch of new tasks and announce the batch's failures."""
     config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root})
+    stages = PipelineSettings.from_experiment(config)
+    ctx = stages.ctx
     try:
-        return collect_task(config)
+        return collect_task(ctx, stages.collect(next_batch(ArtifactStore(ctx.run_root))))
     finally:
         close_shared_backends()
 
@@ -56,17 +61,19 @@ def retrain_flow(
 ) -> dict[str, Any]:
     """Retrain on every collect failure stored since the last retrain, or skip with the reason."""
     config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root})
-    with retrain_turn(config) as busy:
+    stages = PipelineSettings.from_experiment(config)
+    ctx = stages.ctx
+    with retrain_turn(ctx) as busy:
         if busy is not None:
             return busy
-        decision = retrain_decision_task(config)
+        decision = retrain_decision_task(ctx, stages.retrain)
         if decision["skipped"] is not None:
             return {key: value for key, value in decision.items() if key not in ("watermark", "pending")}
         try:
-            counts = _train_generation(config, decision)
+            counts = _train_generation(stages, decision)
         finally:
             close_shared_backends()
-        store = ArtifactStore(config.run.run_root)
+        store = ArtifactStore(ctx.run_root)
         watermark, pending = watermark_from(decision)
         advanced = advance_watermark(store, watermark, pending)
         summary = {
@@ -80,44 +87,20 @@ def retrain_flow(
         return summary
 
 
-def _train_generation(config: Any, decision: dict[str, Any]) -> dict[str, Any]:
+def _train_generation(parent: PipelineSettings, decision: dict[str, Any]) -> dict[str, Any]:
     """Every stage after the rollout, on generation ``k``'s own root (the pipeline's order)."""
     generation = decision["generation"]
     consumed = sorted(set(decision["watermark"]["consumed"]) | set(decision["pending"]))
-    base = on_run_root(prepare_generation_task, config)(config, generation, consumed)
-    parent_root = ArtifactStore(config.run.run_root).root_url
-    config = generation_config(config, generation)
-
-    def task(wrapped: Any) -> Any:
-        return on_run_root(wrapped, config)
-
-    hints = task(mine_task)(config, base["digest"])
-    index = task(index_task)(config, hints["digest"]) if config.retrieval.retriever == "faiss" else None
-    teacher = task(teach_task)(config, hints["digest"], index["digest"] if index else None)
-    sources = {"teacher": teacher["digest"]}
-    if config.distill.teacher in ("expert", "both"):
-        sources["expert"] = task(expert_task)(config, hints["digest"])["digest"]
-    datasets = {
-        "sft": task(dataset_task)(config, "sft", [base["digest"]]),
-        "distill": task(dataset_task)(config, "distill", [sources[key] for key in sorted(sources)]),
-    }
-    adapters = {name: task(train_task)(config, name, datasets[name]["digest"]) for name in datasets}
-    evaluations = {
-        method: task(evaluate_task)(
-            config, method, [adapters[method]["digest"]] if method in adapters else [teacher["digest"]]
-        )
-        for method in config.evaluation.methods
-    }
+    parent_ctx = parent.ctx
+    base = on_run_root(prepare_generation_task, parent_ctx)(parent_ctx, generation, consumed)
+    root = generation_root(parent_ctx.run_root, generation)
+    stages = PipelineSettings.from_experiment(with_overrides(parent.config, {"run.run_root": root}))
+    run = StageCalls(stages.ctx, {rollout_prefix(BASE_STAGE): base["digest"]})
+    counts = {"base": base["counts"], "hints": run(mine_task, stages.mining)}
+    if stages.config.retrieval.retriever == "faiss":
+        run(index_task, stages.indexing)
+    counts["teacher"] = run(teach_task, stages.teacher)
     lineage = {"number": generation, "collect_batches": consumed, "new_batches": sorted(decision["pending"])}
-    promotion = task(promote_task)(
-        config, [result["digest"] for result in evaluations.values()], parent_root, lineage
-    )
-    return {
-        "base": base["counts"],
-        "hints": hints["counts"],
-        "teacher": teacher["counts"],
-        **{f"dataset_{name}": result["counts"] for name, result in datasets.items()},
-        **{f"train_{name}": result["counts"] for name, result in adapters.items()},
-        **{f"eval_{method}": result["counts"] for method, result in evaluations.items()},
-        "promotion": promotion["counts"],
-    }
+    parent_root = ArtifactStore(parent_ctx.run_root).root_url
+    counts.update(run_students(run, stages, registry_root=parent_root, generation=lineage))
+    return counts

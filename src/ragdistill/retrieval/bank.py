@@ -22,7 +22,7 @@ from ragdistill.errors import UserFacingError
 from ragdistill.retrieval.hints import Hint, hint_id, normalise
 
 if TYPE_CHECKING:
-    from ragdistill.config import MiningConfig
+    from ragdistill.config import HintRules
     from ragdistill.store import ArtifactStore
 
 BANK_PATH = "hints/bank.jsonl"
@@ -64,8 +64,8 @@ class HintBank:
         self._vectors_by_type: dict[str, list[np.ndarray]] = {}
 
     @classmethod
-    def from_config(cls, mining: MiningConfig, embedder: TextEmbedder | None = None) -> HintBank:
-        return cls(mining.dedupe, mining.fuzzy_threshold, embedder, mining.embedding_threshold)
+    def from_rules(cls, rules: HintRules, embedder: TextEmbedder | None = None) -> HintBank:
+        return cls(rules.dedupe, rules.fuzzy_threshold, embedder, rules.embedding_threshold)
 
     def __len__(self) -> int:
         return len(self._hints)

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ragdistill.agents.parsing import think_text
-from ragdistill.config import MiningConfig, SamplingConfig
+from ragdistill.config import HintRules, SamplingConfig
 from ragdistill.environments.profile import EnvProfile, HintStyle, ThinkSyntax
 from ragdistill.environments.registry import get_profile
 from ragdistill.episodes import EpisodeRecord, Step
@@ -319,7 +319,7 @@ def mine_hints(
     constrain_hint_text: bool = False,
 ) -> MiningResult:
     """Extract hints from every failed episode in one call (the keyword settings mirror
-    :class:`~ragdistill.config.MiningConfig`). The mining stage does the same chunk by chunk."""
+    :class:`~ragdistill.config.HintRules`). The mining stage does the same chunk by chunk."""
     failures, counts = select_failures(records, max_failures)
     mined = extract_hints(
         failures,
@@ -332,7 +332,7 @@ def mine_hints(
     return summarize(mined, counts)
 
 
-def extraction_options(mining: MiningConfig, sampling: SamplingConfig) -> dict[str, Any]:
+def extraction_options(mining: HintRules, sampling: SamplingConfig) -> dict[str, Any]:
     """:func:`extract_hints` keyword settings from the ``mining`` section and the extractor's sampling."""
     return {
         "max_hints": mining.max_hints_per_failure,
@@ -343,7 +343,7 @@ def extraction_options(mining: MiningConfig, sampling: SamplingConfig) -> dict[s
 
 
 def mine_hints_from_config(
-    records: Iterable[EpisodeRecord], backend: Backend, mining: MiningConfig, sampling: SamplingConfig
+    records: Iterable[EpisodeRecord], backend: Backend, mining: HintRules, sampling: SamplingConfig
 ) -> MiningResult:
     """:func:`mine_hints` with the ``mining`` section and the extractor role's sampling."""
     return mine_hints(

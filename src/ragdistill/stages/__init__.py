@@ -5,8 +5,8 @@ inputs (exactly the files their manifests list), and what it writes. Prefect tas
 ``ragdistill.tasks`` wrap these functions; nothing here imports Prefect.
 """
 
+from ragdistill.layout import BASE_STAGE, HINTS_DIR, INDEX_DIR, TEACHER_STAGE, rollout_prefix
 from ragdistill.stages.indexing import run_indexing
-from ragdistill.stages.layout import BASE_STAGE, HINTS_DIR, INDEX_DIR, TEACHER_STAGE, rollout_prefix
 from ragdistill.stages.lifecycle import StageError
 from ragdistill.stages.mining import run_mining
 from ragdistill.stages.rollout import run_rollout

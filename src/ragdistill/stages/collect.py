@@ -1,11 +1,18 @@
 """The collect stage: the current student plays a batch of new tasks into ``rollouts/collect-NNNN``.
 
 The player is the adapter registry's current adapter (``adapter_registry.current_adapter``) on the
-agent's model, or the base model before anything was promoted. Batch ``n`` plays the tasks at positions
+agent's model, or the base model before anything was promoted. Batch ``n``
+(:meth:`~ragdistill.config.stages.PipelineSettings.collect`) plays the tasks at positions
 ``start + n·batch_size`` up to ``start + (n+1)·batch_size`` of the ``collect.split`` task list (see
-:class:`ragdistill.config.CollectConfig`). The cursor is the run root itself: the next batch is the
-lowest number without a finished manifest, so a killed batch is resumed (through the rollout machinery,
-episode by episode) before a new one starts, and successive batches never replay a task.
+:class:`ragdistill.config.CollectConfig`). The cursor is the run root itself: callers play batch
+:func:`next_batch`, the lowest number without a finished manifest, so a killed batch is resumed (through
+the rollout machinery, episode by episode) before a new one starts, and successive batches never replay
+a task.
+
+Identity: a rollout's (``stages.rollout``) under :class:`~ragdistill.config.stages.CollectSettings`,
+whole (the rollout settings and the batch number); inputs: the environment's data version and the
+content digest of the registry's current adapter (``adapter``), resolved when the identity is made;
+growable: the batch's task list.
 
 Each batch is an ordinary rollout stage folder with its manifest; ``stages.retrain`` reads their failures.
 """
@@ -16,22 +23,18 @@ import re
 from dataclasses import dataclass
 
 from ragdistill.adapter_registry import current_adapter
-from ragdistill.config import ExperimentConfig
+from ragdistill.config.stages import CollectSettings, Inputs, RunContext
+from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend
-from ragdistill.rollout import ProgressCallback
-from ragdistill.stages.lifecycle import StageError
-from ragdistill.stages.rollout import RolloutPlan, list_env_tasks, run_rollout_plan
+from ragdistill.layout import COLLECT_PREFIX, ROLLOUTS_DIR, collect_stage, rollout_prefix
+from ragdistill.rollout.engine import ProgressCallback
+from ragdistill.rollout.plan import resolve_adapter, select_tasks
+from ragdistill.stages.lifecycle import StageError, StageIdentity
+from ragdistill.stages.rollout import identity_for, play_settings
 from ragdistill.store import ArtifactError, ArtifactStore, Manifest, read_manifest, read_records
 
-COLLECT_PREFIX = "collect-"
-ROLLOUTS_DIR = "rollouts"
 _BATCH_PATTERN = re.compile(rf"^{ROLLOUTS_DIR}/{COLLECT_PREFIX}(\d{{4,}})/")
-
-
-def collect_stage(batch: int) -> str:
-    """The rollout stage name of collect batch ``batch`` (``collect-0003``)."""
-    return f"{COLLECT_PREFIX}{batch:04d}"
 
 
 def batch_numbers(store: ArtifactStore) -> list[int]:
@@ -47,7 +50,7 @@ def finished_batches(store: ArtifactStore) -> list[str]:
     finished = []
     for number in batch_numbers(store):
         try:
-            read_manifest(store, f"{ROLLOUTS_DIR}/{collect_stage(number)}")
+            read_manifest(store, rollout_prefix(collect_stage(number)))
         except ArtifactError:
             continue
         finished.append(collect_stage(number))
@@ -63,56 +66,61 @@ def next_batch(store: ArtifactStore) -> int:
     return number
 
 
-def first_position(config: ExperimentConfig) -> int:
-    if config.collect.start is not None:
-        return config.collect.start
-    return (config.env.limit or 0) if config.collect.split == config.env.split else 0
-
-
 @dataclass(frozen=True)
 class CollectBatch:
     number: int
-    plan: RolloutPlan
+    stage: str
     adapter: str | None
     """The registry's current adapter the batch plays with (None: the base model)."""
 
-    @property
-    def stage(self) -> str:
-        return self.plan.stage
 
-
-def collect_plan(config: ExperimentConfig, number: int | None = None) -> CollectBatch:
-    """Batch ``number`` (default: :func:`next_batch`) as a rollout plan for the current student."""
-    store = ArtifactStore(config.run.run_root)
-    number = next_batch(store) if number is None else number
-    begin = first_position(config) + number * config.collect.batch_size
-    end = begin + config.collect.batch_size
-    env = config.env.model_copy(update={"split": config.collect.split, "limit": end})
-    tasks = list_env_tasks(env)[begin:end]
+def _batch_tasks(ctx: RunContext, settings: CollectSettings) -> list[TaskInfo]:
+    tasks = select_tasks(ctx, settings.env, settings.tasks)
     if not tasks:
+        selection = settings.tasks
+        whole = select_tasks(ctx, settings.env, selection.model_copy(update={"start": 0, "limit": None}))
         raise StageError(
-            f"collect batch {number} would start at task {begin} of split {config.collect.split!r}, which has "
-            f"only {len(list_env_tasks(env.model_copy(update={'limit': None})))} tasks: no new tasks are left; "
-            "set collect.split to another split or collect.start to replay from an earlier position"
+            f"collect batch {settings.batch} would start at task {selection.start} of split "
+            f"{selection.split!r}, which has only {len(whole)} tasks: no new tasks are left; set "
+            "collect.split to another split or collect.start to replay from an earlier position"
         )
-    adapter = current_adapter(store)
-    role = config.models.agent
-    if adapter is not None:
-        role = role.model_copy(update={"model": role.model.model_copy(update={"adapter": adapter})})
-    plan = RolloutPlan(stage=collect_stage(number), env=env, role=role, tasks=tasks)
-    return CollectBatch(number, plan, adapter)
+    return tasks
+
+
+def _player(store: ArtifactStore, settings: CollectSettings) -> str | None:
+    """The adapter the batch plays with: the registry's current one, else the agent's own (if any)."""
+    return current_adapter(store) or settings.role.model.adapter
+
+
+def collect_identity(
+    ctx: RunContext, settings: CollectSettings, inputs: Inputs | None = None
+) -> StageIdentity:
+    """See the module docstring."""
+    store = ArtifactStore(ctx.run_root)
+    adapter = resolve_adapter(store, _player(store, settings), settings.role.model)
+    return identity_for(ctx, settings, inputs or {}, _batch_tasks(ctx, settings), adapter.digest)
 
 
 def run_collect(
-    config: ExperimentConfig,
-    number: int | None = None,
+    ctx: RunContext,
+    settings: CollectSettings,
+    inputs: Inputs | None = None,
     *,
     backend: Backend | None = None,
     progress: ProgressCallback | None = None,
 ) -> tuple[CollectBatch, Manifest]:
-    """Play one collect batch (resuming it when it was interrupted); the batch and its manifest."""
-    batch = collect_plan(config, number)
-    return batch, run_rollout_plan(config, batch.plan, backend=backend, progress=progress)
+    """Play collect batch ``settings.batch`` (resuming it when it was interrupted); the batch and its
+    manifest."""
+    store = ArtifactStore(ctx.run_root)
+    tasks = _batch_tasks(ctx, settings)
+    registered = current_adapter(store)
+    role = ctx.role_config(settings.role)
+    if registered is not None:
+        role = role.model_copy(update={"model": role.model.model_copy(update={"adapter": registered})})
+    manifest = play_settings(
+        ctx, settings, inputs or {}, role=role, tasks=tasks, backend=backend, progress=progress
+    )
+    return CollectBatch(settings.batch, settings.stage, registered), manifest
 
 
 def recorded_failures(store: ArtifactStore, stage: str) -> list[EpisodeRecord]:
@@ -120,7 +128,7 @@ def recorded_failures(store: ArtifactStore, stage: str) -> list[EpisodeRecord]:
     ended by an error, with at least one step)."""
     from ragdistill.retrieval.mining import select_failures
 
-    prefix = f"{ROLLOUTS_DIR}/{stage}"
+    prefix = rollout_prefix(stage)
     manifest = read_manifest(store, prefix)
     records = (EpisodeRecord.from_dict(item) for item in read_records(store, prefix, manifest))
     failures, _ = select_failures(records)

@@ -11,10 +11,11 @@ holds ``data.parquet`` (``datasets.load_dataset("parquet", data_files=...)``) an
 dataset card with the counts per source and task type, what was left out and why, the filters and the
 source runs. An empty set is a recorded outcome (zero rows, the reason in the card), never an error.
 
-Identity (each dataset on its own): the selection settings (with the environment's default filled
-in), ``training.max_seq_len``, the agent model's tokenizer, the environment's invalid-action text, the
-content digests of the source rollouts
-(and of the hint bank, which the leak check reads) and the code.
+Identity (each dataset on its own; :class:`~ragdistill.config.stages.DatasetSettings`, whole): the
+selection settings, ``training.max_seq_len``, the agent model (its tokenizer), the environment (its
+invalid-action text and default invalid-action limit, through the code), the sources and the segments
+removed; plus the content digests of the source rollouts (and of the hint bank, which the leak check
+reads), the versions of transformers and datasets, and the code.
 """
 
 from __future__ import annotations
@@ -27,125 +28,68 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from ragdistill.config import ExperimentConfig
+from ragdistill.config.stages import DatasetSettings, Inputs, RunContext
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.identity import code_fingerprint, library_versions
-from ragdistill.stages.layout import (
-    BASE_STAGE,
-    DATASETS_DIR,
-    EXPERT_STAGE,
-    HINTS_DIR,
-    TEACHER_STAGE,
-    rollout_prefix,
-)
-from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest, verified_input
+from ragdistill.layout import HINTS_DIR
+from ragdistill.stages.lifecycle import StageIdentity, StageRun, stage_identity, stage_inputs, verified_input
 from ragdistill.store import ArtifactStore, Manifest, read_records
 
 if TYPE_CHECKING:
     from ragdistill.training.examples import Selection
 
-DATASETS: tuple[str, ...] = ("sft", "distill")
 DATA_FILE = "data.parquet"
 CARD_FILE = "README.md"
+LIBRARIES = ("transformers", "datasets")
 
 
-def dataset_dir(name: str) -> str:
-    return f"{DATASETS_DIR}/{name}"
-
-
-def source_stages(config: ExperimentConfig, name: str) -> list[str]:
-    if name == "sft":
-        return [BASE_STAGE]
-    return {"rag": [TEACHER_STAGE], "expert": [EXPERT_STAGE], "both": [TEACHER_STAGE, EXPERT_STAGE]}[
-        config.distill.teacher
-    ]
-
-
-def removed_kinds(name: str) -> tuple[str, ...]:
-    """The base agent's prompt has no hints; both sets drop the few-shot examples."""
-    return ("fewshot",) if name == "sft" else ("hints", "fewshot")
-
-
-def selection(config: ExperimentConfig) -> Selection:
-    """Which episodes become examples: ``distill``'s settings, the environment's invalid observation,
-    and its default invalid-action limit when ``distill.max_invalid_actions`` is unset."""
+def selection(settings: DatasetSettings) -> Selection:
+    """Which episodes become examples: the settings, the environment's invalid observation, and its
+    default invalid-action limit when ``max_invalid_actions`` is unset."""
     from ragdistill.environments.registry import get_profile
     from ragdistill.training.examples import Selection
 
-    profile = get_profile(config.env.name)
-    max_invalid = config.distill.max_invalid_actions
+    profile = get_profile(settings.env)
+    max_invalid = settings.max_invalid_actions
     if max_invalid is None:
         max_invalid = profile.default_max_invalid
-    return Selection(profile.invalid_observation, max_invalid, config.distill.min_score)
+    return Selection(profile.invalid_observation, max_invalid, settings.min_score)
 
 
-def dataset_identity(config: ExperimentConfig, store: ArtifactStore, name: str) -> StageIdentity:
-    inputs = {
-        rollout_prefix(stage): recorded_input_digest(store, rollout_prefix(stage))
-        for stage in source_stages(config, name)
-    }
-    if name == "distill":
-        inputs[HINTS_DIR] = recorded_input_digest(store, HINTS_DIR)
-    model = config.models.agent.model
-    chosen = selection(config)
-    return StageIdentity(
-        stage=f"dataset:{name}",
-        settings={
-            "selection": {
-                "max_invalid_actions": chosen.max_invalid_actions,
-                "min_score": chosen.min_score,
-                "overlong": config.distill.overlong,
-            },
-            "max_seq_len": config.training.max_seq_len,
-            "tokenizer": model.name,
-            "invalid_observation": chosen.invalid_observation,
-            "removed": list(removed_kinds(name)),
-            "libraries": library_versions("transformers", "datasets"),
-        },
-        code=code_fingerprint("ragdistill.stages.datasets"),
-        inputs=inputs,
-    )
+def dataset_identity(ctx: RunContext, settings: DatasetSettings, inputs: Inputs) -> StageIdentity:
+    return stage_identity(settings, stage_inputs(settings, inputs), libraries=LIBRARIES)
 
 
-def run_dataset(config: ExperimentConfig, name: str) -> Manifest:
+def run_dataset(ctx: RunContext, settings: DatasetSettings, inputs: Inputs) -> Manifest:
     """Build ``datasets/<name>``; see the module docstring."""
     from ragdistill.inference.chat import load_tokenizer
     from ragdistill.models import resolve_model
     from ragdistill.training.examples import build_examples, check_leaks
 
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {DATASETS}")
-    store = ArtifactStore(config.run.run_root)
-    identity = dataset_identity(config, store, name)
-    folder = dataset_dir(name)
+    store = ArtifactStore(ctx.run_root)
+    identity = dataset_identity(ctx, settings, inputs)
+    folder, name = settings.stage_dir(), settings.name
     with StageRun(
-        store, folder, identity, label=f"{config.run.name}: {folder}", lease_wait_s=config.run.lease_wait_s
+        store, folder, identity, label=f"{ctx.run_name}: {folder}", lease_wait_s=ctx.lease_wait_s
     ) as run:
         if run.current is not None:
             return run.current
         started = time.perf_counter()
         records: dict[str, EpisodeRecord] = {}
         episodes_per_source: Counter[str] = Counter()
-        for stage in source_stages(config, name):
-            prefix = rollout_prefix(stage)
-            manifest = verified_input(store, prefix)
+        for prefix in settings.sources:
+            manifest = verified_input(store, prefix, inputs[prefix])
             for item in read_records(store, prefix, manifest):
                 record = EpisodeRecord.from_dict(item)
                 records[f"{record.source}/{record.run_id}/{record.task_id}"] = record
                 episodes_per_source[record.source] += 1
-        chosen = selection(config)
-        agent_model = config.models.agent.model
-        tokenizer = load_tokenizer(resolve_model(agent_model), agent_model.trust_remote_code)
+        chosen = selection(settings)
+        tokenizer = load_tokenizer(resolve_model(settings.tokenizer), settings.tokenizer.trust_remote_code)
+        removed = tuple(settings.removed)
         built = build_examples(
-            records.values(),
-            tokenizer,
-            chosen,
-            removed_kinds(name),
-            config.training.max_seq_len,
-            config.distill.overlong,
+            records.values(), tokenizer, chosen, removed, settings.max_seq_len, settings.overlong
         )
         if name == "distill":
-            check_leaks(built.examples, records, _hint_lookup(store))
+            check_leaks(built.examples, records, _hint_lookup(store, inputs[HINTS_DIR]))
         run.clear()
         rows = [example.row() for example in built.examples]
         store.write_bytes(f"{folder}/{DATA_FILE}", _parquet(rows))
@@ -161,21 +105,21 @@ def run_dataset(config: ExperimentConfig, name: str) -> Manifest:
         card = {
             "dataset": name,
             "examples": len(rows),
-            "empty_because": _empty_reason(name, config, built.skipped, len(records)) if not rows else None,
+            "empty_because": _empty_reason(settings, built.skipped, len(records)) if not rows else None,
             "episodes_read": dict(episodes_per_source),
             "examples_per_source": dict(Counter(row["source"] for row in rows)),
             "examples_per_task_type": dict(Counter(row["task_type"] for row in rows)),
             "skipped": dict(built.skipped),
             "filters": {
-                "success_or_min_score": config.distill.min_score,
+                "success_or_min_score": settings.min_score,
                 "max_invalid_actions": chosen.max_invalid_actions,
                 "invalid_observation": chosen.invalid_observation,
-                "removed_segments": list(removed_kinds(name)),
-                "max_seq_len": config.training.max_seq_len,
-                "overlong": config.distill.overlong,
+                "removed_segments": list(removed),
+                "max_seq_len": settings.max_seq_len,
+                "overlong": settings.overlong,
             },
             "source_runs": identity.inputs,
-            "tokenizer": config.models.agent.model.name,
+            "tokenizer": settings.tokenizer.name,
             "identity": identity.key,
         }
         store.write_text(f"{folder}/{CARD_FILE}", dataset_card(card))
@@ -186,23 +130,20 @@ def run_dataset(config: ExperimentConfig, name: str) -> Manifest:
         )
 
 
-def run_datasets(config: ExperimentConfig) -> dict[str, Manifest]:
-    """Both training sets."""
-    return {name: run_dataset(config, name) for name in DATASETS}
-
-
-def _empty_reason(name: str, config: ExperimentConfig, skipped: Counter[str], episodes: int) -> str:
-    source = "the base agent" if name == "sft" else f"the {config.distill.teacher} teacher"
+def _empty_reason(settings: DatasetSettings, skipped: Counter[str], episodes: int) -> str:
+    names = {"teacher": "rag", "expert": "expert"}
+    teachers = " and ".join(names.get(prefix.rsplit("/", 1)[-1], prefix) for prefix in settings.sources)
+    source = "the base agent" if settings.name == "sft" else f"the {teachers} teacher"
     if not episodes:
         return f"{source} recorded no episodes"
     reasons = ", ".join(f"{count} {reason.replace('_', ' ')}" for reason, count in skipped.most_common())
     return f"none of the {episodes} episodes of {source} qualified ({reasons})"
 
 
-def _hint_lookup(store: ArtifactStore) -> Any:
+def _hint_lookup(store: ArtifactStore, expected: str) -> Any:
     from ragdistill.retrieval.bank import HintBank
 
-    verified_input(store, HINTS_DIR)
+    verified_input(store, HINTS_DIR, expected)
     bank = HintBank.load(store)
     return lambda hint_id: bank.get(hint_id).text if hint_id in bank else None
 

@@ -3,7 +3,7 @@ and end with its manifest.
 
 Every stage function runs inside :class:`StageRun`::
 
-    with StageRun(store, "index", identity, label=config.run.name) as run:
+    with StageRun(store, "index", identity, label=ctx.run_name) as run:
         if run.current is not None:      # outputs exist, unchanged, made by this identity
             return run.current
         ...                              # write outputs
@@ -22,20 +22,26 @@ refused credentials stop it before any work), takes the folder's lease (one writ
 ``identity.growable`` holds what may change while finished work is kept: a rollout's task list (a
 larger ``env.limit`` plays only the new tasks), the episodes mining reads (new failures are mined,
 earlier answers reused).
+
+A stage's identity is built from its settings model by :func:`stage_identity`: the whole model (so a
+setting the stage reads is in its identity by construction), the digests of its inputs, the code
+fingerprint of its module and the versions of the libraries whose upgrade changes its output.
 """
 
 from __future__ import annotations
 
 import logging
 import posixpath
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
 
+from ragdistill.config.stages import Inputs, StageSettings
 from ragdistill.errors import UserFacingError
-from ragdistill.identity import digest
+from ragdistill.identity import code_fingerprint, digest, library_versions
+from ragdistill.layout import rerun_command
 from ragdistill.leases import StageLease
-from ragdistill.stages.layout import rerun_command
 from ragdistill.store import (
     MANIFEST_NAME,
     RUN_STATS_NAME,
@@ -68,6 +74,7 @@ class StageIdentity:
     code: str
     inputs: dict[str, str] = field(default_factory=dict)
     growable: dict[str, Any] = field(default_factory=dict)
+    libraries: dict[str, str] = field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -78,13 +85,19 @@ class StageIdentity:
     def resume_key(self) -> str:
         """Equal resume keys mean finished work in the folder may be kept."""
         return digest(
-            {"stage": self.stage, "settings": self.settings, "code": self.code, "inputs": self.inputs}
+            {
+                "stage": self.stage,
+                "settings": self.settings,
+                "code": self.code,
+                "inputs": self.inputs,
+                "libraries": self.libraries,
+            }
         )
 
     def differences(self, recorded: dict[str, Any]) -> list[str]:
         """The parts that differ from an identity recorded earlier, named for a log line."""
         changed: list[str] = []
-        for part in ("settings", "code", "inputs"):
+        for part in ("settings", "code", "inputs", "libraries"):
             old, new = recorded.get(part), getattr(self, part)
             if old == new:
                 continue
@@ -94,6 +107,26 @@ class StageIdentity:
             else:
                 changed.append(part)
         return changed
+
+
+def stage_identity(
+    settings: StageSettings,
+    inputs: Inputs,
+    *,
+    libraries: Iterable[str] = (),
+    growable: dict[str, Any] | None = None,
+) -> StageIdentity:
+    """The identity of a stage run under ``settings`` on ``inputs`` (see the module docstring). Fields in
+    the settings model's ``GROWABLE`` and the ``growable`` given may change while finished work is kept."""
+    dumped = settings.model_dump(mode="json")
+    return StageIdentity(
+        stage=settings.stage_dir(),
+        settings={key: value for key, value in dumped.items() if key not in settings.GROWABLE},
+        code=code_fingerprint(settings.CODE),
+        inputs=dict(inputs),
+        growable={**{key: dumped[key] for key in sorted(settings.GROWABLE)}, **(growable or {})},
+        libraries=library_versions(*libraries),
+    )
 
 
 def current_manifest(store: ArtifactStore, stage_dir: str, identity: StageIdentity) -> Manifest | None:
@@ -118,10 +151,56 @@ def recorded_input_digest(store: ArtifactStore, stage_dir: str) -> str:
     return read_manifest(store, stage_dir, rerun_remedy(stage_dir)).digest
 
 
-def verified_input(store: ArtifactStore, stage_dir: str) -> Manifest:
+def recorded_inputs(store: ArtifactStore, folders: Iterable[str], *, required: bool = True) -> Inputs:
+    """The digests the upstream ``folders`` record now: what a stage run on its own (the CLI, one stage's
+    flow) is handed as its inputs. ``required``: a missing one stops with the command that builds it;
+    otherwise only the finished ones are returned (the report and promotion read what exists)."""
+    found: Inputs = {}
+    for folder in folders:
+        try:
+            found[folder] = recorded_input_digest(store, folder)
+        except ArtifactError:
+            if required:
+                raise
+    return found
+
+
+def handed(inputs: Inputs, *folders: str) -> Inputs:
+    """The digests of ``folders`` out of the ``inputs`` a stage was handed; a folder without one has not
+    finished, and the stage stops with the command that builds it."""
+    missing = [folder for folder in folders if folder not in inputs]
+    if missing:
+        raise StageError(
+            f"this stage reads {', '.join(missing)}, which has no finished manifest (no content digest was "
+            f"handed for it): {rerun_remedy(missing[0])} first"
+        )
+    return {folder: inputs[folder] for folder in folders}
+
+
+def stage_inputs(settings: StageSettings, inputs: Inputs) -> Inputs:
+    """The digests among ``inputs`` of the folders ``settings`` reads: every one of them (else the stage
+    stops, see :func:`handed`), or, for a stage that reads whichever finished, those present."""
+    if settings.OPTIONAL_INPUTS:
+        return {folder: inputs[folder] for folder in settings.input_dirs() if folder in inputs}
+    return handed(inputs, *settings.input_dirs())
+
+
+def upstream_inputs(store: ArtifactStore, settings: StageSettings) -> Inputs:
+    """The digests of the folders ``settings`` reads, as recorded now (see :func:`recorded_inputs`)."""
+    return recorded_inputs(store, settings.input_dirs(), required=not settings.OPTIONAL_INPUTS)
+
+
+def verified_input(store: ArtifactStore, stage_dir: str, expected: str | None = None) -> Manifest:
     """An upstream stage's manifest after checking every file it lists; a missing or altered file stops
-    the reading stage with the command that rebuilds the upstream one."""
-    return verify_manifest(store, stage_dir, rerun_remedy(stage_dir))
+    the reading stage with the command that rebuilds the upstream one. ``expected``: the digest the stage
+    was handed; an upstream folder rebuilt since then stops it too (its identity named other inputs)."""
+    manifest = verify_manifest(store, stage_dir, rerun_remedy(stage_dir))
+    if expected is not None and manifest.digest != expected:
+        raise StageError(
+            f"{store.uri(stage_dir)} changed after this stage was given its content digest "
+            f"({expected[:12]}, now {manifest.digest[:12]}): another run rebuilt it; run this stage again"
+        )
+    return manifest
 
 
 class StageRun:

@@ -1,8 +1,10 @@
 """Stage B: mine the base rollout's failures for hints, in committed chunks, into the hint bank.
 
-Identity: the ``mining`` section (without ``chunk_size``, which only sets how often work is committed),
-the extractor role (model, adapter, backend kind, sampling, library versions) and the mining code; the
-rollout's content digest is *growable*: new failures are mined, answers already given are reused.
+Identity (:class:`~ragdistill.config.stages.MiningSettings`, whole): the hint rules (the ``mining``
+section without ``chunk_size``, which only sets how often work is committed: it is in the run context),
+the extractor role (model, sampling, backend kind), the source rollout's folder and the dedupe embedding
+model, plus the inference library versions and the mining code; the source rollout's content digest is
+*growable*: new failures are mined, answers already given are reused.
 
 Each chunk of failures is sent to the extractor in one batch and committed as ONE object,
 ``hints/chunks/chunk-NNNNNN.json``, holding every answered episode's validated hints and rejections:
@@ -17,38 +19,30 @@ import json
 import time
 from typing import Any
 
-from ragdistill.config import ExperimentConfig
+from ragdistill.config.stages import Inputs, MiningSettings, RunContext
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.identity import code_fingerprint
 from ragdistill.inference.base import Backend
+from ragdistill.inference.factory import BACKEND_LIBRARIES
 from ragdistill.inference.shared import shared_backend
-from ragdistill.stages.layout import BASE_STAGE, HINTS_DIR, REJECTED_HINTS, rollout_prefix
-from ragdistill.stages.lifecycle import StageIdentity, StageRun, recorded_input_digest, verified_input
-from ragdistill.stages.roles import ResolvedAdapter, role_settings
+from ragdistill.layout import HINTS_DIR, REJECTED_HINTS
+from ragdistill.stages.lifecycle import StageIdentity, StageRun, handed, stage_identity, verified_input
 from ragdistill.store import ArtifactStore, Manifest, read_records
 
 CHUNKS_DIR = f"{HINTS_DIR}/chunks"
 MINED_EPISODES = f"{HINTS_DIR}/mined-episodes.json"
 
 
-def mining_identity(
-    config: ExperimentConfig, store: ArtifactStore, source_stage: str = BASE_STAGE
-) -> StageIdentity:
-    source = rollout_prefix(source_stage)
-    return StageIdentity(
-        stage="mine",
-        settings={
-            "mining": config.mining.model_dump(mode="json", exclude={"chunk_size"}),
-            "extractor": role_settings(config.models.extractor, ResolvedAdapter()),
-            "source": source,
-        },
-        code=code_fingerprint("ragdistill.stages.mining"),
-        growable={source: recorded_input_digest(store, source)},
+def mining_identity(ctx: RunContext, settings: MiningSettings, inputs: Inputs) -> StageIdentity:
+    return stage_identity(
+        settings,
+        {},
+        libraries=BACKEND_LIBRARIES[settings.extractor.backend],
+        growable=handed(inputs, settings.source),
     )
 
 
 def run_mining(
-    config: ExperimentConfig, *, source_stage: str = BASE_STAGE, backend: Backend | None = None
+    ctx: RunContext, settings: MiningSettings, inputs: Inputs, *, backend: Backend | None = None
 ) -> Manifest:
     """Stage B; see the module docstring."""
     from ragdistill.retrieval.bank import HintBank
@@ -60,23 +54,24 @@ def run_mining(
         summarize,
     )
 
-    store = ArtifactStore(config.run.run_root)
-    source = rollout_prefix(source_stage)
-    identity = mining_identity(config, store, source_stage)
+    store = ArtifactStore(ctx.run_root)
+    source = settings.source
+    identity = mining_identity(ctx, settings, inputs)
     with StageRun(
-        store, HINTS_DIR, identity, label=f"{config.run.name}: mine", lease_wait_s=config.run.lease_wait_s
+        store, HINTS_DIR, identity, label=f"{ctx.run_name}: mine", lease_wait_s=ctx.lease_wait_s
     ) as run:
         if run.current is not None:
             return run.current
         started = time.perf_counter()
-        rollout = verified_input(store, source)
+        rollout = verified_input(store, source, inputs[source])
         records = [EpisodeRecord.from_dict(item) for item in read_records(store, source, rollout)]
-        failures, counts = select_failures(records, config.mining.max_failures)
+        rules = settings.rules
+        failures, counts = select_failures(records, rules.max_failures)
         ledger = _load_ledger(store)
         new = [record for record in failures if episode_id(record) not in ledger]
-        extractor = config.models.extractor
-        options = extraction_options(config.mining, extractor.sampling)
-        chunk_size = config.mining.chunk_size
+        extractor = ctx.role_config(settings.extractor)
+        options = extraction_options(rules, extractor.sampling)
+        chunk_size = ctx.mining_chunk_size
         sent = 0
         for start in range(0, len(new), chunk_size):
             chunk = new[start : start + chunk_size]
@@ -88,9 +83,7 @@ def run_mining(
 
         current = [ledger[episode_id(record)] for record in failures if episode_id(record) in ledger]
         result = summarize(current, counts)
-        bank = HintBank.from_config(
-            config.mining, _embedder(config) if config.mining.dedupe == "embedding" else None
-        )
+        bank = HintBank.from_rules(rules, _embedder(settings.dedupe_embedding_model))
         outcomes = bank.add_all(result.hints)
         bank.save(store)
         store.write_json(MINED_EPISODES, sorted(entry.episode_id for entry in current))
@@ -137,7 +130,10 @@ def _commit_chunk(store: ArtifactStore, entries: list[dict[str, Any]]) -> None:
     store.write_json(f"{CHUNKS_DIR}/chunk-{number:06d}.json", {"episodes": entries})
 
 
-def _embedder(config: ExperimentConfig) -> Any:
+def _embedder(model: str | None) -> Any:
+    """The embedder of embedding-based dedupe (None: fuzzy dedupe needs none)."""
+    if model is None:
+        return None
     from ragdistill.retrieval.embed import get_embedder
 
-    return get_embedder(config.retrieval.embedding_model)
+    return get_embedder(model)

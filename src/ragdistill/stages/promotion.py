@@ -9,12 +9,14 @@ A student that was not trained (an empty training set) or not evaluated is recor
 with the reason; without a candidate nothing is decided.
 
 Writes ``promotion/decision.json`` (what was registered and decided) and its manifest; the registry under
-``registry/`` belongs to no stage folder and is never cleared. Identity: the ``promotion`` settings, the
-content digests of everything read, and the code. Registering the same adapter with the same evaluation
+``registry/`` belongs to no stage folder and is never cleared. Identity
+(:class:`~ragdistill.config.stages.PromotionSettings`, whole: the ``promotion`` section, the environment,
+the evaluation split, the registry's run root and the generation), the content digests of everything
+read, and the code. Registering the same adapter with the same evaluation
 again finds the version registered before, so a re-run never adds versions.
 
 A retrain generation (``generations/<k>/``, a run root of its own) promotes into its *parent's* registry:
-``run_promotion(..., registry_store=<parent store>, generation=...)`` registers the generation's students
+``PromotionSettings.registry_root`` (the parent's root) and ``generation`` registers the generation's students
 there with their folders named from the parent (``generations/<k>/adapters/<student>/adapter``) and the
 generation (its number and the collect batches it consumed) in their lineage, and the gate compares the
 candidate with the parent's current version, so ``collect`` plays the new student once it is promoted.
@@ -29,14 +31,19 @@ from typing import Any
 
 from ragdistill.adapter_registry import AdapterRegistry, EvalSummary, RegistryEntry, RegistryError
 from ragdistill.adapter_registry.entries import Actor
-from ragdistill.config import ExperimentConfig
+from ragdistill.config.stages import Inputs, PromotionSettings, RunContext
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.identity import code_fingerprint
-from ragdistill.stages.datasets import dataset_dir
-from ragdistill.stages.evaluation import STUDENTS, eval_stage
-from ragdistill.stages.layout import ADAPTERS_DIR, BASE_STAGE, HINTS_DIR, PROMOTION_DIR, rollout_prefix
-from ragdistill.stages.lifecycle import IDENTITY_NAME, StageIdentity, StageRun
-from ragdistill.stages.rollout import TASKS_FILE
+from ragdistill.layout import (
+    ADAPTERS_DIR,
+    HINTS_DIR,
+    PROMOTION_DIR,
+    STUDENTS,
+    TASKS_FILE,
+    dataset_dir,
+    eval_stage,
+    rollout_prefix,
+)
+from ragdistill.stages.lifecycle import IDENTITY_NAME, StageIdentity, StageRun, stage_identity, stage_inputs
 from ragdistill.store import (
     ArtifactError,
     ArtifactStore,
@@ -52,76 +59,43 @@ DECISION_FILE = "decision.json"
 ADAPTER_SUBDIR = "adapter"
 
 
-def promotion_inputs(store: ArtifactStore) -> dict[str, str]:
-    """Every finished stage the promotion reads, by folder, with its content digest."""
-    folders = [rollout_prefix(BASE_STAGE), HINTS_DIR, rollout_prefix(eval_stage("base"))]
-    for name in STUDENTS:
-        folders += [dataset_dir(name), f"{ADAPTERS_DIR}/{name}", rollout_prefix(eval_stage(name))]
-    found: dict[str, str] = {}
-    for folder in folders:
-        try:
-            found[folder] = read_manifest(store, folder).digest
-        except ArtifactError:
-            continue
-    return found
-
-
-def promotion_identity(
-    config: ExperimentConfig,
-    store: ArtifactStore,
-    registry_store: ArtifactStore | None = None,
-    generation: dict[str, Any] | None = None,
-) -> StageIdentity:
-    settings: dict[str, Any] = {"promotion": config.promotion.model_dump(mode="json"), "env": config.env.name}
-    if registry_store is not None:
-        settings["registry"] = registry_store.root_url
-    if generation is not None:
-        settings["generation"] = generation
-    return StageIdentity(
-        stage="promote",
-        settings=settings,
-        code=code_fingerprint("ragdistill.stages.promotion"),
-        inputs=promotion_inputs(store),
-    )
+def promotion_identity(ctx: RunContext, settings: PromotionSettings, inputs: Inputs) -> StageIdentity:
+    return stage_identity(settings, stage_inputs(settings, inputs))
 
 
 def run_promotion(
-    config: ExperimentConfig,
-    *,
-    by: Actor = "pipeline",
-    registry_store: ArtifactStore | None = None,
-    generation: dict[str, Any] | None = None,
+    ctx: RunContext, settings: PromotionSettings, inputs: Inputs, *, by: Actor = "pipeline"
 ) -> Manifest:
-    """Register the students and decide on the candidate; see the module docstring. ``registry_store``:
-    the run root whose registry receives them (default: this run root), which must contain this one;
-    ``generation``: what a retrain generation adds to each student's lineage (``number``,
-    ``collect_batches``)."""
-    store = ArtifactStore(config.run.run_root)
-    identity = promotion_identity(config, store, registry_store, generation)
-    label = f"{config.run.name}: {PROMOTION_DIR}"
-    owner = registry_store if registry_store is not None else store
-    source = Registration(store, _folder_prefix(store, owner), generation)
-    registry = AdapterRegistry(owner, label=label, lease_wait_s=max(config.run.lease_wait_s, 60.0))
-    with StageRun(store, PROMOTION_DIR, identity, label=label, lease_wait_s=config.run.lease_wait_s) as run:
+    """Register the students and decide on the candidate; see the module docstring.
+    ``settings.registry_root``: the run root whose registry receives them (default: this run root), which
+    must contain this one; ``settings.generation``: what a retrain generation adds to each student's
+    lineage (``number``, ``collect_batches``)."""
+    store = ArtifactStore(ctx.run_root)
+    identity = promotion_identity(ctx, settings, inputs)
+    label = f"{ctx.run_name}: {PROMOTION_DIR}"
+    owner = ArtifactStore(settings.registry_root) if settings.registry_root is not None else store
+    source = Registration(store, _folder_prefix(store, owner), settings.generation)
+    registry = AdapterRegistry(owner, label=label, lease_wait_s=max(ctx.lease_wait_s, 60.0))
+    with StageRun(store, PROMOTION_DIR, identity, label=label, lease_wait_s=ctx.lease_wait_s) as run:
         if run.current is not None and _registry_holds(registry, run.current):
             return run.current
         started = time.perf_counter()
         registered: list[dict[str, Any]] = []
         entries: dict[str, RegistryEntry] = {}
         for name in STUDENTS:
-            outcome = _register(config, source, registry, name, by)
+            outcome = _register(ctx, settings, source, registry, name, by)
             if isinstance(outcome, str):
                 registered.append({"student": name, "version": None, "reason": outcome})
                 continue
             entry, new = outcome
             entries[name] = entry
             registered.append({"student": name, "version": entry.version, "new": new})
-        candidate = config.promotion.student
+        candidate = settings.promotion.student
         skipped = next((item.get("reason", "") for item in registered if item["student"] == candidate), "")
-        decision = _decide(config, store, registry, entries.get(candidate), skipped, by)
+        decision = _decide(ctx, settings, store, registry, entries.get(candidate), skipped, by)
         current = registry.pointer()
         payload = {
-            "candidate": config.promotion.student,
+            "candidate": candidate,
             "registered": [{k: v for k, v in item.items() if k != "new"} for item in registered],
             "decision": decision,
             "current": current.version if current else None,
@@ -131,7 +105,7 @@ def run_promotion(
             [DECISION_FILE],
             counts={
                 "registered": len(entries),
-                "candidate": int(config.promotion.student in entries),
+                "candidate": int(candidate in entries),
                 "promoted": int(decision.get("promoted", False)),
             },
             extra={"decision": decision, "versions": sorted(e.version for e in entries.values())},
@@ -176,7 +150,12 @@ def _folder_prefix(store: ArtifactStore, owner: ArtifactStore) -> str:
 
 
 def _register(
-    config: ExperimentConfig, source: Registration, registry: AdapterRegistry, name: str, by: Actor
+    ctx: RunContext,
+    settings: PromotionSettings,
+    source: Registration,
+    registry: AdapterRegistry,
+    name: str,
+    by: Actor,
 ) -> tuple[RegistryEntry, bool] | str:
     """Register one student; the registered entry and whether it is new, or why it was not registered."""
     store = source.store
@@ -187,7 +166,7 @@ def _register(
         return f"the {name} student has not been trained"
     if training.extra.get("skipped"):
         return training.extra["skipped"]
-    evaluation = eval_summary(config, store, name)
+    evaluation = eval_summary(settings, store, name)
     if evaluation is None:
         return f"the {name} student has not been evaluated (add it to evaluation.methods)"
     evaluated = read_manifest(store, rollout_prefix(eval_stage(name))).inputs.get(folder)
@@ -195,7 +174,8 @@ def _register(
         return f"the {name} student's evaluation is of an earlier training: evaluate it again"
     prefix = f"{ADAPTER_SUBDIR}/"
     files = {path[len(prefix) :]: info for path, info in training.files.items() if path.startswith(prefix)}
-    settings = _recorded_settings(store, folder)
+    recorded = _recorded_identity(store, folder)
+    trained_with = recorded.get("settings", {})
     lineage = _lineage(store, name)
     if source.generation is not None:
         lineage["generation"] = source.generation
@@ -204,21 +184,21 @@ def _register(
         source_folder=f"{source.prefix}{folder}/{ADAPTER_SUBDIR}",
         files=files,
         training_manifest=training.digest,
-        base_model=settings.get("base_model", {}),
+        base_model=trained_with.get("base_model", {}),
         lineage=lineage,
         training={
-            "settings": settings.get("training", {}),
-            "seed": settings.get("seed"),
-            "libraries": settings.get("libraries", {}),
+            "settings": trained_with.get("training", {}),
+            "seed": trained_with.get("seed"),
+            "libraries": recorded.get("libraries", {}),
             "result": training.extra.get("result", {}),
         },
         evaluation=evaluation,
-        run={"name": config.run.name, "run_root": store.root_url},
+        run={"name": ctx.run_name, "run_root": store.root_url},
         by=by,
     )
 
 
-def eval_summary(config: ExperimentConfig, store: ArtifactStore, method: str) -> EvalSummary | None:
+def eval_summary(settings: PromotionSettings, store: ArtifactStore, method: str) -> EvalSummary | None:
     """The headline of ``rollouts/eval-<method>`` (None when it has not finished)."""
     from ragdistill.environments.registry import get_profile
     from ragdistill.evaluation.metrics import compute_metrics
@@ -228,7 +208,7 @@ def eval_summary(config: ExperimentConfig, store: ArtifactStore, method: str) ->
         manifest = verify_manifest(store, folder)
     except ArtifactError:
         return None
-    profile = get_profile(config.env.name)
+    profile = get_profile(settings.env)
     records = [EpisodeRecord.from_dict(item) for item in read_records(store, folder, manifest)]
     metrics = compute_metrics(
         records, invalid_observation=profile.invalid_observation, split_task_types=False
@@ -238,18 +218,19 @@ def eval_summary(config: ExperimentConfig, store: ArtifactStore, method: str) ->
         metrics,
         method=method,
         headline=profile.headline,
-        split=tasks.get("split", config.evaluation.split),
+        split=tasks.get("split", settings.eval_split),
         task_list_sha256=manifest.files[TASKS_FILE]["sha256"],
         eval_digest=manifest.digest,
     )
 
 
-def _recorded_settings(store: ArtifactStore, folder: str) -> dict[str, Any]:
-    """The settings a stage folder's identity recorded (what the stage actually ran with)."""
+def _recorded_identity(store: ArtifactStore, folder: str) -> dict[str, Any]:
+    """The identity a stage folder recorded (the settings and libraries the stage actually ran with)."""
     try:
-        return store.read_json(f"{folder}/{IDENTITY_NAME}").get("settings", {})
+        recorded = store.read_json(f"{folder}/{IDENTITY_NAME}")
     except ArtifactError:
         return {}
+    return recorded if isinstance(recorded, dict) else {}
 
 
 def _lineage(store: ArtifactStore, name: str) -> dict[str, Any]:
@@ -290,25 +271,26 @@ def _recorded_growable(store: ArtifactStore, folder: str) -> dict[str, Any]:
 
 
 def _decide(
-    config: ExperimentConfig,
+    ctx: RunContext,
+    settings: PromotionSettings,
     store: ArtifactStore,
     registry: AdapterRegistry,
     candidate: RegistryEntry | None,
     skipped: str,
     by: Actor,
 ) -> dict[str, Any]:
-    settings = config.promotion
+    gate = settings.promotion
     if candidate is None:
         return {"promoted": False, "version": None, "reason": f"no candidate: {skipped}"}
-    if not settings.enabled:
+    if not gate.enabled:
         return {"promoted": False, "version": candidate.version, "reason": "promotion.enabled is false"}
     decision = registry.gate(
         candidate.version,
-        base=eval_summary(config, store, "base"),
-        margin=settings.margin,
-        min_episodes=settings.min_episodes,
+        base=eval_summary(settings, store, "base"),
+        margin=gate.margin,
+        min_episodes=gate.min_episodes,
         by=by,
-        run=config.run.name,
+        run=ctx.run_name,
     )
     return {
         "promoted": decision.promote,

@@ -2,7 +2,8 @@
 
 It reads only finished stages: the evaluation rollouts (exactly the shards their manifests list), the
 dataset cards and the training results, plus ``run.json`` (the run's settings, written by the pipeline
-and the CLI). Identity: the content digests of everything it reads, and the code.
+and the CLI). Identity (:class:`~ragdistill.config.stages.ReportSettings`, whole: the run's config, name
+and methods), plus the content digests of the finished folders it reads, and the code.
 ``ragdistill report RUN_ROOT [RUN_ROOT …]`` renders one report over several run roots (one agent format
 each), which gives the paper's method × agent table.
 """
@@ -13,11 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from ragdistill.config import ExperimentConfig
+from ragdistill.config.stages import Inputs, ReportSettings, RunContext
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.identity import code_fingerprint
-from ragdistill.stages.layout import ADAPTERS_DIR, PROMOTION_DIR, REPORTS_DIR, rollout_prefix
-from ragdistill.stages.lifecycle import StageIdentity, StageRun
+from ragdistill.layout import ADAPTERS_DIR, PROMOTION_DIR, REPORTS_DIR, rollout_prefix
+from ragdistill.stages.lifecycle import StageError, StageIdentity, StageRun, stage_identity, stage_inputs
 from ragdistill.store import (
     ArtifactError,
     ArtifactStore,
@@ -31,49 +31,29 @@ RUN_FILE = "run.json"
 REPORT_FILE = "report.md"
 FIGURE_FILE = "accuracy_tokens.png"
 METRICS_FILE = "metrics.json"
-METHODS: tuple[str, ...] = ("base", "rag", "sft", "distill")
 
 
-def write_run_file(config: ExperimentConfig, config_path: str | None) -> None:
-    """What a report needs to know about the run: its settings and the config it came from."""
-    store = ArtifactStore(config.run.run_root)
-    payload = {
-        "config_name": Path(config_path).stem if config_path else config.run.name,
-        "config": config.model_dump(mode="json"),
-    }
-    store.write_json(RUN_FILE, payload)
+def write_run_file(store: ArtifactStore, config_name: str, config: dict[str, Any]) -> None:
+    """What a report needs to know about the run: its settings (``config``, the experiment config as
+    JSON) and the name of the config file it came from."""
+    store.write_json(RUN_FILE, {"config_name": config_name, "config": config})
 
 
-def _inputs(store: ArtifactStore) -> dict[str, str]:
-    """Every finished stage the report reads, by folder, with its content digest."""
-    found: dict[str, str] = {}
-    for folder in [*(rollout_prefix(f"eval-{m}") for m in METHODS), "datasets/sft", "datasets/distill",
-                   f"{ADAPTERS_DIR}/sft", f"{ADAPTERS_DIR}/distill", PROMOTION_DIR]:  # fmt: skip
-        try:
-            found[folder] = read_manifest(store, folder).digest
-        except ArtifactError:
-            continue
-    return found
+def report_identity(ctx: RunContext, settings: ReportSettings, inputs: Inputs) -> StageIdentity:
+    return stage_identity(settings, stage_inputs(settings, inputs))
 
 
-def report_identity(store: ArtifactStore) -> StageIdentity:
-    run = store.read_json(RUN_FILE) if store.exists(RUN_FILE) else {}
-    return StageIdentity(
-        stage="report",
-        settings={"run": run},
-        code=code_fingerprint("ragdistill.stages.report"),
-        inputs=_inputs(store),
-    )
-
-
-def run_report(config: ExperimentConfig) -> Manifest:
-    """The report of one run root."""
-    store = ArtifactStore(config.run.run_root)
+def run_report(ctx: RunContext, settings: ReportSettings, inputs: Inputs) -> Manifest:
+    """The report of one run root (``inputs``: the finished folders of ``settings.input_dirs()``)."""
+    store = ArtifactStore(ctx.run_root)
     if not store.exists(RUN_FILE):
-        write_run_file(config, None)
-    identity = report_identity(store)
+        raise StageError(
+            f"{store.uri(RUN_FILE)} is missing: the report reads the run's settings from it, which the "
+            "pipeline and `ragdistill report` write first"
+        )
+    identity = report_identity(ctx, settings, inputs)
     with StageRun(
-        store, REPORTS_DIR, identity, label=f"{config.run.name}: report", lease_wait_s=config.run.lease_wait_s
+        store, REPORTS_DIR, identity, label=f"{ctx.run_name}: report", lease_wait_s=ctx.lease_wait_s
     ) as run:
         if run.current is not None:
             return run.current

@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ragdistill.config import ExperimentConfig, with_overrides
+from ragdistill.config.stages import RetrainSettings, RunContext
 from ragdistill.identity import code_fingerprint
+from ragdistill.layout import BASE_STAGE, HINTS_DIR, ROLLOUTS_DIR, rollout_prefix
 from ragdistill.leases import LeaseHeldError, StageLease
 from ragdistill.retrieval.mining import episode_id
-from ragdistill.stages.collect import ROLLOUTS_DIR, finished_batches, recorded_failures
-from ragdistill.stages.layout import BASE_STAGE, HINTS_DIR, rollout_prefix
+from ragdistill.stages.collect import finished_batches, recorded_failures
 from ragdistill.stages.lifecycle import IDENTITY_NAME, StageError, StageIdentity, StageRun
 from ragdistill.store import ArtifactError, ArtifactStore, Manifest, read_manifest, read_records
 
@@ -117,12 +117,12 @@ def pending_failures(store: ArtifactStore, watermark: Watermark) -> PendingFailu
     return PendingFailures(by_stage)
 
 
-def skip_reason(config: ExperimentConfig, pending: PendingFailures) -> str | None:
+def skip_reason(settings: RetrainSettings, pending: PendingFailures) -> str | None:
     """Why no retrain runs now, or None when enough new failures are stored."""
-    if pending.total < config.retrain.min_failures:
+    if pending.total < settings.min_failures:
         return (
             f"{pending.total} new failure(s) stored since the last retrain, fewer than retrain.min_failures "
-            f"({config.retrain.min_failures}): nothing retrained"
+            f"({settings.min_failures}): nothing retrained"
         )
     return None
 
@@ -136,22 +136,22 @@ def record_decision(store: ArtifactStore, payload: dict[str, Any]) -> dict[str, 
     return record
 
 
-def retrain_lease(config: ExperimentConfig) -> StageLease:
+def retrain_lease(ctx: RunContext) -> StageLease:
     """The lease every retrain of a run root holds from its decision to its watermark."""
-    store = ArtifactStore(config.run.run_root)
-    return StageLease(store, RETRAIN_DIR, label=f"{config.run.name}: retrain", wait_s=0.0)
+    store = ArtifactStore(ctx.run_root)
+    return StageLease(store, RETRAIN_DIR, label=f"{ctx.run_name}: retrain", wait_s=0.0)
 
 
 @contextmanager
-def retrain_turn(config: ExperimentConfig) -> Iterator[dict[str, Any] | None]:
+def retrain_turn(ctx: RunContext) -> Iterator[dict[str, Any] | None]:
     """Hold the retrain lease for the block, which sees None; when another retrain holds it, the block
     sees the skip decision recorded here instead (``skipped`` names the holder) and must not retrain."""
-    lease = retrain_lease(config)
+    lease = retrain_lease(ctx)
     try:
         lease.acquire()
     except LeaseHeldError as held:
         reason = f"another retrain of this run root is running, nothing retrained: {held}"
-        yield record_decision(ArtifactStore(config.run.run_root), {"generation": None, "skipped": reason})
+        yield record_decision(ArtifactStore(ctx.run_root), {"generation": None, "skipped": reason})
         return
     try:
         yield None
@@ -159,35 +159,32 @@ def retrain_turn(config: ExperimentConfig) -> Iterator[dict[str, Any] | None]:
         lease.release()
 
 
-def generation_root(config: ExperimentConfig, generation: int) -> str:
-    return ArtifactStore(config.run.run_root).uri(f"{GENERATIONS_DIR}/{generation}")
+def generation_root(run_root: str, generation: int) -> str:
+    """The run root of generation ``generation`` of the run root ``run_root``: every stage of it runs
+    with the same settings there."""
+    return ArtifactStore(run_root).uri(f"{GENERATIONS_DIR}/{generation}")
 
 
-def generation_config(config: ExperimentConfig, generation: int) -> ExperimentConfig:
-    """The config every stage of generation ``generation`` runs with: the same settings, its own root."""
-    return with_overrides(config, {"run.run_root": generation_root(config, generation)})
-
-
-def prepare_generation(config: ExperimentConfig, generation: int, stages: list[str]) -> Manifest:
+def prepare_generation(ctx: RunContext, generation: int, stages: list[str]) -> Manifest:
     """Make generation ``generation``'s root ready for mining: its combined base rollout (the run root's
     ``rollouts/base``, when finished, plus the collect batches ``stages``) and its inherited mining
     ledger. Returns the combined rollout's manifest."""
-    store = ArtifactStore(config.run.run_root)
-    target = ArtifactStore(generation_root(config, generation))
+    store = ArtifactStore(ctx.run_root)
+    target = ArtifactStore(generation_root(ctx.run_root, generation))
     sources = [rollout_prefix(stage) for stage in ([BASE_STAGE] if _finished(store, BASE_STAGE) else [])]
     sources += [f"{ROLLOUTS_DIR}/{stage}" for stage in stages]
     manifests = {source: read_manifest(store, source) for source in sources}
     identity = StageIdentity(
-        stage=f"rollout:{BASE_STAGE}",
+        stage=rollout_prefix(BASE_STAGE),
         settings={"combined": sources},
         code=code_fingerprint("ragdistill.stages.retrain"),
         inputs={source: manifest.digest for source, manifest in manifests.items()},
     )
-    previous = store if generation <= 1 else ArtifactStore(generation_root(config, generation - 1))
+    previous = store if generation <= 1 else ArtifactStore(generation_root(ctx.run_root, generation - 1))
     _inherit_ledger(previous, target)
     prefix = rollout_prefix(BASE_STAGE)
-    label = f"{config.run.name}: generation {generation} rollouts/base"
-    with StageRun(target, prefix, identity, label=label, lease_wait_s=config.run.lease_wait_s) as run:
+    label = f"{ctx.run_name}: generation {generation} rollouts/base"
+    with StageRun(target, prefix, identity, label=label, lease_wait_s=ctx.lease_wait_s) as run:
         if run.current is not None:
             return run.current
         counts = {"episodes": 0, "won": 0, "errors": 0, "transient_errors": 0}

@@ -6,8 +6,9 @@ training resume from its last checkpoint (the same identity keeps the folder: ``
 A student whose dataset is empty is not trained: the stage finishes with the reason in its manifest
 (``extra.skipped``), which evaluation and the report show.
 
-Identity: every ``training.*`` setting, the base model, the dataset's content digest, the library
-versions of torch / transformers / TRL / peft / accelerate, and the code.
+Identity (:class:`~ragdistill.config.stages.TrainingSettings`, whole): every ``training.*`` setting, the
+base model and the seed; plus the dataset's content digest, the library versions of torch /
+transformers / TRL / peft / accelerate, and the code.
 
 Object-store run roots: training writes to a local working folder under the cache and uploads the
 results when it ends (a resume after a crash then starts from that local folder when it is there).
@@ -19,59 +20,45 @@ import shutil
 import time
 from pathlib import Path
 
-from ragdistill.config import ExperimentConfig
-from ragdistill.identity import code_fingerprint, library_versions
-from ragdistill.stages.datasets import DATA_FILE, dataset_dir
-from ragdistill.stages.layout import ADAPTERS_DIR
+from ragdistill.config.stages import Inputs, RunContext, TrainingSettings
+from ragdistill.layout import dataset_dir
+from ragdistill.stages.datasets import DATA_FILE
 from ragdistill.stages.lifecycle import (
     StageError,
     StageIdentity,
     StageRun,
-    recorded_input_digest,
     rerun_remedy,
+    stage_identity,
+    stage_inputs,
     verified_input,
 )
 from ragdistill.store import ArtifactStore, Manifest
 
 STUDENT_OUTPUTS = ("adapter", "loss.csv", "loss.png", "tensorboard", "train.log", "result.json")
+LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
 
 
-def adapter_dir(name: str) -> str:
-    return f"{ADAPTERS_DIR}/{name}"
+def training_identity(ctx: RunContext, settings: TrainingSettings, inputs: Inputs) -> StageIdentity:
+    return stage_identity(settings, stage_inputs(settings, inputs), libraries=LIBRARIES)
 
 
-def training_identity(config: ExperimentConfig, store: ArtifactStore, name: str) -> StageIdentity:
-    model = config.models.agent.model
-    return StageIdentity(
-        stage=f"train:{name}",
-        settings={
-            "training": config.training.model_dump(mode="json"),
-            "base_model": {"name": model.name, "dtype": model.dtype},
-            "seed": config.models.agent.sampling.seed,
-            "libraries": library_versions("torch", "transformers", "trl", "peft", "accelerate"),
-        },
-        code=code_fingerprint("ragdistill.stages.training"),
-        inputs={dataset_dir(name): recorded_input_digest(store, dataset_dir(name))},
-    )
-
-
-def run_training(config: ExperimentConfig, name: str) -> Manifest:
-    """Train the ``name`` student on ``datasets/<name>``; see the module docstring."""
+def run_training(ctx: RunContext, settings: TrainingSettings, inputs: Inputs) -> Manifest:
+    """Train the ``settings.name`` student on ``datasets/<name>``; see the module docstring."""
     from ragdistill.inference.shared import close_shared_backends
     from ragdistill.models import default_cache_root, resolve_model
     from ragdistill.training.launch import launch_training
     from ragdistill.training.lora import TrainSpec
 
-    store = ArtifactStore(config.run.run_root)
-    identity = training_identity(config, store, name)
-    folder = adapter_dir(name)
+    store = ArtifactStore(ctx.run_root)
+    identity = training_identity(ctx, settings, inputs)
+    name, folder = settings.name, settings.stage_dir()
     with StageRun(
-        store, folder, identity, label=f"{config.run.name}: {folder}", lease_wait_s=config.run.lease_wait_s
+        store, folder, identity, label=f"{ctx.run_name}: {folder}", lease_wait_s=ctx.lease_wait_s
     ) as run:
         if run.current is not None:
             return run.current
-        dataset = verified_input(store, dataset_dir(name))
-        _check_tokenizer(store, name, dataset, config.models.agent.model.name)
+        dataset = verified_input(store, dataset_dir(name), inputs[dataset_dir(name)])
+        _check_tokenizer(store, name, dataset, settings.base_model.name)
         if dataset.counts.get("examples", 0) == 0:
             reason = f"the {name} training set is empty: {dataset.extra.get('card', {}).get('empty_because')}"
             run.clear()
@@ -90,14 +77,14 @@ def run_training(config: ExperimentConfig, name: str) -> Manifest:
             else _download(store, name, work)
         )
         spec = TrainSpec.from_config(
-            config.training,
+            settings.training,
             dataset=str(data),
-            base_model=resolve_model(config.models.agent.model),
+            base_model=resolve_model(settings.base_model),
             output_dir=str(work),
-            seed=config.models.agent.sampling.seed,
-            trust_remote_code=config.models.agent.model.trust_remote_code,
+            seed=settings.seed,
+            trust_remote_code=settings.base_model.trust_remote_code,
         )
-        result = launch_training(spec, config.training.accelerate_config)
+        result = launch_training(spec, settings.training.accelerate_config)
         if not store.is_local:
             _upload(store, folder, work)
         shutil.rmtree(work / "checkpoints", ignore_errors=True)  # only a killed training needs them

@@ -8,7 +8,7 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from ragdistill.config import ExperimentConfig
+from ragdistill.config.stages import CollectSettings, RetrainSettings, RunContext
 from ragdistill.orchestration.events import emit_failures_recorded
 from ragdistill.stages.collect import recorded_failures, run_collect
 from ragdistill.stages.retrain import (
@@ -26,37 +26,37 @@ from ragdistill.tasks.rollout import progress_reporter
 
 
 @task(name="collect", task_run_name="collect-" + TASK_RUN_SUFFIX, result_serializer="json")
-def collect_task(config: ExperimentConfig, batch: int | None = None) -> dict[str, Any]:
-    """Play the next (or the given) collect batch; emit its failures event. Not cached by Prefect: which
-    batch is next depends on the run root, and the rollout stage itself skips finished work."""
-    store = ArtifactStore(config.run.run_root)
-    planned, manifest = run_collect(config, batch, progress=progress_reporter("collect"))
+def collect_task(ctx: RunContext, settings: CollectSettings) -> dict[str, Any]:
+    """Play one collect batch; emit its failures event. Not cached by Prefect: which batch is next
+    depends on the run root (the flow picks it), and the rollout stage itself skips finished work."""
+    store = ArtifactStore(ctx.run_root)
+    planned, manifest = run_collect(ctx, settings, progress=progress_reporter(settings.stage))
     failures = len(recorded_failures(store, planned.stage))
-    emit_failures_recorded(config, planned.stage, failures)
+    emit_failures_recorded(ctx, planned.stage, failures)
     result = publish_manifest(
-        manifest, key=f"rollout-{planned.stage}", description=f"{config.run.name}: rollouts/{planned.stage}"
+        manifest, key=f"rollout-{planned.stage}", description=f"{ctx.run_name}: rollouts/{planned.stage}"
     )
     return {**result, "batch": planned.stage, "failures": failures, "adapter": planned.adapter}
 
 
 @task(name="retrain-decision", task_run_name="retrain-decision-" + TASK_RUN_SUFFIX, result_serializer="json")
-def retrain_decision_task(config: ExperimentConfig) -> dict[str, Any]:
+def retrain_decision_task(ctx: RunContext, settings: RetrainSettings) -> dict[str, Any]:
     """Read the watermark and the stored failures; record a skip (with its reason) when there are too few."""
-    store = ArtifactStore(config.run.run_root)
+    store = ArtifactStore(ctx.run_root)
     watermark = read_watermark(store)
     pending = pending_failures(store, watermark)
-    reason = skip_reason(config, pending)
+    reason = skip_reason(settings, pending)
     decision = {
         "generation": watermark.generation + 1,
         "new_failures": pending.total,
         "by_batch": {stage: len(ids) for stage, ids in pending.by_stage.items()},
-        "min_failures": config.retrain.min_failures,
+        "min_failures": settings.min_failures,
         "skipped": reason,
     }
     if reason is not None:
         record_decision(store, decision)
         create_markdown_artifact(
-            key="retrain-decision", markdown=f"**Retrain skipped**: {reason}", description=config.run.name
+            key="retrain-decision", markdown=f"**Retrain skipped**: {reason}", description=ctx.run_name
         )
     return {**decision, "watermark": _as_dict(watermark), "pending": pending.by_stage}
 
@@ -66,12 +66,12 @@ def retrain_decision_task(config: ExperimentConfig) -> dict[str, Any]:
     task_run_name="prepare-generation-{generation}-" + TASK_RUN_SUFFIX,
     result_serializer="json",
 )
-def prepare_generation_task(config: ExperimentConfig, generation: int, stages: list[str]) -> dict[str, Any]:
-    manifest = prepare_generation(config, generation, stages)
+def prepare_generation_task(ctx: RunContext, generation: int, stages: list[str]) -> dict[str, Any]:
+    manifest = prepare_generation(ctx, generation, stages)
     return publish_manifest(
         manifest,
         key=f"generation-{generation}-base",
-        description=f"{config.run.name}: generation {generation}",
+        description=f"{ctx.run_name}: generation {generation}",
     )
 
 

@@ -1,9 +1,10 @@
 """What every stage task shares: a cache key that cannot lie, result storage under the run root, and
 readable UI artifacts.
 
-The artifact store is the source of truth; Prefect's cache only saves a task run. A stage task's cache
-key is the hash of the absolute run-root URL, the stage's identity (``stages.lifecycle``) and the code
-of the task wrapper. Before Prefect looks the key up, the stored result under it is removed unless the
+The artifact store is the source of truth; Prefect's cache only saves a task run. Every stage task takes
+``(ctx, settings, inputs)`` (``config.stages``), and one cache key serves them all: the hash of the
+absolute run-root URL, the stage's identity (``stages.identities.identify``) and the code of the task
+wrapper. Before Prefect looks the key up, the stored result under it is removed unless the
 stage's outputs are current (manifest of that identity, every listed file unchanged) and the result
 describes exactly those outputs. So a deleted or altered artifact re-runs its stage (and, through its
 new content digest, everything downstream), a setting no stage reads re-runs nothing, and two
@@ -35,40 +36,39 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import CachePolicy
 from prefect.filesystems import RemoteFileSystem
 
-from ragdistill.config import ExperimentConfig
+from ragdistill.config.stages import RunContext
 from ragdistill.errors import UserFacingError
 from ragdistill.identity import code_fingerprint, digest
-from ragdistill.stages.lifecycle import StageIdentity, current_manifest
+from ragdistill.stages.identities import identify
+from ragdistill.stages.lifecycle import current_manifest
 from ragdistill.store import ArtifactStore, Manifest
 
 RESULTS_DIR = ".prefect-results"
 RESULT_SERIALIZER = "json"
 RESULTS_BLOCK_PREFIX = "ragdistill-results"
-Identify = Callable[[ExperimentConfig, dict[str, Any]], tuple[str, StageIdentity]]
-"""(config, the task's parameters) -> (stage folder, identity the stage would run under)."""
-
 T = TypeVar("T", bound=Task)
 
-TASK_RUN_SUFFIX = "{config.env.name}-{config.run.name}"
-"""Appended to a stage task's run name (a format string over its ``config`` parameter): the environment it
+TASK_RUN_SUFFIX = "{ctx.env_name}-{ctx.run_name}"
+"""Appended to a stage task's run name (a format string over its ``ctx`` parameter): the environment it
 plays and the run it belongs to, e.g. ``rollout-teacher-alfworld-demo-alfworld``."""
 
 
-def stage_cache_key(identify: Identify, task_module: str) -> Callable[[Any, dict[str, Any]], str]:
-    def key(_context: Any, parameters: dict[str, Any]) -> str:
-        config: ExperimentConfig = parameters["config"]
-        store = ArtifactStore(config.run.run_root)
-        try:
-            stage_dir, identity = identify(config, parameters)
-        except UserFacingError:  # an input is missing, or nothing to identify: run the task, which says why
-            return uuid.uuid4().hex
-        value = digest([store.root_url, identity.key, code_fingerprint(task_module)])
-        results = store.child(RESULTS_DIR)
-        if not _stored_result_matches(results, value, current_manifest(store, stage_dir, identity)):
-            results.delete(value)
-        return value
-
-    return key
+def stage_cache_key(context: Any, parameters: dict[str, Any]) -> str:
+    """The cache key of a stage task run on ``parameters["ctx"]``, ``["settings"]`` and ``["inputs"]``
+    (see the module docstring); a stored result that no longer describes the stage's outputs is removed
+    first, so Prefect never serves it."""
+    ctx: RunContext = parameters["ctx"]
+    settings = parameters["settings"]
+    store = ArtifactStore(ctx.run_root)
+    try:
+        identity = identify(ctx, settings, parameters.get("inputs") or {})
+    except UserFacingError:  # an input is missing, or nothing to identify: run the task, which says why
+        return uuid.uuid4().hex
+    value = digest([store.root_url, identity.key, code_fingerprint(context.task.fn.__module__)])
+    results = store.child(RESULTS_DIR)
+    if not _stored_result_matches(results, value, current_manifest(store, identity.stage, identity)):
+        results.delete(value)
+    return value
 
 
 def _stored_result_matches(results: ArtifactStore, key: str, current: Manifest | None) -> bool:
@@ -87,10 +87,8 @@ def _stored_result_matches(results: ArtifactStore, key: str, current: Manifest |
         return False
 
 
-def stage_cache_policy(identify: Identify, task_module: str) -> CachePolicy:
-    """The cache key of a stage task (see the module docstring); ``task_module`` is the module holding
-    the task, whose code is part of the key."""
-    return CachePolicy.from_cache_key_fn(stage_cache_key(identify, task_module))
+STAGE_CACHE: CachePolicy = CachePolicy.from_cache_key_fn(stage_cache_key)
+"""The cache policy of every stage task (see the module docstring)."""
 
 
 def result_storage(store: ArtifactStore) -> Path | RemoteFileSystem:
@@ -104,9 +102,9 @@ def result_storage(store: ArtifactStore) -> Path | RemoteFileSystem:
     return block
 
 
-def on_run_root(task: T, config: ExperimentConfig) -> T:
+def on_run_root(task: T, ctx: RunContext) -> T:
     """The task with its results persisted as JSON under the run root."""
-    store = ArtifactStore(config.run.run_root)
+    store = ArtifactStore(ctx.run_root)
     return task.with_options(
         result_storage=result_storage(store), result_serializer=RESULT_SERIALIZER, persist_result=True
     )

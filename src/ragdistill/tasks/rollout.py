@@ -1,49 +1,33 @@
-"""Prefect task for stage A: a thin wrapper over ``stages.rollout.run_rollout``."""
+"""Prefect task for stage A (and any other plain rollout stage): a thin wrapper over
+``stages.rollout.run_rollout``, cached on the stage's identity (``tasks.common.STAGE_CACHE``).
+
+``progress_reporter`` (``tasks.progress``) and ``shard_runner_for`` (``tasks.shards``) are importable
+from here too: every rollout-family task reports its episodes and plays its shards as Prefect tasks."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from prefect import task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from ragdistill.config import ExperimentConfig
-from ragdistill.episodes import EpisodeRecord
-from ragdistill.orchestration.runners import prefect_shard_runner
-from ragdistill.rollout import ProgressCallback
-from ragdistill.stages.layout import rollout_prefix
-from ragdistill.stages.lifecycle import StageIdentity
-from ragdistill.stages.rollout import base_plan, plan_identity, run_rollout
-from ragdistill.stages.shards import use_shard_runner
-from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, send_progress, stage_cache_policy
+from ragdistill.config.stages import Inputs, RolloutSettings, RunContext
+from ragdistill.stages.rollout import run_rollout
+from ragdistill.tasks.common import STAGE_CACHE, TASK_RUN_SUFFIX, publish_manifest
+from ragdistill.tasks.progress import progress_reporter
+from ragdistill.tasks.shards import shard_runner_for
 
-
-def progress_reporter(stage: str) -> ProgressCallback:
-    """A progress artifact in the Prefect UI, moved after every finished episode (best effort:
-    :func:`send_progress`)."""
-    progress_id = create_progress_artifact(progress=0.0, description=f"episodes finished in rollouts/{stage}")
-
-    def on_episode(_: EpisodeRecord, finished: int, total: int) -> None:
-        percent = 100.0 * finished / max(total, 1)
-        send_progress(f"rollouts/{stage}", lambda: update_progress_artifact(progress_id, progress=percent))
-
-    return on_episode
-
-
-def _identify(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
-    stage = parameters.get("stage", "base")
-    return rollout_prefix(stage), plan_identity(config, base_plan(config, stage))
+__all__ = ["progress_reporter", "rollout_task", "shard_runner_for"]
 
 
 @task(
     name="rollout",
-    task_run_name="rollout-{stage}-" + TASK_RUN_SUFFIX,
-    cache_policy=stage_cache_policy(_identify, __name__),
+    task_run_name="rollout-{settings.stage}-" + TASK_RUN_SUFFIX,
+    cache_policy=STAGE_CACHE,
     result_serializer="json",
 )
-def rollout_task(config: ExperimentConfig, stage: str = "base") -> dict[str, Any]:
-    with use_shard_runner(prefect_shard_runner(config.orchestration)):
-        manifest = run_rollout(config, stage, progress=progress_reporter(stage))
+def rollout_task(ctx: RunContext, settings: RolloutSettings, inputs: Inputs | None = None) -> dict[str, Any]:
+    with shard_runner_for(ctx):
+        manifest = run_rollout(ctx, settings, inputs, progress=progress_reporter(settings.stage))
     return publish_manifest(
-        manifest, key=f"rollout-{stage}", description=f"{config.run.name}: rollouts/{stage}"
+        manifest, key=f"rollout-{settings.stage}", description=f"{ctx.run_name}: rollouts/{settings.stage}"
     )

@@ -12,98 +12,70 @@ from uuid import UUID
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from ragdistill.config import ExperimentConfig
-from ragdistill.errors import UserFacingError
-from ragdistill.orchestration.runners import prefect_shard_runner
-from ragdistill.stages.datasets import dataset_dir, dataset_identity, run_dataset
-from ragdistill.stages.evaluation import SkippedMethod, adapter_folder, eval_plan, eval_stage, run_evaluation
-from ragdistill.stages.expert import expert_identity, expert_tasks, run_expert_teacher
-from ragdistill.stages.layout import EXPERT_STAGE, REPORTS_DIR, rollout_prefix
-from ragdistill.stages.lifecycle import StageIdentity
-from ragdistill.stages.report import FIGURE_FILE, METRICS_FILE, report_identity, run_report
-from ragdistill.stages.rollout import plan_identity
-from ragdistill.stages.shards import use_shard_runner
-from ragdistill.stages.training import adapter_dir, run_training, training_identity
+from ragdistill.config.stages import (
+    DatasetSettings,
+    EvaluationSettings,
+    ExpertSettings,
+    Inputs,
+    ReportSettings,
+    RunContext,
+    TrainingSettings,
+)
+from ragdistill.layout import REPORTS_DIR, adapter_folder
+from ragdistill.stages.datasets import run_dataset
+from ragdistill.stages.evaluation import SkippedMethod, run_evaluation
+from ragdistill.stages.expert import run_expert_teacher
+from ragdistill.stages.report import FIGURE_FILE, METRICS_FILE, run_report
+from ragdistill.stages.training import run_training
 from ragdistill.store import ArtifactStore
-from ragdistill.tasks.common import TASK_RUN_SUFFIX, publish_manifest, send_progress, stage_cache_policy
-from ragdistill.tasks.rollout import progress_reporter
+from ragdistill.tasks.common import STAGE_CACHE, TASK_RUN_SUFFIX, publish_manifest, send_progress
+from ragdistill.tasks.rollout import progress_reporter, shard_runner_for
 from ragdistill.training.progress import ProgressListener, TrainingProgress, use_training_progress
-
-
-def _store(config: ExperimentConfig) -> ArtifactStore:
-    return ArtifactStore(config.run.run_root)
-
-
-def _expert(config: ExperimentConfig, _: dict[str, Any]) -> tuple[str, StageIdentity]:
-    return rollout_prefix(EXPERT_STAGE), expert_identity(config, _store(config), expert_tasks(config))
-
-
-def _dataset(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
-    return dataset_dir(parameters["name"]), dataset_identity(config, _store(config), parameters["name"])
-
-
-def _training(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
-    return adapter_dir(parameters["name"]), training_identity(config, _store(config), parameters["name"])
-
-
-def _evaluation(config: ExperimentConfig, parameters: dict[str, Any]) -> tuple[str, StageIdentity]:
-    plan = eval_plan(config, parameters["method"])
-    if isinstance(plan, SkippedMethod):
-        raise _Skipped(plan.reason)
-    return rollout_prefix(eval_stage(parameters["method"])), plan_identity(config, plan)
-
-
-def _report(config: ExperimentConfig, _: dict[str, Any]) -> tuple[str, StageIdentity]:
-    return REPORTS_DIR, report_identity(_store(config))
-
-
-class _Skipped(UserFacingError):
-    """A method that cannot be evaluated has no identity: the task runs and records the reason."""
 
 
 @task(
     name="expert",
     task_run_name="expert-" + TASK_RUN_SUFFIX,
-    cache_policy=stage_cache_policy(_expert, __name__),
+    cache_policy=STAGE_CACHE,
     result_serializer="json",
 )
-def expert_task(config: ExperimentConfig, hints_digest: str) -> dict[str, Any]:
-    manifest = run_expert_teacher(config, progress=progress_reporter(EXPERT_STAGE))
-    return publish_manifest(manifest, key="rollout-expert", description=f"{config.run.name}: rollouts/expert")
+def expert_task(ctx: RunContext, settings: ExpertSettings, inputs: Inputs) -> dict[str, Any]:
+    folder = settings.stage_dir()
+    manifest = run_expert_teacher(ctx, settings, inputs, progress=progress_reporter(folder.split("/")[-1]))
+    return publish_manifest(manifest, key="rollout-expert", description=f"{ctx.run_name}: {folder}")
 
 
 @task(
     name="dataset",
-    task_run_name="dataset-{name}-" + TASK_RUN_SUFFIX,
-    cache_policy=stage_cache_policy(_dataset, __name__),
+    task_run_name="dataset-{settings.name}-" + TASK_RUN_SUFFIX,
+    cache_policy=STAGE_CACHE,
     result_serializer="json",
 )
-def dataset_task(config: ExperimentConfig, name: str, source_digests: list[str]) -> dict[str, Any]:
-    manifest = run_dataset(config, name)
+def dataset_task(ctx: RunContext, settings: DatasetSettings, inputs: Inputs) -> dict[str, Any]:
+    manifest = run_dataset(ctx, settings, inputs)
     return publish_manifest(
-        manifest, key=f"dataset-{name}", description=f"{config.run.name}: datasets/{name}"
+        manifest, key=f"dataset-{settings.name}", description=f"{ctx.run_name}: {settings.stage_dir()}"
     )
 
 
 @task(
     name="train",
-    task_run_name="train-{name}-" + TASK_RUN_SUFFIX,
-    cache_policy=stage_cache_policy(_training, __name__),
+    task_run_name="train-{settings.name}-" + TASK_RUN_SUFFIX,
+    cache_policy=STAGE_CACHE,
     result_serializer="json",
 )
-def train_task(config: ExperimentConfig, name: str, dataset_digest: str) -> dict[str, Any]:
+def train_task(ctx: RunContext, settings: TrainingSettings, inputs: Inputs) -> dict[str, Any]:
     from prefect.artifacts import create_link_artifact
 
+    name = settings.name
     with use_training_progress(training_progress_reporter(name)):
-        manifest = run_training(config, name)
+        manifest = run_training(ctx, settings, inputs)
     if manifest.counts.get("trained"):
-        folder = _store(config).uri(adapter_folder(name))
+        folder = ArtifactStore(ctx.run_root).uri(adapter_folder(name))
         create_link_artifact(
             key=f"adapter-{name}-link", link=folder, link_text=folder, description="the adapter"
         )
-    return publish_manifest(
-        manifest, key=f"adapter-{name}", description=f"{config.run.name}: adapters/{name}"
-    )
+    return publish_manifest(manifest, key=f"adapter-{name}", description=f"{ctx.run_name}: adapters/{name}")
 
 
 def training_progress_reporter(name: str) -> ProgressListener:
@@ -136,45 +108,46 @@ def training_progress_reporter(name: str) -> ProgressListener:
 
 @task(
     name="evaluate",
-    task_run_name="evaluate-{method}-" + TASK_RUN_SUFFIX,
-    cache_policy=stage_cache_policy(_evaluation, __name__),
+    task_run_name="evaluate-{settings.method}-" + TASK_RUN_SUFFIX,
+    cache_policy=STAGE_CACHE,
     result_serializer="json",
 )
-def evaluate_task(config: ExperimentConfig, method: str, upstream_digests: list[str]) -> dict[str, Any]:
-    with use_shard_runner(prefect_shard_runner(config.orchestration)):
-        outcome = run_evaluation(config, method, progress=progress_reporter(eval_stage(method)))
+def evaluate_task(ctx: RunContext, settings: EvaluationSettings, inputs: Inputs) -> dict[str, Any]:
+    method = settings.method
+    with shard_runner_for(ctx):
+        outcome = run_evaluation(ctx, settings, inputs, progress=progress_reporter(settings.stage))
     if isinstance(outcome, SkippedMethod):
         return {"method": method, "skipped": outcome.reason, "counts": {}, "digest": None}
     return publish_manifest(
-        outcome, key=f"eval-{method}", description=f"{config.run.name}: {method} on the eval split"
+        outcome, key=f"eval-{method}", description=f"{ctx.run_name}: {method} on the eval split"
     )
 
 
 @task(
     name="report",
     task_run_name="report-" + TASK_RUN_SUFFIX,
-    cache_policy=stage_cache_policy(_report, __name__),
+    cache_policy=STAGE_CACHE,
     result_serializer="json",
 )
-def report_task(config: ExperimentConfig, upstream_digests: list[str | None]) -> dict[str, Any]:
+def report_task(ctx: RunContext, settings: ReportSettings, inputs: Inputs) -> dict[str, Any]:
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-    manifest = run_report(config)
-    store = _store(config)
+    manifest = run_report(ctx, settings, inputs)
+    store = ArtifactStore(ctx.run_root)
     create_markdown_artifact(
         key="report",
         markdown=report_with_inline_figure(store),
-        description=f"{config.run.name}: report ({store.uri(REPORTS_DIR)})",
+        description=f"{ctx.run_name}: report ({store.uri(REPORTS_DIR)})",
     )
     create_table_artifact(
         key="metrics",
         table=metrics_rows(store.read_json(f"{REPORTS_DIR}/{METRICS_FILE}")),
-        description=f"{config.run.name}: every method on the pinned eval tasks",
+        description=f"{ctx.run_name}: every method on the pinned eval tasks",
     )
     create_link_artifact(
-        key="run-root", link=store.uri(""), link_text=config.run.run_root, description="the run's artifacts"
+        key="run-root", link=store.uri(""), link_text=ctx.run_root, description="the run's artifacts"
     )
-    return publish_manifest(manifest, key="report-counts", description=f"{config.run.name}: report")
+    return publish_manifest(manifest, key="report-counts", description=f"{ctx.run_name}: report")
 
 
 def report_with_inline_figure(store: ArtifactStore) -> str:

@@ -28,7 +28,7 @@ from ragdistill.config import AgentConfig
 from ragdistill.environments.base import EnvError, TaskInfo
 from ragdistill.episodes import EpisodeRecord, Step, StopReason, turn_segments
 from ragdistill.messages import ChatMessage
-from ragdistill.rollout import EpisodePool, HintSource, RecordSink, RetrievedHints, error_kind
+from ragdistill.rollout.engine import EpisodePool, HintSource, RecordSink, RetrievedHints, error_kind
 
 EXPERT_MODEL = "expert"
 """What an expert record names as its model: the environment's expert, not a language model."""

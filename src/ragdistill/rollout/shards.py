@@ -2,8 +2,8 @@
 folder, and merged into the stage's records when they end.
 
 - **Split**: round-robin over the pinned task list (task ``i`` goes to shard ``i % shards``). A task's
-  shard depends only on the list and the shard count, and a larger ``env.limit`` (the list grows at its
-  end) leaves every earlier task in its shard.
+  shard depends only on the list and the shard count, and a larger task list (it grows at its end)
+  leaves every earlier task in its shard.
 - **Records**: shard ``k`` appends its episodes under ``<stage>/shards/<k>/parts/``, under its own lease
   (``<stage>/shards/<k>/.lease-*``, so a shard left running by a killed driver, e.g. on a Ray cluster, is
   never written twice). Every run of the stage first merges whatever shard folders it finds into the
@@ -11,9 +11,10 @@ folder, and merged into the stage's records when they end.
   merges again before compacting and writing the manifest. A killed run therefore keeps every episode
   any shard finished, whatever the shard count of the next run.
 - **Runners**: a :data:`ShardRunner` plays a list of :class:`ShardJob` and returns their stats. The
-  default plays them as threads of this process that share one engine (generate calls are serialised:
-  one in-process vLLM engine serves one batch at a time); the Prefect tasks install a runner that
-  submits one Prefect task per shard on the configured task runner (``orchestration.runners``).
+  default (``rollout.play.run_in_threads``) plays them as threads of this process that share one engine
+  (generate calls are serialised: one in-process vLLM engine serves one batch at a time); the Prefect
+  tasks install a runner that submits one Prefect task per shard on the configured task runner
+  (``tasks.shards.prefect_shard_runner``) with :func:`use_shard_runner`.
 
 Neither the shard count nor the runner is part of the stage's identity: the stage's records, files and
 counts are the same set of episodes at the same paths however they were played.
@@ -25,22 +26,21 @@ import posixpath
 import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
+from ragdistill.config.stages import RunContext
 from ragdistill.environments.base import TaskInfo
 from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
 from ragdistill.inference.shared import shared_backend
-from ragdistill.rollout import ProgressCallback, RolloutStats
-from ragdistill.store import RecordLog
+from ragdistill.rollout.engine import ProgressCallback, RolloutStats
+from ragdistill.rollout.plan import RolloutPlan
+from ragdistill.store import ArtifactStore, RecordLog
 
 if TYPE_CHECKING:
-    from ragdistill.config import ExperimentConfig
     from ragdistill.episodes import EpisodeRecord
-    from ragdistill.stages.rollout import RolloutPlan
 
 SHARDS_DIR = "shards"
 _SHARD_FOLDER = re.compile(r"^(\d{3})$")
@@ -60,7 +60,7 @@ def shard_dir(prefix: str, index: int) -> str:
 class ShardJob:
     """One shard of one rollout stage: what a runner needs to play it, in this process or another."""
 
-    config: ExperimentConfig
+    ctx: RunContext
     plan: RolloutPlan
     index: int
     count: int
@@ -108,17 +108,6 @@ def for_threads(jobs: list[ShardJob]) -> list[ShardJob]:
     return [replace(job, backend=shared) for job in jobs]
 
 
-def run_in_threads(jobs: list[ShardJob]) -> list[RolloutStats]:
-    """The default runner: every shard as a thread of this process."""
-    from ragdistill.stages.rollout import play_shard
-
-    jobs = for_threads(jobs)
-    if len(jobs) <= 1:
-        return [play_shard(job) for job in jobs]
-    with ThreadPoolExecutor(max_workers=len(jobs), thread_name_prefix="rollout-shard") as pool:
-        return list(pool.map(play_shard, jobs))
-
-
 _RUNNER: ContextVar[ShardRunner | None] = ContextVar("ragdistill_shard_runner", default=None)
 
 
@@ -132,11 +121,12 @@ def use_shard_runner(runner: ShardRunner) -> Iterator[None]:
         _RUNNER.reset(token)
 
 
-def current_shard_runner() -> ShardRunner:
-    return _RUNNER.get() or run_in_threads
+def installed_shard_runner() -> ShardRunner | None:
+    """The runner :func:`use_shard_runner` installed around this call, if any."""
+    return _RUNNER.get()
 
 
-def shard_logs(store: Any, prefix: str, shard_size: int) -> list[RecordLog]:
+def shard_logs(store: ArtifactStore, prefix: str, shard_size: int) -> list[RecordLog]:
     """The record log of every shard folder under a stage folder, in folder order."""
     base = f"{prefix.strip('/')}/{SHARDS_DIR}"
     folders = sorted(

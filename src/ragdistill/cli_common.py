@@ -1,0 +1,31 @@
+"""What every `ragdistill` command module shares: one-line errors, config loading and the JSON line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ragdistill.config import ConfigError, ExperimentConfig, load_config
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+def load_or_exit(path: Path, overrides: dict[str, Any]) -> ExperimentConfig:
+    try:
+        return load_config(path, {key: value for key, value in overrides.items() if value is not None})
+    except ConfigError as error:
+        fail(str(error))
+        raise  # unreachable; keeps type checkers calm
+
+
+def print_json_line(payload: dict[str, Any]) -> None:
+    """The last line a command prints is one JSON object, for scripts and CI to read."""
+    sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
+    sys.stdout.flush()

@@ -1,0 +1,237 @@
+"""`ragdistill rollout|mine|index|teach|expert|build-datasets|train|evaluate|report`: one stage each.
+
+Each builds its stage's settings and the run context from the config (``config.stages``), hands the
+stage the content digests of its upstream folders as the run root holds them now, and ends with one JSON
+line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from ragdistill.cli_common import fail, load_or_exit, print_json_line
+from ragdistill.layout import METHODS, STUDENTS
+
+if TYPE_CHECKING:
+    from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
+
+stages_app = typer.Typer(no_args_is_help=True)
+
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML under configs/.")]
+RunRootOption = Annotated[str | None, typer.Option("--run-root", help="Override run.run_root (fsspec URL).")]
+SplitOption = Annotated[str | None, typer.Option("--split", help="Override env.split.")]
+LimitOption = Annotated[int | None, typer.Option("--limit", help="Override env.limit.")]
+
+
+def progress_bar(description: str) -> Any:
+    """A tqdm bar driven by the rollout engine's per-episode callback."""
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="episode", dynamic_ncols=True)
+
+    def update(record: Any, finished: int, total: int) -> None:
+        bar.total = total
+        bar.set_postfix(won=f"{record.task_type}:{int(record.success)}")
+        bar.update(finished - bar.n)
+
+    update.close = bar.close  # type: ignore[attr-defined]
+    return update
+
+
+def load_stages(path: Path, overrides: dict[str, Any]) -> PipelineSettings:
+    """Every stage's settings and the run context of the config at ``path`` with ``overrides``."""
+    from ragdistill.config.stages import PipelineSettings
+
+    return PipelineSettings.from_experiment(load_or_exit(path, overrides))
+
+
+def upstream(ctx: RunContext, settings: StageSettings) -> dict[str, str]:
+    """The content digests of the folders a stage reads, as the run root holds them now."""
+    from ragdistill.stages.lifecycle import upstream_inputs
+    from ragdistill.store import ArtifactStore
+
+    return upstream_inputs(ArtifactStore(ctx.run_root), settings)
+
+
+@stages_app.command()
+def rollout(
+    config: ConfigOption,
+    split: SplitOption = None,
+    limit: LimitOption = None,
+    run_root: RunRootOption = None,
+    stage: Annotated[str, typer.Option(help="Folder under rollouts/ (resumes when it exists).")] = "base",
+) -> None:
+    """Stage A: play the agent on the config's tasks; re-running resumes where it stopped."""
+    stages = load_stages(config, {"env.split": split, "env.limit": limit, "run.run_root": run_root})
+    from ragdistill.stages.rollout import run_rollout
+
+    ctx, settings = stages.ctx, stages.rollout(stage)
+    bar = progress_bar(f"rollout {stage}")
+    try:
+        manifest = run_rollout(ctx, settings, upstream(ctx, settings), progress=bar)
+    finally:
+        bar.close()
+    counts = manifest.counts
+    typer.echo(
+        f"{counts['episodes']} episodes in {ctx.run_root}/{settings.stage_dir()} ({counts['won']} won)"
+    )
+    print_json_line({"stage": stage, "run_root": ctx.run_root, **counts})
+
+
+def _report_manifest(stage: str, run_root: str, manifest: Any) -> None:
+    counts = ", ".join(f"{name}={value}" for name, value in sorted(manifest.counts.items()))
+    typer.echo(f"{stage}: {counts}")
+    print_json_line({"stage": stage, "run_root": run_root, **manifest.counts})
+
+
+@stages_app.command()
+def mine(config: ConfigOption, run_root: RunRootOption = None) -> None:
+    """Stage B: extract hints from the base rollout's failures and merge them into the hint bank."""
+    stages = load_stages(config, {"run.run_root": run_root})
+    from ragdistill.stages.mining import run_mining
+
+    ctx, settings = stages.ctx, stages.mining
+    _report_manifest("mine", ctx.run_root, run_mining(ctx, settings, upstream(ctx, settings)))
+
+
+@stages_app.command()
+def index(config: ConfigOption, run_root: RunRootOption = None) -> None:
+    """Stage C: embed the hint bank and build the FAISS index."""
+    stages = load_stages(config, {"run.run_root": run_root})
+    from ragdistill.stages.indexing import run_indexing
+
+    ctx, settings = stages.ctx, stages.indexing
+    _report_manifest("index", ctx.run_root, run_indexing(ctx, settings, upstream(ctx, settings)))
+
+
+@stages_app.command()
+def teach(
+    config: ConfigOption,
+    split: SplitOption = None,
+    limit: LimitOption = None,
+    run_root: RunRootOption = None,
+) -> None:
+    """Stage C: the RAG teacher, retrieving hints once per episode; resumes like rollout."""
+    stages = load_stages(config, {"env.split": split, "env.limit": limit, "run.run_root": run_root})
+    from ragdistill.stages.teaching import run_teacher
+
+    ctx, settings = stages.ctx, stages.teacher
+    bar = progress_bar("teacher")
+    try:
+        manifest = run_teacher(ctx, settings, upstream(ctx, settings), progress=bar)
+    finally:
+        bar.close()
+    _report_manifest("teach", ctx.run_root, manifest)
+
+
+@stages_app.command()
+def expert(config: ConfigOption, run_root: RunRootOption = None) -> None:
+    """Stage D: the expert teacher, demonstrations of training tasks recorded as the agent's episodes."""
+    stages = load_stages(config, {"run.run_root": run_root})
+    from ragdistill.stages.expert import run_expert_teacher
+
+    ctx, settings = stages.ctx, stages.expert
+    bar = progress_bar("expert")
+    try:
+        manifest = run_expert_teacher(ctx, settings, upstream(ctx, settings), progress=bar)
+    finally:
+        bar.close()
+    _report_manifest("expert", ctx.run_root, manifest)
+
+
+@stages_app.command("build-datasets")
+def build_datasets(config: ConfigOption, run_root: RunRootOption = None) -> None:
+    """Stage D: the sft and distill training sets (parquet + dataset card) under datasets/."""
+    stages = load_stages(config, {"run.run_root": run_root})
+    from ragdistill.stages.datasets import run_dataset
+
+    ctx = stages.ctx
+    for name in STUDENTS:
+        settings = stages.dataset(name)
+        _report_manifest(f"dataset {name}", ctx.run_root, run_dataset(ctx, settings, upstream(ctx, settings)))
+
+
+StudentOption = Annotated[
+    list[str] | None, typer.Option("--student", help="sft and/or distill (default both).")
+]
+
+
+def chosen(values: list[str] | None, allowed: tuple[str, ...], option: str) -> list[str] | None:
+    """The values given for a repeatable option, each checked against ``allowed``."""
+    unknown = [value for value in values or [] if value not in allowed]
+    if unknown:
+        fail(f"unknown {option} {', '.join(map(repr, unknown))}; choose from {', '.join(allowed)}")
+    return values
+
+
+@stages_app.command()
+def train(config: ConfigOption, run_root: RunRootOption = None, student: StudentOption = None) -> None:
+    """Stage D: LoRA-train the students through accelerate; a killed training resumes from its checkpoint."""
+    stages = load_stages(config, {"run.run_root": run_root})
+    from ragdistill.stages.training import run_training
+
+    ctx = stages.ctx
+    for name in chosen(student, STUDENTS, "--student") or STUDENTS:
+        settings = stages.training(name)
+        manifest = run_training(ctx, settings, upstream(ctx, settings))
+        if manifest.extra.get("skipped"):
+            typer.echo(f"{name}: not trained: {manifest.extra['skipped']}")
+        _report_manifest(f"train {name}", ctx.run_root, manifest)
+
+
+@stages_app.command()
+def evaluate(
+    config: ConfigOption,
+    run_root: RunRootOption = None,
+    method: Annotated[list[str] | None, typer.Option("--method", help="base, rag, sft, distill.")] = None,
+) -> None:
+    """Stage E: every method on the pinned evaluation tasks, into rollouts/eval-<method>."""
+    stages = load_stages(config, {"run.run_root": run_root})
+    from ragdistill.stages.evaluation import SkippedMethod, run_evaluation
+
+    ctx = stages.ctx
+    for name in chosen(method, METHODS, "--method") or stages.config.evaluation.methods:
+        settings = stages.evaluation(name)
+        bar = progress_bar(f"eval {name}")
+        try:
+            outcome = run_evaluation(ctx, settings, upstream(ctx, settings), progress=bar)
+        finally:
+            bar.close()
+        if isinstance(outcome, SkippedMethod):
+            typer.echo(f"{name}: not evaluated: {outcome.reason}")
+        else:
+            _report_manifest(f"eval {name}", ctx.run_root, outcome)
+
+
+@stages_app.command()
+def report(
+    run_roots: Annotated[list[str], typer.Argument(help="One run root, or several (one agent format each).")],
+    out: Annotated[str | None, typer.Option("--out", help="Where several run roots' report goes.")] = None,
+) -> None:
+    """Stage E: reports/report.md and the accuracy-vs-tokens figure from finished evaluations."""
+    from ragdistill.config import validate_config
+    from ragdistill.config.stages import PipelineSettings
+    from ragdistill.stages.report import REPORT_FILE, RUN_FILE, render_run_reports, run_report
+    from ragdistill.store import ArtifactStore
+
+    stores = [ArtifactStore(root) for root in run_roots]
+    if len(stores) == 1 and out is None:
+        run = stores[0].read_json(RUN_FILE) if stores[0].exists(RUN_FILE) else None
+        if run is None:
+            fail(f"{stores[0].uri(RUN_FILE)} is missing: {run_roots[0]} is not a ragdistill run root")
+        experiment = validate_config(run["config"], source=stores[0].uri(RUN_FILE))
+        experiment = experiment.model_copy(
+            update={"run": experiment.run.model_copy(update={"run_root": stores[0].root_url})}
+        )
+        stages = PipelineSettings.from_experiment(experiment)
+        ctx, settings = stages.ctx, stages.report(run.get("config_name"))
+        run_report(ctx, settings, upstream(ctx, settings))
+        target = stores[0].child("reports")
+    else:
+        target = ArtifactStore(out or f"{stores[0].root_url}/reports-combined")
+        render_run_reports(stores, target)
+    typer.echo(f"report: {target.uri(REPORT_FILE)}")
+    print_json_line({"stage": "report", "report": target.uri(REPORT_FILE)})

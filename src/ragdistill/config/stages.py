@@ -1,0 +1,570 @@
+"""Per-stage settings and the run context: what each stage's output depends on, and where and how it runs.
+
+A stage function takes ``(ctx, settings, inputs)`` and never sees :class:`ExperimentConfig`:
+
+- :class:`RunContext` — where and how (run root, run name, lease wait, workers, batch and shard sizes,
+  engine loading, orchestration). Never hashed: the same stage run elsewhere or faster gives the same
+  output.
+- one frozen settings model per stage — what. Hashed whole into the stage's identity
+  (``stages.lifecycle.StageIdentity``), so a setting a stage reads is part of its identity by
+  construction: a stage can only read what its settings model holds.
+- ``inputs`` — the content digests of the upstream folders the stage reads, by folder
+  (``settings.input_dirs()`` names them).
+
+:class:`PipelineSettings` builds all of them from one experiment config; the CLI and the flows are the
+only places that do. Fields in a model's ``GROWABLE`` may change while the finished work in the stage's
+folder is kept (a larger task list plays only the new tasks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragdistill.config.evaluation import PromotionConfig
+from ragdistill.config.experiment import ExperimentConfig
+from ragdistill.config.models import BackendConfig, ModelSpec, RoleConfig, SamplingConfig
+from ragdistill.config.retrieval import HintRules
+from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
+from ragdistill.config.training import TrainingConfig
+from ragdistill.layout import (
+    BASE_STAGE,
+    EXPERT_STAGE,
+    HINTS_DIR,
+    INDEX_DIR,
+    PROMOTION_DIR,
+    REPORTS_DIR,
+    STUDENTS,
+    TEACHER_STAGE,
+    adapter_dir,
+    collect_stage,
+    dataset_dir,
+    eval_stage,
+    rollout_prefix,
+)
+
+Inputs = dict[str, str]
+"""Content digests of the upstream folders a stage reads, by folder under the run root."""
+
+RoleName = Literal["agent", "extractor", "reranker"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RunContext(_Frozen):
+    """Where and how stages run; never part of an identity."""
+
+    run_root: str
+    run_name: str
+    env_name: str = ""
+    """For names and logs only (task runs are named ``<stage>-<env>-<run>``)."""
+    lease_wait_s: float = 0.0
+    data_dir: Path = Path("data")
+    env_workers: int = 2
+    max_games_per_worker: int = 200
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    """Batch size, shard size and count, error share and transient retries of every rollout."""
+    mining_chunk_size: int = 32
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    """How each model role's engine is loaded (by role name); what it generates is in the settings."""
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+
+    def role_config(self, role: RoleSettings, **backend_update: Any) -> RoleConfig:
+        """The role as the inference layer loads it: its settings plus this context's engine settings."""
+        backend = self.backends.get(role.name) or BackendConfig(kind=role.backend)
+        if backend_update:
+            backend = backend.model_copy(update=backend_update)
+        return RoleConfig(model=role.model, backend=backend, sampling=role.sampling)
+
+
+class StageSettings(_Frozen):
+    """What every stage's settings model offers: its folder, its upstream folders and its code."""
+
+    CODE: ClassVar[str]
+    """The module whose code (and every ragdistill module it imports) produces the stage's output."""
+    GROWABLE: ClassVar[frozenset[str]] = frozenset()
+    OPTIONAL_INPUTS: ClassVar[bool] = False
+    """True: the stage reads whichever of its input folders finished (the report, the promotion)."""
+
+    def stage_dir(self) -> str:
+        raise NotImplementedError
+
+    def input_dirs(self) -> list[str]:
+        """The upstream folders whose content the stage reads (their digests are its inputs)."""
+        return []
+
+
+class RoleSettings(_Frozen):
+    """A model role as far as it changes what the model generates."""
+
+    name: RoleName
+    model: ModelSpec
+    sampling: SamplingConfig
+    backend: Literal["vllm", "openai", "hf"]
+    served_model_name: str | None = None
+
+
+class EnvSettings(_Frozen):
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class TaskSelection(_Frozen):
+    """Which tasks a rollout plays: positions ``start`` up to ``limit`` of the split's task list."""
+
+    split: str
+    limit: int | None = None
+    start: int = 0
+    balanced: bool | None = None
+    task_types: list[str] | None = None
+
+
+class RetrievalSettings(_Frozen):
+    """What changes which hints an episode gets (the index's own settings reach it as its digest)."""
+
+    retriever: Literal["faiss", "bm25", "llm-rerank"]
+    k: int
+    embedding_model: str
+    query: Literal["instruction", "instruction+observation"]
+    group: Literal["task", "embedding", "llm"]
+    group_examples: int | None = None
+    """Only for the embedding group classifier, which learns from that many training tasks."""
+
+    def input_dirs(self) -> list[str]:
+        return [HINTS_DIR, INDEX_DIR] if self.retriever == "faiss" else [HINTS_DIR]
+
+
+class RolloutSettings(StageSettings):
+    """Stage A, and every rollout after it: who plays which tasks, how."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.rollout"
+    GROWABLE: ClassVar[frozenset[str]] = frozenset({"tasks"})
+    stage: str
+    env: EnvSettings
+    tasks: TaskSelection
+    agent: AgentConfig
+    role: RoleSettings
+    source: Literal["agent", "teacher"] = "agent"
+
+    def stage_dir(self) -> str:
+        return rollout_prefix(self.stage)
+
+
+class TeacherSettings(RolloutSettings):
+    """The RAG teacher: a rollout whose prompts carry hints retrieved once per episode."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.teaching"
+    source: Literal["agent", "teacher"] = "teacher"
+    retrieval: RetrievalSettings
+    reranker: RoleSettings | None = None
+
+    def input_dirs(self) -> list[str]:
+        return self.retrieval.input_dirs()
+
+
+class EvaluationSettings(RolloutSettings):
+    """One method on the pinned evaluation tasks: the base agent, the RAG teacher or a student."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.evaluation"
+    method: Literal["base", "rag", "sft", "distill"]
+    retrieval: RetrievalSettings | None = None
+    reranker: RoleSettings | None = None
+    student_weights: Literal["lora", "merged"] | None = None
+
+    def input_dirs(self) -> list[str]:
+        if self.retrieval is not None:
+            return self.retrieval.input_dirs()
+        return [adapter_dir(self.method)] if self.method in STUDENTS else []
+
+
+class CollectSettings(RolloutSettings):
+    """A collect batch: the registry's current adapter (else the base model) on new training tasks."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.collect"
+    batch: int
+
+
+class ExpertSettings(StageSettings):
+    """The expert teacher: the environment's demonstrations in the agent's format, with retrieved hints."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.expert"
+    GROWABLE: ClassVar[frozenset[str]] = frozenset({"tasks"})
+    env: EnvSettings
+    tasks: TaskSelection
+    agent: AgentConfig
+    tokenizer: ModelSpec
+    """Token counts and context fitting use the agent model's tokenizer and window."""
+    max_tokens: int
+    retrieval: RetrievalSettings
+    reranker: RoleSettings | None = None
+
+    def stage_dir(self) -> str:
+        return rollout_prefix(EXPERT_STAGE)
+
+    def input_dirs(self) -> list[str]:
+        return self.retrieval.input_dirs()
+
+
+class MiningSettings(StageSettings):
+    """Stage B: hints mined from a rollout's failures."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.mining"
+    rules: HintRules
+    extractor: RoleSettings
+    source: str = rollout_prefix(BASE_STAGE)
+    dedupe_embedding_model: str | None = None
+    """The embedding model of ``rules.dedupe == "embedding"``."""
+
+    def stage_dir(self) -> str:
+        return HINTS_DIR
+
+    def input_dirs(self) -> list[str]:
+        return [self.source]
+
+
+class IndexingSettings(StageSettings):
+    """Stage C (index): the FAISS index over the hint bank."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.indexing"
+    embedding_model: str
+    exact_index_max: int
+
+    def stage_dir(self) -> str:
+        return INDEX_DIR
+
+    def input_dirs(self) -> list[str]:
+        return [HINTS_DIR]
+
+
+class DatasetSettings(StageSettings):
+    """Stage D (datasets): one training set from the successful episodes of its source rollouts."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.datasets"
+    name: Literal["sft", "distill"]
+    env: str
+    """The environment whose invalid-action text (and default invalid-action limit) the filter uses."""
+    sources: list[str]
+    removed: list[str]
+    max_invalid_actions: int | None
+    min_score: float | None
+    overlong: Literal["drop_oldest", "skip"]
+    max_seq_len: int
+    tokenizer: ModelSpec
+
+    def stage_dir(self) -> str:
+        return dataset_dir(self.name)
+
+    def input_dirs(self) -> list[str]:
+        return [*self.sources, HINTS_DIR] if self.name == "distill" else list(self.sources)
+
+
+class TrainingSettings(StageSettings):
+    """Stage D (train): a LoRA student on one training set."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.training"
+    name: Literal["sft", "distill"]
+    training: TrainingConfig
+    base_model: ModelSpec
+    seed: int
+
+    def stage_dir(self) -> str:
+        return adapter_dir(self.name)
+
+    def input_dirs(self) -> list[str]:
+        return [dataset_dir(self.name)]
+
+
+class ReportSettings(StageSettings):
+    """Stage E (report): what the report says about the run beside what it reads (the rendering reads
+    these from the run's ``run.json``)."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.report"
+    OPTIONAL_INPUTS: ClassVar[bool] = True
+    config_name: str
+    run_name: str
+    env: str
+    agent_format: str
+    model: str
+    methods: list[str]
+    eval_split: str
+    student_weights: Literal["lora", "merged"]
+    student_fewshot: bool
+    distill_teacher: str
+    min_score: float | None
+    hint_group: str
+
+    def stage_dir(self) -> str:
+        return REPORTS_DIR
+
+    def input_dirs(self) -> list[str]:
+        folders = [rollout_prefix(eval_stage(method)) for method in self.methods]
+        return [*folders, *map(dataset_dir, STUDENTS), *map(adapter_dir, STUDENTS), PROMOTION_DIR]
+
+
+class PromotionSettings(StageSettings):
+    """Stage E (promote): register the students, let the gate decide."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.promotion"
+    OPTIONAL_INPUTS: ClassVar[bool] = True
+    promotion: PromotionConfig
+    env: str
+    eval_split: str
+    registry_root: str | None = None
+    """A retrain generation promotes into its parent run root's registry."""
+    generation: dict[str, Any] | None = None
+
+    def stage_dir(self) -> str:
+        return PROMOTION_DIR
+
+    def input_dirs(self) -> list[str]:
+        folders = [rollout_prefix(BASE_STAGE), HINTS_DIR, rollout_prefix(eval_stage("base"))]
+        for name in STUDENTS:
+            folders += [dataset_dir(name), adapter_dir(name), rollout_prefix(eval_stage(name))]
+        return folders
+
+
+class RetrainSettings(_Frozen):
+    """The retrain decision: how many new collect failures start a generation."""
+
+    min_failures: int
+
+
+def role_settings(config: ExperimentConfig, name: RoleName) -> RoleSettings:
+    role: RoleConfig = getattr(config.models, name)
+    return RoleSettings(
+        name=name,
+        model=role.model,
+        sampling=role.sampling,
+        backend=role.backend.kind,
+        served_model_name=role.backend.served_model_name if role.backend.kind == "openai" else None,
+    )
+
+
+def run_context(config: ExperimentConfig) -> RunContext:
+    return RunContext(
+        run_root=config.run.run_root,
+        run_name=config.run.name,
+        env_name=config.env.name,
+        lease_wait_s=config.run.lease_wait_s,
+        data_dir=config.env.data_dir,
+        env_workers=config.env.workers,
+        max_games_per_worker=config.env.max_games_per_worker,
+        rollout=config.rollout,
+        mining_chunk_size=config.mining.chunk_size,
+        backends={name: getattr(config.models, name).backend for name in ("agent", "extractor", "reranker")},
+        orchestration=config.orchestration,
+    )
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """Every stage's settings and the run context, built from one experiment config."""
+
+    config: ExperimentConfig
+
+    @classmethod
+    def from_experiment(cls, config: ExperimentConfig) -> PipelineSettings:
+        return cls(config)
+
+    @property
+    def ctx(self) -> RunContext:
+        return run_context(self.config)
+
+    def _env(self) -> EnvSettings:
+        return EnvSettings(name=self.config.env.name, options=self.config.env.options)
+
+    def _tasks(self, env: EnvConfig | None = None, **update: Any) -> TaskSelection:
+        env = env or self.config.env
+        selection = TaskSelection(
+            split=env.split, limit=env.limit, balanced=env.balanced, task_types=env.task_types
+        )
+        return selection.model_copy(update=update)
+
+    def _retrieval(self) -> tuple[RetrievalSettings, RoleSettings | None]:
+        retrieval = self.config.retrieval
+        settings = RetrievalSettings(
+            **retrieval.model_dump(exclude={"group_examples", "exact_index_max"}),
+            group_examples=retrieval.group_examples if retrieval.group == "embedding" else None,
+        )
+        uses_reranker = retrieval.retriever == "llm-rerank" or retrieval.group == "llm"
+        return settings, role_settings(self.config, "reranker") if uses_reranker else None
+
+    def rollout(self, stage: str = BASE_STAGE) -> RolloutSettings:
+        """Stage A: the base agent on the configured training tasks (``stage``: another folder)."""
+        return RolloutSettings(
+            stage=stage,
+            env=self._env(),
+            tasks=self._tasks(),
+            agent=self.config.agent,
+            role=role_settings(self.config, "agent"),
+        )
+
+    @property
+    def mining(self) -> MiningSettings:
+        mining = self.config.mining
+        return MiningSettings(
+            rules=HintRules(**mining.model_dump(exclude={"chunk_size"})),
+            extractor=role_settings(self.config, "extractor"),
+            dedupe_embedding_model=self.config.retrieval.embedding_model
+            if mining.dedupe == "embedding"
+            else None,
+        )
+
+    @property
+    def indexing(self) -> IndexingSettings:
+        retrieval = self.config.retrieval
+        return IndexingSettings(
+            embedding_model=retrieval.embedding_model, exact_index_max=retrieval.exact_index_max
+        )
+
+    @property
+    def teacher(self) -> TeacherSettings:
+        retrieval, reranker = self._retrieval()
+        return TeacherSettings(
+            **self.rollout(TEACHER_STAGE).model_dump(exclude={"source"}),
+            retrieval=retrieval,
+            reranker=reranker,
+        )
+
+    @property
+    def expert(self) -> ExpertSettings:
+        retrieval, reranker = self._retrieval()
+        agent = self.config.models.agent
+        return ExpertSettings(
+            env=self._env(),
+            tasks=self._tasks(limit=self.config.distill.expert_limit or self.config.env.limit),
+            agent=self.config.agent,
+            tokenizer=agent.model,
+            max_tokens=agent.sampling.max_tokens,
+            retrieval=retrieval,
+            reranker=reranker,
+        )
+
+    def teacher_stages(self) -> list[str]:
+        """The rollout stages the distill set learns from (``distill.teacher``)."""
+        return {"rag": [TEACHER_STAGE], "expert": [EXPERT_STAGE], "both": [TEACHER_STAGE, EXPERT_STAGE]}[
+            self.config.distill.teacher
+        ]
+
+    def dataset(self, name: Literal["sft", "distill"]) -> DatasetSettings:
+        distill = self.config.distill
+        stages = [BASE_STAGE] if name == "sft" else self.teacher_stages()
+        return DatasetSettings(
+            name=name,
+            env=self.config.env.name,
+            sources=[rollout_prefix(stage) for stage in stages],
+            removed=["fewshot"] if name == "sft" else ["hints", "fewshot"],
+            max_invalid_actions=distill.max_invalid_actions,
+            min_score=distill.min_score,
+            overlong=distill.overlong,
+            max_seq_len=self.config.training.max_seq_len,
+            tokenizer=self.config.models.agent.model,
+        )
+
+    def training(self, name: Literal["sft", "distill"]) -> TrainingSettings:
+        agent = self.config.models.agent
+        return TrainingSettings(
+            name=name, training=self.config.training, base_model=agent.model, seed=agent.sampling.seed
+        )
+
+    def evaluation(self, method: Literal["base", "rag", "sft", "distill"]) -> EvaluationSettings:
+        """``method`` on the evaluation split's tasks, in the environment's default order."""
+        evaluation = self.config.evaluation
+        base = self.rollout(eval_stage(method)).model_dump(exclude={"tasks", "agent"})
+        tasks = TaskSelection(
+            split=evaluation.split, limit=evaluation.limit, task_types=self.config.env.task_types
+        )
+        agent = self.config.agent
+        if method in STUDENTS and not evaluation.student_fewshot:
+            agent = agent.model_copy(update={"fewshot_source": "none", "fewshot_count": 0})
+        if method == "rag":
+            retrieval, reranker = self._retrieval()
+            base["source"] = "teacher"
+            return EvaluationSettings(
+                **base, tasks=tasks, agent=agent, method=method, retrieval=retrieval, reranker=reranker
+            )
+        weights = evaluation.student_weights if method in STUDENTS else None
+        return EvaluationSettings(**base, tasks=tasks, agent=agent, method=method, student_weights=weights)
+
+    def collect(self, batch: int) -> CollectSettings:
+        """Collect batch ``batch``: positions ``start + batch·size`` to ``start + (batch+1)·size``."""
+        collect, env = self.config.collect, self.config.env
+        if collect.start is not None:
+            first = collect.start
+        else:
+            first = (env.limit or 0) if collect.split == env.split else 0
+        begin = first + batch * collect.batch_size
+        tasks = self._tasks(split=collect.split, start=begin, limit=begin + collect.batch_size)
+        base = self.rollout(collect_stage(batch)).model_dump(exclude={"tasks"})
+        return CollectSettings(**base, tasks=tasks, batch=batch)
+
+    def report(self, config_name: str | None = None) -> ReportSettings:
+        config = self.config
+        return ReportSettings(
+            config_name=config_name or config.run.name,
+            run_name=config.run.name,
+            env=config.env.name,
+            agent_format=config.agent.format,
+            model=config.models.agent.model.name,
+            methods=list(config.evaluation.methods),
+            eval_split=config.evaluation.split,
+            student_weights=config.evaluation.student_weights,
+            student_fewshot=config.evaluation.student_fewshot,
+            distill_teacher=config.distill.teacher,
+            min_score=config.distill.min_score,
+            hint_group=config.retrieval.group,
+        )
+
+    def promotion(
+        self, registry_root: str | None = None, generation: dict[str, Any] | None = None
+    ) -> PromotionSettings:
+        return PromotionSettings(
+            promotion=self.config.promotion,
+            env=self.config.env.name,
+            eval_split=self.config.evaluation.split,
+            registry_root=registry_root,
+            generation=generation,
+        )
+
+    @property
+    def retrain(self) -> RetrainSettings:
+        return RetrainSettings(min_failures=self.config.retrain.min_failures)
+
+
+STAGE_MODELS: tuple[tuple[str, type[StageSettings] | type[RetrainSettings]], ...] = (
+    ("A rollout", RolloutSettings),
+    ("B mine", MiningSettings),
+    ("C index", IndexingSettings),
+    ("C teach", TeacherSettings),
+    ("D expert", ExpertSettings),
+    ("D datasets", DatasetSettings),
+    ("D train", TrainingSettings),
+    ("E evaluate", EvaluationSettings),
+    ("E promote", PromotionSettings),
+    ("E report", ReportSettings),
+    ("loop collect", CollectSettings),
+    ("loop retrain", RetrainSettings),
+)
+"""Every stage's settings model, in pipeline order (the README's table is generated from it)."""
+
+
+def settings_table() -> str:
+    """The README's "what each stage reads" table, generated from the settings models: each stage's
+    settings (hashed whole into its identity), the code its identity fingerprints, and what it never
+    reads (everything in :class:`RunContext`)."""
+    rows = [
+        "| stage | settings model (hashed whole) | fields | code fingerprinted |",
+        "|---|---|---|---|",
+    ]
+    for label, model in STAGE_MODELS:
+        fields = ", ".join(f"`{name}`" for name in model.model_fields)
+        code = f"`{model.CODE}`" if issubclass(model, StageSettings) else "— (a decision, not an output)"
+        rows.append(f"| {label} | `{model.__name__}` | {fields} | {code} |")
+    context = ", ".join(f"`{name}`" for name in RunContext.model_fields)
+    rows.append(f"| never | `RunContext` (where and how) | {context} | — |")
+    return "\n".join(rows)
