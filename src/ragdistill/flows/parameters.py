@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import to_jsonable_python
 
 from ragdistill.config import ConfigError, ExperimentConfig, load_config
-from ragdistill.models import _project_root
+from ragdistill.paths import project_root
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -86,7 +86,7 @@ def dotted_overrides(overrides: BaseModel | None) -> dict[str, Any]:
 
 
 def available_configs() -> list[str]:
-    folder = _project_root() / CONFIGS_DIR
+    folder = project_root() / CONFIGS_DIR
     return sorted(path.stem for suffix in CONFIG_SUFFIXES for path in folder.glob(f"*{suffix}"))
 
 
@@ -96,7 +96,7 @@ def config_file(config_name: str) -> Path:
     given = Path(config_name).expanduser()
     if given.is_file():
         return given
-    folder = _project_root() / CONFIGS_DIR
+    folder = project_root() / CONFIGS_DIR
     for suffix in ("", *CONFIG_SUFFIXES):
         named = folder / f"{config_name}{suffix}"
         if named.is_file() and named.suffix in CONFIG_SUFFIXES:

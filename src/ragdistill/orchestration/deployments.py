@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ragdistill.flows.parameters import DEFAULT_CONFIG
-from ragdistill.models import _project_root
+from ragdistill.paths import project_root
 
 if TYPE_CHECKING:
     from prefect import Flow
@@ -131,7 +131,7 @@ def runner_deployments(
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
-    folder = (working_dir or _project_root()).absolute()
+    folder = (working_dir or project_root()).absolute()
     deployments = []
     for spec in DEPLOYMENTS:
         flow = spec.load()
