@@ -14,6 +14,7 @@ from ragdistill.cli_deploy import deploy_app
 from ragdistill.cli_server import server_app
 from ragdistill.config import ConfigError, ExperimentConfig, load_config
 from ragdistill.errors import UserFacingError
+from ragdistill.preflight import check_runnable
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(
@@ -38,8 +39,11 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def load_or_exit(path: Path, overrides: dict[str, Any]) -> ExperimentConfig:
+    """The config a command runs with, checked against this machine (``preflight``); exit 2 naming every
+    setting at fault otherwise."""
     try:
-        return load_config(path, {key: value for key, value in overrides.items() if value is not None})
+        config = load_config(path, {key: value for key, value in overrides.items() if value is not None})
+        return check_runnable(config, path)
     except ConfigError as error:
         fail(str(error))
         raise  # unreachable; keeps type checkers calm

@@ -2,7 +2,9 @@
 
 A YAML file under ``configs/`` is one :class:`ExperimentConfig`. Unknown keys and wrong types are
 rejected before any work starts; :class:`ConfigError` names the file and the dotted key at fault.
-Defaults follow the paper (``specs/paper.md``) wherever the paper fixes a value.
+Defaults follow the paper (``specs/paper.md``) wherever the paper fixes a value. Nothing here looks at
+the machine: whether the models, the environment's offerings and the accelerate file a config names
+exist is checked before a run by :mod:`ragdistill.preflight`.
 
 One module per group of sections (``base``, ``models``, ``rollouts``, ``retrieval``, ``training``,
 ``evaluation``), the whole experiment in ``experiment`` and reading files in ``loading``; every name is

@@ -24,6 +24,7 @@ from pydantic_core import to_jsonable_python
 
 from ragdistill.config import ConfigError, ExperimentConfig, load_config
 from ragdistill.paths import project_root
+from ragdistill.preflight import check_runnable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -115,7 +116,7 @@ def experiment_config(
     dotted overrides (e.g. its ``run_root`` parameter); those that are not None win over ``overrides``."""
     path = config_file(config_name)
     explicit = {key: value for key, value in (settings or {}).items() if value is not None}
-    return load_config(path, {**dotted_overrides(overrides), **explicit}), path
+    return check_runnable(load_config(path, {**dotted_overrides(overrides), **explicit}), path), path
 
 
 PARAMETER_HELP = {
