@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from ragdistill.environments.profile import DemonstratedStep
-from ragdistill.environments.webshop import INVALID_OBSERVATION
+from ragdistill.environments.webshop.constants import INVALID_OBSERVATION
 
 _SEARCH = re.compile(r"^search\[(?P<query>.*)\]$", re.IGNORECASE)
 _CLICK = re.compile(r"^click\[(?P<target>.*)\]$", re.IGNORECASE)

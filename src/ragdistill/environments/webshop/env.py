@@ -11,7 +11,9 @@ from typing import Any
 
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
 from ragdistill.environments.selection import check_selection, round_robin
-from ragdistill.environments.webshop import (
+from ragdistill.environments.webshop import pages as p
+from ragdistill.environments.webshop.catalog import Catalog, data_files, load_catalog
+from ragdistill.environments.webshop.constants import (
     CATEGORIES,
     DEFAULT_MAX_STEPS,
     ENV_NAME,
@@ -21,8 +23,6 @@ from ragdistill.environments.webshop import (
     PRICE_SEED,
     SPLITS,
 )
-from ragdistill.environments.webshop import pages as p
-from ragdistill.environments.webshop.catalog import Catalog, data_files, load_catalog
 from ragdistill.environments.webshop.goals import Goal, goal_at, goals_of, split_indices
 from ragdistill.environments.webshop.reward import fuzzy_score, score_purchase
 from ragdistill.environments.webshop.search import ProductSearch, search_engine

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ragdistill.environments.base import EnvError
-from ragdistill.environments.webshop import HUMAN_SPLIT, SHUFFLE_SEED, SPLIT_RANGES
 from ragdistill.environments.webshop.catalog import Catalog, Product, load_catalog_at
+from ragdistill.environments.webshop.constants import HUMAN_SPLIT, SHUFFLE_SEED, SPLIT_RANGES
 
 PRICE_BOUNDS: tuple[float, ...] = tuple(10.0 * step for step in range(1, 100))
 NO_PRICE_BOUND = 1_000_000.0
