@@ -22,13 +22,13 @@ from ragdistill.adapter_registry import (
     decide,
     version_statuses,
 )
-from ragdistill.agents.segments import Segment
 from ragdistill.cli import app
 from ragdistill.config import ExperimentConfig, with_overrides
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.evaluation.metrics import compute_metrics
 from ragdistill.inference.adapters import adapter_digest
+from ragdistill.messages import Segment
 from ragdistill.stages.promotion import run_promotion
 from ragdistill.stages.report import run_report, write_run_file
 from ragdistill.store import ArtifactStore, Manifest, read_manifest, write_manifest

@@ -15,11 +15,11 @@ import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.agents.formats import get_format
-from ragdistill.agents.segments import render_messages
 from ragdistill.environments.alfworld.hints import ALFWORLD_HINT_STYLE
 from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.environments.base import TaskInfo
 from ragdistill.environments.webshop.hints import WEBSHOP_HINT_STYLE
+from ragdistill.messages import render_messages
 from ragdistill.retrieval.bank import BANK_PATH, HintBank
 from ragdistill.retrieval.hints import Hint, injection_reason, unsafe_for_prompt, validate_hint
 from ragdistill.retrieval.retrievers import BM25Retriever, LLMRerankRetriever, RetrievalQuery
