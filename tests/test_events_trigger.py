@@ -51,8 +51,9 @@ def test_failure_events_trigger_one_retrain_which_skips_below_the_threshold(
     fresh_prefect_home: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from ragdistill.orchestration.deployments import DEPLOYMENT_NAME, register_deployments
-    from ragdistill.orchestration.events import emit_failures_recorded
+    from ragdistill.deployments.register import register_deployments
+    from ragdistill.deployments.specs import DEPLOYMENT_NAME
+    from ragdistill.events import emit_failures_recorded
     from ragdistill.orchestration.server import prefect_api
     from ragdistill.orchestration.worker import start_worker, stop_worker
 

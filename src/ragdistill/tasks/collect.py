@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from ragdistill.config import ExperimentConfig
-from ragdistill.orchestration.events import emit_failures_recorded
+from ragdistill.events import emit_failures_recorded
 from ragdistill.stages.collect import recorded_failures, run_collect
 from ragdistill.stages.retrain import (
     PendingFailures,

@@ -2,9 +2,10 @@
 
 One event per batch of recorded failures, ``ragdistill.failures.recorded``, on a resource naming the run
 root and the rollout stage (``ragdistill.rollout.<run root>/rollouts/<stage>``), with the count, the
-stage and the run name in its payload. The retrain deployment's trigger counts these events; the
-retrain itself reads the failures from storage (``stages.retrain``), so a dropped or repeated event
-changes when a retrain starts, never what it learns from.
+stage and the run name in its payload. The retrain deployment's trigger
+(``deployments.triggers``) counts these events; the retrain itself reads the failures from storage
+(``stages.retrain``), so a dropped or repeated event changes when a retrain starts, never what it learns
+from. The emitter (a Prefect task) and the trigger share this module, which imports neither.
 """
 
 from __future__ import annotations
