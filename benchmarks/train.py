@@ -84,7 +84,8 @@ def _clock_rate(clock: Any, warmup: int) -> dict[str, float]:
 
 def run_ours(args: argparse.Namespace, data: Path, model: str, work: Path) -> dict[str, float]:
     from ragdistill.config import TrainingConfig
-    from ragdistill.training.lora import TrainSpec, train_lora
+    from ragdistill.training.lora import train_lora
+    from ragdistill.training.spec import TrainSpec
 
     training = TrainingConfig(
         lora_r=args.rank,

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ragdistill.agents.segments import Segment
 from ragdistill.episodes import EpisodeRecord, Step
 from ragdistill.inference.base import ChatMessage, Generation, GenerationRequest
+from ragdistill.messages import Segment
 
 
 class ScriptedExtractorDouble:

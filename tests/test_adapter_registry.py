@@ -22,7 +22,6 @@ from ragdistill.adapter_registry import (
     decide,
     version_statuses,
 )
-from ragdistill.agents.segments import Segment
 from ragdistill.cli import app
 from ragdistill.config import ExperimentConfig, with_overrides
 from ragdistill.config.stages import PipelineSettings
@@ -30,6 +29,7 @@ from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.evaluation.metrics import compute_metrics
 from ragdistill.inference.adapters import adapter_digest
+from ragdistill.messages import Segment
 from ragdistill.stages.lifecycle import upstream_inputs
 from ragdistill.stages.promotion import run_promotion
 from ragdistill.stages.report import run_report, write_run_file

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budget
 from ragdistill.agents.formats import HINTS_PREAMBLE, AgentFormat, ParsedOutput, render_state
 from ragdistill.agents.formats import get_format as format_for
-from ragdistill.agents.segments import Segment, drop_kinds, render_messages
 from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.environments.base import TaskInfo
+from ragdistill.messages import Segment, drop_kinds, render_messages
 
 THINK_OBSERVATION = "OK."
 UNPARSEABLE_OBSERVATION = "Nothing happens."

@@ -79,6 +79,11 @@ REJECTED: dict[str, tuple[str, dict[str, Any], str]] = {
         {"env.name": "webshop", "agent.fewshot_source": "react"},
         r"agent\.fewshot_source: environment 'webshop' offers no 'react' few-shot examples; use one of: expert",
     ),
+    "accelerate config missing here": (
+        "train",
+        {"training.accelerate_config": "/no/such/accelerate.yaml"},
+        r"training\.accelerate_config: accelerate config '/no/such/accelerate\.yaml' is neither a shipped name",
+    ),
     "a student without a dataset": (
         "build-datasets",
         {"env.name": "counter-double", "distill.teacher": "expert"},
@@ -96,6 +101,18 @@ def test_a_bad_config_is_rejected_before_any_work_with_what_to_fix(tmp_path: Pat
     assert result.exit_code == 2, result.output
     assert str(path) in result.output
     assert re.search(message, " ".join(result.output.split())), result.output
+    assert nothing_written(tmp_path)
+
+
+def test_a_flow_checks_its_config_against_this_machine_before_any_work(tmp_path: Path) -> None:
+    from ragdistill.flows.parameters import experiment_config
+
+    path = demo_config(tmp_path, {"models.agent.model.name": "smollm2-13m"})
+    with pytest.raises(
+        ConfigError, match=r"models\.agent\.model\.name: unknown model 'smollm2-13m'"
+    ) as raised:
+        experiment_config(str(path))
+    assert str(path) in str(raised.value)
     assert nothing_written(tmp_path)
 
 

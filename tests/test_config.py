@@ -8,8 +8,10 @@ from ragdistill.config import (
     config_hash,
     engine_key,
     load_config,
+    validate_config,
     with_overrides,
 )
+from ragdistill.preflight import check_runnable
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -83,8 +85,28 @@ def test_overrides_are_validated_and_change_the_hash(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[path.name for path in CONFIGS])
-def test_shipped_configs_validate(path: Path) -> None:
-    load_config(path)
+def test_shipped_configs_validate_and_name_what_a_machine_with_the_packages_has(path: Path) -> None:
+    check_runnable(load_config(path), path)
+
+
+def test_a_stored_config_loads_on_a_machine_without_what_it_names_and_preflight_names_each_lack() -> None:
+    """Validation never looks at the machine (``ragdistill report`` reads any run's config); the check
+    before a run names every setting at fault."""
+    stored = {
+        "models": {"agent": {"model": {"name": "/no/such/checkpoint"}}},
+        "env": {"name": "webshop"},
+        "agent": {"fewshot_source": "react"},
+        "training": {"accelerate_config": "/no/such/accelerate.yaml"},
+    }
+    config = validate_config(stored, source="runs/x/run.json")
+    assert config.training.accelerate_config == "/no/such/accelerate.yaml"
+    with pytest.raises(ConfigError) as raised:
+        check_runnable(config, "runs/x/run.json")
+    message = str(raised.value)
+    assert message.startswith("runs/x/run.json: 3 setting(s) name what this machine lacks")
+    assert "models.agent.model.name: '/no/such/checkpoint' looks like a local folder" in message
+    assert "agent.fewshot_source: environment 'webshop' offers no 'react' few-shot examples" in message
+    assert "training.accelerate_config: accelerate config '/no/such/accelerate.yaml' is neither" in message
 
 
 def test_configs_are_shipped() -> None:

@@ -11,13 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ragdistill.agents.demonstrations import ExpertTrajectory
 from ragdistill.agents.formats import get_format
-from ragdistill.agents.segments import drop_kinds, render_messages
 from ragdistill.config import AgentConfig, ModelSpec
 from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.episodes import EpisodeRecord, call_segments
 from ragdistill.inference.chat import count_chat_tokens, encode_chat, load_tokenizer
+from ragdistill.messages import drop_kinds, render_messages
 from ragdistill.models import resolve_model
 from ragdistill.rollout import RetrievedHints
 from ragdistill.rollout.expert_episodes import Demonstration, expert_record
@@ -31,6 +30,7 @@ from ragdistill.training.examples import (
     episode_id,
     select_episodes,
 )
+from ragdistill.trajectories import ExpertTrajectory
 
 HINT = "Open {container} before looking for {object} inside it."
 WALKTHROUGH = [

@@ -24,24 +24,23 @@ import pytest
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ragdistill.config import ConfigError, ExperimentConfig
-from ragdistill.flows.parameters import (
-    ExperimentOverrides,
-    OverridesModel,
-    config_file,
-    dotted_overrides,
-    experiment_config,
-)
-from ragdistill.orchestration.deployments import (
+from ragdistill.config import ConfigError, ExperimentConfig, config_file
+from ragdistill.deployments.register import runner_deployments
+from ragdistill.deployments.specs import (
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
     NIGHTLY_CRON,
     NIGHTLY_ENV,
-    WORK_POOL,
     nightly_requested,
-    runner_deployments,
+)
+from ragdistill.flows.parameters import (
+    ExperimentOverrides,
+    OverridesModel,
+    dotted_overrides,
+    experiment_config,
 )
 from ragdistill.orchestration.server import API_URL_ENV
+from ragdistill.orchestration.worker import WORK_POOL
 from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,7 +230,7 @@ def test_a_deployment_run_by_a_process_worker_completes_and_a_rerun_is_cached(
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    from ragdistill.orchestration.deployments import register_deployments
+    from ragdistill.deployments.register import register_deployments
     from ragdistill.orchestration.server import prefect_api
     from ragdistill.store import ArtifactStore, read_manifest
 
@@ -334,7 +333,7 @@ def read_prefect_yaml_configs(path: Path) -> tuple[list[dict[str, Any]], dict[st
 
 
 def test_the_committed_prefect_yaml_is_the_generated_one() -> None:
-    from ragdistill.orchestration.prefect_yaml import PREFECT_YAML, REGENERATE_COMMAND, prefect_yaml_text
+    from ragdistill.deployments.prefect_yaml import PREFECT_YAML, REGENERATE_COMMAND, prefect_yaml_text
 
     committed = (REPO / PREFECT_YAML).read_text()
     assert committed == prefect_yaml_text(), (
@@ -348,7 +347,7 @@ def test_prefects_own_loader_reads_every_deployment_as_the_code_builds_it(tmp_pa
     from prefect.cli.deploy._triggers import _initialize_deployment_triggers
     from prefect.flows import load_flow_from_entrypoint
 
-    from ragdistill.orchestration.prefect_yaml import PROJECT_FOLDER, write_prefect_yaml
+    from ragdistill.deployments.prefect_yaml import PROJECT_FOLDER, write_prefect_yaml
 
     configs, actions = read_prefect_yaml_configs(write_prefect_yaml(tmp_path, "paper-alfworld-react"))
     assert len(configs) == len(DEPLOYMENTS), "every deployment passes Prefect's validation"
@@ -419,7 +418,7 @@ def test_prefect_deploy_all_registers_the_committed_prefect_yaml(
 ) -> None:
     from prefect.client.orchestration import get_client
 
-    from ragdistill.orchestration.deployments import ensure_work_pool
+    from ragdistill.deployments.register import ensure_work_pool
     from ragdistill.orchestration.server import prefect_api
 
     with prefect_api(timeout_s=600) as api_url:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from ragdistill.agents.segments import Segment
 from ragdistill.episodes import EpisodeRecord, Step
 from ragdistill.evaluation import (
     MethodMetrics,
@@ -24,6 +23,7 @@ from ragdistill.evaluation import (
 )
 from ragdistill.evaluation.figure import FigurePoint, accuracy_tokens_figure, figure_points
 from ragdistill.evaluation.report import format_tokens
+from ragdistill.messages import Segment
 
 INVALID = "Nothing happens."
 """What the environment of these records answers to an action it cannot carry out."""

@@ -51,8 +51,9 @@ def test_failure_events_trigger_one_retrain_which_skips_below_the_threshold(
     fresh_prefect_home: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    from ragdistill.orchestration.deployments import DEPLOYMENT_NAME, register_deployments
-    from ragdistill.orchestration.events import emit_failures_recorded
+    from ragdistill.deployments.register import register_deployments
+    from ragdistill.deployments.specs import DEPLOYMENT_NAME
+    from ragdistill.events import emit_failures_recorded
     from ragdistill.orchestration.server import prefect_api
     from ragdistill.orchestration.worker import start_worker, stop_worker
 
@@ -74,13 +75,13 @@ def test_failure_events_trigger_one_retrain_which_skips_below_the_threshold(
             worker = start_worker(api_url, output=log, environment={"PREFECT_WORKER_QUERY_SECONDS": "1"})
             try:
                 for _ in range(2):
-                    emit_failures_recorded(ctx, batch.stage, 2)
+                    emit_failures_recorded(ctx.run_root, ctx.run_name, batch.stage, 2)
                 time.sleep(5)
                 assert flow_runs(retrain) == [], "two events are below the trigger's threshold of three"
-                emit_failures_recorded(ctx, batch.stage, 2)
+                emit_failures_recorded(ctx.run_root, ctx.run_name, batch.stage, 2)
                 (run,) = wait_for(lambda: flow_runs(retrain), 240, "the triggered retrain run")
                 for _ in range(3):  # a second batch inside the window
-                    emit_failures_recorded(ctx, batch.stage, 2)
+                    emit_failures_recorded(ctx.run_root, ctx.run_name, batch.stage, 2)
                 wait_for(
                     lambda: all(r.state is not None and r.state.is_final() for r in flow_runs(retrain)),
                     300,

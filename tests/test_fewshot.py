@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import pytest
 
-from ragdistill.agents.demonstrations import ExpertTrajectory, render_expert_example, render_expert_turns
+from ragdistill.agents.demonstrations import render_expert_example, render_expert_turns
 from ragdistill.agents.expert import (
     cache_path,
     collect_expert_trajectories,
@@ -29,6 +29,7 @@ from ragdistill.environments.alfworld.demonstrations import START_LOCATION, expe
 from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.environments.alfworld.react_prompts import parse_react_transcript
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
+from ragdistill.trajectories import ExpertTrajectory
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("RAGDISTILL_DATA_MIRROR", REPO_ROOT.parent / "shared" / "data"))

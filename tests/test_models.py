@@ -15,13 +15,13 @@ from ragdistill.config import ModelSpec
 from ragdistill.models import (
     COMPLETE_MARKER,
     ModelError,
-    default_cache_root,
     list_models,
     model_dir,
     prepare_model,
     resolve_embedding_model,
     resolve_model,
 )
+from ragdistill.paths import default_cache_root, project_root
 
 
 class RecordingConverterDouble:
@@ -53,6 +53,7 @@ def test_cache_root_defaults_to_the_git_work_tree(monkeypatch: pytest.MonkeyPatc
     nested = tmp_path / "a" / "b"
     nested.mkdir(parents=True)
     monkeypatch.chdir(nested)
+    assert project_root() == tmp_path
     assert default_cache_root() == tmp_path / ".cache" / "ragdistill"
     assert model_dir("x", "bf16", cache_dir=tmp_path / "elsewhere") == tmp_path / "elsewhere" / "x-bf16"
 

@@ -413,9 +413,9 @@ def test_a_worker_killed_mid_flow_and_the_run_rescheduled_resumes_without_repeat
     from prefect.deployments.runner import RunnerDeployment
     from prefect.states import Scheduled
 
-    from ragdistill.orchestration.deployments import WORK_POOL, ensure_work_pool
+    from ragdistill.deployments.register import ensure_work_pool
     from ragdistill.orchestration.server import prefect_api
-    from ragdistill.orchestration.worker import start_worker, stop_worker
+    from ragdistill.orchestration.worker import WORK_POOL, start_worker, stop_worker
 
     config_path = slow_rollout_config(tmp_path)
     run_root = load_config(config_path).run.run_root

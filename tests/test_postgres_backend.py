@@ -43,7 +43,8 @@ def test_a_deployment_run_by_a_process_worker_completes_on_a_postgresql_server(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from ragdistill.orchestration.deployments import DEPLOYMENT_NAME, register_deployments
+    from ragdistill.deployments.register import register_deployments
+    from ragdistill.deployments.specs import DEPLOYMENT_NAME
     from ragdistill.orchestration.server import prefect_api
     from ragdistill.store import ArtifactStore, read_manifest
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from ragdistill.agents.formats import get_format
-from ragdistill.agents.segments import render_messages
 from ragdistill.config import ExperimentConfig, with_overrides
 from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Generation
+from ragdistill.messages import render_messages
 from ragdistill.rollout import EngineSettings, RetrievedHints, RolloutEngine, call_segments
 from ragdistill.store import ArtifactStore, RecordLog
 from rollout_doubles import CountdownPoolDouble, ScriptedBackendDouble, count_down, countdown_tasks

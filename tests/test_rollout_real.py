@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from ragdistill.agents.segments import render_messages
 from ragdistill.config import ExperimentConfig, with_overrides
 from ragdistill.config.stages import PipelineSettings
 from ragdistill.environments.alfworld.hints import ALFWORLD_HINT_STYLE
 from ragdistill.episodes import EpisodeRecord, Step, call_segments
 from ragdistill.inference import make_backend
+from ragdistill.messages import render_messages
 from ragdistill.retrieval.bank import HintBank
 from ragdistill.retrieval.hints import validate_hint
 from ragdistill.stages.lifecycle import upstream_inputs

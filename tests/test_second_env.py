@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from ragdistill.agents.demonstrations import ExpertTrajectory
 from ragdistill.agents.fewshot import FewshotError, build_examples
 from ragdistill.agents.formats import AgentFormat, get_format
 from ragdistill.config import ExperimentConfig, with_overrides
@@ -31,6 +30,7 @@ from ragdistill.rollout import EngineSettings, RolloutEngine
 from ragdistill.stages.datasets import selection
 from ragdistill.store import ArtifactStore, RecordLog
 from ragdistill.training.examples import DISTILL_REMOVED, example_segments, select_episodes
+from ragdistill.trajectories import ExpertTrajectory
 from retrieval_doubles import ScriptedExtractorDouble
 from rollout_doubles import ScriptedBackendDouble
 

@@ -151,11 +151,11 @@ def test_students_are_distilled_from_expert_demonstrations_and_evaluated_on_alfw
 
 def assert_adapter_changes_greedy_outputs(config: ExperimentConfig, adapter: str) -> None:
     """The trained adapter loads on hf (peft) and on vLLM (LoRA request) and changes greedy text."""
-    from ragdistill.agents.segments import render_messages
     from ragdistill.episodes import EpisodeRecord
     from ragdistill.inference.base import GenerationRequest
     from ragdistill.inference.hf_backend import HFBackend
     from ragdistill.inference.vllm_backend import VLLMBackend
+    from ragdistill.messages import render_messages
     from ragdistill.store import read_records
 
     store = ArtifactStore(config.run.run_root)

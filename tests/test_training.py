@@ -29,13 +29,13 @@ from ragdistill.training.curves import LossPoint, loss_points, plot_loss, read_l
 from ragdistill.training.launch import RESULT_FILE, launch_command, launch_training
 from ragdistill.training.lora import (
     TrainResult,
-    TrainSpec,
     last_complete_checkpoint,
     load_examples,
     prepare_training,
     train_lora,
 )
 from ragdistill.training.progress import TrainingProgress, use_training_progress
+from ragdistill.training.spec import TrainSpec
 from ragdistill.training.trainer_setup import (
     TrainingError,
     add_compact_loss_head,

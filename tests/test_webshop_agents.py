@@ -30,8 +30,9 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def trajectories() -> list:
     env = make_env("webshop", data_dir=DATA_DIR, page_size=3)
-    tasks = list_tasks("webshop", data_dir=DATA_DIR, split="train", limit=6)
-    return [play_expert(env, task) for task in tasks]
+    tasks = list_tasks("webshop", data_dir=DATA_DIR, split="train", limit=7)
+    # Upstream's option rule makes train goal 1504 unwinnable (its item shape "rectangular" reads as "tan").
+    return [play_expert(env, task) for task in tasks if task.task_id != "webshop-train-1504"]
 
 
 @pytest.mark.parametrize("format_name", ["act", "react", "stateact"])

@@ -13,6 +13,7 @@ from ragdistill.cli_deploy import deploy_app
 from ragdistill.cli_server import server_app
 from ragdistill.cli_stages import stages_app
 from ragdistill.errors import UserFacingError
+from ragdistill.preload import reexec_with_preload
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 data_app = typer.Typer(
@@ -179,7 +180,10 @@ def pipeline(config: ConfigOption, run_root: RunRootOption = None) -> None:
 
 
 def main() -> None:
-    """The console entry point: errors that explain themselves are printed without a traceback."""
+    """The console entry point: errors that explain themselves are printed without a traceback. On a
+    CPU machine it first restarts itself once with tcmalloc and Intel OpenMP preloaded when they are
+    installed (:mod:`ragdistill.preload`), so vLLM engines in it and in the processes it starts get them."""
+    reexec_with_preload()
     try:
         app()
     except UserFacingError as error:

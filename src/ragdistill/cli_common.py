@@ -18,8 +18,13 @@ def fail(message: str, code: int = 2) -> None:
 
 
 def load_or_exit(path: Path, overrides: dict[str, Any]) -> ExperimentConfig:
+    """The config a command runs with, checked against this machine (``preflight``); exit 2 naming every
+    setting at fault otherwise."""
+    from ragdistill.preflight import check_runnable
+
     try:
-        return load_config(path, {key: value for key, value in overrides.items() if value is not None})
+        config = load_config(path, {key: value for key, value in overrides.items() if value is not None})
+        return check_runnable(config, path)
     except ConfigError as error:
         fail(str(error))
         raise  # unreachable; keeps type checkers calm

@@ -10,9 +10,10 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from ragdistill.flows.parameters import DEFAULT_CONFIG
-from ragdistill.orchestration.deployments import NIGHTLY_CRON, NIGHTLY_ENV, NIGHTLY_TIMEZONE, WORK_POOL
+from ragdistill.config import DEFAULT_CONFIG
+from ragdistill.deployments.specs import NIGHTLY_CRON, NIGHTLY_ENV, NIGHTLY_TIMEZONE
 from ragdistill.orchestration.server import DEFAULT_START_TIMEOUT_S
+from ragdistill.orchestration.worker import WORK_POOL
 
 deploy_app = typer.Typer()
 
@@ -59,8 +60,9 @@ def _print_json_line(payload: dict[str, Any]) -> None:
 def _register(
     config: str, nightly: bool | None, pool: str, run_root: str | None = None
 ) -> tuple[list[str], bool]:
-    from ragdistill.flows.parameters import config_file
-    from ragdistill.orchestration.deployments import nightly_requested, register_deployments
+    from ragdistill.config import config_file
+    from ragdistill.deployments.register import register_deployments
+    from ragdistill.deployments.specs import nightly_requested
 
     config_file(config)  # an unknown config fails here, not in every run
     active = nightly_requested(nightly)
@@ -70,9 +72,9 @@ def _register(
 def _write_prefect_yaml(
     path: Path, config: str, nightly: bool | None, pool: str, run_root: str | None
 ) -> None:
-    from ragdistill.flows.parameters import config_file
-    from ragdistill.orchestration.deployments import nightly_requested
-    from ragdistill.orchestration.prefect_yaml import write_prefect_yaml
+    from ragdistill.config import config_file
+    from ragdistill.deployments.prefect_yaml import write_prefect_yaml
+    from ragdistill.deployments.specs import nightly_requested
 
     config_file(config)
     written = write_prefect_yaml(path, config, nightly_requested(nightly), pool, run_root)

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from ragdistill.agents.segments import Segment
 from ragdistill.environments.base import TaskInfo
 from ragdistill.errors import UserFacingError
+from ragdistill.messages import Segment
 
 SCHEMA_VERSION = 2
 """2: ``Step.history_text``, ``schema_version``, ``prompt_version`` and ``error_kind`` were added."""

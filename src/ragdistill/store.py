@@ -24,6 +24,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -101,10 +102,13 @@ class ArtifactStore:
         sub.root, sub.root_url = self.path(relative), self.uri(relative)
         return sub
 
+    def _faults(self, relative: str) -> AbstractContextManager[None]:
+        return storage_faults(self.fs, self.root, self.uri(relative))
+
     def write_bytes(self, relative: str, data: bytes) -> None:
         target = self.path(relative)
         if not self.is_local:
-            with storage_faults(self, relative):
+            with self._faults(relative):
                 self.fs.pipe_file(target, data)
             return
         directory = posixpath.dirname(target)
@@ -122,7 +126,7 @@ class ArtifactStore:
 
     def read_bytes(self, relative: str) -> bytes:
         try:
-            with storage_faults(self, relative):
+            with self._faults(relative):
                 return self.fs.cat_file(self.path(relative))
         except FileNotFoundError:
             raise ArtifactError(f"missing artifact {self.uri(relative)}") from None
@@ -143,14 +147,14 @@ class ArtifactStore:
             raise ArtifactError(f"{self.uri(relative)} is not valid JSON: {error}") from None
 
     def exists(self, relative: str) -> bool:
-        with storage_faults(self, relative):
+        with self._faults(relative):
             return self.fs.exists(self.path(relative))
 
     def list(self, prefix: str = "", *, hidden: bool = False) -> list[str]:
         """Relative paths of every file under ``prefix`` (recursive, sorted). Files whose name starts with
         a dot (temp files, leases) are left out unless ``hidden``."""
         base = self.path(prefix)
-        with storage_faults(self, prefix):
+        with self._faults(prefix):
             if not self.is_local:
                 self.fs.invalidate_cache(base)
             if not self.fs.exists(base):
@@ -161,7 +165,7 @@ class ArtifactStore:
 
     def delete(self, relative: str) -> None:
         target = self.path(relative)
-        with storage_faults(self, relative):
+        with self._faults(relative):
             if self.fs.exists(target):
                 self.fs.rm(target, recursive=True)
             if not self.is_local:
@@ -194,7 +198,7 @@ def check_writable(store: ArtifactStore | str) -> None:
         store.delete(probe)
     except OSError as error:
         raise StorageError(
-            f"cannot write to the run root {store.root_url} ({describe_storage(store)}): {error}. Fix "
+            f"cannot write to the run root {store.root_url} ({describe_storage(store.fs, store.root)}): {error}. Fix "
             "run.run_root or the folder's permissions, then run the stage again."
         ) from error
     except ArtifactError as error:

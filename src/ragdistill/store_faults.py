@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+
+from fsspec import AbstractFileSystem
+from fsspec.implementations.local import LocalFileSystem
 
 from ragdistill.errors import UserFacingError
-
-if TYPE_CHECKING:
-    from ragdistill.store import ArtifactStore
 
 MISSING_BUCKET = "specified bucket does not exist"
 
@@ -26,24 +25,24 @@ class StorageError(UserFacingError, RuntimeError):
     names the endpoint and bucket and says what to check."""
 
 
-def describe_storage(store: ArtifactStore) -> str:
-    """Where a run root lives: its folder, or the bucket and endpoint of its object store."""
-    if store.is_local:
-        return f"the folder {store.root}"
-    endpoint = getattr(store.fs, "endpoint_url", None) or getattr(store.fs, "client_kwargs", {}).get(
-        "endpoint_url"
-    )
-    bucket = store.root.split("/", 1)[0]
+def describe_storage(fs: AbstractFileSystem, root: str) -> str:
+    """Where the run root ``root`` of filesystem ``fs`` lives: its folder, or the bucket and endpoint of
+    its object store."""
+    if isinstance(fs, LocalFileSystem):
+        return f"the folder {root}"
+    endpoint = getattr(fs, "endpoint_url", None) or getattr(fs, "client_kwargs", {}).get("endpoint_url")
+    bucket = root.split("/", 1)[0]
     return f"bucket '{bucket}' at {endpoint or 'the default AWS endpoint'}"
 
 
 @contextmanager
-def storage_faults(store: ArtifactStore, relative: str) -> Iterator[None]:
-    """Object-store failures inside the block as :class:`StorageError` (local disks: unchanged)."""
-    if store.is_local:
+def storage_faults(fs: AbstractFileSystem, root: str, uri: str) -> Iterator[None]:
+    """Object-store failures inside the block, which touches ``uri`` under the run root ``root`` of
+    ``fs``, as :class:`StorageError` (local disks: unchanged)."""
+    if isinstance(fs, LocalFileSystem):
         yield
         return
-    where = f"{store.uri(relative)}: {describe_storage(store)}"
+    where = f"{uri}: {describe_storage(fs, root)}"
     try:
         yield
     except FileNotFoundError as error:

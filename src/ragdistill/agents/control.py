@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ragdistill.agents.segments import Segment
+from ragdistill.messages import Segment
 
 ModelStopReason = Literal["max_calls", "repeated_output"]
 

@@ -15,9 +15,9 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from ragdistill.agents.demonstrations import ExpertTrajectory
 from ragdistill.environments.base import Env, EnvError, TaskInfo
 from ragdistill.environments.registry import list_tasks, make_env
+from ragdistill.trajectories import ExpertTrajectory
 
 FEWSHOT_SUBDIR = "fewshot"
 CACHE_VERSION = 1

@@ -35,10 +35,10 @@ from ragdistill.agents.parsing import (
     text_after_last_action_label,
     think_text,
 )
-from ragdistill.agents.segments import Segment
 from ragdistill.environments.base import TaskInfo
 from ragdistill.environments.profile import AgentStyle, DemonstratedStep, EnvProfile, StateValue
 from ragdistill.episodes import turn_segments
+from ragdistill.messages import Segment
 
 HINTS_PREAMBLE = (
     "Rules learned from earlier attempts at similar tasks. Apply these rules silently: never repeat, "

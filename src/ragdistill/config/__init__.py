@@ -2,11 +2,13 @@
 
 A YAML file under ``configs/`` is one :class:`ExperimentConfig`. Unknown keys and wrong types are
 rejected before any work starts; :class:`ConfigError` names the file and the dotted key at fault.
-Defaults follow the paper (``specs/paper.md``) wherever the paper fixes a value.
+Defaults follow the paper (``specs/paper.md``) wherever the paper fixes a value. Nothing here looks at
+the machine: whether the models, the environment's offerings and the accelerate file a config names
+exist is checked before a run by :mod:`ragdistill.preflight`.
 
 One module per group of sections (``base``, ``models``, ``rollouts``, ``retrieval``, ``training``,
-``evaluation``), the whole experiment in ``experiment`` and reading files in ``loading``; every name is
-importable from ``ragdistill.config``.
+``evaluation``), the whole experiment in ``experiment``, finding a config by name in ``files`` and
+reading it in ``loading``; every name is importable from ``ragdistill.config``.
 """
 
 from ragdistill.config.base import DEFAULT_GPU_SHARE, ConfigError, StrictModel
@@ -18,6 +20,7 @@ from ragdistill.config.evaluation import (
     RunConfig,
 )
 from ragdistill.config.experiment import ExperimentConfig
+from ragdistill.config.files import CONFIGS_DIR, DEFAULT_CONFIG, available_configs, config_file
 from ragdistill.config.loading import config_hash, load_config, validate_config, with_overrides
 from ragdistill.config.models import (
     BackendConfig,
@@ -32,6 +35,8 @@ from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConf
 from ragdistill.config.training import DistillConfig, TrainingConfig
 
 __all__ = [
+    "CONFIGS_DIR",
+    "DEFAULT_CONFIG",
     "DEFAULT_GPU_SHARE",
     "AgentConfig",
     "BackendConfig",
@@ -55,6 +60,8 @@ __all__ = [
     "SamplingConfig",
     "StrictModel",
     "TrainingConfig",
+    "available_configs",
+    "config_file",
     "config_hash",
     "engine_key",
     "load_config",

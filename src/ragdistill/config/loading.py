@@ -11,7 +11,6 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ragdistill.config.base import ConfigError
-from ragdistill.config.checks import runnable_problems
 from ragdistill.config.experiment import ExperimentConfig
 
 
@@ -44,7 +43,8 @@ def validate_config(data: Any, source: str = "<config>") -> ExperimentConfig:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read a YAML experiment config, apply dotted-key ``overrides`` (e.g. ``{"env.split": "x"}``) and
-    check that what it names exists on this machine (``config.checks``): a config to run now."""
+    validate it. What it names on this machine is not checked here: a caller about to run work calls
+    :func:`ragdistill.preflight.check_runnable` next."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
@@ -55,13 +55,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
     data = data or {}
     for dotted, value in (overrides or {}).items():
         _set_dotted(data, dotted, value, source=str(path))
-    config = validate_config(data, source=str(path))
-    problems = runnable_problems(config)
-    if problems:
-        raise ConfigError(
-            f"{path}: {len(problems)} setting(s) name what this machine lacks:\n  " + "\n  ".join(problems)
-        )
-    return config
+    return validate_config(data, source=str(path))
 
 
 def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from ragdistill.config.base import StrictModel
 
@@ -68,16 +68,10 @@ class TrainingConfig(StrictModel):
     resume: bool = Field(True, description="Resume from the newest complete checkpoint in the output folder.")
     tensorboard: bool = Field(True, description="Write TensorBoard logs (needs the tensorboard package).")
     accelerate_config: str = Field(
-        "cpu", description="A shipped accelerate config (cpu, 1gpu, ddp, fsdp) or a path to a YAML file."
+        "cpu",
+        description="A shipped accelerate config (cpu, 1gpu, ddp, fsdp) or a path to a YAML file, checked when a "
+        "run starts (ragdistill.preflight).",
     )
-
-    @field_validator("accelerate_config")
-    @classmethod
-    def _accelerate_config_exists(cls, value: str) -> str:
-        from ragdistill.training.accelerate_configs import accelerate_config_path
-
-        accelerate_config_path(value)
-        return value
 
 
 class DistillConfig(StrictModel):

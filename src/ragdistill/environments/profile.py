@@ -5,8 +5,8 @@ environment. Each environment ships its own profile next to its code (``environm
 ``environments/webshop``) and registers it with :func:`ragdistill.environments.registry.register_env`;
 adding a third environment touches ``environments/`` and ``configs/`` only.
 
-This module is a leaf: it imports nothing from ragdistill but the environment protocol, so every
-layer may depend on it.
+This module is a leaf: it imports nothing from ragdistill but the leaf type of expert trajectories, so
+every layer may depend on it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
+
+from ragdistill.trajectories import ExpertTrajectory
 
 ThinkSyntax = Literal["label", "brackets"]
 """How a ReAct thought is written: ``think: …`` (ALFWorld, as in ReAct's prompts) or ``think[…]``
@@ -102,9 +104,9 @@ class DemonstratedStep:
     key left out is written as None."""
 
 
-DemonstrationRenderer = Callable[[Any], list[DemonstratedStep]]
-"""Turns an expert trajectory (``agents.demonstrations.ExpertTrajectory``: instruction, task_type,
-first observation and (action, observation) steps) into steps with thoughts and state, one per action."""
+DemonstrationRenderer = Callable[[ExpertTrajectory], list[DemonstratedStep]]
+"""Turns an expert trajectory (instruction, task_type, first observation and (action, observation)
+steps) into steps with thoughts and state, one per action."""
 
 ReactExamples = Callable[[Path, str, str, int], list[tuple[str, list[tuple[str, str]]]]]
 """``(data_dir, format_name, group, n)`` → ``n`` published transcripts of ``group`` as (first

@@ -22,14 +22,10 @@ from typing import Annotated, Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import to_jsonable_python
 
-from ragdistill.config import ConfigError, ExperimentConfig, load_config
-from ragdistill.models import _project_root
+from ragdistill.config import ExperimentConfig, config_file, load_config
+from ragdistill.preflight import check_runnable
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-CONFIGS_DIR = "configs"
-DEFAULT_CONFIG = "demo-alfworld"
-CONFIG_SUFFIXES = (".yaml", ".yml")
 
 CONFIG_NAME_HELP = (
     "The experiment config: a name under configs/ (demo-alfworld, paper-alfworld-react, …) or a path to "
@@ -85,29 +81,6 @@ def dotted_overrides(overrides: BaseModel | None) -> dict[str, Any]:
     return dotted
 
 
-def available_configs() -> list[str]:
-    folder = _project_root() / CONFIGS_DIR
-    return sorted(path.stem for suffix in CONFIG_SUFFIXES for path in folder.glob(f"*{suffix}"))
-
-
-def config_file(config_name: str) -> Path:
-    """The YAML file a ``config_name`` parameter names: an existing file, else ``configs/<name>.yaml`` of
-    the project (the git work tree holding the current folder)."""
-    given = Path(config_name).expanduser()
-    if given.is_file():
-        return given
-    folder = _project_root() / CONFIGS_DIR
-    for suffix in ("", *CONFIG_SUFFIXES):
-        named = folder / f"{config_name}{suffix}"
-        if named.is_file() and named.suffix in CONFIG_SUFFIXES:
-            return named
-    names = ", ".join(available_configs()) or "none"
-    raise ConfigError(
-        f"config {config_name!r} is neither a YAML file nor a config under {folder} (available: {names}); "
-        "give a name from that list or a path to a config file"
-    )
-
-
 def experiment_config(
     config_name: str, overrides: BaseModel | None = None, settings: dict[str, Any] | None = None
 ) -> tuple[ExperimentConfig, Path]:
@@ -115,7 +88,7 @@ def experiment_config(
     dotted overrides (e.g. its ``run_root`` parameter); those that are not None win over ``overrides``."""
     path = config_file(config_name)
     explicit = {key: value for key, value in (settings or {}).items() if value is not None}
-    return load_config(path, {**dotted_overrides(overrides), **explicit}), path
+    return check_runnable(load_config(path, {**dotted_overrides(overrides), **explicit}), path), path
 
 
 PARAMETER_HELP = {

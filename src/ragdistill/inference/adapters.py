@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from ragdistill.inference.base import BackendError
+from ragdistill.paths import default_cache_root
 
 
 def local_adapter_path(adapter: str) -> Path:
@@ -114,7 +115,6 @@ def materialize_adapter(reference: str, cache_root: Path | None = None) -> Path:
     again and an unchanged one is not."""
     if reference.startswith("file://") or "://" not in reference:
         return local_adapter_path(reference)
-    from ragdistill.models import default_cache_root
     from ragdistill.store import ArtifactStore
 
     store = ArtifactStore(reference)
@@ -159,8 +159,6 @@ def merged_checkpoint(
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ragdistill.models import default_cache_root
 
     check_adapter_base(adapter, base_model)
     key = digest.removeprefix("sha256:")[:24] + f"-{dtype}"

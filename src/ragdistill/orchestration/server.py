@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import IO
 
 from ragdistill.errors import UserFacingError
-from ragdistill.models import _project_root
+from ragdistill.paths import project_root
 from ragdistill.processes import process_alive
 
 HOME_ENV = "PREFECT_HOME"
@@ -87,11 +87,11 @@ class ServerState:
 
 def project_prefect_home() -> Path:
     """``$PREFECT_HOME`` when set, else ``.prefect`` at the root of the enclosing git work tree, else in
-    the current directory (the rule :func:`ragdistill.models.default_cache_root` follows)."""
+    the current directory (:func:`ragdistill.paths.project_root`)."""
     configured = os.environ.get(HOME_ENV)
     if configured:
         return Path(configured).expanduser().absolute()
-    return _project_root() / ".prefect"
+    return project_root() / ".prefect"
 
 
 def configure_prefect_home() -> Path:

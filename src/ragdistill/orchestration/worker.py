@@ -14,9 +14,12 @@ import subprocess
 import sys
 from typing import IO
 
-from ragdistill.orchestration.deployments import WORK_POOL, WORK_POOL_TYPE
 from ragdistill.orchestration.server import API_URL_ENV, configure_prefect_home
 
+WORK_POOL = "ragdistill-process"
+"""The project's work pool, which ``ragdistill deploy`` creates and every deployment runs on."""
+WORK_POOL_TYPE = "process"
+"""A process worker runs each flow run as a subprocess, in the deployment's working folder."""
 STOP_GRACE_S = 30.0
 """How long a stopping worker may take to mark its runs and exit before it is killed."""
 

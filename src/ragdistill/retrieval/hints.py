@@ -24,19 +24,12 @@ Validation rules (each rejection is counted under its reason code):
 - ``duplicate`` / ``over_limit``: the same normalised text twice in one answer, or more hints than the
   environment allows per failure (extras are dropped in order).
 
-Hints are data, never instructions: the teacher pastes them into its prompt, so a hint that could act on
-that prompt is rejected before any other check (:func:`injection_reason`; the same check runs again when
-hints are rendered, see :func:`unsafe_for_prompt`):
-
-- ``control_characters``: control or invisible format characters (NUL, escape, zero-width, bidi
-  overrides) left after whitespace was collapsed;
-- ``template_token``: a chat-template token (``<|im_start|>``, ``</s>``, ``[INST]``, ``<<SYS>>``,
-  ``<start_of_turn>``, ``<|eot_id|>``, ``<think>``);
-- ``role_marker``: a turn label such as ``system:``, ``assistant:``, ``user:``, ``### Instruction``;
-- ``transcript_marker``: text that mimics the agent's transcript (``action:``, ``observation:``,
-  ``thought:``, ``think:`` or ``think[``, a ``> `` command line);
-- ``instruction_override``: an attempt to replace the prompt's instructions ("ignore previous
-  instructions", "disregard the rules above", "you are now", "system prompt").
+Hints are data, never instructions: a hint that could act on the prompt it is pasted into is rejected
+before any other check, under one of :data:`INJECTION_REASONS` (``control_characters``,
+``template_token``, ``role_marker``, ``transcript_marker``, ``instruction_override``), and checked again
+after rewriting. The checks, the text normalisation they read (NFKC, case folding, no zero-width
+characters) and the render-time guard :func:`unsafe_for_prompt` live in
+:mod:`ragdistill.retrieval.prompt_guard`.
 """
 
 from __future__ import annotations
@@ -44,20 +37,15 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
 from ragdistill.environments.profile import HintStyle
 from ragdistill.retrieval.lenient_json import find_json
+from ragdistill.retrieval.prompt_guard import INJECTION_REASONS, injection_reason
+from ragdistill.retrieval.prompt_guard import MAX_PROMPT_HINT_CHARS as MAX_PROMPT_HINT_CHARS
+from ragdistill.retrieval.prompt_guard import unsafe_for_prompt as unsafe_for_prompt
 
-INJECTION_REASONS: tuple[str, ...] = (
-    "control_characters",
-    "template_token",
-    "role_marker",
-    "transcript_marker",
-    "instruction_override",
-)
 REJECTION_REASONS: tuple[str, ...] = (
     "not_text",
     "empty",
@@ -178,58 +166,6 @@ def _is_imperative(text: str) -> bool:
     return True
 
 
-_CONTROL_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Zl", "Zp"})
-_TEMPLATE_TOKEN = re.compile(
-    r"<\|[^<>]{0,40}\|>|<\|?(?:im_start|im_end|endoftext|eot_id|begin_of_text|start_header_id)"
-    r"|</?s>|\[/?INST\]|<</?SYS>>|<(?:start|end)_of_turn>|</?(?:system|user|assistant|think|tool_call)>",
-    re.IGNORECASE,
-)
-_ROLE_MARKER = re.compile(
-    r"\b(?:system|assistant|user|human|developer|ai)\s*:|#{2,}\s*(?:instruction|response|system|input)\b",
-    re.IGNORECASE,
-)
-_TRANSCRIPT_MARKER = re.compile(
-    r"\b(?:action|observation|obs|thought|think)\s*:|\bthink\s*\[|(?:^|\s)>\s*\S", re.IGNORECASE
-)
-_OVERRIDE = re.compile(
-    r"\b(?:ignore|disregard|forget|override|bypass)(?:\s+(?:all|any|the|your|of|these|those|my))*"
-    r"\s+(?:(?:previous|prior|above|earlier|preceding|system|original|given)\s+)?"
-    r"(?:instructions?|rules?|prompts?|directions?|guidelines?)\b"
-    r"|\b(?:ignore|disregard|forget)\s+(?:everything|all)\s+(?:above|before|else)\b"
-    r"|\byou are now\b|\bnew instructions?\b|\bsystem prompt\b|\bjailbreak",
-    re.IGNORECASE,
-)
-MAX_PROMPT_HINT_CHARS = 300
-"""No hint longer than this reaches a prompt, whatever ``mining.max_hint_chars`` allowed."""
-
-
-def injection_reason(text: str) -> str | None:
-    """Why ``text`` could act on a prompt as more than a hint (a reason of :data:`INJECTION_REASONS`),
-    or None when it reads as plain data. Whitespace other than the plain space counts as a control
-    character: a hint is one line."""
-    if any(char != " " and unicodedata.category(char) in _CONTROL_CATEGORIES for char in text):
-        return "control_characters"
-    if any(char != " " and char.isspace() for char in text):
-        return "control_characters"
-    for reason, pattern in (
-        ("template_token", _TEMPLATE_TOKEN),
-        ("role_marker", _ROLE_MARKER),
-        ("transcript_marker", _TRANSCRIPT_MARKER),
-        ("instruction_override", _OVERRIDE),
-    ):
-        if pattern.search(text) is not None:
-            return reason
-    return None
-
-
-def unsafe_for_prompt(text: str) -> str | None:
-    """Why a stored hint must not be rendered into a prompt (an injection reason, or ``too_long``), or
-    None. The render-time guard: a bank edited by hand, or mined before these checks, cannot inject."""
-    if len(text) > MAX_PROMPT_HINT_CHARS:
-        return "too_long"
-    return injection_reason(text)
-
-
 def validate_hint(raw: Any, style: HintStyle, max_chars: int = 120) -> tuple[str | None, str | None]:
     """``(clean_text, None)`` for a usable hint, ``(None, reason)`` otherwise (reasons: module doc)."""
     if not isinstance(raw, str):
@@ -246,6 +182,8 @@ def validate_hint(raw: Any, style: HintStyle, max_chars: int = 120) -> tuple[str
         return None, "malformed_placeholder"
     if any(name not in style.placeholders for name in _PLACEHOLDER.findall(text)):
         return None, "unknown_placeholder"
+    if (reason := injection_reason(text)) is not None:
+        return None, reason
     if style.episode_specific is not None and style.episode_specific(text):
         return None, "episode_specific"
     if len(text) > max_chars:

@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budget
 from ragdistill.agents.formats import AgentFormat
-from ragdistill.agents.segments import Segment, render_messages
 from ragdistill.config import AgentConfig, RoleConfig
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
 from ragdistill.episodes import (
@@ -37,6 +36,7 @@ from ragdistill.episodes import (
     turn_segments,
 )
 from ragdistill.inference.base import Backend, Generation, GenerationRequest
+from ragdistill.messages import Segment, render_messages
 
 __all__ = ["EpisodeRecord", "RolloutEngine", "call_segments"]
 

@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budget
-from ragdistill.agents.demonstrations import ExpertTrajectory, render_expert_turns
+from ragdistill.agents.demonstrations import render_expert_turns
 from ragdistill.agents.formats import AgentFormat
-from ragdistill.agents.segments import Segment, render_messages
 from ragdistill.config import AgentConfig
 from ragdistill.environments.base import EnvError, TaskInfo
 from ragdistill.episodes import EpisodeRecord, Step, StopReason, turn_segments
-from ragdistill.messages import ChatMessage
+from ragdistill.messages import ChatMessage, Segment, render_messages
 from ragdistill.rollout.engine import EpisodePool, HintSource, RecordSink, RetrievedHints, error_kind
+from ragdistill.trajectories import ExpertTrajectory
 
 EXPERT_MODEL = "expert"
 """What an expert record names as its model: the environment's expert, not a language model."""

@@ -45,9 +45,10 @@ def training_identity(ctx: RunContext, settings: TrainingSettings, inputs: Input
 def run_training(ctx: RunContext, settings: TrainingSettings, inputs: Inputs) -> Manifest:
     """Train the ``settings.name`` student on ``datasets/<name>``; see the module docstring."""
     from ragdistill.inference.shared import close_shared_backends
-    from ragdistill.models import default_cache_root, resolve_model
+    from ragdistill.models import resolve_model
+    from ragdistill.paths import default_cache_root
     from ragdistill.training.launch import launch_training
-    from ragdistill.training.lora import TrainSpec
+    from ragdistill.training.spec import TrainSpec
 
     store = ArtifactStore(ctx.run_root)
     identity = training_identity(ctx, settings, inputs)

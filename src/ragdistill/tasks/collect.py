@@ -9,7 +9,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from ragdistill.config.stages import CollectSettings, RetrainSettings, RunContext
-from ragdistill.orchestration.events import emit_failures_recorded
+from ragdistill.events import emit_failures_recorded
 from ragdistill.stages.collect import recorded_failures, run_collect
 from ragdistill.stages.retrain import (
     PendingFailures,
@@ -32,7 +32,7 @@ def collect_task(ctx: RunContext, settings: CollectSettings) -> dict[str, Any]:
     store = ArtifactStore(ctx.run_root)
     planned, manifest = run_collect(ctx, settings, progress=progress_reporter(settings.stage))
     failures = len(recorded_failures(store, planned.stage))
-    emit_failures_recorded(ctx, planned.stage, failures)
+    emit_failures_recorded(ctx.run_root, ctx.run_name, planned.stage, failures)
     result = publish_manifest(
         manifest, key=f"rollout-{planned.stage}", description=f"{ctx.run_name}: rollouts/{planned.stage}"
     )

@@ -1,6 +1,6 @@
 """Rollout shards as Prefect tasks: the ``rollout-shard`` task (a thin wrapper over
 ``rollout.play.play_shard``) and the shard runner that submits one per shard to the configured task
-runner (``orchestration.runners``)."""
+runner (``tasks.runners``)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ragdistill.config import OrchestrationConfig
 from ragdistill.config.stages import RunContext
-from ragdistill.orchestration.runners import shard_resources, task_runner_for
+from ragdistill.tasks.runners import shard_resources, task_runner_for
 from ragdistill.rollout.engine import RolloutStats
 from ragdistill.rollout.play import play_shard
 from ragdistill.rollout.shards import ShardJob, ShardRunner, for_threads, use_shard_runner

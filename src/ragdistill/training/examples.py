@@ -19,11 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ragdistill.agents.control import ContextBudgetError, fit_to_budget
-from ragdistill.agents.segments import Segment, SegmentKind, drop_kinds, render_messages
 from ragdistill.episodes import EpisodeRecord, episode_segments
 from ragdistill.errors import UserFacingError
 from ragdistill.inference.chat import Tokenizer, encode_text, message_dicts, render_chat
-from ragdistill.messages import ChatMessage
+from ragdistill.messages import ChatMessage, Segment, SegmentKind, drop_kinds, render_messages
 
 DISTILL_REMOVED: tuple[SegmentKind, ...] = ("hints", "fewshot")
 """What a student never sees: the teacher's hint block and the few-shot examples (the paper)."""

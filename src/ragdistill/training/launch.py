@@ -21,8 +21,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ragdistill.training.accelerate_configs import AccelerateSetup, read_accelerate_config
-from ragdistill.training.lora import TrainingError, TrainResult, TrainSpec
+from ragdistill.training.lora import TrainingError, TrainResult
 from ragdistill.training.progress import current_progress_listener, parse_progress_line
+from ragdistill.training.spec import TrainSpec
 
 RESULT_FILE = "result.json"
 SPEC_FILE = "spec.json"

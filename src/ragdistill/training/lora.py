@@ -22,17 +22,16 @@ newest complete one and reaches the same total number of steps).
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragdistill.config import TrainingConfig
 from ragdistill.training.curves import loss_points, plot_loss, write_loss_csv
 from ragdistill.training.progress import progress_callback
+from ragdistill.training.spec import TrainSpec
 from ragdistill.training.trainer_setup import (
     Precision,
     TrainingError,
@@ -60,65 +59,6 @@ REQUIRED_COLUMNS = ("input_ids", "assistant_masks")
 STEADY_AFTER_STEPS = 2
 CHECKPOINT_COMPLETE_FILE = "trainer_state.json"
 """The Trainer writes this last into a checkpoint folder: without it the save was interrupted."""
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """Everything one training run needs; JSON-able, so a launched process can read it."""
-
-    dataset: str
-    """A parquet file, or a folder of them, with the columns of the module docstring."""
-    base_model: str
-    """A local Hugging Face checkpoint folder (``models.resolve_model``) or a hub id."""
-    output_dir: str
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    seed: int = 42
-    trust_remote_code: bool = False
-    """Whether the base model's own Python code may run (``models.agent.model.trust_remote_code``)."""
-
-    @classmethod
-    def from_config(
-        cls,
-        training: TrainingConfig,
-        *,
-        dataset: str,
-        base_model: str,
-        output_dir: str,
-        seed: int = 42,
-        trust_remote_code: bool = False,
-    ) -> TrainSpec:
-        return cls(str(dataset), str(base_model), str(output_dir), training, seed, trust_remote_code)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "base_model": self.base_model,
-            "output_dir": self.output_dir,
-            "training": self.training.model_dump(mode="json"),
-            "seed": self.seed,
-            "trust_remote_code": self.trust_remote_code,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TrainSpec:
-        trust_remote_code = data.get("trust_remote_code") is True
-        return cls(
-            dataset=data["dataset"],
-            base_model=data["base_model"],
-            output_dir=data["output_dir"],
-            training=TrainingConfig.model_validate(data.get("training", {})),
-            seed=int(data.get("seed", 42)),
-            trust_remote_code=trust_remote_code,
-        )
-
-    def write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True))
-        return path
-
-    @classmethod
-    def read(cls, path: Path) -> TrainSpec:
-        return cls.from_dict(json.loads(path.read_text()))
 
 
 @dataclass(frozen=True)

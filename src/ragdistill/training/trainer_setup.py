@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
-    from ragdistill.training.lora import TrainSpec
+    from ragdistill.training.spec import TrainSpec
 
 logger = logging.getLogger("ragdistill.training.lora")
 

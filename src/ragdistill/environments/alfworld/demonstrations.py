@@ -13,13 +13,10 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from ragdistill.environments.alfworld.env import INVALID_OBSERVATION
 from ragdistill.environments.profile import DemonstratedStep
-
-if TYPE_CHECKING:
-    from ragdistill.agents.demonstrations import ExpertTrajectory
+from ragdistill.trajectories import ExpertTrajectory
 
 START_LOCATION = "starting location"
 """StateAct's current location before the first ``go to`` (as in the StateAct authors' prompts)."""

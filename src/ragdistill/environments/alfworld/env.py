@@ -4,7 +4,8 @@ Games are the ``game.tw-pddl`` files that ``ragdistill data setup`` unpacks unde
 ``<data_dir>/alfworld/json_2.1.1/<split>/<task folder>/<trial>/``. Each reset loads one game through
 ``textworld.gym.register_games`` with the same wrappers alfworld's own ``AlfredTWEnv`` uses
 (``AlfredDemangler(shuffle=False)``, ``AlfredInfos``), so names and observations match the published
-benchmark. Loading costs 1-3 s per game; the environment pool reuses processes across games.
+benchmark. Loading costs 1-3 s per game; the environment pool reuses processes across games. TextWorld's
+grammar strings are parsed once per process, not on every step (:mod:`.parse_cache`).
 """
 
 from __future__ import annotations
@@ -248,6 +249,9 @@ def _load(path: Path) -> Any:
     import textworld.gym
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
+    from ragdistill.environments.alfworld import parse_cache
+
+    parse_cache.follow_setting()
     infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
     env_id = textworld.gym.register_games(
         [str(path)],

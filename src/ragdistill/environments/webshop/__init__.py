@@ -3,8 +3,9 @@
 Our own implementation of upstream's behaviour (no Java, no Lucene): ``catalog`` loads the products and
 draws their prices, ``goals`` builds the 6910 synthetic goals (and the 13 human ones), ``search`` is BM25
 over each product's text, ``pages`` renders the pages and lists the actions, ``reward`` scores a purchase,
-``nouns`` tags the nouns the reward compares, ``env`` plays an episode. This module stays light: the
-constants only, so importing the package (the registry does) loads no data and no library.
+``nouns`` tags the nouns the reward compares, ``env`` plays an episode; ``constants`` holds the names,
+seeds and splits they share. This module stays light: the constants and lazy entry points only, so
+importing the package (the registry does) loads no data and no library.
 
 Goal order and splits: the goal list is built in catalogue order and shuffled once with ``SHUFFLE_SEED``
 (233), as upstream does; goal ``i`` of that order is upstream's session ``fixed_i``. Indices 0-499 are
@@ -18,36 +19,45 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ragdistill.environments.webshop.constants import (
+    CATEGORIES,
+    DEFAULT_MAX_STEPS,
+    ENV_NAME,
+    HUMAN_SPLIT,
+    INSTRUCTIONS_FILE,
+    INVALID_OBSERVATION,
+    PAGE_SIZE,
+    PRICE_SEED,
+    PRODUCTS_FILE,
+    SEARCH_RESULTS,
+    SHUFFLE_SEED,
+    SPLIT_RANGES,
+    SPLITS,
+)
+
 if TYPE_CHECKING:
     from ragdistill.environments.base import Env, TaskInfo
 
-ENV_NAME = "webshop"
-INVALID_OBSERVATION = "Invalid action!"
-"""What the environment answers to an action that is not available on the current page."""
 
-PRODUCTS_FILE = "webshop/products_1000.json.xz"
-INSTRUCTIONS_FILE = "webshop/items_ins_v2_1000.json"
-
-PRICE_SEED = 233
-"""Seeds the one random stream that draws product prices, then the goals' price bounds (upstream's
-``random.seed(233)`` before loading)."""
-SHUFFLE_SEED = 233
-"""Fixed seed of the one shuffle of the goal list (upstream's ``random.seed(233); random.shuffle``)."""
-
-DEFAULT_MAX_STEPS = 15
-SEARCH_RESULTS = 50
-PAGE_SIZE = 10
-"""Results per page upstream. ``page_size=3`` gives the paper's view: only the top 3 per page."""
-
-SPLIT_RANGES: dict[str, tuple[int, int | None]] = {
-    "test": (0, 500),
-    "eval": (500, 1500),
-    "train": (1500, None),
-}
-HUMAN_SPLIT = "human"
-SPLITS: tuple[str, ...] = (*SPLIT_RANGES, HUMAN_SPLIT)
-CATEGORIES: tuple[str, ...] = ("beauty", "electronics", "fashion", "garden", "grocery")
-"""Task types: the product's ``category``."""
+__all__ = [
+    "CATEGORIES",
+    "DEFAULT_MAX_STEPS",
+    "ENV_NAME",
+    "HUMAN_SPLIT",
+    "INSTRUCTIONS_FILE",
+    "INVALID_OBSERVATION",
+    "PAGE_SIZE",
+    "PRICE_SEED",
+    "PRODUCTS_FILE",
+    "SEARCH_RESULTS",
+    "SHUFFLE_SEED",
+    "SPLITS",
+    "SPLIT_RANGES",
+    "check_report",
+    "environment_version",
+    "list_tasks",
+    "make_env",
+]
 
 
 def make_env(**kwargs: Any) -> Env:

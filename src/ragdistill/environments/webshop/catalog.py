@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ragdistill.environments.base import EnvError
-from ragdistill.environments.webshop import INSTRUCTIONS_FILE, PRICE_SEED, PRODUCTS_FILE
+from ragdistill.environments.webshop.constants import INSTRUCTIONS_FILE, PRICE_SEED, PRODUCTS_FILE
 
 
 @dataclass(frozen=True)

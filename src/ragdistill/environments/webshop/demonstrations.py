@@ -9,10 +9,10 @@ has no thought line) is the goal, the page the agent is on and the options chose
 from __future__ import annotations
 
 import re
-from typing import Any
 
 from ragdistill.environments.profile import DemonstratedStep
-from ragdistill.environments.webshop import INVALID_OBSERVATION
+from ragdistill.environments.webshop.constants import INVALID_OBSERVATION
+from ragdistill.trajectories import ExpertTrajectory
 
 _SEARCH = re.compile(r"^search\[(?P<query>.*)\]$", re.IGNORECASE)
 _CLICK = re.compile(r"^click\[(?P<target>.*)\]$", re.IGNORECASE)
@@ -55,8 +55,8 @@ def _thought(kind: str, argument: str, instruction: str, chosen: list[str]) -> s
     return None
 
 
-def demonstrate(trajectory: Any) -> list[DemonstratedStep]:
-    """``trajectory`` (an ``ExpertTrajectory``) as steps with thoughts and StateAct state."""
+def demonstrate(trajectory: ExpertTrajectory) -> list[DemonstratedStep]:
+    """``trajectory`` as steps with thoughts and StateAct state."""
     instruction = trajectory.instruction.strip()
     location, page, chosen = START_LOCATION, 1, []
     steps: list[DemonstratedStep] = []

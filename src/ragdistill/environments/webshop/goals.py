@@ -7,7 +7,8 @@ and the larger is ``price_upper`` (and ", and price lower than X.00 dollars" end
 otherwise ``price_upper`` is 1,000,000 and the instruction says nothing of price. The draws continue the
 catalogue's price stream. The list is then shuffled once with ``SHUFFLE_SEED``. Human goals: the
 products' ``instructions`` (written by people), built the same way, their option values named by the
-product option that lists them.
+product option that lists them; upstream keeps those as a list of values, which its reward compares
+value to value (``Goal.options_as_pairs``).
 """
 
 from __future__ import annotations
@@ -18,11 +19,14 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from ragdistill.environments.base import EnvError
-from ragdistill.environments.webshop import HUMAN_SPLIT, SHUFFLE_SEED, SPLIT_RANGES
 from ragdistill.environments.webshop.catalog import Catalog, Product, load_catalog_at
+from ragdistill.environments.webshop.constants import HUMAN_SPLIT, SHUFFLE_SEED, SPLIT_RANGES
 
 PRICE_BOUNDS: tuple[float, ...] = tuple(10.0 * step for step in range(1, 100))
 NO_PRICE_BOUND = 1_000_000.0
+
+GoalOption = str | tuple[str, str]
+"""A goal option as upstream's option matcher receives it: a ``(name, value)`` pair, or a bare value."""
 
 
 @dataclass(frozen=True)
@@ -37,10 +41,16 @@ class Goal:
     attributes: tuple[str, ...]
     goal_options: dict[str, str]
     price_upper: float
+    options_as_pairs: bool = True
+    """Upstream keeps a synthetic goal's options as a name -> value dict, which its reward hands to the
+    option matcher as ``(name, value)`` pairs; a human goal's as a bare list of values (False here)."""
 
     @property
-    def option_values(self) -> list[str]:
-        return list(self.goal_options.values())
+    def matched_options(self) -> tuple[GoalOption, ...]:
+        """What the reward's option matcher compares the chosen values with (see ``reward``)."""
+        if self.options_as_pairs:
+            return tuple(self.goal_options.items())
+        return tuple(self.goal_options.values())
 
 
 def price_bound(price: float, rng: random.Random) -> tuple[float, str]:
@@ -52,7 +62,14 @@ def price_bound(price: float, rng: random.Random) -> tuple[float, str]:
     return upper, f", and price lower than {upper:.2f} dollars"
 
 
-def _goal(product: Product, text: str, attributes: list[str], options: dict[str, str], upper: float) -> Goal:
+def _goal(
+    product: Product,
+    text: str,
+    attributes: list[str],
+    options: dict[str, str],
+    upper: float,
+    options_as_pairs: bool = True,
+) -> Goal:
     return Goal(
         asin=product.asin,
         category=product.category,
@@ -63,6 +80,7 @@ def _goal(product: Product, text: str, attributes: list[str], options: dict[str,
         attributes=tuple(attributes),
         goal_options=options,
         price_upper=upper,
+        options_as_pairs=options_as_pairs,
     )
 
 
@@ -94,7 +112,16 @@ def human_goals(catalog: Catalog, rng: random.Random) -> list[Goal]:
                 product.option_name_of(value) or value: value for value in entry["instruction_options"]
             }
             text = str(entry["instruction"]).strip(".") + price_text
-            goals.append(_goal(product, text, list(entry["instruction_attributes"]), options, upper))
+            goals.append(
+                _goal(
+                    product,
+                    text,
+                    list(entry["instruction_attributes"]),
+                    options,
+                    upper,
+                    options_as_pairs=False,
+                )
+            )
     return goals
 
 

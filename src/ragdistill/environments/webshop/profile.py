@@ -5,7 +5,7 @@ thought line)."""
 from __future__ import annotations
 
 from ragdistill.environments.profile import AgentStyle, EnvProfile
-from ragdistill.environments.webshop import CATEGORIES, ENV_NAME, INVALID_OBSERVATION
+from ragdistill.environments.webshop.constants import CATEGORIES, ENV_NAME, INVALID_OBSERVATION
 from ragdistill.environments.webshop.demonstrations import demonstrate
 from ragdistill.environments.webshop.hints import WEBSHOP_HINT_STYLE
 

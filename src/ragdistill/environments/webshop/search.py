@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from ragdistill.bm25 import import_bm25s
-from ragdistill.environments.webshop import SEARCH_RESULTS
 from ragdistill.environments.webshop.catalog import Catalog, load_catalog_at
+from ragdistill.environments.webshop.constants import SEARCH_RESULTS
 
 _WORD = re.compile(r"\w+")
 

