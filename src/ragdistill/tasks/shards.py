@@ -14,11 +14,11 @@ from prefect.cache_policies import NO_CACHE
 
 from ragdistill.config import OrchestrationConfig
 from ragdistill.config.stages import RunContext
-from ragdistill.tasks.runners import shard_resources, task_runner_for
 from ragdistill.rollout.engine import RolloutStats
 from ragdistill.rollout.play import play_shard
 from ragdistill.rollout.shards import ShardJob, ShardRunner, for_threads, use_shard_runner
 from ragdistill.tasks.progress import progress_reporter
+from ragdistill.tasks.runners import shard_resources, task_runner_for
 
 
 @task(
