@@ -40,3 +40,17 @@ def test_an_import_up_the_layers_breaks_the_contract(tmp_path: Path) -> None:
     assert result.returncode != 0
     assert "layers, top down BROKEN" in result.stdout
     assert "ragdistill.store -> ragdistill.stages.lifecycle" in result.stdout
+
+
+def test_only_the_cli_flows_config_and_preflight_see_the_whole_experiment_config() -> None:
+    """A stage function, its identity and its Prefect task take ``(ctx, settings, inputs)``: nothing below
+    the flows names ``ExperimentConfig`` (DESIGN.md, "Layout")."""
+    package = REPO / "src" / "ragdistill"
+    allowed = ("cli", "flows/", "config/", "preflight.py")
+    naming = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "ExperimentConfig" in path.read_text()
+    )
+    assert naming, "the check must see the config package"
+    assert [name for name in naming if not name.startswith(allowed)] == []

@@ -30,6 +30,7 @@ NOT_OUTPUT_CODE: frozenset[str] = frozenset(
     {
         "ragdistill",
         "ragdistill.config",
+        "ragdistill.config.stage_models",
         "ragdistill.config.stages",
         "ragdistill.errors",
         "ragdistill.layout",
@@ -57,7 +58,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 
 def _module_file(name: str) -> Path | None:
     """The source file of a ragdistill module (found on disk, never imported); None for a non-module
-    such as ``ragdistill.config.ExperimentConfig``."""
+    such as ``ragdistill.config.StrictModel``."""
     if name != PACKAGE and not name.startswith(PACKAGE + "."):
         return None
     parts = name.split(".")[1:]
