@@ -476,3 +476,77 @@ def test_a_second_writer_waits_for_the_registry_lease_and_then_stops_with_the_ho
     assert impatient.pointer().version == "v0002", "the pointer did not move"
     impatient.rollback(by="cli")
     assert impatient.pointer().version == "v0001"
+
+
+def truncated(text: str) -> str:
+    return text[: len(text) // 2]
+
+
+def with_field(field: str, value: object) -> object:
+    def change(text: str) -> str:
+        return json.dumps({**json.loads(text), field: value})
+
+    return change
+
+
+MALFORMED_REGISTRY_FILES = {
+    "a version named vX": ("versions/v0001.json", with_field("version", "vX")),
+    "an entry with an extra field": ("versions/v0001.json", with_field("comment", "edited by hand")),
+    "an entry that is a JSON list": ("versions/v0001.json", lambda text: f"[{text}]"),
+    "a truncated entry": ("versions/v0001.json", truncated),
+    "an entry without its adapter": ("versions/v0001.json", lambda text: json.dumps({**json.loads(text), "adapter": None})),
+    "a pointer to version vX": ("current.json", with_field("version", "vX")),
+    "a pointer that is a JSON list": ("current.json", lambda text: "[]"),
+    "a truncated pointer": ("current.json", truncated),
+    "an event with an extra field": ("events/000001.json", with_field("note", "edited by hand")),
+    "an event of an unknown kind": ("events/000002.json", with_field("kind", "deleted")),
+    "a truncated event": ("events/000001.json", truncated),
+}  # fmt: skip
+READS = {
+    "versions/v0001.json": ("list", "promote", "rollback"),
+    "current.json": ("list", "promote", "rollback"),
+    "events/000001.json": ("list",),
+    "events/000002.json": ("list",),
+}
+"""Which `ragdistill adapters` commands read each file (promote and rollback never read old events)."""
+
+
+@pytest.fixture
+def promoted_twice(run_root: str) -> ArtifactStore:
+    """v0001 promoted, then the better v0002: v0002 is current and a rollback returns to v0001."""
+    store = ArtifactStore(run_root)
+    student(store, b"first", wins=5)
+    promote(make_config(run_root))
+    student(store, b"second", wins=8)
+    promote(make_config(run_root))
+    pointer = AdapterRegistry(store).pointer()
+    assert pointer is not None and (pointer.version, pointer.previous) == ("v0002", ["v0001"])
+    return store
+
+
+@pytest.mark.parametrize(
+    ("case", "command"),
+    [(case, command) for case, (name, _) in MALFORMED_REGISTRY_FILES.items() for command in READS[name]],
+)
+def test_a_malformed_registry_file_stops_each_command_with_one_line_naming_it(
+    promoted_twice: ArtifactStore, case: str, command: str
+) -> None:
+    import subprocess
+    import sys
+
+    name, change = MALFORMED_REGISTRY_FILES[case]
+    store, relative = promoted_twice, f"registry/{name}"
+    store.write_text(relative, change(store.read_text(relative)))
+    before = {path: store.read_bytes(path) for path in store.list("registry")}
+    arguments = {"list": ["list"], "promote": ["promote", "v0001", "--force"], "rollback": ["rollback"]}[
+        command
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "ragdistill.cli", "adapters", *arguments, store.local_path("")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert done.stderr.startswith(f"error: {store.uri(relative)} "), done.stderr
+    assert "move it out of the registry" in done.stderr
+    assert {path: store.read_bytes(path) for path in store.list("registry")} == before, "nothing was changed"

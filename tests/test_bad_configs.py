@@ -84,6 +84,21 @@ REJECTED: dict[str, tuple[str, dict[str, Any], str]] = {
         {"training.accelerate_config": "/no/such/accelerate.yaml"},
         r"training\.accelerate_config: accelerate config '/no/such/accelerate\.yaml' is neither a shipped name",
     ),
+    "a learning rate that is not finite": (
+        "train",
+        {"training.learning_rate": float("inf")},
+        r"training\.learning_rate: inf is not a finite number",
+    ),
+    "completions longer than the context window": (
+        "rollout",
+        {"models.agent.sampling.max_tokens": 8192},
+        r"models\.agent\.sampling\.max_tokens 8192 leaves no room for a prompt in models\.agent\.model\.max_model_len",
+    ),
+    "a run root on http": (
+        "rollout",
+        {"run.run_root": "http://127.0.0.1:9/runs"},
+        r"run\.run_root: Value error, storage 'http' is not one a run root may be on \(only file, s3\)",
+    ),
     "a student without a dataset": (
         "build-datasets",
         {"env.name": "counter-double", "distill.teacher": "expert"},

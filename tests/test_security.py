@@ -244,6 +244,38 @@ def test_a_setting_carrying_a_credential_is_refused_without_echoing_it(setting: 
     assert plain.models.agent.backend.base_url == "http://127.0.0.1:8000/v1"
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[default]\nsecret={secret}\naws_access_key_id = AKIAEXAMPLE\n",
+        "aws_access_key_id: AKIAEXAMPLE\nrun:\n  name: {secret}\n",
+        "env: aws_secret_access_key = {secret}\n",
+        "agent:\n  - aws_secret_access_key: {secret}\n",
+        "models:\n  agent:\n    model: {{name: {secret}, max_model_len: 16}}\n    sampling: {{max_tokens: 64}}\n",
+        "env:\n  split: [{secret}\n",
+        "run:\n  run_root: http://user:{secret}@example.com/runs\n",
+    ],
+    ids=[
+        "credentials file", "secret as a setting", "a section given as text", "a section given as a list",
+        "a check across a role's settings", "invalid YAML on the secret's line", "credential in a refused URL",
+    ],
+)  # fmt: skip
+def test_a_config_load_error_names_the_key_but_never_echoes_what_the_file_holds(
+    tmp_path: Path, text: str
+) -> None:
+    """A flow run may name any file as its config (``config_name``): a credentials file must not come
+    back in the error, which the CLI prints and Prefect records."""
+    from ragdistill.config import load_config
+
+    secret = f"{uuid.uuid4().hex}/{uuid.uuid4().hex[:7]}"
+    path = tmp_path / "credentials"
+    path.write_text(text.format(secret=secret))
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert str(path) in str(raised.value)
+    assert secret[:12] not in str(raised.value), str(raised.value)
+
+
 SECRET_FIELD = re.compile(r"key|secret|token|password|credential", re.IGNORECASE)
 COUNTED_TOKENS = re.compile(r"tokens?$|^max_tokens|token_budget|^count_", re.IGNORECASE)
 

@@ -5,13 +5,20 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, StringConstraints
 
 from ragdistill.evaluation.metrics import MethodMetrics
 
 Headline = Literal["success", "score"]
 EventKind = Literal["registered", "promoted", "rejected", "rolled_back"]
 Actor = Literal["pipeline", "cli"]
+VERSION_PATTERN = r"^v\d{4,}$"
+VersionName = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
+"""``v0001``, ``v0002``, …: a version's name, and its file's (``registry/files`` checks what is read)."""
+STORED_RECORD = ConfigDict(extra="forbid")
+"""Each record class's ``__pydantic_config__``: a stored file with a field the class lacks is refused."""
 
 
 def utc_now() -> str:
@@ -37,6 +44,8 @@ class EvalSummary:
     (mean reward x 100). ``task_list_sha256`` is the sha256 of the evaluation's ``tasks.json`` (the
     environment, its data version, the split and the task ids in order): two summaries compare only
     when it is equal."""
+
+    __pydantic_config__ = STORED_RECORD
 
     method: str
     headline: Headline
@@ -87,6 +96,8 @@ class EvalSummary:
 class AdapterCopy:
     """The registry's own copy of an adapter: ``path`` is run-root relative, ``files`` are relative to it."""
 
+    __pydantic_config__ = STORED_RECORD
+
     path: str
     digest: str
     files: dict[str, dict[str, Any]]
@@ -101,7 +112,9 @@ class RegistryEntry:
     ``key`` is what makes it this version: the student, the adapter's content and the evaluation's
     content. Registering the same adapter with the same evaluation again returns this entry."""
 
-    version: str
+    __pydantic_config__ = STORED_RECORD
+
+    version: VersionName
     key: str
     student: str
     created_at: str
@@ -116,21 +129,16 @@ class RegistryEntry:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RegistryEntry:
-        fields = dict(data)
-        fields["adapter"] = AdapterCopy(**data["adapter"])
-        fields["evaluation"] = EvalSummary(**data["evaluation"]) if data.get("evaluation") else None
-        return cls(**fields)
-
 
 @dataclass(frozen=True)
 class Pointer:
     """``registry/current.json``: the current version and, most recent last, the versions that were
     current before it (what ``rollback`` returns to)."""
 
-    version: str
-    previous: list[str] = field(default_factory=list)
+    __pydantic_config__ = STORED_RECORD
+
+    version: VersionName
+    previous: list[VersionName] = field(default_factory=list)
     event: int = 0
     updated_at: str = ""
 
@@ -139,13 +147,15 @@ class Pointer:
 class Event:
     """One line of the registry's history (``registry/events/<sequence>.json``)."""
 
+    __pydantic_config__ = STORED_RECORD
+
     sequence: int
     kind: EventKind
-    version: str
+    version: VersionName
     by: Actor
     at: str
     reason: str
-    from_version: str | None = None
+    from_version: VersionName | None = None
     manual: bool = False
     run: str = ""
     details: dict[str, Any] = field(default_factory=dict)

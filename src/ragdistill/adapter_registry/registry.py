@@ -25,6 +25,7 @@ from dataclasses import asdict
 from typing import Any
 
 from ragdistill.adapter_registry.entries import (
+    VERSION_PATTERN,
     Actor,
     AdapterCopy,
     EvalSummary,
@@ -35,6 +36,7 @@ from ragdistill.adapter_registry.entries import (
     folder_digest,
     utc_now,
 )
+from ragdistill.adapter_registry.files import read_record
 from ragdistill.adapter_registry.gate import Decision, decide, manual_objection
 from ragdistill.errors import UserFacingError
 from ragdistill.identity import digest
@@ -51,7 +53,7 @@ LOCK_DIR = f"{REGISTRY_DIR}/lock"
 LEASE_WAIT_S = 60.0
 """Registry changes take milliseconds to seconds: a second writer waits rather than fails."""
 
-_VERSION = re.compile(r"^v(\d{4,})$")
+_VERSION = re.compile(VERSION_PATTERN)
 
 
 class RegistryError(UserFacingError, RuntimeError):
@@ -79,7 +81,7 @@ class AdapterRegistry:
     def entries(self) -> list[RegistryEntry]:
         """Every version, oldest first."""
         paths = [p for p in self.store.list(VERSIONS_DIR) if _VERSION.match(_stem(p))]
-        found = [RegistryEntry.from_dict(self.store.read_json(path)) for path in paths]
+        found = [read_record(self.store, path, RegistryEntry) for path in paths]
         return sorted(found, key=lambda entry: int(entry.version[1:]))
 
     def entry(self, version: str) -> RegistryEntry:
@@ -90,12 +92,12 @@ class AdapterRegistry:
                 f"{self.store.uri(REGISTRY_DIR)} has no version {version!r} (versions: {known}); "
                 "`ragdistill adapters list` shows them"
             )
-        return RegistryEntry.from_dict(self.store.read_json(path))
+        return read_record(self.store, path, RegistryEntry)
 
     def pointer(self) -> Pointer | None:
         if not self.store.exists(CURRENT_FILE):
             return None
-        return Pointer(**self.store.read_json(CURRENT_FILE))
+        return read_record(self.store, CURRENT_FILE, Pointer)
 
     def current(self) -> RegistryEntry | None:
         pointer = self.pointer()
@@ -103,7 +105,7 @@ class AdapterRegistry:
 
     def events(self) -> list[Event]:
         """The registry's history, oldest first."""
-        found = [Event(**self.store.read_json(path)) for path in self.store.list(EVENTS_DIR)]
+        found = [read_record(self.store, path, Event) for path in self.store.list(EVENTS_DIR)]
         return sorted(found, key=lambda event: event.sequence)
 
     def verify_copy(self, entry: RegistryEntry) -> None:

@@ -15,5 +15,11 @@ DEFAULT_GPU_SHARE = 0.9
 """The share of one GPU's memory that in-process vLLM engines without an explicit setting divide."""
 
 
+NAME_MAX_CHARS = 100
+"""The longest run, environment or split name (they name folders, Prefect runs and report lines)."""
+
+
 class StrictModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors, assignments are validated and floats are finite (no ``.inf``/``.nan``)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from ragdistill.config.base import StrictModel
+from ragdistill.config.base import NAME_MAX_CHARS, StrictModel
+from ragdistill.config.limits import shown
+
+RUN_ROOT_SCHEMES = ("file", "s3")
+"""The storages a run root may be on; a run root without ``scheme://`` is a local folder."""
 
 
 class EvaluationConfig(StrictModel):
@@ -14,6 +18,7 @@ class EvaluationConfig(StrictModel):
 
     split: str = Field(
         "valid_unseen",
+        max_length=NAME_MAX_CHARS,
         description="The paper evaluates ALFWorld on valid_unseen (134 games), WebShop on test (its first 100 "
         "goals).",
     )
@@ -62,7 +67,9 @@ class CollectConfig(StrictModel):
     cursor kept by the run root itself (the next batch is the first one without a finished folder), so
     successive collects play different tasks and a killed one resumes its own batch."""
 
-    split: str = Field("train", description="The split whose tasks collect batches play.")
+    split: str = Field(
+        "train", max_length=NAME_MAX_CHARS, description="The split whose tasks collect batches play."
+    )
     batch_size: int = Field(8, gt=0, description="Tasks per collect batch.")
     start: int | None = Field(
         None,
@@ -91,11 +98,40 @@ class RetrainConfig(StrictModel):
 
 
 class RunConfig(StrictModel):
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    run_root: str = Field("file://./runs/demo", description="fsspec URL all artifacts live under.")
+    name: str = Field("demo", max_length=NAME_MAX_CHARS, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    run_root: str = Field(
+        "file://./runs/demo",
+        description="Where all artifacts live: a folder, a file:// URL or an s3://bucket/prefix URL.",
+    )
     lease_wait_s: float = Field(
         0.0,
         ge=0,
         description="When another run is writing a stage folder: wait this long for it, then stop with "
         "that run's name.",
     )
+
+    @field_validator("run_root")
+    @classmethod
+    def _run_root_is_a_folder_or_a_file_or_s3_url(cls, value: str) -> str:
+        """Other fsspec schemes would put a run's artifacts where nothing keeps them (``memory://``) or
+        send them to any host (``http://``), and an empty root would be the current folder."""
+        remedy = "give a folder, file://PATH or s3://BUCKET/PREFIX"
+        if not value.strip():
+            raise ValueError(f"is empty; {remedy}")
+        if any(ord(character) < 32 or ord(character) == 127 for character in value):
+            raise ValueError(f"holds control characters; {remedy}")
+        scheme, separator, rest = value.partition("://")
+        if not separator:
+            if not value.strip().strip("/"):
+                raise ValueError(f"is the file system's root; {remedy}")
+            return value
+        if scheme not in RUN_ROOT_SCHEMES:
+            raise ValueError(
+                f"storage {shown(scheme)} is not one a run root may be on (only {', '.join(RUN_ROOT_SCHEMES)}); "
+                f"{remedy}"
+            )
+        if not rest.strip("/"):
+            raise ValueError(f"names no folder after {scheme}://; {remedy}")
+        if scheme == "s3" and not rest.split("/")[0]:
+            raise ValueError(f"names no bucket after s3://; {remedy}")
+        return value

@@ -101,6 +101,20 @@ class ExperimentConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _completions_fit_each_context_window(self) -> ExperimentConfig:
+        """Each role's completion of ``max_tokens`` must leave room for a prompt in its model's context
+        window. (A ``RoleConfig`` built in code, e.g. for a backend test, may still set any pair.)"""
+        for name in ModelsConfig.model_fields:
+            role: RoleConfig = getattr(self.models, name)
+            if role.sampling.max_tokens >= role.model.max_model_len:
+                raise ValueError(
+                    f"models.{name}.sampling.max_tokens {role.sampling.max_tokens} leaves no room for a prompt "
+                    f"in models.{name}.model.max_model_len {role.model.max_model_len}; lower max_tokens or "
+                    "raise max_model_len"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _no_credentials_in_settings(self) -> ExperimentConfig:
         """Keys come only from the environment (``backend.api_key_env``, the AWS variables): a setting
         would be copied into ``run.json``, Prefect parameters and logs."""

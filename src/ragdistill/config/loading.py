@@ -7,34 +7,42 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from ragdistill.config.base import ConfigError
 from ragdistill.config.experiment import ExperimentConfig
+from ragdistill.config.limits import MAX_ITEMS, check_bounds, check_dotted_key, shown, shown_key
+from ragdistill.config.yaml_file import read_yaml_file
+
+MAX_LISTED_PROBLEMS = 20
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
-    lines = [f"{source}: {error.error_count()} invalid setting(s):"]
-    for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+    """One line per problem, naming the dotted key; a value is shown only when it is a short plain scalar
+    (``limits.shown``), never a whole section: the file may not be a config at all."""
+    problems = error.errors()
+    lines = [f"{source}: {len(problems)} invalid setting(s):"]
+    for item in problems[:MAX_LISTED_PROBLEMS]:
+        key = ".".join(shown_key(part) for part in item["loc"]) or "(top level)"
         if item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; check its spelling against ragdistill.config")
-        elif not item[
-            "loc"
-        ]:  # a check across settings: its input is the whole config, which may hold secrets
+        elif isinstance(item.get("input"), dict | list) or not item["loc"]:
             lines.append(f"  {key}: {item['msg']}")
         else:
-            lines.append(f"  {key}: {item['msg']} (got {item.get('input')!r})")
+            lines.append(f"  {key}: {item['msg']} (got {shown(item.get('input'))})")
+    if len(problems) > MAX_LISTED_PROBLEMS:
+        lines.append(f"  … and {len(problems) - MAX_LISTED_PROBLEMS} more")
     return "\n".join(lines)
 
 
 def validate_config(data: Any, source: str = "<config>") -> ExperimentConfig:
-    """Validate a mapping, naming ``source`` and the dotted key of every problem."""
+    """Validate a mapping, naming ``source`` and the dotted key of every problem. Its size, nesting and
+    every value's range are checked first (``limits.check_bounds``)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {type(data).__name__}")
+        raise ConfigError(f"{source}: the top level must be a mapping of sections, got {shown(data)}")
+    check_bounds(data, source)
     try:
         return ExperimentConfig.model_validate(data)
     except ValidationError as error:
@@ -43,38 +51,38 @@ def validate_config(data: Any, source: str = "<config>") -> ExperimentConfig:
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
     """Read a YAML experiment config, apply dotted-key ``overrides`` (e.g. ``{"env.split": "x"}``) and
-    validate it. What it names on this machine is not checked here: a caller about to run work calls
-    :func:`ragdistill.preflight.check_runnable` next."""
+    validate it. The file is read within bounds (``yaml_file``: its size, its nesting, how far its aliases
+    expand, no duplicate or merge keys). What it names on this machine is not checked here: a caller about
+    to run work calls :func:`ragdistill.preflight.check_runnable` next."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
-    data = data or {}
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(data, dotted, value, source=str(path))
+    data = read_yaml_file(path) or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {shown(data)}")
+    _apply_overrides(data, overrides or {}, source=str(path))
     return validate_config(data, source=str(path))
 
 
 def with_overrides(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
     """A copy of ``config`` with dotted-key overrides applied and everything re-validated."""
     data = config.model_dump(mode="json")
-    for dotted, value in overrides.items():
-        _set_dotted(data, dotted, value, source="override")
+    _apply_overrides(data, overrides, source="override")
     return validate_config(data, source="override")
 
 
-def _set_dotted(data: dict[str, Any], dotted: str, value: Any, source: str) -> None:
-    *parents, leaf = dotted.split(".")
-    node = data
-    for part in parents:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"{source}: cannot set {dotted}: {part} is not a section")
-        node = child
-    node[leaf] = value
+def _apply_overrides(data: dict[str, Any], overrides: dict[str, Any], source: str) -> None:
+    if len(overrides) > MAX_ITEMS:
+        raise ConfigError(f"{source}: {len(overrides)} overrides; at most {MAX_ITEMS} at once")
+    for dotted, value in overrides.items():
+        *parents, leaf = check_dotted_key(dotted, source)
+        node = data
+        for part in parents:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{source}: cannot set {dotted}: {part} is not a section")
+            node = child
+        node[leaf] = value
 
 
 def config_hash(section: BaseModel | dict[str, Any]) -> str:

@@ -89,7 +89,7 @@ class SamplingConfig(StrictModel):
     temperature: float = Field(0.0, ge=0, description="The paper decodes greedily.")
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, gt=0, description="Completion tokens per model call.")
-    seed: int = 42
+    seed: int = Field(42, ge=0, lt=2**32, description="Sampling seed (numpy and vLLM take 0 to 2**32 - 1).")
 
 
 class RoleConfig(StrictModel):

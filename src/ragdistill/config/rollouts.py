@@ -7,13 +7,18 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from ragdistill.config.base import StrictModel
+from ragdistill.config.base import NAME_MAX_CHARS, StrictModel
 
 
 class EnvConfig(StrictModel):
-    name: str = Field("alfworld", description="A registered environment (see `environments.registry`).")
+    name: str = Field(
+        "alfworld",
+        max_length=NAME_MAX_CHARS,
+        description="A registered environment (see `environments.registry`).",
+    )
     split: str = Field(
         "train",
+        max_length=NAME_MAX_CHARS,
         description="alfworld: train | valid_seen | valid_unseen; webshop: train | eval | test | human.",
     )
     limit: int | None = Field(None, gt=0, description="Play the first N tasks of the split (None: all).")
