@@ -102,6 +102,17 @@ class Report:
         return time.perf_counter() - self.started
 
 
+def import_problems() -> dict[str, str]:
+    """Each required module that does not import, and why: missing, or a dependency too old for it."""
+    problems = {}
+    for name in REQUIRED_MODULES:
+        try:
+            importlib.import_module(name)
+        except Exception as error:  # an old or missing dependency fails an import in many ways
+            problems[name] = f"{type(error).__name__}: {error}"
+    return problems
+
+
 def environment(mode: str) -> dict[str, Any]:
     import torch
 
@@ -342,11 +353,12 @@ def main(argv: list[str] | None = None) -> int:
         "--budget-s", type=float, default=420.0, help="Start no part after this many seconds."
     )
     arguments = parser.parse_args(argv)
-    missing = [name for name in REQUIRED_MODULES if not _importable(name)]
-    if missing:
-        print(
-            f"error: cannot import {', '.join(missing)}: bring the wheels of {WHEELS_FILE} (README, 'GPU check')"
-        )
+    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    problems = import_problems()
+    if problems:
+        for name, problem in problems.items():
+            print(f"error: cannot import {name}: {problem}")
+        print(f"bring the wheels of {WHEELS_FILE} (README, 'GPU check')")
         return 2
     import torch
 
@@ -359,7 +371,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["PYTHONPATH"] = os.pathsep.join(
         filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])
     )
-    os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     plan = DRY_PLAN if arguments.dry_run else GPU_PLAN
     report = Report("dry-run" if arguments.dry_run else "gpu", arguments.json)
     report.data.update(environment(report.mode))

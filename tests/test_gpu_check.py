@@ -74,6 +74,18 @@ def test_the_wheels_to_bring_are_at_the_projects_pinned_versions() -> None:
     assert {name: cpu.get(name) for name in wheels} == wheels, "regenerate from constraints-cpu.txt"
 
 
+def test_without_a_gpu_the_check_stops_at_once_and_says_how_to_check_it_here() -> None:
+    run = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check.py", "--budget-s", "1"],
+        cwd=REPO,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 2 and "no CUDA GPU" in run.stdout and "--dry-run" in run.stdout
+
+
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], dict[str, set[str]], Path]:
     folder = tmp_path_factory.mktemp("gpu-check")
