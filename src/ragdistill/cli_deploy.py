@@ -13,7 +13,7 @@ import typer
 from ragdistill.config import DEFAULT_CONFIG
 from ragdistill.deployments.specs import NIGHTLY_CRON, NIGHTLY_ENV, NIGHTLY_TIMEZONE
 from ragdistill.orchestration.server import DEFAULT_START_TIMEOUT_S
-from ragdistill.orchestration.worker import WORK_POOL
+from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL
 
 deploy_app = typer.Typer()
 
@@ -31,7 +31,27 @@ NightlyOption = Annotated[
         f"default: on when {NIGHTLY_ENV}=1.",
     ),
 ]
-PoolOption = Annotated[str, typer.Option("--pool", help="The process work pool (created if missing).")]
+PoolOption = Annotated[
+    str,
+    typer.Option(
+        "--pool",
+        help="The work pool of every deployment, which this command's worker serves (created if missing).",
+    ),
+]
+CpuPoolOption = Annotated[
+    str,
+    typer.Option(
+        "--pool", help="The CPU process work pool (created if missing): flows the config runs on CPUs."
+    ),
+]
+GpuPoolOption = Annotated[
+    str,
+    typer.Option(
+        "--gpu-pool",
+        help="The GPU process work pool (created if missing): flows whose inference or training the "
+        "config runs on GPUs (e.g. rollouts and training of the paper configs).",
+    ),
+]
 RUN_ROOT_ENV = "RAGDISTILL_RUN_ROOT"
 RunRootOption = Annotated[
     str | None,
@@ -47,7 +67,7 @@ WritePrefectYamlOption = Annotated[
         "--write-prefect-yaml",
         metavar="PATH",
         help="Write the prefect.yaml for `prefect deploy --all` (same deployments, same --config, --nightly, "
-        "--pool and --run-root) to PATH, a file or a folder, and exit without contacting a server.",
+        "--pool, --gpu-pool and --run-root) to PATH, a file or a folder, and exit without contacting a server.",
     ),
 ]
 
@@ -58,7 +78,7 @@ def _print_json_line(payload: dict[str, Any]) -> None:
 
 
 def _register(
-    config: str, nightly: bool | None, pool: str, run_root: str | None = None
+    config: str, nightly: bool | None, pool: str, gpu_pool: str, run_root: str | None = None
 ) -> tuple[list[str], bool]:
     from ragdistill.config import config_file
     from ragdistill.deployments.register import register_deployments
@@ -66,20 +86,20 @@ def _register(
 
     config_file(config)  # an unknown config fails here, not in every run
     active = nightly_requested(nightly)
-    return register_deployments(config, active, pool, run_root=run_root), active
+    return register_deployments(config, active, pool, run_root=run_root, gpu_work_pool=gpu_pool), active
 
 
 def _write_prefect_yaml(
-    path: Path, config: str, nightly: bool | None, pool: str, run_root: str | None
+    path: Path, config: str, nightly: bool | None, pool: str, gpu_pool: str, run_root: str | None
 ) -> None:
     from ragdistill.config import config_file
     from ragdistill.deployments.prefect_yaml import write_prefect_yaml
     from ragdistill.deployments.specs import nightly_requested
 
     config_file(config)
-    written = write_prefect_yaml(path, config, nightly_requested(nightly), pool, run_root)
+    written = write_prefect_yaml(path, config, nightly_requested(nightly), pool, run_root, gpu_pool)
     typer.echo(f"wrote {written}: register it with `prefect --no-prompt deploy --all` from its folder")
-    _print_json_line({"prefect_yaml": str(written), "work_pool": pool})
+    _print_json_line({"prefect_yaml": str(written), "work_pool": pool, "gpu_work_pool": gpu_pool})
 
 
 def _echo_deployments(names: list[str], nightly: bool) -> None:
@@ -93,22 +113,32 @@ def _echo_deployments(names: list[str], nightly: bool) -> None:
 def deploy(
     config: ConfigNameOption = DEFAULT_CONFIG,
     nightly: NightlyOption = None,
-    pool: PoolOption = WORK_POOL,
+    pool: CpuPoolOption = WORK_POOL,
+    gpu_pool: GpuPoolOption = GPU_WORK_POOL,
     run_root: RunRootOption = None,
     write_prefect_yaml: WritePrefectYamlOption = None,
 ) -> None:
-    """Register the work pool and one deployment per flow with the Prefect server, then exit (a worker
-    started elsewhere runs them: `prefect worker start --pool ragdistill-process`)."""
+    """Register the work pools and one deployment per flow with the Prefect server, then exit (workers
+    started elsewhere run them: `prefect worker start --pool ragdistill-process` on a CPU machine,
+    `--pool ragdistill-gpu` on a GPU machine)."""
     from ragdistill.orchestration.server import prefect_api
 
     if write_prefect_yaml is not None:
-        _write_prefect_yaml(write_prefect_yaml, config, nightly, pool, run_root)
+        _write_prefect_yaml(write_prefect_yaml, config, nightly, pool, gpu_pool, run_root)
         return
     with prefect_api() as api_url:
-        names, active = _register(config, nightly, pool, run_root)
+        names, active = _register(config, nightly, pool, gpu_pool, run_root)
     _echo_deployments(names, active)
-    typer.echo(f"registered on {api_url} in work pool {pool!r}")
-    _print_json_line({"api_url": api_url, "deployments": names, "nightly": active, "work_pool": pool})
+    typer.echo(f"registered on {api_url} in work pools {pool!r} (CPU) and {gpu_pool!r} (GPU)")
+    _print_json_line(
+        {
+            "api_url": api_url,
+            "deployments": names,
+            "nightly": active,
+            "work_pool": pool,
+            "gpu_work_pool": gpu_pool,
+        }
+    )
 
 
 def _stop_on_sigterm() -> None:
@@ -133,13 +163,14 @@ def serve(
     ] = DEFAULT_START_TIMEOUT_S,
 ) -> None:
     """Start (or reuse) the project's Prefect server, register the deployments and run a process worker
-    until Ctrl-C, which stops the worker and the server if this command started it."""
+    until Ctrl-C, which stops the worker and the server if this command started it. Every deployment
+    goes to the one pool this worker serves, CPU and GPU work alike: this machine runs them all."""
     from ragdistill.orchestration.server import prefect_api
     from ragdistill.orchestration.worker import start_worker, stop_worker
 
     _stop_on_sigterm()
     with prefect_api(timeout_s=timeout) as api_url:
-        names, active = _register(config, nightly, pool)
+        names, active = _register(config, nightly, pool, gpu_pool=pool)
         ui_url = api_url.removesuffix("/api")
         _echo_deployments(names, active)
         typer.echo(f"Prefect UI: {ui_url}  (Deployments → pipeline/ragdistill → Run → Custom run)")

@@ -1,13 +1,13 @@
 """The ``prefect.yaml`` for ``prefect deploy --all``, generated from :data:`~.specs.DEPLOYMENTS`.
 
 ``prefect deploy --all`` run from the repository root registers the same deployments as ``ragdistill
-deploy``: same names, module-path entrypoints, default parameters, descriptions, tags, work pool, nightly
-schedule (inactive), retrain trigger and concurrency limit. Where ``ragdistill deploy`` passes the project
+deploy``: same names, module-path entrypoints, default parameters, descriptions, tags, work pools (CPU or
+GPU per deployment, for the config), nightly schedule (inactive), retrain trigger and concurrency limit. Where ``ragdistill deploy`` passes the project
 folder as it registers, the file has one build step that prints the folder ``prefect deploy`` runs in
 (``pwd``); its output becomes the pull step's working directory and the process worker's ``working_dir``,
-so the committed file names no absolute path. ``prefect deploy`` does not create work pools: create
-:data:`~ragdistill.orchestration.worker.WORK_POOL` first (``ragdistill deploy`` does, or ``prefect
-work-pool create``).
+so the committed file names no absolute path. ``prefect deploy`` does not create work pools: create the
+ones the file names first (``ragdistill deploy`` does, or ``prefect work-pool create``; the header lists
+them).
 """
 
 from __future__ import annotations
@@ -28,24 +28,33 @@ from ragdistill.deployments.specs import (
     TAGS,
     deployment_parameters,
     flow_summary,
+    work_pools,
 )
 from ragdistill.deployments.triggers import retrain_trigger
-from ragdistill.orchestration.worker import WORK_POOL, WORK_POOL_TYPE
+from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL, WORK_POOL_TYPE
 
 PREFECT_YAML = "prefect.yaml"
 PROJECT_NAME = "ragdistill"
 REGENERATE_COMMAND = f"ragdistill deploy --write-prefect-yaml {PREFECT_YAML}"
 FOLDER_STEP_ID = "project-folder"
 PROJECT_FOLDER = "{{ " + FOLDER_STEP_ID + ".stdout }}"
-HEADER = f"""\
-# Generated from ragdistill.deployments.specs.DEPLOYMENTS; do not edit by hand.
-# Regenerate from the repository root with:  {REGENERATE_COMMAND}
-# (tests/test_deployments.py fails while this file and the code disagree.)
-#
-# Register every deployment from the repository root (the work pool must exist):
-#   prefect work-pool create {WORK_POOL} --type {WORK_POOL_TYPE}   # once; `ragdistill deploy` does it too
-#   prefect --no-prompt deploy --all
-"""
+
+
+def _header(pools: list[str]) -> str:
+    creates = "".join(
+        f"#   prefect work-pool create {pool} --type {WORK_POOL_TYPE}   # once; `ragdistill deploy` does it too\n"
+        for pool in pools
+    )
+    return (
+        "# Generated from ragdistill.deployments.specs.DEPLOYMENTS; do not edit by hand.\n"
+        f"# Regenerate from the repository root with:  {REGENERATE_COMMAND}\n"
+        "# (tests/test_deployments.py fails while this file and the code disagree.)\n"
+        "#\n"
+        f"# Register every deployment from the repository root (the work pool{'s' if len(pools) > 1 else ''} "
+        "must exist):\n"
+        f"{creates}"
+        "#   prefect --no-prompt deploy --all\n"
+    )
 
 
 def _prefect_version() -> str:
@@ -65,9 +74,11 @@ def prefect_yaml(
     nightly: bool = False,
     work_pool: str = WORK_POOL,
     run_root: str | None = None,
+    gpu_work_pool: str = GPU_WORK_POOL,
 ) -> dict[str, Any]:
     """The prefect.yaml content: one deployment per entry of :data:`DEPLOYMENTS`, as
     :func:`~.register.runner_deployments` builds them for the same arguments."""
+    pools = work_pools(config_name, work_pool, gpu_work_pool)
     deployments = []
     for spec in DEPLOYMENTS:
         flow = spec.load()
@@ -77,7 +88,7 @@ def prefect_yaml(
             "description": flow_summary(flow),
             "tags": list(TAGS),
             "parameters": deployment_parameters(config_name, run_root),
-            "work_pool": {"name": work_pool, "job_variables": {"working_dir": PROJECT_FOLDER}},
+            "work_pool": {"name": pools[spec.flow], "job_variables": {"working_dir": PROJECT_FOLDER}},
         }
         if spec.nightly:
             entry["schedules"] = [
@@ -104,15 +115,14 @@ def prefect_yaml_text(
     nightly: bool = False,
     work_pool: str = WORK_POOL,
     run_root: str | None = None,
+    gpu_work_pool: str = GPU_WORK_POOL,
 ) -> str:
-    """:func:`prefect_yaml` as the file's text, with a header that says how to regenerate it."""
-    body = yaml.safe_dump(
-        prefect_yaml(config_name, nightly, work_pool, run_root),
-        sort_keys=False,
-        width=110,
-        allow_unicode=True,
-    )
-    return HEADER + "\n" + body
+    """:func:`prefect_yaml` as the file's text, with a header that says how to regenerate it and which
+    work pools to create."""
+    content = prefect_yaml(config_name, nightly, work_pool, run_root, gpu_work_pool)
+    pools = list(dict.fromkeys(entry["work_pool"]["name"] for entry in content["deployments"]))
+    body = yaml.safe_dump(content, sort_keys=False, width=110, allow_unicode=True)
+    return _header(pools) + "\n" + body
 
 
 def write_prefect_yaml(
@@ -121,8 +131,9 @@ def write_prefect_yaml(
     nightly: bool = False,
     work_pool: str = WORK_POOL,
     run_root: str | None = None,
+    gpu_work_pool: str = GPU_WORK_POOL,
 ) -> Path:
     """Write :func:`prefect_yaml_text` to ``path`` (a folder gets a ``prefect.yaml`` in it); the file."""
     target = path / PREFECT_YAML if path.is_dir() else path
-    target.write_text(prefect_yaml_text(config_name, nightly, work_pool, run_root))
+    target.write_text(prefect_yaml_text(config_name, nightly, work_pool, run_root, gpu_work_pool))
     return target

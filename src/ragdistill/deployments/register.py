@@ -1,4 +1,4 @@
-"""Telling the Prefect server: the process work pool and one deployment per entry of
+"""Telling the Prefect server: the process work pools (CPU and GPU) and one deployment per entry of
 :data:`~ragdistill.deployments.specs.DEPLOYMENTS`, created or updated.
 
 Call these inside :func:`ragdistill.orchestration.server.prefect_api`, which points the client at the
@@ -21,10 +21,11 @@ from ragdistill.deployments.specs import (
     TAGS,
     deployment_parameters,
     flow_summary,
+    work_pools,
 )
 from ragdistill.deployments.triggers import retrain_trigger
 from ragdistill.orchestration.server import PrefectServerError
-from ragdistill.orchestration.worker import WORK_POOL, WORK_POOL_TYPE
+from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL, WORK_POOL_TYPE
 from ragdistill.paths import project_root
 
 if TYPE_CHECKING:
@@ -37,16 +38,19 @@ def runner_deployments(
     work_pool: str = WORK_POOL,
     working_dir: Path | None = None,
     run_root: str | None = None,
+    gpu_work_pool: str = GPU_WORK_POOL,
 ) -> list[RunnerDeployment]:
     """One deployment per entry of :data:`DEPLOYMENTS`, whose runs default to ``config_name`` (and to
     ``run_root`` instead of the config's run root, when given) and run in ``working_dir`` (default: the
-    project folder); the nightly schedule is active only when ``nightly``."""
+    project folder), on ``gpu_work_pool`` when the flow does work the config runs on GPUs, else on
+    ``work_pool``; the nightly schedule is active only when ``nightly``."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
     folder = (working_dir or project_root()).absolute()
+    pools = work_pools(config_name, work_pool, gpu_work_pool)
     deployments = []
     for spec in DEPLOYMENTS:
         flow = spec.load()
@@ -79,7 +83,7 @@ def runner_deployments(
                 parameters=deployment_parameters(config_name, run_root),
                 description=flow_summary(flow),
                 tags=TAGS,
-                work_pool_name=work_pool,
+                work_pool_name=pools[spec.flow],
                 job_variables={"working_dir": str(folder)},
                 entrypoint_type=EntrypointType.MODULE_PATH,
                 **triggered,
@@ -123,12 +127,16 @@ def register_deployments(
     work_pool: str = WORK_POOL,
     working_dir: Path | None = None,
     run_root: str | None = None,
+    gpu_work_pool: str = GPU_WORK_POOL,
 ) -> list[str]:
-    """Create the work pool if missing and create or update every deployment; their full names
-    (``<flow>/<deployment>``), pipeline first."""
-    ensure_work_pool(work_pool)
+    """Create both work pools if missing (a GPU worker started before a GPU config is deployed finds its
+    pool) and create or update every deployment; their full names (``<flow>/<deployment>``), pipeline
+    first."""
+    for pool in dict.fromkeys((work_pool, gpu_work_pool)):
+        ensure_work_pool(pool)
     names = []
-    for deployment in runner_deployments(config_name, nightly, work_pool, working_dir, run_root):
-        deployment.apply(work_pool_name=work_pool)
+    deployments = runner_deployments(config_name, nightly, work_pool, working_dir, run_root, gpu_work_pool)
+    for deployment in deployments:
+        deployment.apply()
         names.append(deployment.full_name)
     return names

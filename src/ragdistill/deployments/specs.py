@@ -1,9 +1,11 @@
 """What is deployed: one deployment per flow, its name, tags, default parameters and nightly schedule.
 
 Every flow of ``ragdistill.flows`` is deployed under the name ``ragdistill`` (``pipeline/ragdistill``,
-``index/ragdistill``, …) to the process work pool (:data:`ragdistill.orchestration.worker.WORK_POOL`: a
-worker on this machine runs each flow run as a subprocess, in the project folder, so ``configs/``,
-``data/`` and relative run roots resolve as they do for the CLI). Flows are named by entrypoint string
+``index/ragdistill``, …) to a process work pool (a worker runs each flow run as a subprocess, in the
+project folder, so ``configs/``, ``data/`` and relative run roots resolve as they do for the CLI). Two
+pools: :data:`~ragdistill.orchestration.worker.WORK_POOL` for CPU work and
+:data:`~ragdistill.orchestration.worker.GPU_WORK_POOL` for a flow whose model inference or training the
+deployed config runs on GPUs (:func:`gpu_work`), so a GPU run never lands on a CPU-only worker. Flows are named by entrypoint string
 (``module.function``), loaded only when a deployment is built, so this package never imports the flows
 and a worker needs the installed package, not a copy of the source tree.
 
@@ -19,10 +21,18 @@ from __future__ import annotations
 import importlib
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
+
+from ragdistill.config import ExperimentConfig, config_file, load_config
+from ragdistill.training.accelerate_configs import read_accelerate_config
 
 if TYPE_CHECKING:
     from prefect import Flow
+
+GpuWork = Literal["inference", "training"]
+"""What a flow may do on a GPU: run model engines (rollouts, mining, teaching, evaluation) or train."""
+INFERENCE: frozenset[GpuWork] = frozenset({"inference"})
+TRAINING: frozenset[GpuWork] = frozenset({"training"})
 
 DEPLOYMENT_NAME = "ragdistill"
 TAGS = ["ragdistill"]
@@ -36,11 +46,12 @@ RETRAIN_CONCURRENCY_LIMIT = 1
 
 @dataclass(frozen=True)
 class FlowDeployment:
-    """One deployment: the flow it runs, as ``module.function``, whether it has the nightly schedule, and
-    whether failure events trigger it (with a concurrency limit of 1; see
-    :func:`ragdistill.deployments.triggers.retrain_trigger`)."""
+    """One deployment: the flow it runs, as ``module.function``, the work it does that a config may put
+    on a GPU (``uses``), whether it has the nightly schedule, and whether failure events trigger it (with
+    a concurrency limit of 1; see :func:`ragdistill.deployments.triggers.retrain_trigger`)."""
 
     flow: str
+    uses: frozenset[GpuWork] = frozenset()
     nightly: bool = False
     retrain_trigger: bool = False
 
@@ -50,18 +61,18 @@ class FlowDeployment:
 
 
 DEPLOYMENTS: tuple[FlowDeployment, ...] = (
-    FlowDeployment("ragdistill.flows.pipeline.pipeline_flow", nightly=True),
-    FlowDeployment("ragdistill.flows.standalone.rollout_flow"),
-    FlowDeployment("ragdistill.flows.standalone.mine_flow"),
+    FlowDeployment("ragdistill.flows.pipeline.pipeline_flow", INFERENCE | TRAINING, nightly=True),
+    FlowDeployment("ragdistill.flows.standalone.rollout_flow", INFERENCE),
+    FlowDeployment("ragdistill.flows.standalone.mine_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.index_flow"),
-    FlowDeployment("ragdistill.flows.standalone.teach_flow"),
-    FlowDeployment("ragdistill.flows.standalone.expert_flow"),
+    FlowDeployment("ragdistill.flows.standalone.teach_flow", INFERENCE),
+    FlowDeployment("ragdistill.flows.standalone.expert_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.build_datasets_flow"),
-    FlowDeployment("ragdistill.flows.standalone.train_flow"),
-    FlowDeployment("ragdistill.flows.standalone.evaluate_flow"),
+    FlowDeployment("ragdistill.flows.standalone.train_flow", TRAINING),
+    FlowDeployment("ragdistill.flows.standalone.evaluate_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.report_flow"),
-    FlowDeployment("ragdistill.flows.retrain.collect_flow"),
-    FlowDeployment("ragdistill.flows.retrain.retrain_flow", retrain_trigger=True),
+    FlowDeployment("ragdistill.flows.retrain.collect_flow", INFERENCE),
+    FlowDeployment("ragdistill.flows.retrain.retrain_flow", INFERENCE | TRAINING, retrain_trigger=True),
 )
 
 
@@ -80,3 +91,29 @@ def flow_summary(flow: Flow[..., Any]) -> str | None:
 def deployment_parameters(config_name: str, run_root: str | None = None) -> dict[str, str]:
     """The parameters every deployment's runs default to."""
     return {"config_name": config_name, **({"run_root": run_root} if run_root else {})}
+
+
+def gpu_work(config: ExperimentConfig) -> frozenset[GpuWork]:
+    """What ``config`` runs on GPUs: training when its accelerate config trains on CUDA; inference when
+    rollout shards ask Ray for GPUs or an in-use vLLM engine has a GPU-only setting (a GPU memory share,
+    or tensor parallelism). A vLLM engine with neither runs on whichever vLLM build the worker has
+    installed, so the config does not say; such configs deploy to the CPU pool (name the same pool
+    twice to send everything to one worker)."""
+    work: set[GpuWork] = set()
+    if read_accelerate_config(config.training.accelerate_config).uses_gpus:
+        work.add("training")
+    vllm_on_gpu = any(
+        role.backend.kind == "vllm"
+        and (role.backend.gpu_memory_utilization is not None or role.backend.tensor_parallel_size > 1)
+        for role in config.engine_roles().values()
+    )
+    if vllm_on_gpu or config.orchestration.gpus_per_shard > 0:
+        work.add("inference")
+    return frozenset(work)
+
+
+def work_pools(config_name: str, cpu_pool: str, gpu_pool: str) -> dict[str, str]:
+    """The work pool of each deployment (by flow entrypoint) for runs of the config ``config_name``: the
+    GPU pool when the flow does work the config runs on GPUs, else the CPU pool."""
+    on_gpu = gpu_work(load_config(config_file(config_name)))
+    return {spec.flow: gpu_pool if spec.uses & on_gpu else cpu_pool for spec in DEPLOYMENTS}

@@ -1,4 +1,5 @@
-"""transformers ``generate``: the reference backend, and the one that runs wherever torch does.
+"""transformers ``generate``: the reference backend, and the one that runs wherever torch does: on the
+current CUDA GPU when torch sees one, else on the CPU.
 
 Requests are grouped by what one ``generate`` call must share (adapter and sampling settings) and
 run in left-padded batches of ``backend.batch_size``. Decoding is greedy when ``temperature`` is 0.
@@ -72,8 +73,12 @@ class HFBackend:
             "float32": torch.float32,
             "auto": "auto",
         }
+        placement = {"device_map": {"": torch.cuda.current_device()}} if torch.cuda.is_available() else {}
         self._model: Any = AutoModelForCausalLM.from_pretrained(
-            self.model_path, dtype=dtypes[role.model.dtype], trust_remote_code=role.model.trust_remote_code
+            self.model_path,
+            dtype=dtypes[role.model.dtype],
+            trust_remote_code=role.model.trust_remote_code,
+            **placement,
         )
         self._model.eval()
         self._adapters = AdapterRegistry()
@@ -171,6 +176,7 @@ class HFBackend:
         adapter, max_tokens, temperature, top_p, seed, stops = key
         prompts = [render_chat(self._tokenizer, request.messages) for request in requests]
         encoded = self._tokenizer(prompts, add_special_tokens=False, padding=True, return_tensors="pt")
+        encoded = encoded.to(self._model.device)
         prompt_lengths = [int(length) for length in encoded["attention_mask"].sum(dim=1)]
         rooms = [self._role.model.max_model_len - length for length in prompt_lengths]
         options: dict[str, Any] = {

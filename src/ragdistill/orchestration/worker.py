@@ -1,4 +1,4 @@
-"""A Prefect process worker for the project's work pool, run as a subprocess of ``ragdistill serve``.
+"""A Prefect process worker for the project's work pools, run as a subprocess of ``ragdistill serve``.
 
 The worker polls the server for the pool's scheduled runs and starts each as a subprocess of its own, in
 the deployment's working folder. It leads its own process group, so stopping it also stops the flow
@@ -17,7 +17,10 @@ from typing import IO
 from ragdistill.orchestration.server import API_URL_ENV, configure_prefect_home
 
 WORK_POOL = "ragdistill-process"
-"""The project's work pool, which ``ragdistill deploy`` creates and every deployment runs on."""
+"""The project's CPU work pool, which ``ragdistill deploy`` creates: every deployment runs on it unless
+its flow does work the deployed config puts on GPUs (``ragdistill.deployments.specs.gpu_work``)."""
+GPU_WORK_POOL = "ragdistill-gpu"
+"""The pool of deployments whose flow runs models or trains on GPUs; its workers run on GPU machines."""
 WORK_POOL_TYPE = "process"
 """A process worker runs each flow run as a subprocess, in the deployment's working folder."""
 STOP_GRACE_S = 30.0

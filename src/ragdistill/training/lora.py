@@ -90,6 +90,9 @@ class TrainResult:
     precision: str
     loss_head: str
     gradient_checkpointing: bool
+    peak_memory_bytes: int | None = None
+    """The most memory the main process held: on CUDA what torch allocated on its GPU, on a CPU its peak
+    resident set (None in results written before this field)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -156,6 +159,17 @@ def load_examples(dataset: str | Path, max_seq_len: int) -> tuple[datasets.Datas
         longest=max(map(len, input_ids)),
     )
     return datasets.Dataset.from_dict({"input_ids": input_ids, "assistant_masks": masks}), counts
+
+
+def peak_memory_bytes(on_cuda: bool) -> int:
+    """See :attr:`TrainResult.peak_memory_bytes`."""
+    if on_cuda:
+        import torch
+
+        return int(torch.cuda.max_memory_allocated())
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 def last_complete_checkpoint(folder: Path, remove_incomplete: bool) -> Path | None:
@@ -302,4 +316,5 @@ def train_lora(spec: TrainSpec) -> TrainResult:
         precision=prepared.precision.label,
         loss_head=prepared.loss_head,
         gradient_checkpointing=prepared.gradient_checkpointing,
+        peak_memory_bytes=peak_memory_bytes(uses_cuda()),
     )
