@@ -42,11 +42,12 @@ def test_an_import_up_the_layers_breaks_the_contract(tmp_path: Path) -> None:
     assert "ragdistill.store -> ragdistill.stages.lifecycle" in result.stdout
 
 
-def test_only_the_cli_flows_config_and_preflight_see_the_whole_experiment_config() -> None:
+def test_only_the_cli_flows_deployments_config_and_preflight_see_the_whole_experiment_config() -> None:
     """A stage function, its identity and its Prefect task take ``(ctx, settings, inputs)``: nothing below
-    the flows names ``ExperimentConfig`` (DESIGN.md, "Layout")."""
+    the flows names ``ExperimentConfig`` (DESIGN.md, "Layout"); the deployments read the deployed config
+    to choose each deployment's work pool."""
     package = REPO / "src" / "ragdistill"
-    allowed = ("cli", "flows/", "config/", "preflight.py")
+    allowed = ("cli", "flows/", "deployments/", "config/", "preflight.py")
     naming = sorted(
         str(path.relative_to(package))
         for path in package.rglob("*.py")
