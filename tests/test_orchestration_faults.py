@@ -63,13 +63,17 @@ def collect(config: ExperimentConfig, backend: Backend) -> tuple[CollectBatch, M
 
 
 class LeaseBarrierStore(ArtifactStore):
-    """An artifact store that lines ``parties`` threads up on their first lease candidate: each waits after
-    writing it until all have written, and before withdrawing it until all are withdrawing, so every
-    contender lists every other candidate: the tie the lease must resolve."""
+    """An artifact store that lines ``parties`` threads up on their first lease candidate: each waits
+    before writing it until all have listed the empty folder, after writing it until all have written, and
+    before withdrawing it until all are withdrawing, so every contender lists every other candidate: the
+    tie the lease must resolve. Without the first wait, a thread started late (a loaded machine) lists the
+    early one's candidate, is refused at once, and the early one waits for a write that never comes."""
 
     def __init__(self, root: str, parties: int) -> None:
         super().__init__(root)
-        self.written, self.withdrawing = (threading.Barrier(parties, timeout=10) for _ in range(2))
+        self.listed, self.written, self.withdrawing = (
+            threading.Barrier(parties, timeout=30) for _ in range(3)
+        )
         self.waited: dict[str, set[int]] = {"write": set(), "delete": set()}
 
     def _first(self, operation: str, relative: str) -> bool:
@@ -79,8 +83,11 @@ class LeaseBarrierStore(ArtifactStore):
         return True
 
     def write_json(self, relative: str, payload: Any) -> None:
+        first = self._first("write", relative)
+        if first:
+            self.listed.wait()
         super().write_json(relative, payload)
-        if self._first("write", relative):
+        if first:
             self.written.wait()
 
     def delete(self, relative: str) -> None:
