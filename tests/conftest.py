@@ -1,7 +1,10 @@
-"""Shared fixtures: quiet, single-threaded torch and a real local S3 server (s3rver) for s3:// tests."""
+"""Shared fixtures: quiet, single-threaded torch (a bare ``pytest``; ``make test`` exports 2 threads), a real
+local S3 server (s3rver) for s3:// tests, and :func:`require`, the one way a test leaves out work whose
+prerequisite this machine lacks."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import socket
@@ -31,6 +34,39 @@ S3RVER = REPO_ROOT / ".cache" / "s3rver" / "node_modules" / ".bin" / "s3rver"
 S3_BUCKET = "ragdistill-test"
 
 
+def running_in_ci() -> bool:
+    """Whether ``CI`` is set to a true value (``.ci/run`` exports ``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip the calling test (or fixture) when ``condition`` is false, naming in ``reason`` what is missing
+    and how to install it. Under ``CI=true`` fail instead: CI installs every prerequisite (``.ci/run``,
+    ``make setup``), so a missing one there is a broken set-up that must not pass as a skip."""
+    if condition:
+        return
+    if running_in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing prerequisite fails the test instead of skipping it)")
+    pytest.skip(reason)
+
+
+def installed(module: str) -> bool:
+    """Whether ``module`` can be imported here (found without importing it)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # a missing parent package
+        return False
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """``@pytest.mark.requires(condition, reason)`` (or a module's ``pytestmark``): :func:`require` before
+    the test's fixtures run."""
+    for mark in item.iter_markers(name="requires"):
+        condition, reason = mark.args
+        require(bool(condition), reason)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -48,10 +84,7 @@ def wait_for_port(port: int, timeout_s: float) -> None:
 
 
 def require_s3rver() -> None:
-    if not S3RVER.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{S3RVER} is missing: `make setup` installs it")
-        pytest.skip("s3rver is not installed; run `make setup`")
+    require(S3RVER.exists(), f"s3rver is not installed at {S3RVER}; run `make setup`")
 
 
 def launch_s3rver(directory: Path, port: int) -> subprocess.Popen[bytes]:
@@ -153,12 +186,12 @@ def postgres_url() -> Iterator[str]:
         yield configured
         return
     bin_dir = _postgres_bin()
-    if bin_dir is None:
-        if os.environ.get("CI"):
-            pytest.fail("PostgreSQL is missing: `.ci/run` installs Debian's `postgresql` package")
-        pytest.skip(
-            f"PostgreSQL is not installed (apt-get install postgresql) and {POSTGRES_URL_ENV} is unset"
-        )
+    require(
+        bin_dir is not None,
+        f"PostgreSQL is not installed (apt-get install postgresql; `.ci/run` installs it) and "
+        f"{POSTGRES_URL_ENV} is unset",
+    )
+    assert bin_dir is not None
     # Not under pytest's tmp dir: its parents are private to the current user, whom postgres is not.
     cluster = Path(tempfile.mkdtemp(prefix="ragdistill-postgres-"))
     data_dir, socket_dir = cluster / "data", cluster / "socket"

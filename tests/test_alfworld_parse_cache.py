@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from alfworld_data import alfworld_data_dir
+from conftest import installed, require
 from ragdistill.environments.alfworld import AlfworldEnv, list_tasks, parse_cache
 from ragdistill.environments.alfworld.parse_cache import DISABLE_ENV, MemoParser
 
@@ -18,7 +19,9 @@ EXTRA_ACTIONS = ("look", "inventory", "fly to the moon")
 
 @pytest.fixture(autouse=True)
 def textworld_parsers_restored() -> Iterator[None]:
-    pytest.importorskip("textworld")
+    require(
+        installed("textworld"), "TextWorld is not installed (`make setup` installs alfworld's dependencies)"
+    )
     was_installed = parse_cache.installed()
     yield
     parse_cache.install() if was_installed else parse_cache.uninstall()

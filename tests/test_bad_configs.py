@@ -19,6 +19,7 @@ import yaml
 from typer.testing import CliRunner
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
+from conftest import installed, require
 from ragdistill.cli import app
 from ragdistill.config import ConfigError, ExperimentConfig, with_overrides
 
@@ -178,5 +179,7 @@ def test_the_lora_ranks_are_the_ones_the_installed_vllm_accepts() -> None:
 
     from ragdistill.config.models import VLLM_LORA_RANKS
 
-    lora = pytest.importorskip("vllm.config.lora")
+    require(installed("vllm"), "vLLM is not installed (`make setup` installs the cpu extra)")
+    from vllm.config import lora
+
     assert get_args(lora.MaxLoRARanks) == VLLM_LORA_RANKS

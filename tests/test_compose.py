@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shlex
 import tomllib
@@ -25,6 +24,8 @@ from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
 from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL
+
+from conftest import require
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -55,10 +56,7 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def compose_schema() -> dict[str, Any]:
-    if not COMPOSE_SCHEMA.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{COMPOSE_SCHEMA} is missing: `make setup` installs it")
-        pytest.skip("the compose-spec schema is not installed; run `make setup`")
+    require(COMPOSE_SCHEMA.exists(), f"the compose-spec schema is not at {COMPOSE_SCHEMA}; run `make setup`")
     return json.loads(COMPOSE_SCHEMA.read_text())
 
 

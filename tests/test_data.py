@@ -295,7 +295,7 @@ def test_an_upstream_page_that_is_not_a_zip_is_a_clear_error(
     assert leftovers(tmp_path / "data") == []
 
 
-@pytest.mark.skipif(not REAL_MIRROR.is_dir(), reason="the project's data mirror is not on this machine")
+@pytest.mark.requires(REAL_MIRROR.is_dir(), f"the project's data mirror is not at {REAL_MIRROR}")
 def test_the_real_mirror_matches_the_pinned_hashes() -> None:
     for item in DATA_FILES:
         assert data_module.sha256_file(REAL_MIRROR / item.relpath) == item.sha256, item.relpath
@@ -309,7 +309,7 @@ def test_cli_reports_a_missing_mirror(tmp_path: Path) -> None:
     assert "check the --mirror path" in result.output
 
 
-@pytest.mark.skipif(not REAL_MIRROR.is_dir(), reason="the project's data mirror is not on this machine")
+@pytest.mark.requires(REAL_MIRROR.is_dir(), f"the project's data mirror is not at {REAL_MIRROR}")
 def test_cli_installs_from_the_real_mirror_and_ends_with_json(tmp_path: Path) -> None:
     args = ["data", "setup", "--mirror", str(REAL_MIRROR), "--data-dir", str(tmp_path), "--only", "react"]
     result = CliRunner().invoke(app, args)

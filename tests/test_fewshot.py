@@ -34,8 +34,9 @@ from ragdistill.trajectories import ExpertTrajectory
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("RAGDISTILL_DATA_MIRROR", REPO_ROOT.parent / "shared" / "data"))
 DATA_DIR = REPO_ROOT / "data"
-needs_react_prompts = pytest.mark.skipif(
-    not (MIRROR / "react" / "alfworld_3prompts.json").is_file(), reason=f"no ReAct prompts under {MIRROR}"
+needs_react_prompts = pytest.mark.requires(
+    (MIRROR / "react" / "alfworld_3prompts.json").is_file(),
+    f"no ReAct prompts under {MIRROR} (set RAGDISTILL_DATA_MIRROR)",
 )
 
 THINK_OBSERVATION = "OK."
@@ -433,9 +434,9 @@ def test_play_expert_records_steps_and_requires_a_win() -> None:
         play_expert(WalkthroughEnvDouble(["look"], wins=False), task)
 
 
-needs_games = pytest.mark.skipif(
-    not (DATA_DIR / "alfworld" / "json_2.1.1" / "train").is_dir(),
-    reason="ALFWorld games not installed (ragdistill data setup)",
+needs_games = pytest.mark.requires(
+    (DATA_DIR / "alfworld" / "json_2.1.1" / "train").is_dir(),
+    "ALFWorld games not installed (ragdistill data setup)",
 )
 
 

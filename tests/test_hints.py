@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import installed, require
 from ragdistill.config import SamplingConfig
 from ragdistill.environments.alfworld.hints import ALFWORLD_HINT_STYLE
 from ragdistill.environments.alfworld.profile import ALFWORLD_PROFILE
@@ -297,7 +298,7 @@ def test_mined_hints_from_many_failures_dedupe_and_merge_in_the_bank() -> None:
 
 @pytest.mark.slow
 def test_mine_hints_with_the_real_tiny_model_gets_schema_valid_json() -> None:
-    pytest.importorskip("vllm")
+    require(installed("vllm"), "vLLM is not installed (`make setup` installs the cpu extra)")
     import torch
 
     from ragdistill.config import BackendConfig, HintRules, ModelSpec, RoleConfig

@@ -40,9 +40,9 @@ CHROMIUM_FLAGS = (
 )
 RENDER_TIMEOUT_S = 90.0
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
-    reason="Debian's chromium and chromium-driver are not installed (`.ci/run` installs them)",
+pytestmark = pytest.mark.requires(
+    CHROMIUM.exists() and CHROMEDRIVER.exists(),
+    f"Debian's chromium and chromium-driver are not at {CHROMIUM} and {CHROMEDRIVER} (`.ci/run` installs them)",
 )
 
 

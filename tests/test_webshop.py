@@ -12,6 +12,7 @@ import pytest
 from rapidfuzz import fuzz
 from typer.testing import CliRunner
 
+from conftest import require
 from ragdistill.cli import app
 from ragdistill.data import setup_data
 from ragdistill.environments.base import EnvError, TaskInfo
@@ -37,11 +38,14 @@ MIRROR = Path(os.environ.get("RAGDISTILL_DATA_MIRROR", REPO_ROOT.parent / "share
 
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
-    """``data/`` holding the WebShop files: as found, else installed from the mirror, else skip."""
+    """``data/`` holding the WebShop files: as found, else installed from the mirror, else skip (fail under
+    CI=true: ``make setup`` installs them)."""
     data = REPO_ROOT / "data"
     if not (data / PRODUCTS_FILE).is_file():
-        if not (MIRROR / PRODUCTS_FILE).is_file():
-            pytest.skip(f"no WebShop data in {data} and no mirror at {MIRROR} (set RAGDISTILL_DATA_MIRROR)")
+        require(
+            (MIRROR / PRODUCTS_FILE).is_file(),
+            f"no WebShop data in {data} and no mirror at {MIRROR} (set RAGDISTILL_DATA_MIRROR)",
+        )
         setup_data(data, MIRROR, only=["webshop"])
     return data
 

@@ -22,8 +22,9 @@ from ragdistill.store import ArtifactStore, read_records
 from rollout_doubles import ScriptedBackendDouble
 
 DATA_DIR = Path("data")
-pytestmark = pytest.mark.skipif(
-    not (DATA_DIR / "webshop" / "products_1000.json.xz").is_file(), reason="run `ragdistill data setup`"
+pytestmark = pytest.mark.requires(
+    (DATA_DIR / "webshop" / "products_1000.json.xz").is_file(),
+    f"no WebShop data in {DATA_DIR.resolve()}: run `ragdistill data setup`",
 )
 
 
