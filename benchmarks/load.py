@@ -33,7 +33,7 @@ import psutil
 from ragdistill.config import ExperimentConfig, load_config, with_overrides
 from ragdistill.config.stages import PipelineSettings
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.inference.base import ChatMessage, Generation, GenerationRequest
+from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
 from ragdistill.rollout.plan import select_tasks
 from ragdistill.stages.rollout import run_rollout
 from ragdistill.store import ArtifactStore, read_manifest, read_records, shard_paths
@@ -111,6 +111,11 @@ class LoadResult:
     def growth(self) -> float:
         return self.samples[-1][1] / self.rss_after_warmup()
 
+    def rss_rise_after_warmup_mib(self) -> float:
+        """How far this process's RSS rose above its value at the end of the warm-up, at its highest."""
+        after = [sample[1] for sample in self.samples if sample[0] >= self.warmup]
+        return max(after) - self.rss_after_warmup()
+
     @property
     def flat(self) -> bool:
         return self.growth < FLAT_GROWTH
@@ -152,8 +157,11 @@ def rss_mib(process: psutil.Process) -> float:
     return process.memory_info().rss / 2**20
 
 
-def run_load(config: ExperimentConfig, sample_every: int = 25, warmup: int = 100) -> LoadResult:
-    """Play the config's tasks into ``rollouts/load`` with RSS sampled; check what was stored."""
+def run_load(
+    config: ExperimentConfig, sample_every: int = 25, warmup: int = 100, policy: Backend | None = None
+) -> LoadResult:
+    """Play the config's tasks into ``rollouts/load`` with RSS sampled; check what was stored.
+    ``policy``: the model (default :class:`ShopperPolicyDouble`)."""
     me = psutil.Process()
     samples: list[tuple[int, float, float, int]] = []
 
@@ -166,7 +174,7 @@ def run_load(config: ExperimentConfig, sample_every: int = 25, warmup: int = 100
     ctx, rollout = settings.ctx, settings.rollout(STAGE)
     tasks = [task.task_id for task in select_tasks(ctx, rollout.env, rollout.tasks)]
     started = time.perf_counter()
-    run_rollout(ctx, rollout, backend=ShopperPolicyDouble(), progress=sample)
+    run_rollout(ctx, rollout, backend=policy or ShopperPolicyDouble(), progress=sample)
     seconds = time.perf_counter() - started
 
     store = ArtifactStore(config.run.run_root)
@@ -242,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_end_mib": round(result.samples[-1][1], 1),
         "rss_peak_mib": round(max(s[1] for s in result.samples), 1),
         "growth": round(result.growth, 4),
+        "rss_rise_after_warmup_mib": round(result.rss_rise_after_warmup_mib(), 2),
         "children_rss_end_mib": round(result.samples[-1][2], 1),
         "children_rss_range_mib": [
             round(min(s[2] for s in result.samples), 1),
