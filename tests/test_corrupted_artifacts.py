@@ -239,10 +239,17 @@ def test_a_dataset_built_for_another_model_is_refused_by_training(dataset_root: 
         sft_training(other)
 
 
-def fake_checkpoint(folder: Path, hidden_size: int) -> Path:
+def fake_checkpoint(folder: Path, hidden_size: int, dtype: str = "float32") -> Path:
     """A model folder with only its ``config.json``: enough for the architecture check."""
     folder.mkdir(parents=True)
-    config = {"model_type": "llama", "hidden_size": hidden_size, "num_hidden_layers": 30, "vocab_size": 49152}
+    config = {
+        "model_type": "llama",
+        "hidden_size": hidden_size,
+        "num_hidden_layers": 30,
+        "vocab_size": 49152,
+        "torch_dtype": dtype,
+        "dtype": dtype,
+    }
     (folder / "config.json").write_text(json.dumps(config))
     return folder
 
@@ -268,8 +275,11 @@ def test_an_adapter_trained_on_another_base_model_is_refused(tmp_path: Path) -> 
     with pytest.raises(AdapterBaseMismatchError, match="base-b"):
         merged_checkpoint(str(other), adapter, "sha256:0", cache_root=tmp_path / "cache")
 
-    same_architecture = shutil.copytree(trained_on, tmp_path / "base-a-copy")
-    fine = with_overrides(playing, {"models.agent.model.name": str(same_architecture)})
+    bf16_copy = fake_checkpoint(tmp_path / "base-a-bf16", 576, dtype="bfloat16")
+    assert json.loads((bf16_copy / "config.json").read_text()) != json.loads(
+        (trained_on / "config.json").read_text()
+    ), "the copy differs from the base it was trained on in its dtype alone"
+    fine = with_overrides(playing, {"models.agent.model.name": str(bf16_copy)})
     assert rollout(fine, "inc").counts["episodes"] == 8
     store = ArtifactStore(config.run.run_root)
     assert {record["adapter"] for record in read_records(store, "rollouts/base")} != {None}

@@ -29,6 +29,7 @@ from ragdistill.config.stages import PipelineSettings
 from ragdistill.inference.base import Backend
 from ragdistill.leases import LeaseHeldError, StageLease
 from ragdistill.retrieval.mining import episode_id
+from ragdistill.rollout.play import episode_log, is_transient
 from ragdistill.stages import run_rollout
 from ragdistill.stages.collect import (
     CollectBatch,
@@ -327,6 +328,13 @@ def appended_parts(run_root: str) -> int:
     return len(ArtifactStore(run_root).list("rollouts/base/parts"))
 
 
+def finished_records(run_root: str) -> dict[str, dict[str, Any]]:
+    """task id -> the record of each base episode stored as finished: what a re-run keeps and skips (an
+    episode stored as ended by a transient fault, e.g. its game worker killed first, is played again)."""
+    records = episode_log(ArtifactStore(run_root), "rollouts/base", shard_size=50).records()
+    return {record["task_id"]: record for record in records if not is_transient(record)}
+
+
 def flow_run_state(flow_run_id: str) -> str:
     import uuid
 
@@ -455,6 +463,8 @@ def test_a_worker_killed_mid_flow_and_the_run_rescheduled_resumes_without_repeat
         before = appended_parts(run_root)
         time.sleep(2)
         assert appended_parts(run_root) == before, "nothing plays on after the kill"
+        kept = finished_records(run_root)
+        assert 2 <= len(kept) < ROLLOUT_TASKS, kept.keys()
         assert flow_run_state(str(run.id)) == "RUNNING", "the server still believes the run is running"
 
         with get_client(sync_client=True) as client:
@@ -473,7 +483,7 @@ def test_a_worker_killed_mid_flow_and_the_run_rescheduled_resumes_without_repeat
     assert sorted(stored_task_ids(run_root)) == sorted(f"t{i}" for i in range(ROLLOUT_TASKS))
     assert len(stored_task_ids(run_root)) == ROLLOUT_TASKS
     stats = ArtifactStore(run_root).read_json("rollouts/base/run-stats.json")
-    assert (
-        stats["skipped_finished"] >= before - 1
-        and stats["played_now"] == ROLLOUT_TASKS - stats["skipped_finished"]
-    ), stats
+    assert stats["skipped_finished"] == len(kept), (stats, sorted(kept))
+    assert stats["played_now"] == ROLLOUT_TASKS - len(kept), (stats, sorted(kept))
+    final = {record["task_id"]: record for record in read_records(ArtifactStore(run_root), "rollouts/base")}
+    assert all(final[task_id] == record for task_id, record in kept.items()), "finished episodes are kept"

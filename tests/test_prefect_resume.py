@@ -104,6 +104,24 @@ def recorded_parts(store: ArtifactStore) -> dict[str, str]:
     return found
 
 
+def final_task_run_states(task_run_name: str, timeout_s: float = 60) -> list[str]:
+    """The state names of the task runs called ``task_run_name`` that reached a final state on the current
+    API, once at least one has (the server records task runs from events, a moment after the run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import TaskRunFilter, TaskRunFilterName
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                task_run_filter=TaskRunFilter(name=TaskRunFilterName(any_=[task_run_name]))
+            )
+        states = [run.state for run in runs if run.state is not None and run.state.is_final()]
+        if states or time.monotonic() > deadline:
+            return [state.name for state in states]
+        time.sleep(1)
+
+
 @pytest.mark.slow
 def test_a_killed_pipeline_resumes_through_prefect_without_replaying_finished_episodes(
     fresh_prefect_home: Path,  # noqa: F811
@@ -141,6 +159,10 @@ def test_a_killed_pipeline_resumes_through_prefect_without_replaying_finished_ep
 
         second = start_pipeline(config_path, second_log, 0.0, api_url, tmp_path / "second.out")
         assert second.wait(timeout=900) == 0, (tmp_path / "second.out").read_text(errors="replace")[-4000:]
+        rollout_states = final_task_run_states(f"rollout-base-{config.env.name}-{config.run.name}")
+    assert rollout_states == ["Completed"], (
+        f"the re-run's rollout-base ran (a cache hit is Cached): {rollout_states}"
+    )
 
     replayed = base_episodes_started(second_log)
     assert sorted(replayed) == sorted(set(replayed)), "each pending episode was played once"

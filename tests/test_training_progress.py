@@ -8,10 +8,19 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
+from uuid import UUID
 
 import pytest
 
+import env_doubles  # noqa: F401  (registers the counter-double environment)
+from ragdistill.config.stages import PipelineSettings
+from ragdistill.stages.datasets import run_dataset
+from ragdistill.stages.lifecycle import upstream_inputs
+from ragdistill.stages.rollout import run_rollout
+from ragdistill.store import ArtifactStore
 from ragdistill.training.progress import (
     PROGRESS_PREFIX,
     TrainingProgress,
@@ -20,6 +29,7 @@ from ragdistill.training.progress import (
     progress_callback,
     use_training_progress,
 )
+from test_stages import PolicyDouble, counter_config
 
 
 def test_a_progress_line_round_trips_and_other_lines_are_not_progress() -> None:
@@ -79,3 +89,40 @@ def test_the_train_tasks_reporter_moves_one_progress_artifact(prefect_server: No
     (artifact,) = artifacts
     assert json.loads(str(artifact.data)) == 75.0
     assert artifact.description == "adapters/sft: step 3 of 4, epoch 0.75, loss 1.5000"
+
+
+def progress_artifacts_of(flow_run_id: UUID) -> list[Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                type=ArtifactFilterType(any_=["progress"]),
+            )
+        )
+
+
+def test_a_skipped_training_creates_no_progress_artifact(prefect_server: None, tmp_path: Path) -> None:
+    """The real train task, in a flow, on an empty training set (no base episode won): the training is
+    skipped and no progress artifact exists, since the reporter makes it at the first logged step."""
+    from prefect import flow
+
+    from ragdistill.tasks.students import train_task
+
+    stages = PipelineSettings.from_experiment(counter_config(tmp_path, **{"env.limit": 2}))
+    ctx, store = stages.ctx, ArtifactStore(stages.ctx.run_root)
+    run_rollout(ctx, stages.rollout(), {}, backend=PolicyDouble("wait"))
+    dataset = stages.dataset("sft")
+    assert run_dataset(ctx, dataset, upstream_inputs(store, dataset)).counts["examples"] == 0
+    training = stages.training("sft")
+
+    @flow(name="skipped-training-probe")
+    def probe() -> dict[str, Any]:
+        return train_task(ctx, training, upstream_inputs(store, training))
+
+    state = probe(return_state=True)
+    summary = state.result()
+    assert summary["counts"] == {"trained": 0} and "training set is empty" in summary["extra"]["skipped"]
+    assert progress_artifacts_of(state.state_details.flow_run_id) == []
