@@ -23,9 +23,8 @@ from jsonschema import Draft201909Validator  # comes with prefect; pinned in con
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL
-
 from conftest import require
+from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL
 
 REPO = Path(__file__).resolve().parents[1]
 COMPOSE_FILE = REPO / "docker-compose.yml"
