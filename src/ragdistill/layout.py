@@ -6,6 +6,12 @@ write there.
 
 from __future__ import annotations
 
+import re
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""What a run, stage or method name may be (``run.name`` too): one folder name, never ``..`` or a path."""
+NAME_MAX_LENGTH = 100
+_NAME = re.compile(NAME_PATTERN)
 ROLLOUTS_DIR = "rollouts"
 BASE_STAGE = "base"
 TEACHER_STAGE = "teacher"
@@ -17,16 +23,49 @@ ADAPTERS_DIR = "adapters"
 REPORTS_DIR = "reports"
 PROMOTION_DIR = "promotion"
 REJECTED_HINTS = f"{HINTS_DIR}/rejected.jsonl"
+RUN_FILE = "run.json"
+"""``run.json`` at the run root: the settings of the run (its config) and the config file's name."""
 TASKS_FILE = "tasks.json"
 """``<rollout stage>/tasks.json``: the tasks a rollout played, in order, and the environment's version."""
+PARTS_DIR = "parts"
+SHARDS_DIR = "shards"
+RECORD_LOG_FILES = ("shard-*.jsonl", f"{PARTS_DIR}/part-*.jsonl")
+"""The files a record log (``store.RecordLog``) writes in its folder, as patterns of known outputs."""
+ROLLOUT_OUTPUTS = (
+    *RECORD_LOG_FILES,
+    *(f"{SHARDS_DIR}/*/{pattern}" for pattern in RECORD_LOG_FILES),
+    TASKS_FILE,
+)
+"""The files a rollout stage writes in its folder: its record log, each shard's (``rollout.shards``), and
+its task list."""
 COLLECT_PREFIX = "collect-"
 STUDENTS: tuple[str, ...] = ("sft", "distill")
 METHODS: tuple[str, ...] = ("base", "rag", "sft", "distill")
 
 
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a stage, method or run (a folder of its own under the run root), or None."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        return (
+            f"{name!r} is not a name: use letters, digits, '.', '_' and '-', starting with a letter or digit "
+            "(it names one folder under the run root, so never '..' or a path)"
+        )
+    if len(name) > NAME_MAX_LENGTH:
+        return f"{name[:20]!r}… is {len(name)} characters long; a name has at most {NAME_MAX_LENGTH}"
+    return None
+
+
+def checked_name(name: str) -> str:
+    """``name`` when it can name a folder under the run root; ValueError saying why not otherwise."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
 def rollout_prefix(stage: str) -> str:
     """``rollouts/<stage>``: the episode records of one rollout stage (base, teacher, eval-…)."""
-    return f"{ROLLOUTS_DIR}/{stage}"
+    return f"{ROLLOUTS_DIR}/{checked_name(stage)}"
 
 
 def eval_stage(method: str) -> str:
@@ -40,17 +79,17 @@ def collect_stage(batch: int) -> str:
 
 
 def dataset_dir(name: str) -> str:
-    return f"{DATASETS_DIR}/{name}"
+    return f"{DATASETS_DIR}/{checked_name(name)}"
 
 
 def adapter_dir(name: str) -> str:
     """A student's training folder (``adapters/<name>``)."""
-    return f"{ADAPTERS_DIR}/{name}"
+    return f"{ADAPTERS_DIR}/{checked_name(name)}"
 
 
 def adapter_folder(name: str) -> str:
     """Where the training stage puts a student's adapter weights, under the run root."""
-    return f"{ADAPTERS_DIR}/{name}/adapter"
+    return f"{adapter_dir(name)}/adapter"
 
 
 def rerun_command(stage_dir: str) -> str:

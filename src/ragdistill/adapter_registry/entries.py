@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import ConfigDict, StringConstraints
 
 from ragdistill.evaluation.metrics import MethodMetrics
+from ragdistill.store_paths import manifest_entry_problem, manifest_name_problem
 
 Headline = Literal["success", "score"]
 EventKind = Literal["registered", "promoted", "rejected", "rolled_back"]
@@ -128,6 +129,19 @@ class RegistryEntry:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def containment_problem(self, copy: str) -> str | None:
+        """Why this entry cannot be used (None when it can): it must name the registry's own copy ``copy``
+        of its adapter, and only plain file names inside it."""
+        if self.adapter.path != copy:
+            return f"its adapter path {self.adapter.path!r} is not the registry's own copy {copy}"
+        if not isinstance(self.adapter.files, dict):
+            return "its adapter files are not a mapping"
+        for name, record in self.adapter.files.items():
+            problem = manifest_name_problem(name) or manifest_entry_problem(record)
+            if problem is not None:
+                return f"its adapter file {name!r} is refused: {problem}"
+        return None
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from ragdistill.adapter_registry.entries import (
     folder_digest,
     utc_now,
 )
-from ragdistill.adapter_registry.files import read_record
+from ragdistill.adapter_registry.files import RegistryFileError, read_record
 from ragdistill.adapter_registry.gate import Decision, decide, manual_objection
 from ragdistill.errors import UserFacingError
 from ragdistill.identity import digest
@@ -81,8 +81,21 @@ class AdapterRegistry:
     def entries(self) -> list[RegistryEntry]:
         """Every version, oldest first."""
         paths = [p for p in self.store.list(VERSIONS_DIR) if _VERSION.match(_stem(p))]
-        found = [read_record(self.store, path, RegistryEntry) for path in paths]
+        found = [self._read_entry(path) for path in paths]
         return sorted(found, key=lambda entry: int(entry.version[1:]))
+
+    def _read_entry(self, path: str) -> RegistryEntry:
+        """The entry stored at ``path``, refused unless it names its own adapter copy: an entry whose
+        adapter lies anywhere else (``../evil_adapter``) was edited, and is never listed, promoted or
+        served."""
+        entry = read_record(self.store, path, RegistryEntry)
+        problem = entry.containment_problem(f"{COPIES_DIR}/{entry.version}")
+        if problem is not None:
+            raise RegistryFileError(
+                f"{self.store.uri(path)} is refused: {problem}. The registry only ever writes an entry "
+                "naming its own copy; this one was edited by hand: restore or remove it"
+            )
+        return entry
 
     def entry(self, version: str) -> RegistryEntry:
         path = f"{VERSIONS_DIR}/{version}.json"
@@ -92,7 +105,7 @@ class AdapterRegistry:
                 f"{self.store.uri(REGISTRY_DIR)} has no version {version!r} (versions: {known}); "
                 "`ragdistill adapters list` shows them"
             )
-        return read_record(self.store, path, RegistryEntry)
+        return self._read_entry(path)
 
     def pointer(self) -> Pointer | None:
         if not self.store.exists(CURRENT_FILE):
@@ -112,7 +125,9 @@ class AdapterRegistry:
         """Raise unless every file of the entry's adapter copy is present and unchanged."""
         for name, expected in sorted(entry.adapter.files.items()):
             relative = f"{entry.adapter.path}/{name}"
-            if not self.store.exists(relative) or self.store.sha256(relative) != expected["sha256"]:
+            if not self.store.exists(relative) or self.store.digest(
+                relative, max_bytes=expected["bytes"]
+            ) != (expected["sha256"], expected["bytes"]):
                 raise RegistryError(
                     f"{self.store.uri(relative)} is missing or altered: registry version {entry.version} "
                     "cannot be used; promote another version (`ragdistill adapters promote VERSION`)"
@@ -176,9 +191,9 @@ class AdapterRegistry:
         return entry, True
 
     def _copy_adapter(self, source: str, target: str, files: dict[str, dict[str, Any]]) -> None:
-        self.store.delete(target)  # left by a registration that crashed before writing its entry
+        self.store.delete(target)  # the registry's own folder, left by a registration that crashed
         for name, expected in sorted(files.items()):
-            data = self.store.read_bytes(f"{source}/{name}")
+            data = self.store.read_bytes(f"{source}/{name}", max_bytes=expected["bytes"])
             if len(data) != expected["bytes"] or hashlib.sha256(data).hexdigest() != expected["sha256"]:
                 raise RegistryError(
                     f"{self.store.uri(source + '/' + name)} changed since its training manifest was written; "

@@ -35,6 +35,7 @@ from ragdistill.config.stages import RunContext
 from ragdistill.environments.base import TaskInfo
 from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
 from ragdistill.inference.shared import shared_backend
+from ragdistill.layout import SHARDS_DIR
 from ragdistill.rollout.engine import ProgressCallback, RolloutStats
 from ragdistill.rollout.plan import RolloutPlan
 from ragdistill.store import ArtifactStore, RecordLog
@@ -42,7 +43,6 @@ from ragdistill.store import ArtifactStore, RecordLog
 if TYPE_CHECKING:
     from ragdistill.episodes import EpisodeRecord
 
-SHARDS_DIR = "shards"
 _SHARD_FOLDER = re.compile(r"^(\d{3})$")
 T = TypeVar("T")
 
@@ -152,8 +152,10 @@ def merge_shards(records: RecordLog) -> int:
         for record in log.records():
             records.append(record)
             moved += 1
+    for log in logs:
+        log.remove()
     if logs:
-        records.store.delete(f"{records.prefix}/{SHARDS_DIR}")
+        records.store.remove_empty_folders(f"{records.prefix}/{SHARDS_DIR}")
     return moved
 
 

@@ -1,0 +1,122 @@
+"""The containment rule of the artifact store: every path it resolves stays under its run root.
+
+A path under the run root comes from a stage name, a manifest entry, a registry entry or a result key,
+and any of them may have been edited by hand. So each one is normalised (``a/./b`` is ``a/b``) and
+refused when it leaves the root (``..``), and on local disks the file it names must really lie under
+the root's real path: a symbolic link anywhere on the way that points outside is refused, never
+followed. A manifest's file names are stricter still: plain relative names inside the stage folder.
+
+A stage folder's *known outputs* are glob patterns over its relative paths (``shard-*.jsonl``,
+``adapter/**``): the files a stage writes there, and so the only files it may ever remove.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+from collections.abc import Iterable
+from fnmatch import fnmatchcase
+from typing import Any
+
+from ragdistill.errors import UserFacingError
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ArtifactError(UserFacingError, RuntimeError):
+    """An artifact is missing, corrupted or malformed; the message names the file."""
+
+
+class ContainmentError(UserFacingError, ValueError):
+    """A path that would leave the run root (``..``, a symbolic link pointing outside); nothing was read,
+    written or deleted there."""
+
+
+def normalised(relative: str, root_url: str) -> str:
+    """``relative`` as a clean path under the root (``""`` for the root itself). Leading and trailing
+    slashes are ignored, as the store always has; ``..`` that climbs above the root is refused."""
+    if "\x00" in relative:
+        raise ContainmentError(f"{relative!r} under {root_url} holds a NUL character: not a path")
+    stripped = relative.strip("/")
+    if not stripped:
+        return ""
+    clean = posixpath.normpath(stripped)
+    if clean == ".":
+        return ""
+    if clean == ".." or clean.startswith("../"):
+        raise ContainmentError(
+            f"{relative!r} leaves the run root {root_url}: ragdistill reads, writes and deletes only under "
+            "its run root; give a name without '..'"
+        )
+    return clean
+
+
+def _inside(real: str, real_root: str) -> bool:
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def check_local(boundary: str, target: str, boundary_url: str) -> str:
+    """``target`` (a local path lexically under ``boundary``, the run root's folder) once its real path,
+    every symbolic link resolved, is known to lie under the real path of ``boundary``."""
+    real_root = os.path.realpath(boundary)
+    if _inside(os.path.realpath(target), real_root):
+        return target
+    relative = os.path.relpath(target, boundary)
+    where, link = f"{boundary_url}/{relative}", target
+    walked = boundary
+    for part in relative.split(os.sep):
+        walked = os.path.join(walked, part)
+        if os.path.islink(walked) and not _inside(os.path.realpath(walked), real_root):
+            where, link = f"{boundary_url}/{os.path.relpath(walked, boundary)}", walked
+            break
+    raise ContainmentError(
+        f"{where} leads to {os.path.realpath(link)} (a symbolic link), outside the run root: ragdistill "
+        f"never follows a link out of its run root, so {relative!r} was not touched; replace the link "
+        "with a folder of the run root, or point run.run_root at the real folder"
+    )
+
+
+def manifest_name_problem(name: Any) -> str | None:
+    """Why ``name`` cannot be a file of a manifest (a plain relative path inside the stage folder), or
+    None when it can."""
+    if not isinstance(name, str) or not name:
+        return "not a file name"
+    if "\x00" in name:
+        return "a name with a NUL character"
+    if name.startswith("/"):
+        return "an absolute path"
+    parts = name.split("/")
+    if ".." in parts:
+        return "a path that climbs out of the stage folder ('..')"
+    if posixpath.normpath(name) != name or "." in parts:
+        return "not a normalised relative path"
+    return None
+
+
+def manifest_entry_problem(entry: Any) -> str | None:
+    """Why a manifest's record of one file (``{"sha256": …, "bytes": …}``) is malformed, or None."""
+    if not isinstance(entry, dict):
+        return "its record is not an object"
+    size, sha = entry.get("bytes"), entry.get("sha256")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        return f"its recorded size {size!r} is not a byte count"
+    if not isinstance(sha, str) or not _SHA256.match(sha):
+        return f"its recorded sha256 {sha!r} is not one"
+    return None
+
+
+def matches_output(name: str, patterns: Iterable[str]) -> bool:
+    """Whether the stage-folder-relative ``name`` is one of the known outputs ``patterns``: each pattern
+    segment matches one path segment (``*``, ``?``, ``[…]`` as in fnmatch, never across ``/``), and a
+    final ``**`` matches one or more segments."""
+    parts = name.split("/")
+    for pattern in patterns:
+        segments = pattern.split("/")
+        if segments[-1] == "**":
+            head = segments[:-1]
+            if len(parts) > len(head) and all(map(fnmatchcase, parts[: len(head)], head)):
+                return True
+        elif len(parts) == len(segments) and all(map(fnmatchcase, parts, segments)):
+            return True
+    return False
