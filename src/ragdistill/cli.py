@@ -11,7 +11,7 @@ from ragdistill.cli_adapters import adapters_app
 from ragdistill.cli_common import fail, load_or_exit, print_json_line
 from ragdistill.cli_deploy import deploy_app
 from ragdistill.cli_server import server_app
-from ragdistill.cli_stages import stages_app
+from ragdistill.cli_stages import ForceOption, ReplaceOption, check_run_root, stages_app, switches
 from ragdistill.errors import UserFacingError
 from ragdistill.preload import reexec_with_preload
 
@@ -164,16 +164,27 @@ def env_check(
 
 
 @app.command()
-def pipeline(config: ConfigOption, run_root: RunRootOption = None) -> None:
+def pipeline(
+    config: ConfigOption,
+    run_root: RunRootOption = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
+) -> None:
     """Every stage in order as one Prefect flow, reported to PREFECT_API_URL when set, else to the
     project's Prefect server (`ragdistill server start`), else to one started for this run."""
-    load_or_exit(config, {"run.run_root": run_root})
+    from ragdistill.config.stages import run_context
+
+    one_run = switches(force, replace_experiment)
+    loaded = load_or_exit(config, {"run.run_root": run_root, **one_run})
+    check_run_root(run_context(loaded, experiment_check=True))
     from ragdistill.orchestration.server import prefect_api
 
     with prefect_api():
+        from ragdistill.flows.parameters import ExperimentOverrides
         from ragdistill.flows.pipeline import pipeline_flow
 
-        summary = pipeline_flow(str(config), run_root)
+        run = {key.removeprefix("run."): value for key, value in one_run.items() if value is not None}
+        summary = pipeline_flow(str(config), run_root, ExperimentOverrides(run=run) if run else None)
     print_json_line(
         {"stage": "pipeline", **{f"{k}_{n}": v for k, counts in summary.items() for n, v in counts.items()}}
     )

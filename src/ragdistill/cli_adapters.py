@@ -162,7 +162,7 @@ def register(
     from ragdistill.store import ArtifactStore
 
     experiment = load_config(config, {"run.run_root": override} if override else None)
-    stages = PipelineSettings.from_experiment(experiment)
+    stages = PipelineSettings.from_experiment(experiment, experiment_check=True)
     ctx, settings = stages.ctx, stages.promotion()
     manifest = run_promotion(ctx, settings, upstream_inputs(ArtifactStore(ctx.run_root), settings), by="cli")
     decision = manifest.extra.get("decision", {})

@@ -1,8 +1,8 @@
 """`ragdistill rollout|mine|index|teach|expert|build-datasets|train|evaluate|report`: one stage each.
 
-Each builds its stage's settings and the run context from the config (``config.stages``), hands the
-stage the content digests of its upstream folders as the run root holds them now, and ends with one JSON
-line.
+Each builds its stage's settings and the run context from the config (``config.stages``), checks that
+the run root holds this experiment (``stages.experiment``), hands the stage the content digests of its
+upstream folders as the run root holds them now, and ends with one JSON line.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from ragdistill.cli_common import fail, load_or_exit, print_json_line
-from ragdistill.layout import METHODS, STUDENTS
+from ragdistill.layout import METHODS, STUDENTS, name_problem
 
 if TYPE_CHECKING:
     from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
@@ -24,6 +24,29 @@ ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Experiment Y
 RunRootOption = Annotated[str | None, typer.Option("--run-root", help="Override run.run_root (fsspec URL).")]
 SplitOption = Annotated[str | None, typer.Option("--split", help="Override env.split.")]
 LimitOption = Annotated[int | None, typer.Option("--limit", help="Override env.limit.")]
+ForceOption = Annotated[
+    bool,
+    typer.Option(
+        "--force",
+        help="Run even when a stage folder holds files ragdistill did not write; they are left in place, "
+        "never deleted (run.allow_unknown_files).",
+    ),
+]
+ReplaceOption = Annotated[
+    bool,
+    typer.Option(
+        "--replace-experiment",
+        help="Let this run take over a run root that records another experiment (run.replace_experiment).",
+    ),
+]
+
+
+def switches(force: bool, replace_experiment: bool) -> dict[str, Any]:
+    """The overrides of the one-run switches given on the command line (None: the config's value)."""
+    return {
+        "run.allow_unknown_files": force or None,
+        "run.replace_experiment": replace_experiment or None,
+    }
 
 
 def progress_bar(description: str) -> Any:
@@ -42,10 +65,26 @@ def progress_bar(description: str) -> Any:
 
 
 def load_stages(path: Path, overrides: dict[str, Any]) -> PipelineSettings:
-    """Every stage's settings and the run context of the config at ``path`` with ``overrides``."""
+    """Every stage's settings and the run context of the config at ``path`` with ``overrides``, once the
+    run root is known to hold this experiment (or to hold none yet)."""
     from ragdistill.config.stages import PipelineSettings
 
-    return PipelineSettings.from_experiment(load_or_exit(path, overrides))
+    stages = PipelineSettings.from_experiment(load_or_exit(path, overrides), experiment_check=True)
+    check_run_root(stages.ctx)
+    return stages
+
+
+def check_run_root(ctx: RunContext) -> None:
+    """Exit 2 naming both experiments when the run root holds another one (nothing is written)."""
+    from ragdistill.stages.experiment import ExperimentConflict, check_experiment
+    from ragdistill.store import ArtifactStore
+
+    if ctx.experiment is None:
+        return
+    try:
+        check_experiment(ArtifactStore(ctx.run_root), ctx.experiment, replace=ctx.replace_experiment)
+    except ExperimentConflict as error:
+        fail(str(error))
 
 
 def upstream(ctx: RunContext, settings: StageSettings) -> dict[str, str]:
@@ -63,9 +102,15 @@ def rollout(
     limit: LimitOption = None,
     run_root: RunRootOption = None,
     stage: Annotated[str, typer.Option(help="Folder under rollouts/ (resumes when it exists).")] = "base",
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage A: play the agent on the config's tasks; re-running resumes where it stopped."""
-    stages = load_stages(config, {"env.split": split, "env.limit": limit, "run.run_root": run_root})
+    problem = name_problem(stage)
+    if problem is not None:
+        fail(f"--stage {problem}")
+    overrides = {"env.split": split, "env.limit": limit, "run.run_root": run_root}
+    stages = load_stages(config, {**overrides, **switches(force, replace_experiment)})
     from ragdistill.stages.rollout import run_rollout
 
     ctx, settings = stages.ctx, stages.rollout(stage)
@@ -88,9 +133,14 @@ def _report_manifest(stage: str, run_root: str, manifest: Any) -> None:
 
 
 @stages_app.command()
-def mine(config: ConfigOption, run_root: RunRootOption = None) -> None:
+def mine(
+    config: ConfigOption,
+    run_root: RunRootOption = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
+) -> None:
     """Stage B: extract hints from the base rollout's failures and merge them into the hint bank."""
-    stages = load_stages(config, {"run.run_root": run_root})
+    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
     from ragdistill.stages.mining import run_mining
 
     ctx, settings = stages.ctx, stages.mining
@@ -98,9 +148,14 @@ def mine(config: ConfigOption, run_root: RunRootOption = None) -> None:
 
 
 @stages_app.command()
-def index(config: ConfigOption, run_root: RunRootOption = None) -> None:
+def index(
+    config: ConfigOption,
+    run_root: RunRootOption = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
+) -> None:
     """Stage C: embed the hint bank and build the FAISS index."""
-    stages = load_stages(config, {"run.run_root": run_root})
+    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
     from ragdistill.stages.indexing import run_indexing
 
     ctx, settings = stages.ctx, stages.indexing
@@ -113,9 +168,12 @@ def teach(
     split: SplitOption = None,
     limit: LimitOption = None,
     run_root: RunRootOption = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage C: the RAG teacher, retrieving hints once per episode; resumes like rollout."""
-    stages = load_stages(config, {"env.split": split, "env.limit": limit, "run.run_root": run_root})
+    overrides = {"env.split": split, "env.limit": limit, "run.run_root": run_root}
+    stages = load_stages(config, {**overrides, **switches(force, replace_experiment)})
     from ragdistill.stages.teaching import run_teacher
 
     ctx, settings = stages.ctx, stages.teacher
@@ -128,9 +186,14 @@ def teach(
 
 
 @stages_app.command()
-def expert(config: ConfigOption, run_root: RunRootOption = None) -> None:
+def expert(
+    config: ConfigOption,
+    run_root: RunRootOption = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
+) -> None:
     """Stage D: the expert teacher, demonstrations of training tasks recorded as the agent's episodes."""
-    stages = load_stages(config, {"run.run_root": run_root})
+    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
     from ragdistill.stages.expert import run_expert_teacher
 
     ctx, settings = stages.ctx, stages.expert
@@ -143,9 +206,14 @@ def expert(config: ConfigOption, run_root: RunRootOption = None) -> None:
 
 
 @stages_app.command("build-datasets")
-def build_datasets(config: ConfigOption, run_root: RunRootOption = None) -> None:
+def build_datasets(
+    config: ConfigOption,
+    run_root: RunRootOption = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
+) -> None:
     """Stage D: the sft and distill training sets (parquet + dataset card) under datasets/."""
-    stages = load_stages(config, {"run.run_root": run_root})
+    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
     from ragdistill.stages.datasets import run_dataset
 
     ctx = stages.ctx
@@ -168,9 +236,15 @@ def chosen(values: list[str] | None, allowed: tuple[str, ...], option: str) -> l
 
 
 @stages_app.command()
-def train(config: ConfigOption, run_root: RunRootOption = None, student: StudentOption = None) -> None:
+def train(
+    config: ConfigOption,
+    run_root: RunRootOption = None,
+    student: StudentOption = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
+) -> None:
     """Stage D: LoRA-train the students through accelerate; a killed training resumes from its checkpoint."""
-    stages = load_stages(config, {"run.run_root": run_root})
+    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
     from ragdistill.stages.training import run_training
 
     ctx = stages.ctx
@@ -187,9 +261,11 @@ def evaluate(
     config: ConfigOption,
     run_root: RunRootOption = None,
     method: Annotated[list[str] | None, typer.Option("--method", help="base, rag, sft, distill.")] = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage E: every method on the pinned evaluation tasks, into rollouts/eval-<method>."""
-    stages = load_stages(config, {"run.run_root": run_root})
+    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
     from ragdistill.stages.evaluation import SkippedMethod, run_evaluation
 
     ctx = stages.ctx
@@ -210,6 +286,8 @@ def evaluate(
 def report(
     run_roots: Annotated[list[str], typer.Argument(help="One run root, or several (one agent format each).")],
     out: Annotated[str | None, typer.Option("--out", help="Where several run roots' report goes.")] = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage E: reports/report.md and the accuracy-vs-tokens figure from finished evaluations."""
     from ragdistill.config import validate_config
@@ -223,11 +301,15 @@ def report(
         if run is None:
             fail(f"{stores[0].uri(RUN_FILE)} is missing: {run_roots[0]} is not a ragdistill run root")
         experiment = validate_config(run["config"], source=stores[0].uri(RUN_FILE))
+        here = {"run_root": stores[0].root_url, "allow_unknown_files": force}
         experiment = experiment.model_copy(
-            update={"run": experiment.run.model_copy(update={"run_root": stores[0].root_url})}
+            update={
+                "run": experiment.run.model_copy(update={**here, "replace_experiment": replace_experiment})
+            }
         )
-        stages = PipelineSettings.from_experiment(experiment)
+        stages = PipelineSettings.from_experiment(experiment, experiment_check=True)
         ctx, settings = stages.ctx, stages.report(run.get("config_name"))
+        check_run_root(ctx)
         run_report(ctx, settings, upstream(ctx, settings))
         target = stores[0].child("reports")
     else:

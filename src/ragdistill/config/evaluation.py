@@ -109,6 +109,17 @@ class RunConfig(StrictModel):
         description="When another run is writing a stage folder: wait this long for it, then stop with "
         "that run's name.",
     )
+    allow_unknown_files: bool = Field(
+        False,
+        description="Run a stage even when its folder holds files ragdistill did not write (they are left "
+        "in place, never deleted). A switch for one run: `--force` on the command line.",
+    )
+    replace_experiment: bool = Field(
+        False,
+        description="Let this run's experiment (run.name, env.name) take over a run root that records "
+        "another one; its stages then replace that experiment's outputs as they run. A switch for one "
+        "run: `--replace-experiment` on the command line.",
+    )
 
     @field_validator("run_root")
     @classmethod

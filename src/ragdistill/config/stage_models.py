@@ -7,9 +7,9 @@ its identity; :class:`RunContext` holds where and how stages run and is never ha
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ragdistill.config.evaluation import PromotionConfig
 from ragdistill.config.models import BackendConfig, ModelSpec, RoleConfig, SamplingConfig
@@ -21,10 +21,13 @@ from ragdistill.layout import (
     EXPERT_STAGE,
     HINTS_DIR,
     INDEX_DIR,
+    NAME_MAX_LENGTH,
+    NAME_PATTERN,
     PROMOTION_DIR,
     REPORTS_DIR,
     STUDENTS,
     adapter_dir,
+    checked_name,
     dataset_dir,
     eval_stage,
     rollout_prefix,
@@ -36,8 +39,30 @@ Inputs = dict[str, str]
 RoleName = Literal["agent", "extractor", "reranker"]
 
 
+def _checked_folder(folder: str) -> str:
+    """A folder under the run root: names joined by ``/``, each one a name (never ``..``, never absolute)."""
+    for part in folder.split("/"):
+        checked_name(part)
+    return folder
+
+
+StageName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX_LENGTH)]
+"""A stage's folder name under ``rollouts/`` (validated like ``run.name``)."""
+RunFolder = Annotated[str, AfterValidator(_checked_folder)]
+"""A folder under the run root (``rollouts/base``): names only, so it cannot leave the run root."""
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExperimentRecord(_Frozen):
+    """Which experiment a run belongs to (``stages.experiment``): its run name and environment define it,
+    ``settings`` (a digest of every stage's settings) says what it last ran with."""
+
+    run_name: str
+    env: str
+    settings: str
 
 
 class RunContext(_Frozen):
@@ -57,6 +82,12 @@ class RunContext(_Frozen):
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     """How each model role's engine is loaded (by role name); what it generates is in the settings."""
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    allow_unknown_files: bool = False
+    """A stage runs even when its folder holds files ragdistill did not write (left in place)."""
+    experiment: ExperimentRecord | None = None
+    """The experiment every stage checks the run root against before it claims a folder (None: none)."""
+    replace_experiment: bool = False
+    """This experiment may take over a run root that records another one."""
 
     def role_config(self, role: RoleSettings, **backend_update: Any) -> RoleConfig:
         """The role as the inference layer loads it: its settings plus this context's engine settings."""
@@ -128,7 +159,7 @@ class RolloutSettings(StageSettings):
 
     CODE: ClassVar[str] = "ragdistill.stages.rollout"
     GROWABLE: ClassVar[frozenset[str]] = frozenset({"tasks"})
-    stage: str
+    stage: StageName
     env: EnvSettings
     tasks: TaskSelection
     agent: AgentConfig
@@ -200,7 +231,7 @@ class MiningSettings(StageSettings):
     CODE: ClassVar[str] = "ragdistill.stages.mining"
     rules: HintRules
     extractor: RoleSettings
-    source: str = rollout_prefix(BASE_STAGE)
+    source: RunFolder = rollout_prefix(BASE_STAGE)
     dedupe_embedding_model: str | None = None
     """The embedding model of ``rules.dedupe == "embedding"``."""
 
@@ -232,7 +263,7 @@ class DatasetSettings(StageSettings):
     name: Literal["sft", "distill"]
     env: str
     """The environment whose invalid-action text (and default invalid-action limit) the filter uses."""
-    sources: list[str]
+    sources: list[RunFolder]
     removed: list[str]
     max_invalid_actions: int | None
     min_score: float | None

@@ -30,6 +30,7 @@ from ragdistill.config.stage_models import (
     DatasetSettings,
     EnvSettings,
     EvaluationSettings,
+    ExperimentRecord,
     ExpertSettings,
     IndexingSettings,
     Inputs,
@@ -47,6 +48,7 @@ from ragdistill.config.stage_models import (
     TeacherSettings,
     TrainingSettings,
 )
+from ragdistill.identity import digest
 from ragdistill.layout import (
     BASE_STAGE,
     EXPERT_STAGE,
@@ -63,6 +65,7 @@ __all__ = [
     "DatasetSettings",
     "EnvSettings",
     "EvaluationSettings",
+    "ExperimentRecord",
     "ExpertSettings",
     "IndexingSettings",
     "Inputs",
@@ -80,6 +83,7 @@ __all__ = [
     "TaskSelection",
     "TeacherSettings",
     "TrainingSettings",
+    "experiment_record",
     "role_settings",
     "run_context",
     "settings_table",
@@ -97,7 +101,26 @@ def role_settings(config: ExperimentConfig, name: RoleName) -> RoleSettings:
     )
 
 
-def run_context(config: ExperimentConfig) -> RunContext:
+def experiment_record(config: ExperimentConfig) -> ExperimentRecord:
+    """The experiment ``config`` runs: its run name and environment, and a digest of every stage's
+    settings (what it computes, so equal digests mean equal outputs)."""
+    stages = PipelineSettings(config)
+    settings = [
+        stages.rollout(),
+        stages.mining,
+        stages.indexing,
+        stages.teacher,
+        *(stages.dataset(name) for name in STUDENTS),
+        *(stages.training(name) for name in STUDENTS),
+        *(stages.evaluation(method) for method in config.evaluation.methods),
+    ]
+    dumped = {type(item).__name__ + ":" + item.stage_dir(): item.model_dump(mode="json") for item in settings}
+    return ExperimentRecord(run_name=config.run.name, env=config.env.name, settings=digest(dumped))
+
+
+def run_context(config: ExperimentConfig, *, experiment_check: bool = False) -> RunContext:
+    """Where and how ``config``'s stages run; ``experiment_check``: each of them checks (and records) the
+    run root's experiment first (``stages.experiment``), as every run the CLI or a flow starts does."""
     return RunContext(
         run_root=config.run.run_root,
         run_name=config.run.name,
@@ -110,22 +133,27 @@ def run_context(config: ExperimentConfig) -> RunContext:
         mining_chunk_size=config.mining.chunk_size,
         backends={name: getattr(config.models, name).backend for name in ("agent", "extractor", "reranker")},
         orchestration=config.orchestration,
+        allow_unknown_files=config.run.allow_unknown_files,
+        experiment=experiment_record(config) if experiment_check else None,
+        replace_experiment=config.run.replace_experiment,
     )
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """Every stage's settings and the run context, built from one experiment config."""
+    """Every stage's settings and the run context, built from one experiment config. ``experiment_check``:
+    its stages check and record the run root's experiment (see :func:`run_context`)."""
 
     config: ExperimentConfig
+    experiment_check: bool = False
 
     @classmethod
-    def from_experiment(cls, config: ExperimentConfig) -> PipelineSettings:
-        return cls(config)
+    def from_experiment(cls, config: ExperimentConfig, *, experiment_check: bool = False) -> PipelineSettings:
+        return cls(config, experiment_check)
 
     @property
     def ctx(self) -> RunContext:
-        return run_context(self.config)
+        return run_context(self.config, experiment_check=self.experiment_check)
 
     def _env(self) -> EnvSettings:
         return EnvSettings(name=self.config.env.name, options=self.config.env.options)

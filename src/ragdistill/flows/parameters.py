@@ -23,7 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from pydantic_core import to_jsonable_python
 
 from ragdistill.config import ExperimentConfig, config_file, load_config
+from ragdistill.config.stages import experiment_record
 from ragdistill.preflight import check_runnable
+from ragdistill.stages.experiment import check_experiment
+from ragdistill.store import ArtifactStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -84,11 +87,16 @@ def dotted_overrides(overrides: BaseModel | None) -> dict[str, Any]:
 def experiment_config(
     config_name: str, overrides: BaseModel | None = None, settings: dict[str, Any] | None = None
 ) -> tuple[ExperimentConfig, Path]:
-    """The validated config a flow runs with, and the file it came from. ``settings`` are a flow's own
-    dotted overrides (e.g. its ``run_root`` parameter); those that are not None win over ``overrides``."""
+    """The validated config a flow runs with, and the file it came from, once its run root is known to
+    hold this experiment or none yet (``stages.experiment``; nothing is written before that). ``settings``
+    are a flow's own dotted overrides (e.g. its ``run_root`` parameter); those that are not None win over
+    ``overrides``."""
     path = config_file(config_name)
     explicit = {key: value for key, value in (settings or {}).items() if value is not None}
-    return check_runnable(load_config(path, {**dotted_overrides(overrides), **explicit}), path), path
+    config = check_runnable(load_config(path, {**dotted_overrides(overrides), **explicit}), path)
+    store = ArtifactStore(config.run.run_root)
+    check_experiment(store, experiment_record(config), replace=config.run.replace_experiment)
+    return config, path
 
 
 PARAMETER_HELP = {
@@ -98,7 +106,8 @@ PARAMETER_HELP = {
     "overrides": OVERRIDES_HELP,
     "split": "Play this split's tasks (empty: the config's env.split).",
     "limit": "Play the first N tasks of the split (empty: the config's env.limit).",
-    "stage": "The folder under rollouts/ the episodes go to; a finished or interrupted one is resumed.",
+    "stage": "The folder under rollouts/ the episodes go to (a name: letters, digits, '.', '_', '-'); a "
+    "finished or interrupted one is resumed.",
     "students": "Which students to train: sft and/or distill (empty: both).",
     "methods": "Which methods to evaluate: base, rag, sft, distill (empty: the config's evaluation.methods).",
 }

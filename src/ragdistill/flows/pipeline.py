@@ -34,7 +34,7 @@ def pipeline_flow(
 ) -> dict[str, Any]:
     """Every stage in order: rollout, mine, index, teach (expert), datasets, train, evaluate, report."""
     config, config_file = experiment_config(config_name, overrides, {"run.run_root": run_root})
-    stages = PipelineSettings.from_experiment(config)
+    stages = PipelineSettings.from_experiment(config, experiment_check=True)
     ctx = stages.ctx
     write_run_file(ArtifactStore(ctx.run_root), config_file.stem, config.model_dump(mode="json"))
     run = StageCalls(ctx)

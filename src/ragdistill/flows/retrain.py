@@ -46,7 +46,7 @@ def collect_flow(
 ) -> dict[str, Any]:
     """Let the current student play the next batch of new tasks and announce the batch's failures."""
     config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root})
-    stages = PipelineSettings.from_experiment(config)
+    stages = PipelineSettings.from_experiment(config, experiment_check=True)
     ctx = stages.ctx
     try:
         return collect_task(ctx, stages.collect(next_batch(ArtifactStore(ctx.run_root))))
@@ -61,7 +61,7 @@ def retrain_flow(
 ) -> dict[str, Any]:
     """Retrain on every collect failure stored since the last retrain, or skip with the reason."""
     config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root})
-    stages = PipelineSettings.from_experiment(config)
+    stages = PipelineSettings.from_experiment(config, experiment_check=True)
     ctx = stages.ctx
     with retrain_turn(ctx) as busy:
         if busy is not None:
@@ -94,7 +94,8 @@ def _train_generation(parent: PipelineSettings, decision: dict[str, Any]) -> dic
     parent_ctx = parent.ctx
     base = on_run_root(prepare_generation_task, parent_ctx)(parent_ctx, generation, consumed)
     root = generation_root(parent_ctx.run_root, generation)
-    stages = PipelineSettings.from_experiment(with_overrides(parent.config, {"run.run_root": root}))
+    generation_config = with_overrides(parent.config, {"run.run_root": root})
+    stages = PipelineSettings.from_experiment(generation_config, experiment_check=parent.experiment_check)
     run = StageCalls(stages.ctx, {rollout_prefix(BASE_STAGE): base["digest"]})
     counts = {"base": base["counts"], "hints": run(mine_task, stages.mining)}
     if stages.config.retrieval.retriever == "faiss":

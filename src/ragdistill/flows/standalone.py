@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
+from ragdistill.config.stage_models import StageName
 from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
 from ragdistill.flows.naming import flow_run_namer
 from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
@@ -34,7 +35,7 @@ def _stages(
     config_name: str, run_root: str | None, overrides: ExperimentOverrides | None, **settings: Any
 ) -> PipelineSettings:
     config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root, **settings})
-    return PipelineSettings.from_experiment(config)
+    return PipelineSettings.from_experiment(config, experiment_check=True)
 
 
 def _run(task: Any, ctx: RunContext, settings: StageSettings) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def rollout_flow(
     split: str | None = None,
     limit: int | None = None,
     run_root: str | None = None,
-    stage: str = BASE_STAGE,
+    stage: StageName = BASE_STAGE,
     overrides: ExperimentOverrides | None = None,
 ) -> dict[str, Any]:
     """Stage A: play the agent on the config's tasks; re-running resumes where it stopped."""

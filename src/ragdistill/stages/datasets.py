@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 DATA_FILE = "data.parquet"
 CARD_FILE = "README.md"
+OUTPUTS = (DATA_FILE, CARD_FILE)
 LIBRARIES = ("transformers", "datasets")
 
 
@@ -68,9 +69,7 @@ def run_dataset(ctx: RunContext, settings: DatasetSettings, inputs: Inputs) -> M
     store = ArtifactStore(ctx.run_root)
     identity = dataset_identity(ctx, settings, inputs)
     folder, name = settings.stage_dir(), settings.name
-    with StageRun(
-        store, folder, identity, label=f"{ctx.run_name}: {folder}", lease_wait_s=ctx.lease_wait_s
-    ) as run:
+    with StageRun(store, folder, identity, ctx, label=f"{ctx.run_name}: {folder}", outputs=OUTPUTS) as run:
         if run.current is not None:
             return run.current
         started = time.perf_counter()

@@ -18,6 +18,7 @@ from ragdistill.config.stages import ExpertSettings, Inputs, RunContext
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.factory import BACKEND_LIBRARIES
+from ragdistill.layout import ROLLOUT_OUTPUTS
 from ragdistill.rollout.engine import ProgressCallback
 from ragdistill.rollout.plan import (
     environment_digest,
@@ -76,7 +77,7 @@ def run_expert_teacher(
     identity = _identity(ctx, settings, inputs, tasks)
     prefix = identity.stage
     label = f"{ctx.run_name}: {prefix}"
-    with StageRun(store, prefix, identity, label=label, lease_wait_s=ctx.lease_wait_s) as run:
+    with StageRun(store, prefix, identity, ctx, label=label, outputs=ROLLOUT_OUTPUTS) as run:
         if run.current is not None:
             return run.current
         started = time.perf_counter()

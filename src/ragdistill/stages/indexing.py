@@ -15,6 +15,7 @@ from ragdistill.stages.lifecycle import StageIdentity, StageRun, stage_identity,
 from ragdistill.store import ArtifactStore, Manifest
 
 LIBRARIES = ("faiss-cpu", "faiss-gpu", "sentence-transformers")
+OUTPUTS = ("meta.json", "type-*.faiss")
 
 
 def indexing_identity(ctx: RunContext, settings: IndexingSettings, inputs: Inputs) -> StageIdentity:
@@ -29,9 +30,7 @@ def run_indexing(ctx: RunContext, settings: IndexingSettings, inputs: Inputs) ->
 
     store = ArtifactStore(ctx.run_root)
     identity = indexing_identity(ctx, settings, inputs)
-    with StageRun(
-        store, INDEX_DIR, identity, label=f"{ctx.run_name}: index", lease_wait_s=ctx.lease_wait_s
-    ) as run:
+    with StageRun(store, INDEX_DIR, identity, ctx, label=f"{ctx.run_name}: index", outputs=OUTPUTS) as run:
         if run.current is not None:
             return run.current
         started = time.perf_counter()

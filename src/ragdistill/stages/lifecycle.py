@@ -3,14 +3,15 @@ and end with its manifest.
 
 Every stage function runs inside :class:`StageRun`::
 
-    with StageRun(store, "index", identity, label=ctx.run_name) as run:
+    with StageRun(store, "index", identity, ctx, label=ctx.run_name, outputs=OUTPUTS) as run:
         if run.current is not None:      # outputs exist, unchanged, made by this identity
             return run.current
         ...                              # write outputs
         return run.finish(files, counts=...)
 
 On entry the run checks that the run root is writable (``store.check_writable``: a missing bucket or
-refused credentials stop it before any work), takes the folder's lease (one writer per folder), then:
+refused credentials stop it before any work) and that it holds this run's experiment
+(``stages.experiment``), takes the folder's lease (one writer per folder), then:
 
 - when the manifest matches the identity and every file it lists is unchanged, ``run.current`` holds it
   and nothing is written;
@@ -18,6 +19,13 @@ refused credentials stop it before any work), takes the folder's lease (one writ
   :meth:`StageRun.finish` writes the new manifest, last) and the folder is *claimed*: work left by a run
   of the same settings, inputs and code is kept and resumed, anything else is cleared (with a log line
   saying what changed), so one folder never mixes two experiments.
+
+A stage deletes only what a stage wrote. Its *outputs* are the patterns of the files it writes in its
+folder (``shard-*.jsonl``, ``adapter/**``); a folder counts as the project's only when its identity file
+or its manifest says so, and clearing it removes only its known outputs, the files its last manifest
+listed and its run statistics, one file at a time. Any other file in the folder (a user's notes, a
+folder that was never a stage's) stops the stage with an error naming them, before anything is
+removed; ``run.allow_unknown_files`` (``--force``) runs it anyway and leaves them where they are.
 
 ``identity.growable`` holds what may change while finished work is kept: a rollout's task list (a
 larger ``env.limit`` plays only the new tasks), the episodes mining reads (new failures are mined,
@@ -32,16 +40,17 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from types import TracebackType
 from typing import Any
 
-from ragdistill.config.stages import Inputs, StageSettings
+from ragdistill.config.stages import Inputs, RunContext, StageSettings
 from ragdistill.errors import UserFacingError
 from ragdistill.identity import code_fingerprint, digest, library_versions
 from ragdistill.layout import rerun_command
 from ragdistill.leases import StageLease
+from ragdistill.stages.experiment import claim_experiment
 from ragdistill.store import (
     MANIFEST_NAME,
     RUN_STATS_NAME,
@@ -54,6 +63,7 @@ from ragdistill.store import (
     verify_manifest,
     write_manifest,
 )
+from ragdistill.store_paths import matches_output
 
 log = logging.getLogger("ragdistill.stages")
 
@@ -204,23 +214,29 @@ def verified_input(store: ArtifactStore, stage_dir: str, expected: str | None = 
 
 
 class StageRun:
-    """Holds one stage folder for one run; see the module docstring."""
+    """Holds one stage folder for one run; see the module docstring. ``outputs``: the patterns of the
+    files the stage writes in its folder (``store_paths.matches_output``)."""
 
     def __init__(
         self,
         store: ArtifactStore,
         stage_dir: str,
         identity: StageIdentity,
+        ctx: RunContext,
         *,
         label: str,
-        lease_wait_s: float = 0.0,
+        outputs: Sequence[str],
     ) -> None:
         self.store, self.stage_dir, self.identity = store, stage_dir.strip("/"), identity
-        self.lease = StageLease(store, self.stage_dir, label=label, wait_s=lease_wait_s)
+        self.ctx, self.outputs = ctx, tuple(outputs)
+        self.lease = StageLease(store, self.stage_dir, label=label, wait_s=ctx.lease_wait_s)
         self.current: Manifest | None = None
+        self._listed: frozenset[str] = frozenset()
 
     def __enter__(self) -> StageRun:
         check_writable(self.store)
+        if self.ctx.experiment is not None:
+            claim_experiment(self.store, self.ctx.experiment, replace=self.ctx.replace_experiment)
         self.lease.acquire()
         try:
             self.current = current_manifest(self.store, self.stage_dir, self.identity)
@@ -237,39 +253,81 @@ class StageRun:
         self.lease.release()
 
     def _claim(self) -> None:
+        listed = self._manifest_files()
+        path = f"{self.stage_dir}/{IDENTITY_NAME}"
+        recorded = self._recorded_identity(path)
+        ours = recorded is not None or listed is not None
+        self._listed = frozenset(listed or ())
+        self._check_unknown_files(ours)
         self.store.delete(f"{self.stage_dir}/{MANIFEST_NAME}")
         for stale in self.store.remove_temp_files(self.stage_dir):
             log.info("removed %s, left by a write that never finished", self.store.uri(stale))
-        path = f"{self.stage_dir}/{IDENTITY_NAME}"
-        recorded = self._recorded_identity(path)
-        if recorded is not None and recorded.get("resume_key") != self.identity.resume_key:
-            changed = self.identity.differences(recorded) or ["its format"]
+        if ours and (recorded or {}).get("resume_key") != self.identity.resume_key and self.output_files():
+            changed = self.identity.differences(recorded or {}) or ["its format"]
             log.warning(
-                "%s was made with other %s: clearing it and starting the stage again",
+                "%s was made with other %s: clearing what it wrote and starting the stage again",
                 self.store.uri(self.stage_dir),
                 " and ".join(changed),
             )
             self.clear()
         self.store.write_json(path, {**asdict(self.identity), "resume_key": self.identity.resume_key})
 
+    def _manifest_files(self) -> list[str] | None:
+        """The files the folder's manifest lists (None without a readable one): written by a stage."""
+        if not self.store.exists(f"{self.stage_dir}/{MANIFEST_NAME}"):
+            return None
+        try:
+            return list(read_manifest(self.store, self.stage_dir).files)
+        except ArtifactError:
+            return None
+
     def _recorded_identity(self, path: str) -> dict[str, Any] | None:
+        """The identity the folder records (``{}`` when its identity file is unreadable), None without one."""
         if not self.store.exists(path):
-            return {} if self.output_files() else None
+            return None
         try:
             recorded = self.store.read_json(path)
         except ArtifactError:
             return {}
         return recorded if isinstance(recorded, dict) else {}
 
+    def _check_unknown_files(self, ours: bool) -> None:
+        """Stop when the folder holds files no stage wrote (every file, when neither an identity file nor
+        a manifest says a stage made the folder), unless ``ctx.allow_unknown_files``."""
+        names = [posixpath.relpath(path, self.stage_dir) for path in self.store.list(self.stage_dir)]
+        unknown = [name for name in names if not ours or not self._is_ours(name)]
+        if not unknown:
+            return
+        shown = ", ".join(self.store.uri(f"{self.stage_dir}/{name}") for name in unknown[:10])
+        more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
+        if self.ctx.allow_unknown_files:
+            log.warning(
+                "leaving %d file(s) ragdistill did not write where they are: %s%s", len(unknown), shown, more
+            )
+            return
+        raise StageError(
+            f"{self.store.uri(self.stage_dir)} holds {len(unknown)} file(s) ragdistill did not write: "
+            f"{shown}{more}. A stage only ever removes files a stage wrote, so it stops here: move them out "
+            "of this folder, or run again with --force (run.allow_unknown_files: true) to leave them where "
+            "they are"
+        )
+
+    def _is_ours(self, name: str) -> bool:
+        return name in BOOKKEEPING or name in self._listed or matches_output(name, self.outputs)
+
     def clear(self) -> None:
-        """Remove everything the folder holds except the lease."""
-        for relative in self.store.list(self.stage_dir):
-            self.store.delete(relative)
+        """Remove what a stage wrote in the folder (its known outputs, the files its last manifest listed,
+        its run statistics), one file at a time, then the folders that left empty; never the identity
+        file, the lease or a file ragdistill did not write."""
+        for name in [*self.output_files(), RUN_STATS_NAME]:
+            self.store.delete(f"{self.stage_dir}/{name}")
+        self.store.remove_empty_folders(self.stage_dir, keep_top=True)
 
     def output_files(self) -> list[str]:
-        """Paths (relative to the stage folder) of every file but the bookkeeping ones."""
+        """Paths (relative to the stage folder) of the stage's outputs in it: the files its outputs'
+        patterns match or its last manifest listed, never the bookkeeping ones."""
         names = [posixpath.relpath(path, self.stage_dir) for path in self.store.list(self.stage_dir)]
-        return [name for name in names if name not in BOOKKEEPING]
+        return [name for name in names if name not in BOOKKEEPING and self._is_ours(name)]
 
     def finish(
         self,

@@ -30,6 +30,7 @@ from ragdistill.store import ArtifactStore, Manifest, read_records
 
 CHUNKS_DIR = f"{HINTS_DIR}/chunks"
 MINED_EPISODES = f"{HINTS_DIR}/mined-episodes.json"
+OUTPUTS = ("bank.jsonl", "rejected.jsonl", "mined-episodes.json", "chunks/chunk-*.json")
 
 
 def mining_identity(ctx: RunContext, settings: MiningSettings, inputs: Inputs) -> StageIdentity:
@@ -57,9 +58,7 @@ def run_mining(
     store = ArtifactStore(ctx.run_root)
     source = settings.source
     identity = mining_identity(ctx, settings, inputs)
-    with StageRun(
-        store, HINTS_DIR, identity, label=f"{ctx.run_name}: mine", lease_wait_s=ctx.lease_wait_s
-    ) as run:
+    with StageRun(store, HINTS_DIR, identity, ctx, label=f"{ctx.run_name}: mine", outputs=OUTPUTS) as run:
         if run.current is not None:
             return run.current
         started = time.perf_counter()

@@ -76,7 +76,7 @@ def run_promotion(
     owner = ArtifactStore(settings.registry_root) if settings.registry_root is not None else store
     source = Registration(store, _folder_prefix(store, owner), settings.generation)
     registry = AdapterRegistry(owner, label=label, lease_wait_s=max(ctx.lease_wait_s, 60.0))
-    with StageRun(store, PROMOTION_DIR, identity, label=label, lease_wait_s=ctx.lease_wait_s) as run:
+    with StageRun(store, PROMOTION_DIR, identity, ctx, label=label, outputs=(DECISION_FILE,)) as run:
         if run.current is not None and _registry_holds(registry, run.current):
             return run.current
         started = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Any
 
 from ragdistill.config.stages import Inputs, ReportSettings, RunContext
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.layout import ADAPTERS_DIR, PROMOTION_DIR, REPORTS_DIR, rollout_prefix
+from ragdistill.layout import ADAPTERS_DIR, PROMOTION_DIR, REPORTS_DIR, RUN_FILE, rollout_prefix
 from ragdistill.stages.lifecycle import StageError, StageIdentity, StageRun, stage_identity, stage_inputs
 from ragdistill.store import (
     ArtifactError,
@@ -27,10 +27,10 @@ from ragdistill.store import (
     verify_manifest,
 )
 
-RUN_FILE = "run.json"
 REPORT_FILE = "report.md"
 FIGURE_FILE = "accuracy_tokens.png"
 METRICS_FILE = "metrics.json"
+OUTPUTS = (REPORT_FILE, FIGURE_FILE, METRICS_FILE)
 
 
 def write_run_file(store: ArtifactStore, config_name: str, config: dict[str, Any]) -> None:
@@ -52,9 +52,7 @@ def run_report(ctx: RunContext, settings: ReportSettings, inputs: Inputs) -> Man
             "pipeline and `ragdistill report` write first"
         )
     identity = report_identity(ctx, settings, inputs)
-    with StageRun(
-        store, REPORTS_DIR, identity, label=f"{ctx.run_name}: report", lease_wait_s=ctx.lease_wait_s
-    ) as run:
+    with StageRun(store, REPORTS_DIR, identity, ctx, label=f"{ctx.run_name}: report", outputs=OUTPUTS) as run:
         if run.current is not None:
             return run.current
         run.clear()

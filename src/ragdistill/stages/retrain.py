@@ -32,7 +32,7 @@ from typing import Any
 
 from ragdistill.config.stages import RetrainSettings, RunContext
 from ragdistill.identity import code_fingerprint
-from ragdistill.layout import BASE_STAGE, HINTS_DIR, ROLLOUTS_DIR, rollout_prefix
+from ragdistill.layout import BASE_STAGE, HINTS_DIR, ROLLOUT_OUTPUTS, ROLLOUTS_DIR, rollout_prefix
 from ragdistill.leases import LeaseHeldError, StageLease
 from ragdistill.retrieval.mining import episode_id
 from ragdistill.stages.collect import finished_batches, recorded_failures
@@ -184,7 +184,7 @@ def prepare_generation(ctx: RunContext, generation: int, stages: list[str]) -> M
     _inherit_ledger(previous, target)
     prefix = rollout_prefix(BASE_STAGE)
     label = f"{ctx.run_name}: generation {generation} rollouts/base"
-    with StageRun(target, prefix, identity, label=label, lease_wait_s=ctx.lease_wait_s) as run:
+    with StageRun(target, prefix, identity, ctx, label=label, outputs=ROLLOUT_OUTPUTS) as run:
         if run.current is not None:
             return run.current
         counts = {"episodes": 0, "won": 0, "errors": 0, "transient_errors": 0}

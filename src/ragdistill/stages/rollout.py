@@ -37,6 +37,7 @@ from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend
 from ragdistill.inference.factory import BACKEND_LIBRARIES
+from ragdistill.layout import ROLLOUT_OUTPUTS
 from ragdistill.rollout.engine import HintSource, ProgressCallback
 from ragdistill.rollout.plan import (
     ResolvedAdapter,
@@ -142,7 +143,7 @@ def run_plan(
     store = ArtifactStore(ctx.run_root)
     prefix = identity.stage
     label = f"{ctx.run_name}: {prefix}"
-    with StageRun(store, prefix, identity, label=label, lease_wait_s=ctx.lease_wait_s) as run:
+    with StageRun(store, prefix, identity, ctx, label=label, outputs=ROLLOUT_OUTPUTS) as run:
         if run.current is not None:
             return run.current
         started = time.perf_counter()

@@ -36,6 +36,17 @@ from ragdistill.store import ArtifactStore, Manifest
 
 STUDENT_OUTPUTS = ("adapter", "loss.csv", "loss.png", "tensorboard", "train.log", "result.json")
 LIBRARIES = ("torch", "transformers", "trl", "peft", "accelerate")
+OUTPUTS = (
+    "adapter/**",
+    "loss.csv",
+    "loss.png",
+    "tensorboard/**",
+    "train.log",
+    "result.json",
+    "spec.json",
+    "checkpoints/**",
+)
+"""Everything training writes in a student's folder (the launcher's spec and log, the trainer's checkpoints)."""
 
 
 def training_identity(ctx: RunContext, settings: TrainingSettings, inputs: Inputs) -> StageIdentity:
@@ -53,9 +64,7 @@ def run_training(ctx: RunContext, settings: TrainingSettings, inputs: Inputs) ->
     store = ArtifactStore(ctx.run_root)
     identity = training_identity(ctx, settings, inputs)
     name, folder = settings.name, settings.stage_dir()
-    with StageRun(
-        store, folder, identity, label=f"{ctx.run_name}: {folder}", lease_wait_s=ctx.lease_wait_s
-    ) as run:
+    with StageRun(store, folder, identity, ctx, label=f"{ctx.run_name}: {folder}", outputs=OUTPUTS) as run:
         if run.current is not None:
             return run.current
         dataset = verified_input(store, dataset_dir(name), inputs[dataset_dir(name)])
