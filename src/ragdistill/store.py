@@ -43,7 +43,7 @@ from ragdistill.store_manifest import (
     verify_manifest,
     write_manifest,
 )
-from ragdistill.store_paths import ArtifactError, ContainmentError, check_local, normalised
+from ragdistill.store_paths import ArtifactError, ContainmentError, check_local, local_files, normalised
 from ragdistill.store_records import RecordLog, read_records, shard_paths
 
 __all__ = [
@@ -229,17 +229,7 @@ class ArtifactStore:
         return sorted(path for path in relative if hidden or not posixpath.basename(path).startswith("."))
 
     def _local_files(self, base: str) -> list[str]:
-        if os.path.isfile(base):
-            return [base]
-        found: list[str] = []
-        for folder, _, files in os.walk(base):
-            for name in files:
-                path = posixpath.join(folder, name)
-                try:
-                    found.append(check_local(self._boundary, path, self._boundary_url))
-                except ContainmentError:
-                    continue
-        return found
+        return local_files(self._boundary, base)
 
     def delete(self, relative: str) -> None:
         """Remove a file, or a folder file by file (every one :meth:`list` finds in it, hidden ones too)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import posixpath
 import re
+import stat
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
 from typing import Any
@@ -57,24 +58,54 @@ def _inside(real: str, real_root: str) -> bool:
 
 
 def check_local(boundary: str, target: str, boundary_url: str) -> str:
-    """``target`` (a local path lexically under ``boundary``, the run root's folder) once its real path,
-    every symbolic link resolved, is known to lie under the real path of ``boundary``."""
-    real_root = os.path.realpath(boundary)
-    if _inside(os.path.realpath(target), real_root):
-        return target
+    """``target`` (a local path lexically under ``boundary``, the run root's folder) once no symbolic link
+    on its way from the root leads outside the root's real path. Only the components below the root are
+    looked at (one ``lstat`` each, up to the first that does not exist); a link among them must resolve
+    inside the root."""
     relative = os.path.relpath(target, boundary)
-    where, link = f"{boundary_url}/{relative}", target
+    if relative == ".":
+        return target
     walked = boundary
     for part in relative.split(os.sep):
         walked = os.path.join(walked, part)
-        if os.path.islink(walked) and not _inside(os.path.realpath(walked), real_root):
-            where, link = f"{boundary_url}/{os.path.relpath(walked, boundary)}", walked
-            break
-    raise ContainmentError(
-        f"{where} leads to {os.path.realpath(link)} (a symbolic link), outside the run root: ragdistill "
-        f"never follows a link out of its run root, so {relative!r} was not touched; replace the link "
-        "with a folder of the run root, or point run.run_root at the real folder"
-    )
+        try:
+            mode = os.lstat(walked).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return target
+        if stat.S_ISLNK(mode) and not _inside(os.path.realpath(walked), os.path.realpath(boundary)):
+            raise ContainmentError(
+                f"{boundary_url}/{os.path.relpath(walked, boundary)} leads to {os.path.realpath(walked)} (a "
+                f"symbolic link), outside the run root: ragdistill never follows a link out of its run "
+                f"root, so {relative!r} was not touched; replace the link with a folder of the run root, or "
+                "point run.run_root at the real folder"
+            )
+    return target
+
+
+def local_files(boundary: str, base: str) -> list[str]:
+    """Every file under the local folder ``base`` (or ``base`` itself when it is a file), never entering a
+    linked folder and leaving out links that lead outside the real path of ``boundary``."""
+    if os.path.isfile(base):
+        return [base]
+    found: list[str] = []
+    pending = [base]
+    real_root: str | None = None
+    while pending:
+        try:
+            entries = list(os.scandir(pending.pop()))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for entry in entries:
+            if entry.is_symlink():
+                real_root = real_root or os.path.realpath(boundary)
+                real = os.path.realpath(entry.path)
+                if _inside(real, real_root) and not os.path.isdir(real):
+                    found.append(entry.path)
+            elif entry.is_dir(follow_symlinks=False):
+                pending.append(entry.path)
+            else:
+                found.append(entry.path)
+    return found
 
 
 def manifest_name_problem(name: Any) -> str | None:
