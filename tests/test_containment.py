@@ -28,7 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
-from ragdistill.adapter_registry import AdapterRegistry, RegistryError, current_adapter
+from ragdistill.adapter_registry import AdapterRegistry, current_adapter
+from ragdistill.adapter_registry.files import RegistryFileError
 from ragdistill.config.stages import PipelineSettings, RunContext
 from ragdistill.errors import UserFacingError
 from ragdistill.layout import ROLLOUT_OUTPUTS, rollout_prefix
@@ -249,12 +250,12 @@ def test_a_registry_version_whose_adapter_lies_outside_is_never_listed_promoted_
     store.write_json(path, edited)
 
     refused = r"v0001\.json is refused: its adapter path '\.\./evil_adapter' is not the registry's own copy"
-    with pytest.raises(RegistryError, match=refused):
+    with pytest.raises(RegistryFileError, match=refused):
         registry.entries()
-    with pytest.raises(RegistryError, match=refused):
+    with pytest.raises(RegistryFileError, match=refused):
         registry.promote(entry.version, by="cli")
     store.write_json("registry/current.json", {"version": entry.version, "previous": []})
-    with pytest.raises(RegistryError, match=refused):
+    with pytest.raises(RegistryFileError, match=refused):
         current_adapter(store)
 
 
