@@ -34,7 +34,7 @@ def flow_run_label(flow_name: str, parameters: dict[str, Any], default_stage: st
     try:
         if isinstance(overrides, dict):
             overrides = ExperimentOverrides.model_validate(overrides)
-        config, _ = experiment_config(config_name, overrides, settings)
+        config, _ = experiment_config(config_name, overrides, settings, run_root_check=False)
     except (UserFacingError, ValueError):
         return f"{head}-{Path(config_name).stem or 'unknown-config'}"
     return run_name(head, config.env.name, config.run.name)

@@ -85,17 +85,22 @@ def dotted_overrides(overrides: BaseModel | None) -> dict[str, Any]:
 
 
 def experiment_config(
-    config_name: str, overrides: BaseModel | None = None, settings: dict[str, Any] | None = None
+    config_name: str,
+    overrides: BaseModel | None = None,
+    settings: dict[str, Any] | None = None,
+    *,
+    run_root_check: bool = True,
 ) -> tuple[ExperimentConfig, Path]:
     """The validated config a flow runs with, and the file it came from, once its run root is known to
     hold this experiment or none yet (``stages.experiment``; nothing is written before that). ``settings``
     are a flow's own dotted overrides (e.g. its ``run_root`` parameter); those that are not None win over
-    ``overrides``."""
+    ``overrides``. ``run_root_check`` False: the run root is not read (for naming a run)."""
     path = config_file(config_name)
     explicit = {key: value for key, value in (settings or {}).items() if value is not None}
     config = check_runnable(load_config(path, {**dotted_overrides(overrides), **explicit}), path)
-    store = ArtifactStore(config.run.run_root)
-    check_experiment(store, experiment_record(config), replace=config.run.replace_experiment)
+    if run_root_check:
+        store = ArtifactStore(config.run.run_root)
+        check_experiment(store, experiment_record(config), replace=config.run.replace_experiment)
     return config, path
 
 
