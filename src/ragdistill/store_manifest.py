@@ -15,18 +15,16 @@ import json
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ragdistill.store_paths import (
     ArtifactError,
     ContainmentError,
+    StoreAccess,
     manifest_entry_problem,
     manifest_name_problem,
 )
 from ragdistill.version import code_version
-
-if TYPE_CHECKING:
-    from ragdistill.store import ArtifactStore
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 2
@@ -58,7 +56,7 @@ class Manifest:
 
 
 def write_manifest(
-    store: ArtifactStore,
+    store: StoreAccess,
     stage_dir: str,
     stage: str,
     identity: str,
@@ -89,7 +87,7 @@ def write_manifest(
     return manifest
 
 
-def read_manifest(store: ArtifactStore, stage_dir: str, remedy: str = "run the stage again") -> Manifest:
+def read_manifest(store: StoreAccess, stage_dir: str, remedy: str = "run the stage again") -> Manifest:
     """The stage's manifest; ``remedy`` ends the error when it is missing, unreadable, or lists a file
     that is not a plain name inside the stage folder (the error names that file)."""
     relative = f"{stage_dir.strip('/')}/{MANIFEST_NAME}"
@@ -118,7 +116,7 @@ def read_manifest(store: ArtifactStore, stage_dir: str, remedy: str = "run the s
     return manifest
 
 
-def manifest_problems(store: ArtifactStore, stage_dir: str, manifest: Manifest) -> list[str]:
+def manifest_problems(store: StoreAccess, stage_dir: str, manifest: Manifest) -> list[str]:
     """Every listed file that is missing, bigger than recorded or whose content changed, as readable
     lines. No file is read past its recorded size."""
     problems: list[str] = []
@@ -145,7 +143,7 @@ def manifest_problems(store: ArtifactStore, stage_dir: str, manifest: Manifest) 
     return problems
 
 
-def read_listed(store: ArtifactStore, relative: str, expected: dict[str, Any]) -> bytes:
+def read_listed(store: StoreAccess, relative: str, expected: dict[str, Any]) -> bytes:
     """The bytes of a file a manifest lists (``expected``: its record), read no further than the recorded
     size; a file that is bigger, smaller or other than recorded is refused, naming it."""
     data = store.read_bytes(relative, max_bytes=expected["bytes"])
@@ -159,7 +157,7 @@ def read_listed(store: ArtifactStore, relative: str, expected: dict[str, Any]) -
     return data
 
 
-def verify_manifest(store: ArtifactStore, stage_dir: str, remedy: str = "run the stage again") -> Manifest:
+def verify_manifest(store: StoreAccess, stage_dir: str, remedy: str = "run the stage again") -> Manifest:
     """Check every file the manifest lists; raise one error naming every missing or altered file, ending
     with ``remedy``."""
     manifest = read_manifest(store, stage_dir, remedy)

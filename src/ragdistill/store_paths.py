@@ -18,7 +18,7 @@ import re
 import stat
 from collections.abc import Iterable
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Protocol
 
 from ragdistill.errors import UserFacingError
 
@@ -151,3 +151,30 @@ def matches_output(name: str, patterns: Iterable[str]) -> bool:
         elif len(parts) == len(segments) and all(map(fnmatchcase, parts, segments)):
             return True
     return False
+
+
+class StoreAccess(Protocol):
+    """What the manifest and record helpers use of an :class:`~ragdistill.store.ArtifactStore` (typed
+    here, below the store, so those helpers never import the store back)."""
+
+    def uri(self, relative: str) -> str: ...
+
+    def read_bytes(self, relative: str, *, max_bytes: int | None = None) -> bytes: ...
+
+    def digest(self, relative: str, *, max_bytes: int | None = None) -> tuple[str, int]: ...
+
+    def write_text(self, relative: str, text: str) -> None: ...
+
+    def read_text(self, relative: str) -> str: ...
+
+    def write_json(self, relative: str, payload: Any) -> None: ...
+
+    def read_json(self, relative: str) -> Any: ...
+
+    def exists(self, relative: str) -> bool: ...
+
+    def list(self, prefix: str = "", *, hidden: bool = False) -> list[str]: ...
+
+    def delete(self, relative: str) -> None: ...
+
+    def remove_empty_folders(self, prefix: str, *, keep_top: bool = False) -> None: ...

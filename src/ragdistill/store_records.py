@@ -13,14 +13,11 @@ import logging
 import posixpath
 import re
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ragdistill.layout import PARTS_DIR
 from ragdistill.store_manifest import Manifest, read_listed
-from ragdistill.store_paths import ArtifactError
-
-if TYPE_CHECKING:
-    from ragdistill.store import ArtifactStore
+from ragdistill.store_paths import ArtifactError, StoreAccess
 
 _SHARD_PATTERN = re.compile(r"^shard-(\d{5})\.jsonl$")
 _PART_PATTERN = re.compile(r"^part-(\d{9})\.jsonl$")
@@ -28,7 +25,7 @@ _PART_PATTERN = re.compile(r"^part-(\d{9})\.jsonl$")
 log = logging.getLogger("ragdistill.store")
 
 
-def _parse_lines(store: ArtifactStore, relative: str, data: bytes | None = None) -> list[dict[str, Any]]:
+def _parse_lines(store: StoreAccess, relative: str, data: bytes | None = None) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     text = (store.read_bytes(relative) if data is None else data).decode()
     for number, line in enumerate(text.splitlines(), start=1):
@@ -42,12 +39,12 @@ def _parse_lines(store: ArtifactStore, relative: str, data: bytes | None = None)
     return records
 
 
-def shard_paths(store: ArtifactStore, prefix: str) -> list[str]:
+def shard_paths(store: StoreAccess, prefix: str) -> list[str]:
     return [p for p in store.list(prefix) if _SHARD_PATTERN.match(posixpath.basename(p))]
 
 
 def read_records(
-    store: ArtifactStore, prefix: str, manifest: Manifest | None = None
+    store: StoreAccess, prefix: str, manifest: Manifest | None = None
 ) -> Iterator[dict[str, Any]]:
     """Every record of a finished stage, file by file (one file in memory at a time).
 
@@ -75,7 +72,7 @@ class RecordLog:
 
     def __init__(
         self,
-        store: ArtifactStore,
+        store: StoreAccess,
         prefix: str,
         key: Callable[[dict[str, Any]], str],
         shard_size: int = 50,
