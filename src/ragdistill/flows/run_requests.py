@@ -13,7 +13,8 @@ flow checks again before it reads any file the run names:
   ``run.run_root``, the deployment's default ``run_root``).
 
 A flow called in-process (the CLI, a test) has no deployment: its caller is the operator, and nothing here
-applies to it.
+applies to it. Nor to a subflow: its parameters come from its parent flow's code; the flow run that the
+deployment started, whose parameters the API chose, is the one checked.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class RunRequestRefused(UserFacingError, ValueError):
 
 
 def deployment_defaults() -> dict[str, Any] | None:
-    """The parameters the deployment of the current flow run was registered with, when the flow runs
-    from a deployment (``{}`` when that deployment is gone); None when it was called in-process."""
+    """The parameters the deployment of the current flow run was registered with, when a deployment
+    started this flow run (``{}`` when that deployment is gone); None when it was called in-process or as
+    a subflow."""
     from prefect.context import FlowRunContext
 
     context = FlowRunContext.get()
