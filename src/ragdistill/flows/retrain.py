@@ -22,7 +22,12 @@ from prefect import flow
 from ragdistill.config import with_overrides
 from ragdistill.config.stages import PipelineSettings
 from ragdistill.flows.naming import flow_run_namer
-from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
+from ragdistill.flows.parameters import (
+    ConfigName,
+    ExperimentOverrides,
+    documented_parameters,
+    experiment_config,
+)
 from ragdistill.flows.pipeline import StageCalls, run_students
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.layout import BASE_STAGE, rollout_prefix
@@ -42,7 +47,7 @@ from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
 @flow(name="collect", flow_run_name=flow_run_namer("collect"), log_prints=True)
 @documented_parameters
 def collect_flow(
-    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
     """Let the current student play the next batch of new tasks and announce the batch's failures."""
     config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root})
@@ -57,7 +62,7 @@ def collect_flow(
 @flow(name="retrain", flow_run_name=flow_run_namer("retrain"), log_prints=True)
 @documented_parameters
 def retrain_flow(
-    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
     """Retrain on every collect failure stored since the last retrain, or skip with the reason."""
     config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root})
