@@ -249,9 +249,9 @@ def _load(path: Path) -> Any:
     import textworld.gym
     from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredInfos
 
-    from ragdistill.environments.alfworld import parse_cache
+    from ragdistill.environments.alfworld.parse_cache import follow_setting
 
-    parse_cache.follow_setting()
+    follow_setting()
     infos = textworld.EnvInfos(won=True, admissible_commands=True, extras=["gamefile"])
     env_id = textworld.gym.register_games(
         [str(path)],

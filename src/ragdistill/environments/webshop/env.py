@@ -9,9 +9,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import ragdistill.environments.webshop.pages as p
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
 from ragdistill.environments.selection import check_selection, round_robin
-from ragdistill.environments.webshop import pages as p
 from ragdistill.environments.webshop.catalog import Catalog, data_files, load_catalog
 from ragdistill.environments.webshop.constants import (
     CATEGORIES,
