@@ -43,7 +43,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     RAGDISTILL_CACHE=/app/.cache/ragdistill
 RUN useradd --create-home --uid 10001 ragdistill \
     && mkdir -p /app/data /app/runs /app/.cache /app/.prefect \
-    && chown -R ragdistill:ragdistill /app
+    && chown -R ragdistill:ragdistill /app \
+    && chmod 0700 /app/data /app/runs /app/.cache /app/.prefect
 COPY --from=build /opt/venv /opt/venv
 WORKDIR /app
 COPY --chown=ragdistill:ragdistill configs ./configs

@@ -44,7 +44,7 @@ GPU_SERVICES = {"gpu-worker", "vllm", "ray-head"}
 ONE_SHOT_SERVICES = {"create-bucket", "deploy"}
 # `${NAME}`, `${NAME:-default}`, `${NAME:?message}`; `$${...}` is an escaped literal for the container.
 VARIABLE = re.compile(r"(?<!\$)\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<modifier>:?[-?])?(?P<rest>[^}]*)\}")
-SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|TOKEN|CONNECTION_URL|ACCESS_KEY")
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|API_KEY|TOKEN|CONNECTION_URL|ACCESS_KEY|AUTH_STRING")
 LOOPBACK_PORT = re.compile(r"^127\.0\.0\.1:(\$\{[A-Z_]+:-\d+\}|\d+):\d+(/(tcp|udp))?$")
 
 
@@ -149,6 +149,124 @@ def test_deployments_default_to_a_run_root_on_minio(compose: dict[str, Any]) -> 
     server = compose["services"]["prefect-server"]["environment"]
     assert server["PREFECT_API_DATABASE_CONNECTION_URL"].startswith("postgresql+asyncpg://")
     assert "prefect worker start --pool ragdistill-process" in compose["services"]["worker"]["command"][-1]
+
+
+def command_text(service: dict[str, Any]) -> str:
+    """A service's entrypoint and command as one text (each may be a list or a string)."""
+    parts = []
+    for key in ("entrypoint", "command"):
+        value = service.get(key, [])
+        parts.extend(value if isinstance(value, list) else [value])
+    return " ".join(map(str, parts))
+
+
+def required_variable(value: Any) -> str | None:
+    """The .env variable a setting takes when it is exactly a required ``${NAME:?message}``, else None."""
+    match = VARIABLE.fullmatch(str(value))
+    return match["name"] if match and match["modifier"] == ":?" else None
+
+
+def prefect_api_exposures(compose: dict[str, Any]) -> list[str]:
+    """Why the compose file's Prefect API would answer without credentials: a service that serves it
+    (``prefect server start``, ``ragdistill serve``) without a required ``PREFECT_SERVER_API_AUTH_STRING``,
+    or a client of it (``PREFECT_API_URL``) that does not send that same string."""
+    problems, server_strings = [], set()
+    for name, service in compose["services"].items():
+        environment = service.get("environment", {})
+        text = command_text(service)
+        if "prefect server start" in text or re.search(r"\bragdistill serve\b", text):
+            variable = required_variable(environment.get("PREFECT_SERVER_API_AUTH_STRING"))
+            if variable is None:
+                problems.append(
+                    f"{name} serves the Prefect API without a required PREFECT_SERVER_API_AUTH_STRING"
+                )
+            server_strings.add(variable)
+    for name, service in compose["services"].items():
+        environment = service.get("environment", {})
+        sent = required_variable(environment.get("PREFECT_API_AUTH_STRING"))
+        if "PREFECT_API_URL" in environment and sent not in server_strings - {None}:
+            problems.append(f"{name} calls the Prefect API without the server's PREFECT_API_AUTH_STRING")
+    return problems
+
+
+def test_the_prefect_api_requires_basic_auth_and_every_client_sends_it(compose: dict[str, Any]) -> None:
+    """Prefect's open-source server lets anyone who reaches it start runs and change deployments and
+    work pools; compose turns on its basic auth from .env, for the server and every ragdistill service."""
+    assert prefect_api_exposures(compose) == []
+    server = compose["services"]["prefect-server"]
+    variable = required_variable(server["environment"]["PREFECT_SERVER_API_AUTH_STRING"])
+    assert variable == "RAGDISTILL_PREFECT_AUTH_STRING" and variable in env_example()
+    assert ":" in env_example()[variable], "USER:PASSWORD"
+    clients = {
+        name
+        for name, service in compose["services"].items()
+        if "PREFECT_API_URL" in service.get("environment", {})
+    }
+    assert clients == {"deploy", "worker", "gpu-worker"}
+    assert any("/api/health" in str(part) for part in server["healthcheck"]["test"]), "the open health path"
+
+
+def test_no_service_publishes_the_prefect_api_without_auth(compose: dict[str, Any]) -> None:
+    """Each way the API could be published open is caught: the server's string removed or given a
+    default, a client without it, another service that serves Prefect (or `ragdistill serve`)."""
+    unset = copy.deepcopy(compose)
+    del unset["services"]["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"]
+    defaulted = copy.deepcopy(compose)
+    defaulted["services"]["prefect-server"]["environment"]["PREFECT_SERVER_API_AUTH_STRING"] = (
+        "${X:-admin:admin}"
+    )
+    silent_client = copy.deepcopy(compose)
+    del silent_client["services"]["worker"]["environment"]["PREFECT_API_AUTH_STRING"]
+    second_server = copy.deepcopy(compose)
+    second_server["services"]["ui"] = {"command": ["ragdistill", "serve"], "ports": ["127.0.0.1:4300:4200"]}
+    assert prefect_api_exposures(unset)[0].startswith("prefect-server serves the Prefect API without")
+    assert prefect_api_exposures(defaulted)[0].startswith("prefect-server serves the Prefect API without")
+    assert prefect_api_exposures(silent_client) == [
+        "worker calls the Prefect API without the server's PREFECT_API_AUTH_STRING"
+    ]
+    assert prefect_api_exposures(second_server) == [
+        "ui serves the Prefect API without a required PREFECT_SERVER_API_AUTH_STRING"
+    ]
+
+
+POSTGRES_DATA = "/var/lib/postgresql/data"
+"""The official postgres image's entrypoint makes its data folder (PGDATA) mode 0700 before initdb."""
+
+
+def owner_only_folders(dockerfile: str) -> set[str]:
+    """The folders a Dockerfile gives mode 0700 (``chmod 0700 A B …``)."""
+    text = logical_lines((REPO / dockerfile).read_text())
+    return {
+        folder
+        for line in text
+        for match in re.finditer(r"chmod 0?700 ((?:/[\w./-]+ ?)+)", line)
+        for folder in match[1].split()
+    }
+
+
+def test_every_volume_is_its_owners_alone(compose: dict[str, Any]) -> None:
+    """Runs, data, object storage and Prefect's database: mode 0700 on every named volume's mount, set by
+    the image (a new named volume copies the mount point's mode) or by the service before it starts."""
+    images = {
+        compose["x-ragdistill-cpu-image"]["image"]: owner_only_folders("Dockerfile"),
+        compose["x-ragdistill-gpu-image"]["image"]: owner_only_folders("Dockerfile.gpu"),
+    }
+    assert images[compose["x-ragdistill-cpu-image"]["image"]] >= {"/app/data", "/app/runs", "/app/.prefect"}
+    mounts = []
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source, target = str(volume).split(":")[:2]
+            assert source in compose["volumes"], f"{name} mounts a host path: {volume}"
+            mounts.append((name, service, target))
+    assert {name for name, _, _ in mounts} == {"postgres", "minio", "worker", "gpu-worker"}
+    for name, service, target in mounts:
+        image = str(service.get("image", ""))
+        owner_only = (
+            target in images.get(image, set())
+            or f"chmod 0700 {target} " in command_text(service) + " "
+            or (image.startswith("${POSTGRES_IMAGE:-postgres:") and target == POSTGRES_DATA)
+        )
+        assert owner_only, f"{name}: {target} is not made mode 0700"
 
 
 def test_the_env_example_documents_every_variable_the_compose_file_uses() -> None:

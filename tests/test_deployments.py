@@ -38,6 +38,7 @@ from ragdistill.deployments.specs import (
     work_pools,
 )
 from ragdistill.flows.parameters import (
+    OPERATOR_SETTINGS,
     ExperimentOverrides,
     OverridesModel,
     dotted_overrides,
@@ -50,11 +51,16 @@ from test_prefect_server import fresh_prefect_home  # noqa: F401  (fixture)
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_the_overrides_model_offers_every_setting_optional_with_its_constraints_and_description() -> None:
+def test_the_overrides_model_offers_every_setting_but_the_operators_optional_with_its_constraints_and_description() -> (
+    None
+):
     def compare(config_model: type[BaseModel], overrides_model: type[BaseModel], where: str) -> int:
-        assert set(overrides_model.model_fields) == set(config_model.model_fields), where
+        operator = OPERATOR_SETTINGS.get(config_model, frozenset())
+        assert set(overrides_model.model_fields) == set(config_model.model_fields) - operator, where
         compared = 0
         for name, field in config_model.model_fields.items():
+            if name in operator:
+                continue
             mirror = overrides_model.model_fields[name]
             assert mirror.default is None, f"{where}.{name}"
             annotation = field.annotation
@@ -81,19 +87,19 @@ def test_a_config_is_named_or_a_path_and_overrides_change_only_what_they_set(tmp
     assert path == REPO / "configs" / "demo-alfworld.yaml" and config_file(str(path)) == path
     overrides = ExperimentOverrides.model_validate(
         {
-            "env": {"limit": 2, "data_dir": "elsewhere", "balanced": None},
+            "env": {"limit": 2, "workers": 1, "balanced": None},
             "models": {"agent": {"sampling": {"seed": 7}}},
         }
     )
     assert dotted_overrides(overrides) == {
         "env.limit": 2,
-        "env.data_dir": "elsewhere",
+        "env.workers": 1,
         "models.agent.sampling.seed": 7,
     }
     changed, _ = experiment_config(
         "demo-alfworld", overrides, {"run.run_root": "file:///tmp/x", "env.split": None}
     )
-    assert changed.env.limit == 2 and changed.env.data_dir == Path("elsewhere")
+    assert changed.env.limit == 2 and changed.env.workers == 1
     assert changed.models.agent.sampling.seed == 7 and changed.run.run_root == "file:///tmp/x"
     unchanged = named.model_dump(exclude={"env", "models", "run"})
     assert changed.model_dump(exclude={"env", "models", "run"}) == unchanged
@@ -143,9 +149,9 @@ def test_every_deployed_flow_takes_a_config_name_and_typed_overrides_all_describ
 
 
 def test_one_deployment_per_flow_on_the_pool_its_work_needs_with_the_nightly_schedule_off_unless_asked(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    deployments = runner_deployments("paper-alfworld-react", working_dir=tmp_path)
+    deployments = runner_deployments("paper-alfworld-react")
     names = [deployment.full_name for deployment in deployments]
     assert len(set(names)) == len(DEPLOYMENTS) and names[0] == f"pipeline/{DEPLOYMENT_NAME}"
     assert {f"{flow}/{DEPLOYMENT_NAME}" for flow in ("rollout", "mine", "index", "report")} <= set(names)
@@ -159,7 +165,7 @@ def test_one_deployment_per_flow_on_the_pool_its_work_needs_with_the_nightly_sch
     }
     loop = {"collect", "retrain"}
     for deployment in deployments:
-        assert deployment.job_variables == {"working_dir": str(tmp_path)}
+        assert not deployment.job_variables, "the pool's template sets the command, folder and environment"
         if deployment.full_name.split("/")[0] in loop:
             assert deployment.parameters == {"run_root": "file://./runs/paper-alfworld-react"}
         else:
@@ -370,10 +376,10 @@ def test_serve_starts_a_server_registers_runs_a_worker_and_stops_both_on_ctrl_c(
     assert not api_answers(summary["api_url"]), "serve started the server, so Ctrl-C stops it"
 
 
-def test_a_deploy_time_run_root_becomes_every_deployments_default(tmp_path: Path) -> None:
+def test_a_deploy_time_run_root_becomes_every_deployments_default() -> None:
     """The loop deployments default to the run root alone: their runs use the config stored there."""
     root = "s3://ragdistill/runs/demo-alfworld"
-    deployments = runner_deployments("demo-alfworld", working_dir=tmp_path, run_root=root)
+    deployments = runner_deployments("demo-alfworld", run_root=root)
     loop = {f"{flow}/{DEPLOYMENT_NAME}" for flow in ("collect", "retrain")}
     assert {d.full_name: d.parameters for d in deployments} == {
         d.full_name: {"run_root": root}
@@ -415,7 +421,7 @@ def test_prefects_own_loader_reads_every_deployment_as_the_code_builds_it(tmp_pa
     assert actions["pull"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": PROJECT_FOLDER}}
     ]
-    in_code = {d.full_name: d for d in runner_deployments("paper-alfworld-react", working_dir=tmp_path)}
+    in_code = {d.full_name: d for d in runner_deployments("paper-alfworld-react")}
     in_yaml: dict[str, dict[str, Any]] = {}
     for config in configs:
         flow = load_flow_from_entrypoint(config["entrypoint"], use_placeholder_flow=False)
@@ -426,10 +432,7 @@ def test_prefects_own_loader_reads_every_deployment_as_the_code_builds_it(tmp_pa
     for name, deployment in in_code.items():
         config = in_yaml[name]
         assert config["entrypoint"] == deployment.entrypoint, name
-        assert config["work_pool"] == {
-            "name": deployment.work_pool_name,
-            "job_variables": {"working_dir": PROJECT_FOLDER},
-        }
+        assert config["work_pool"] == {"name": deployment.work_pool_name}, "no job variables"
         assert config["parameters"] == deployment.parameters, name
         assert config["description"] == deployment.description and config["tags"] == deployment.tags
         schedules = [_schedule_config_to_deployment_schedule(s) for s in config.get("schedules", [])]
@@ -475,7 +478,8 @@ def test_write_prefect_yaml_applies_the_deploy_options(tmp_path: Path) -> None:
     pools = {c["entrypoint"].rsplit(".", 1)[1]: c["work_pool"]["name"] for c in configs}
     assert pools["train_flow"] == pools["rollout_flow"] == "gpus" and pools["report_flow"] == "elsewhere"
     header = target.read_text().split("\n\n")[0]
-    assert all(f"prefect work-pool create {pool} --type process" in header for pool in ("elsewhere", "gpus"))
+    (pools_line,) = [line for line in header.splitlines() if "must exist" in line]
+    assert "elsewhere" in pools_line and "gpus" in pools_line and "`ragdistill deploy` creates" in header
     assert {json.dumps(c["parameters"]) for c in configs} == {
         json.dumps({"config_name": "paper-alfworld-react", "run_root": "s3://b/r"}),
         json.dumps({"run_root": "s3://b/r"}),
@@ -488,6 +492,12 @@ def test_write_prefect_yaml_applies_the_deploy_options(tmp_path: Path) -> None:
 
     unknown = CliRunner().invoke(app, ["deploy", "--write-prefect-yaml", str(tmp_path), "-c", "no-such"])
     assert unknown.exit_code != 0 and not (tmp_path / "prefect.yaml").exists()
+    path = CliRunner().invoke(
+        app,
+        ["deploy", "--write-prefect-yaml", str(tmp_path), "-c", str(REPO / "configs" / "demo-alfworld.yaml")],
+    )
+    assert path.exit_code != 0 and "names its config by name under configs/" in str(path.exception)
+    assert not (tmp_path / "prefect.yaml").exists(), "a file whose every run the server would refuse"
 
 
 @pytest.mark.slow
@@ -513,7 +523,7 @@ def test_prefect_deploy_all_registers_the_committed_prefect_yaml(
         with get_client(sync_client=True) as client:
             deployments = {
                 name: client.read_deployment_by_name(name)
-                for name in (d.full_name for d in runner_deployments(working_dir=REPO))
+                for name in (d.full_name for d in runner_deployments())
             }
             pipeline = deployments[f"pipeline/{DEPLOYMENT_NAME}"]
             retrain = deployments[f"retrain/{DEPLOYMENT_NAME}"]
@@ -521,7 +531,7 @@ def test_prefect_deploy_all_registers_the_committed_prefect_yaml(
             automations = client.read_resource_related_automations(f"prefect.deployment.{retrain.id}")
     for deployment in deployments.values():
         assert deployment.work_pool_name == WORK_POOL
-        assert deployment.job_variables == {"working_dir": str(REPO)}
+        assert not deployment.job_variables
         assert deployment.pull_steps == [
             {"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}
         ]

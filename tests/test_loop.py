@@ -10,6 +10,7 @@ does.
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from ragdistill.config import (
 from ragdistill.config.run_root_match import settings_differences
 from ragdistill.config.stages import PipelineSettings
 from ragdistill.flows.loop_config import LoopInputError, RunRootMismatch, loop_config
+from ragdistill.flows.run_requests import RUN_ROOT_PREFIX_ENV
 from ragdistill.stages.collect import check_fresh_tasks, next_batch, run_collect
 from ragdistill.stages.lifecycle import StageError
 from ragdistill.stages.loop_status import loop_status
@@ -35,6 +37,8 @@ from ragdistill.stages.report import write_run_file
 from ragdistill.stages.retrain import LAST_DECISION_FILE, RETRAIN_DIR
 from ragdistill.store import ArtifactStore
 from test_adapter_registry import evaluate, promote, student, write_upstream
+from test_containment import audited
+from test_operator_settings import REPO, create_run, finished, project_pool
 from test_retrain import collect
 from test_retrain import collect_config as retrain_config
 from test_stages import PolicyDouble
@@ -285,3 +289,54 @@ def test_the_collect_and_retrain_commands_run_their_flows_on_the_run_roots_confi
     refused = CliRunner().invoke(app, ["retrain", "-c", str(other)])
     assert refused.exit_code == 2 and "agent.max_calls: 4 on the run root, 7 here" in refused.output
     assert store.list(f"{RETRAIN_DIR}/decisions") == decisions and next_batch(store) == 1
+
+
+def test_a_loop_run_from_the_api_names_a_config_by_name_only_and_a_run_root_inside_the_operators_prefix(
+    prefect_server: None,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A loop deployment defaults to no config, yet its runs are bounded as every deployment run is
+    (``flows.run_requests``, issue 19): the server refuses a config path in its schema, and the flow,
+    started past that check, refuses a config path or a run root outside the operator's prefix before it
+    reads anything there (that run root's run.json least of all). The trigger's shape (config_name null,
+    the event's run root inside) runs with the run root's stored config."""
+    from prefect.deployments.runner import RunnerDeployment
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    from ragdistill.flows.retrain import retrain_flow
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.delenv(RUN_ROOT_PREFIX_ENV, raising=False)
+    config = collect_config(tmp_path)
+    made_by_a_pipeline(config)
+    outside = tmp_path_factory.mktemp("outside-the-prefix")
+    elsewhere = collect_config(outside)
+    made_by_a_pipeline(elsewhere)
+    deployment_id = RunnerDeployment.from_flow(
+        retrain_flow,
+        name=f"loop-{uuid.uuid4().hex[:8]}",
+        parameters={"run_root": config.run.run_root},
+        work_pool_name=project_pool(REPO),
+    ).apply()
+
+    with pytest.raises(PrefectHTTPStatusError, match="Validation failed"):
+        create_run(deployment_id, parameters={"config_name": str(config_file(outside, config, "by-path"))})
+    hostile = [
+        {"config_name": str(outside / "by-path.yaml")},
+        {"config_name": None, "run_root": elsewhere.run.run_root},
+    ]
+    with audited(outside) as touched:
+        states = [finished(retrain_flow, create_run(deployment_id, False, parameters=p)) for p in hostile]
+    messages = [str(state.message) for state in states]
+    assert all(state.is_failed() for state in states), messages
+    assert "is not a config under" in messages[0], messages[0]
+    assert "lies outside the folders holding the run roots" in messages[1], messages[1]
+    assert touched == [], "nothing the run named was read"
+    assert not ArtifactStore(elsewhere.run.run_root).exists(RETRAIN_DIR)
+
+    triggered = create_run(deployment_id, parameters={"config_name": None})
+    state = finished(retrain_flow, triggered)
+    assert state.is_completed(), state.message
+    assert "fewer than retrain.min_failures (3)" in state.result()["skipped"]

@@ -442,13 +442,12 @@ def test_a_worker_killed_mid_flow_and_the_run_rescheduled_resumes_without_repeat
     worker_environment = {"PREFECT_WORKER_QUERY_SECONDS": "1", "PYTHONPATH": python_path}
     logs = [tmp_path / "worker-1.log", tmp_path / "worker-2.log"]
     with prefect_api(timeout_s=600) as api_url:
-        ensure_work_pool()
+        ensure_work_pool(working_dir=REPO)
         deployment = RunnerDeployment.from_flow(
             rollout_with_policy_double,
             name="worker-killed",
             parameters={"config_path": str(config_path)},
             work_pool_name=WORK_POOL,
-            job_variables={"working_dir": str(REPO)},
         )
         deployment.apply(work_pool_name=WORK_POOL)
         run = run_deployment(deployment.full_name, timeout=0)

@@ -14,6 +14,9 @@ from ragdistill.paths import project_root
 CONFIGS_DIR = "configs"
 DEFAULT_CONFIG = "demo-alfworld"
 CONFIG_SUFFIXES = (".yaml", ".yml")
+CONFIG_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""A config's name under ``configs/`` (``demo-alfworld``, ``paper-alfworld-react.yaml``), never a path:
+what a run started from the UI or the API may give as its ``config_name`` (``flows.run_requests``)."""
 
 
 def available_configs() -> list[str]:

@@ -3,22 +3,24 @@
 ``prefect deploy --all`` run from the repository root registers the same deployments as ``ragdistill
 deploy``: same names, module-path entrypoints, default parameters, descriptions, tags, work pools (CPU or
 GPU per deployment, for the config), schedules (inactive unless asked for), retrain trigger and concurrency
-limit. Where ``ragdistill deploy`` passes the project
-folder as it registers, the file has one build step that prints the folder ``prefect deploy`` runs in
-(``pwd``); its output becomes the pull step's working directory and the process worker's ``working_dir``,
-so the committed file names no absolute path. ``prefect deploy`` does not create work pools: create the
-ones the file names first (``ragdistill deploy`` does, or ``prefect work-pool create``; the header lists
-them).
+limit. The file has one build step that prints the folder ``prefect deploy`` runs in (``pwd``); its output
+becomes the pull step's working directory, so the committed file names no absolute path. It sets no job
+variables: the project's pools fix a run's command, working folder and environment in their template.
+``prefect deploy`` does not create work pools: create the ones the file names first with ``ragdistill
+deploy`` (the project's template; ``prefect work-pool create`` would make Prefect's default one, whose
+runs may set their own command); the header lists them.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ragdistill.config import DEFAULT_CONFIG
+from ragdistill.config import DEFAULT_CONFIG, ConfigError
+from ragdistill.config.files import CONFIG_NAME_PATTERN
 from ragdistill.deployments.specs import (
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
@@ -41,18 +43,16 @@ PROJECT_FOLDER = "{{ " + FOLDER_STEP_ID + ".stdout }}"
 
 
 def _header(pools: list[str]) -> str:
-    creates = "".join(
-        f"#   prefect work-pool create {pool} --type {WORK_POOL_TYPE}   # once; `ragdistill deploy` does it too\n"
-        for pool in pools
-    )
+    plural = "s" if len(pools) > 1 else ""
     return (
         "# Generated from ragdistill.deployments.specs.DEPLOYMENTS; do not edit by hand.\n"
         f"# Regenerate from the repository root with:  {REGENERATE_COMMAND}\n"
         "# (tests/test_deployments.py fails while this file and the code disagree.)\n"
         "#\n"
-        f"# Register every deployment from the repository root (the work pool{'s' if len(pools) > 1 else ''} "
-        "must exist):\n"
-        f"{creates}"
+        f"# Register every deployment from the repository root; the {WORK_POOL_TYPE} work pool{plural} "
+        f"{', '.join(pools)} must exist\n"
+        "# with the project's job template (runs cannot set their command, folder or environment), which\n"
+        "# `ragdistill deploy` creates (Prefect's `prefect work-pool create` would not):\n"
         "#   prefect --no-prompt deploy --all\n"
     )
 
@@ -80,7 +80,15 @@ def prefect_yaml(
     collect_schedule: bool = False,
 ) -> dict[str, Any]:
     """The prefect.yaml content: one deployment per entry of :data:`DEPLOYMENTS`, as
-    :func:`~.register.runner_deployments` builds them for the same arguments."""
+    :func:`~.register.runner_deployments` builds them for the same arguments. The config is a name under
+    ``configs/``: ``prefect deploy`` takes each flow's parameter schema as it is, which accepts no path, so
+    a path would make the server refuse every run."""
+    if not re.fullmatch(CONFIG_NAME_PATTERN, config_name):
+        raise ConfigError(
+            f"prefect.yaml names its config by name under configs/, not {config_name!r}: put the file in "
+            "configs/ and pass its name, or register with `ragdistill deploy --config PATH`, whose "
+            "deployments accept that one file"
+        )
     pools = work_pools(config_name, work_pool, gpu_work_pool)
     active = ActiveSchedules(nightly=nightly, retrain_check=retrain_check, collect=collect_schedule)
     deployments = []
@@ -92,7 +100,7 @@ def prefect_yaml(
             "description": flow_summary(flow),
             "tags": list(TAGS),
             "parameters": deployment_parameters(spec, config_name, run_root),
-            "work_pool": {"name": pools[spec.flow], "job_variables": {"working_dir": PROJECT_FOLDER}},
+            "work_pool": {"name": pools[spec.flow]},
         }
         if spec.schedule is not None:
             entry["schedules"] = [

@@ -1,16 +1,23 @@
 """Telling the Prefect server: the process work pools (CPU and GPU) and one deployment per entry of
 :data:`~ragdistill.deployments.specs.DEPLOYMENTS`, created or updated.
 
+The pools carry the project's base job template (``orchestration.worker.project_job_template``): the
+command, working folder and environment of a flow run are the pool's, so neither a deployment nor a
+run created through the API sets them. A deployment whose default config is a file rather than a name
+under ``configs/`` accepts that one file in its parameter schema too.
+
 Call these inside :func:`ragdistill.orchestration.server.prefect_api`, which points the client at the
 server.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragdistill.config import DEFAULT_CONFIG
+from ragdistill.config.files import CONFIG_NAME_PATTERN
 from ragdistill.deployments.specs import (
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
@@ -24,7 +31,7 @@ from ragdistill.deployments.specs import (
 )
 from ragdistill.deployments.triggers import retrain_trigger
 from ragdistill.orchestration.server import PrefectServerError
-from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL, WORK_POOL_TYPE
+from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL, WORK_POOL_TYPE, project_job_template
 from ragdistill.paths import project_root
 
 if TYPE_CHECKING:
@@ -35,7 +42,6 @@ def runner_deployments(
     config_name: str = DEFAULT_CONFIG,
     nightly: bool = False,
     work_pool: str = WORK_POOL,
-    working_dir: Path | None = None,
     run_root: str | None = None,
     gpu_work_pool: str = GPU_WORK_POOL,
     *,
@@ -43,16 +49,15 @@ def runner_deployments(
     collect_schedule: bool = False,
 ) -> list[RunnerDeployment]:
     """One deployment per entry of :data:`DEPLOYMENTS`, whose runs default to ``config_name`` (and to
-    ``run_root`` instead of the config's run root, when given; the loop flows to the run root alone) and
-    run in ``working_dir`` (default: the project folder), on ``gpu_work_pool`` when the flow does work the
-    config runs on GPUs, else on ``work_pool``; each schedule is active only when its flag is set
-    (``nightly``, ``retrain_check``, ``collect_schedule``)."""
+    ``run_root`` instead of the config's run root, when given; the loop flows to the run root alone), on
+    ``gpu_work_pool`` when the flow does work the config runs on GPUs, else on ``work_pool`` (whose
+    template sets the working folder); each schedule is active only when its flag is set (``nightly``,
+    ``retrain_check``, ``collect_schedule``)."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
-    folder = (working_dir or project_root()).absolute()
     pools = work_pools(config_name, work_pool, gpu_work_pool)
     active = ActiveSchedules(nightly=nightly, retrain_check=retrain_check, collect=collect_schedule)
     deployments = []
@@ -79,30 +84,47 @@ def runner_deployments(
             if spec.retrain_trigger
             else {}
         )
-        deployments.append(
-            RunnerDeployment.from_flow(
-                flow,
-                name=DEPLOYMENT_NAME,
-                schedules=schedules,
-                parameters=deployment_parameters(spec, config_name, run_root),
-                description=flow_summary(flow),
-                tags=TAGS,
-                work_pool_name=pools[spec.flow],
-                job_variables={"working_dir": str(folder)},
-                entrypoint_type=EntrypointType.MODULE_PATH,
-                **triggered,
-            )
+        deployment = RunnerDeployment.from_flow(
+            flow,
+            name=DEPLOYMENT_NAME,
+            schedules=schedules,
+            parameters=deployment_parameters(spec, config_name, run_root),
+            description=flow_summary(flow),
+            tags=TAGS,
+            work_pool_name=pools[spec.flow],
+            entrypoint_type=EntrypointType.MODULE_PATH,
+            **triggered,
         )
+        if not spec.loop:
+            _accept_own_config(deployment, config_name)
+        deployments.append(deployment)
     return deployments
 
 
-def ensure_work_pool(name: str = WORK_POOL) -> bool:
-    """Create the process work pool unless it exists; True when this call created it."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-    from prefect.workers.process import ProcessWorker
+def _accept_own_config(deployment: RunnerDeployment, config_name: str) -> None:
+    """A deployment registered with a config file (``--config path/x.yaml``) rather than a name under
+    ``configs/``: its schema's ``config_name`` takes that file as well, so its own default passes the
+    server's check; a run still cannot name any other path (``flows.run_requests`` checks both again).
+    Not for a loop flow's deployment: it defaults to a run root, not a config, so its ``config_name``
+    stays a name under ``configs/`` or empty."""
+    if re.fullmatch(CONFIG_NAME_PATTERN, config_name):
+        return
+    schema = deployment._parameter_openapi_schema.properties["config_name"]  # set by from_flow
+    named = {key: value for key, value in schema.items() if key in ("type", "pattern", "maxLength")}
+    kept = {key: value for key, value in schema.items() if key not in named}
+    schema.clear()
+    schema.update(kept, anyOf=[named, {"type": "string", "enum": [config_name]}])
 
+
+def ensure_work_pool(name: str = WORK_POOL, working_dir: Path | None = None) -> bool:
+    """Create the process work pool with the project's base job template, whose runs start in
+    ``working_dir`` (default: the project folder), or give an existing pool that template; True when
+    this call created it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    template = project_job_template(working_dir or project_root())
     with get_client(sync_client=True) as client:
         try:
             pool = client.read_work_pool(name)
@@ -114,8 +136,9 @@ def ensure_work_pool(name: str = WORK_POOL) -> bool:
                     f"work pool {name!r} exists with type {pool.type!r}, not {WORK_POOL_TYPE!r}: delete it "
                     f"(`prefect work-pool delete {name}`) or choose another pool with --pool"
                 )
+            if pool.base_job_template != template:
+                client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
             return False
-        template = ProcessWorker.get_default_base_job_template()
         try:
             client.create_work_pool(
                 WorkPoolCreate(name=name, type=WORK_POOL_TYPE, base_job_template=template)
@@ -137,16 +160,16 @@ def register_deployments(
     collect_schedule: bool = False,
 ) -> list[str]:
     """Create both work pools if missing (a GPU worker started before a GPU config is deployed finds its
-    pool) and create or update every deployment (:func:`runner_deployments`); their full names
+    pool), each with the project's template whose runs start in ``working_dir`` (default: the project
+    folder), and create or update every deployment (:func:`runner_deployments`); their full names
     (``<flow>/<deployment>``), pipeline first."""
     for pool in dict.fromkeys((work_pool, gpu_work_pool)):
-        ensure_work_pool(pool)
+        ensure_work_pool(pool, working_dir)
     names = []
     deployments = runner_deployments(
         config_name,
         nightly,
         work_pool,
-        working_dir,
         run_root,
         gpu_work_pool,
         retrain_check=retrain_check,

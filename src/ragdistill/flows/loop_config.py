@@ -9,6 +9,10 @@ how the loop runs (workers, batch sizes, engines, the retrain threshold) but no 
 whose stage settings differ from the stored ones (``config.run_root_match``) stops with an error naming
 each differing setting, before anything is written. A run root without ``run.json`` has no pipeline to
 extend, and a loop never takes a run root over (``run.replace_experiment`` stays off).
+
+A run a deployment started (the UI, the API, the retrain trigger, a schedule) is bounded as every
+deployment run is (``flows.run_requests``): a config named by name under ``configs/`` only, and the run
+root inside the operator's prefix, checked before its ``run.json`` is read.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ragdistill.config.run_root_match import settings_differences
 from ragdistill.config.stages import experiment_record
 from ragdistill.errors import UserFacingError
 from ragdistill.flows.parameters import dotted_overrides, experiment_config
+from ragdistill.flows.run_requests import check_run_root, deployment_defaults
 from ragdistill.layout import RUN_FILE
 from ragdistill.preflight import check_runnable
 from ragdistill.stages.experiment import check_experiment
@@ -53,6 +58,16 @@ def recorded_config(run_root: str) -> ExperimentConfig:
     return with_overrides(config, {"run.run_root": run_root, **ONE_RUN_SWITCHES})
 
 
+def stored_config(run_root: str) -> ExperimentConfig:
+    """:func:`recorded_config` for a run given only its run root (a loop run, or naming one): in a run a
+    deployment started, only once the run root lies inside the operator's prefix
+    (:func:`~ragdistill.flows.run_requests.check_run_root`), before its ``run.json`` is read."""
+    deployed = deployment_defaults()
+    if deployed is not None:
+        check_run_root(run_root, [deployed.get("run_root")])
+    return recorded_config(run_root)
+
+
 def loop_config(
     config_name: str | None, run_root: str | None, overrides: BaseModel | None = None
 ) -> ExperimentConfig:
@@ -64,7 +79,7 @@ def loop_config(
         source = str(path)
         recorded = recorded_config(config.run.run_root)
     elif run_root:
-        recorded = recorded_config(run_root)
+        recorded = stored_config(run_root)
         source = ArtifactStore(run_root).uri(RUN_FILE)
         config = with_overrides(recorded, {**dotted_overrides(overrides), **explicit})
         config = check_runnable(config, source)

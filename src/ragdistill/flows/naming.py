@@ -5,7 +5,8 @@ Task runs get theirs from format strings over their ``config`` parameter (``task
 flow run's name is computed from its parameters by :func:`flow_run_namer`, which reads the config the
 flow will run with (named file plus overrides; for a collect or retrain given only a run root, the config
 stored there), so a deployment run started from the UI with an overridden environment is named after what
-it really plays.
+it really plays. It reads them only as the flow itself would (``flows.run_requests``): a deployment run's
+config by name, its run root inside the operator's prefix; else the run is named after what it asked for.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ragdistill.errors import UserFacingError
-from ragdistill.flows.loop_config import recorded_config
+from ragdistill.flows.loop_config import stored_config
 from ragdistill.flows.parameters import ExperimentOverrides, experiment_config
 
 
@@ -36,7 +37,7 @@ def flow_run_label(flow_name: str, parameters: dict[str, Any], default_stage: st
     settings["run.run_root"] = run_root
     try:
         if not config_name and run_root:
-            config = recorded_config(str(run_root))
+            config = stored_config(str(run_root))
         else:
             if isinstance(overrides, dict):
                 overrides = ExperimentOverrides.model_validate(overrides)

@@ -15,7 +15,12 @@ from prefect import flow
 
 from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
 from ragdistill.flows.naming import flow_run_namer
-from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
+from ragdistill.flows.parameters import (
+    ConfigName,
+    ExperimentOverrides,
+    documented_parameters,
+    experiment_config,
+)
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.layout import STUDENTS
 from ragdistill.stages.report import write_run_file
@@ -30,7 +35,7 @@ from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, 
 @flow(name="pipeline", flow_run_name=flow_run_namer("pipeline"), log_prints=True)
 @documented_parameters
 def pipeline_flow(
-    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
     """Every stage in order: rollout, mine, index, teach (expert), datasets, train, evaluate, report."""
     config, config_file = experiment_config(config_name, overrides, {"run.run_root": run_root})

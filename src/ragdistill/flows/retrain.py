@@ -29,7 +29,7 @@ from ragdistill.config import with_overrides
 from ragdistill.config.stages import PipelineSettings
 from ragdistill.flows.loop_config import loop_config
 from ragdistill.flows.naming import flow_run_namer
-from ragdistill.flows.parameters import ExperimentOverrides, documented_loop_parameters
+from ragdistill.flows.parameters import ConfigName, ExperimentOverrides, documented_loop_parameters
 from ragdistill.flows.pipeline import StageCalls, run_students
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.layout import BASE_STAGE, rollout_prefix
@@ -50,7 +50,9 @@ from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
 @flow(name="collect", flow_run_name=flow_run_namer("collect"), log_prints=True)
 @documented_loop_parameters
 def collect_flow(
-    config_name: str | None = None, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName | None = None,
+    run_root: str | None = None,
+    overrides: ExperimentOverrides | None = None,
 ) -> dict[str, Any]:
     """Let the current student play the next batch of new tasks and announce the batch's failures."""
     stages = PipelineSettings.from_experiment(
@@ -67,7 +69,9 @@ def collect_flow(
 @flow(name="retrain", flow_run_name=flow_run_namer("retrain"), log_prints=True)
 @documented_loop_parameters
 def retrain_flow(
-    config_name: str | None = None, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName | None = None,
+    run_root: str | None = None,
+    overrides: ExperimentOverrides | None = None,
 ) -> dict[str, Any]:
     """Retrain on every collect failure stored since the last retrain, or skip with the reason."""
     stages = PipelineSettings.from_experiment(

@@ -16,7 +16,12 @@ from prefect import flow
 from ragdistill.config.stage_models import StageName
 from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
 from ragdistill.flows.naming import flow_run_namer
-from ragdistill.flows.parameters import ExperimentOverrides, documented_parameters, experiment_config
+from ragdistill.flows.parameters import (
+    ConfigName,
+    ExperimentOverrides,
+    documented_parameters,
+    experiment_config,
+)
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.layout import BASE_STAGE, STUDENTS
 from ragdistill.stages.lifecycle import upstream_inputs
@@ -47,7 +52,7 @@ def _run(task: Any, ctx: RunContext, settings: StageSettings) -> dict[str, Any]:
 @flow(name="rollout", flow_run_name=flow_run_namer("rollout", BASE_STAGE), log_prints=True)
 @documented_parameters
 def rollout_flow(
-    config_name: str,
+    config_name: ConfigName,
     split: str | None = None,
     limit: int | None = None,
     run_root: str | None = None,
@@ -65,7 +70,7 @@ def rollout_flow(
 @flow(name="mine", flow_run_name=flow_run_namer("mine"), log_prints=True)
 @documented_parameters
 def mine_flow(
-    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
     """Stage B: extract hints from the base rollout's failures and merge them into the hint bank."""
     stages = _stages(config_name, run_root, overrides)
@@ -78,7 +83,7 @@ def mine_flow(
 @flow(name="index", flow_run_name=flow_run_namer("index"), log_prints=True)
 @documented_parameters
 def index_flow(
-    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
     """Stage C: embed the hint bank and build the FAISS index."""
     stages = _stages(config_name, run_root, overrides)
@@ -88,7 +93,7 @@ def index_flow(
 @flow(name="teach", flow_run_name=flow_run_namer("teach"), log_prints=True)
 @documented_parameters
 def teach_flow(
-    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
     """Stage C: the RAG teacher, retrieving hints once per episode; resumes like a rollout."""
     stages = _stages(config_name, run_root, overrides)
@@ -101,7 +106,7 @@ def teach_flow(
 @flow(name="expert", flow_run_name=flow_run_namer("expert"), log_prints=True)
 @documented_parameters
 def expert_flow(
-    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
     """Stage D: the expert teacher, demonstrations of training tasks recorded as the agent's episodes."""
     stages = _stages(config_name, run_root, overrides)
@@ -114,7 +119,7 @@ def expert_flow(
 @flow(name="build-datasets", flow_run_name=flow_run_namer("build-datasets"), log_prints=True)
 @documented_parameters
 def build_datasets_flow(
-    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
     """Stage D: the sft and distill training sets (parquet + dataset card) under datasets/."""
     stages = _stages(config_name, run_root, overrides)
@@ -124,7 +129,7 @@ def build_datasets_flow(
 @flow(name="train", flow_run_name=flow_run_namer("train"), log_prints=True)
 @documented_parameters
 def train_flow(
-    config_name: str,
+    config_name: ConfigName,
     run_root: str | None = None,
     overrides: ExperimentOverrides | None = None,
     students: list[Student] | None = None,
@@ -139,7 +144,7 @@ def train_flow(
 @flow(name="evaluate", flow_run_name=flow_run_namer("evaluate"), log_prints=True)
 @documented_parameters
 def evaluate_flow(
-    config_name: str,
+    config_name: ConfigName,
     run_root: str | None = None,
     overrides: ExperimentOverrides | None = None,
     methods: list[Method] | None = None,
@@ -158,7 +163,7 @@ def evaluate_flow(
 @flow(name="report", flow_run_name=flow_run_namer("report"), log_prints=True)
 @documented_parameters
 def report_flow(
-    config_name: str, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
     """Stage E: reports/report.md and the accuracy-vs-tokens figure from the finished evaluations."""
     stages = _stages(config_name, run_root, overrides)

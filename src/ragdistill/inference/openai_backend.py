@@ -18,6 +18,9 @@ fault stays with it (see :class:`ragdistill.inference.base.Backend`); its siblin
   ``generate`` raises :class:`BackendError` at once, naming the server and what to fix.
 
 The API key is read from the environment variable named by ``backend.api_key_env`` and is never logged.
+It goes only to ``backend.base_url``, the host configured beside it: a redirect is never followed (it
+fails the call, naming the redirect), and a run started from the UI or the API can set neither setting
+(both are the operator's: ``flows.parameters.OPERATOR_SETTINGS``).
 
 A request's ``adapter`` selects the model name on the server: the adapter folder's name, so serve it
 under that name (vLLM: ``--enable-lora --lora-modules NAME=PATH``). Requests for different models
@@ -225,7 +228,9 @@ class OpenAIBackend:
         semaphore = asyncio.Semaphore(backend.max_concurrency)
         limits = httpx.Limits(max_connections=backend.max_concurrency)
         timeout = httpx.Timeout(backend.timeout_s)
-        async with httpx.AsyncClient(headers=self._headers(), limits=limits, timeout=timeout) as client:
+        async with httpx.AsyncClient(
+            headers=self._headers(), limits=limits, timeout=timeout, follow_redirects=False
+        ) as client:
 
             async def one(index: int, request: GenerationRequest) -> Generation:
                 async with semaphore:

@@ -14,12 +14,15 @@ Files under the Prefect home (:func:`project_prefect_home`):
 - ``server.lock``: held while a process looks for, starts or stops the server;
 - ``server.users.lock``: held shared by every :func:`prefect_api` block using the server, so that the last
   block to leave stops a server that a run started, and none stops one that another run still talks to.
+
+Who can reach it: the server listens on 127.0.0.1 only, whatever the environment says
+(``PREFECT_SERVER_API_HOST``); its home, database and log are the owner's alone; a ``PREFECT_API_URL``
+beyond this machine must require credentials (``orchestration.api_access``).
 """
 
 from __future__ import annotations
 
 import fcntl
-import http.client
 import inspect
 import json
 import logging
@@ -29,9 +32,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -39,11 +39,18 @@ from pathlib import Path
 from typing import IO
 
 from ragdistill.errors import UserFacingError
+from ragdistill.orchestration.api_access import (
+    API_URL_ENV,
+    OWNER_ONLY_UMASK,
+    check_protected_api,
+    client_credentials,
+    http_status,
+    keep_owner_only,
+)
 from ragdistill.paths import project_root
 from ragdistill.processes import process_alive
 
 HOME_ENV = "PREFECT_HOME"
-API_URL_ENV = "PREFECT_API_URL"
 MEMO_STORE_ENV = "PREFECT_SERVER_MEMO_STORE_PATH"
 ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
 EXTRA_LOGGERS_ENV = "PREFECT_LOGGING_EXTRA_LOGGERS"
@@ -55,10 +62,11 @@ LOG_FILE = "server.log"
 START_LOCK_FILE = "server.lock"
 USERS_LOCK_FILE = "server.users.lock"
 HOST = "127.0.0.1"
+HOME_FILES = ("prefect.db", "prefect.db-wal", "prefect.db-shm", "prefect.db-journal", "profiles.toml")
+"""Files Prefect keeps in its home that hold run history, logs or settings: the owner's alone."""
 DEFAULT_START_TIMEOUT_S = 300.0
 STOP_GRACE_S = 15.0
 LOG_TAIL_LINES = 20
-LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +112,7 @@ def configure_prefect_home() -> Path:
     """
     home = project_prefect_home()
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    keep_owner_only(home, (*HOME_FILES, LOG_FILE, STATE_FILE))
     os.environ[HOME_ENV] = str(home)
     os.environ.setdefault(ANALYTICS_ENV, "false")
     # ragdistill's own INFO lines (stage progress, skips, retries) in each run's logs in the UI.
@@ -115,22 +124,8 @@ def configure_prefect_home() -> Path:
 
 
 def _health_status(api_url: str, timeout_s: float) -> int | None:
-    """The HTTP status of ``<api_url>/health``, or None when nothing answers in time."""
-    health_url = api_url.rstrip("/") + "/health"
-    request = urllib.request.Request(health_url)
-    api_key = os.environ.get("PREFECT_API_KEY")
-    if api_key:
-        request.add_header("Authorization", f"Bearer {api_key}")
-    handlers = []
-    if urllib.parse.urlsplit(health_url).hostname in LOOPBACK_HOSTS:
-        handlers.append(urllib.request.ProxyHandler({}))
-    try:
-        with urllib.request.build_opener(*handlers).open(request, timeout=timeout_s) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as error:
-        return error.code
-    except (OSError, http.client.HTTPException):
-        return None
+    """The HTTP status of ``<api_url>/health`` (which Prefect serves without credentials)."""
+    return http_status(api_url.rstrip("/") + "/health", timeout_s, client_credentials())
 
 
 def api_answers(api_url: str, timeout_s: float = 5.0) -> bool:
@@ -256,7 +251,8 @@ def _launch(home: Path, port: int | None, timeout_s: float, keep: bool) -> Serve
     env.pop(API_URL_ENV, None)
     env.setdefault(ANALYTICS_ENV, "false")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
-    with log_path.open("ab") as log:
+    log_descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    with open(log_descriptor, "ab") as log:
         log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} ragdistill: {' '.join(command)}\n".encode())
         log.flush()
         process = subprocess.Popen(
@@ -266,6 +262,7 @@ def _launch(home: Path, port: int | None, timeout_s: float, keep: bool) -> Serve
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            umask=OWNER_ONLY_UMASK,
         )
     _started_here[process.pid] = process
     try:
@@ -375,6 +372,7 @@ def _client_pointed_at(api_url: str) -> Iterator[None]:
 def _check_configured_api(api_url: str) -> None:
     status = _health_status(api_url, timeout_s=10.0)
     if status == 200:
+        check_protected_api(api_url, HOST)
         return
     unset = "or unset PREFECT_API_URL (ragdistill then uses the project's own server, starting it if needed)"
     if status is None:

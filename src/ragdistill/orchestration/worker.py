@@ -1,18 +1,26 @@
-"""A Prefect process worker for the project's work pools, run as a subprocess of ``ragdistill serve``.
+"""A Prefect process worker for the project's work pools, run as a subprocess of ``ragdistill serve``, and
+the pools' base job template.
 
 The worker polls the server for the pool's scheduled runs and starts each as a subprocess of its own, in
-the deployment's working folder. It leads its own process group, so stopping it also stops the flow
-runs it started, and a Ctrl-C in the terminal reaches ``ragdistill serve`` alone, which stops it in order.
+the pool's working folder. It leads its own process group, so stopping it also stops the flow runs it
+started, and a Ctrl-C in the terminal reaches ``ragdistill serve`` alone, which stops it in order.
+
+The pools' template (:func:`project_job_template`) is Prefect's process template with the command, the
+working folder and the environment fixed by the operator: a flow run created through the API can set
+none of them (with them, a run would choose what the worker executes, e.g. ``PYTHONWARNINGS`` plus
+``BROWSER`` in ``env`` runs any command).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import signal
 import subprocess
 import sys
-from typing import IO
+from pathlib import Path
+from typing import IO, Any
 
 from ragdistill.orchestration.server import API_URL_ENV, configure_prefect_home
 
@@ -25,6 +33,29 @@ WORK_POOL_TYPE = "process"
 """A process worker runs each flow run as a subprocess, in the deployment's working folder."""
 STOP_GRACE_S = 30.0
 """How long a stopping worker may take to mark its runs and exit before it is killed."""
+OPERATOR_JOB_VARIABLES = ("command", "working_dir", "env")
+"""The process template's variables that only the pool's template sets, never a deployment or a run."""
+
+
+def project_job_template(working_dir: Path) -> dict[str, Any]:
+    """Prefect's base job template for process pools, with :data:`OPERATOR_JOB_VARIABLES` removed from its
+    variables (which accept no other keys, so the server refuses a deployment or a flow run that sets
+    one) and from its job configuration: every flow run starts as Prefect's own engine command, in
+    ``working_dir`` (the project folder, where config names, ``data/`` and relative run roots resolve),
+    with the worker's environment."""
+    from prefect.workers.process import ProcessWorker
+
+    template = copy.deepcopy(ProcessWorker.get_default_base_job_template())
+    variables = template["variables"]
+    for name in OPERATOR_JOB_VARIABLES:
+        variables["properties"].pop(name, None)
+        template["job_configuration"].pop(name, None)
+    variables["required"] = [
+        name for name in variables.get("required", []) if name in variables["properties"]
+    ]
+    variables["additionalProperties"] = False
+    template["job_configuration"]["working_dir"] = str(working_dir.absolute())
+    return template
 
 
 def start_worker(

@@ -11,10 +11,10 @@ from ragdistill.rollout.engine import ProgressCallback
 from ragdistill.tasks.common import send_progress
 
 
-def progress_reporter(stage: str) -> ProgressCallback:
+def progress_reporter(stage: str, part: str = "") -> ProgressCallback:
     """A progress artifact in the Prefect UI, moved after every finished episode (best effort:
-    :func:`~ragdistill.tasks.common.send_progress`)."""
-    folder = rollout_prefix(stage)
+    :func:`~ragdistill.tasks.common.send_progress`); ``part`` names a part of the stage (a shard)."""
+    folder = f"{rollout_prefix(stage)}{f' ({part})' if part else ''}"
     progress_id = create_progress_artifact(progress=0.0, description=f"episodes finished in {folder}")
 
     def on_episode(_: EpisodeRecord, finished: int, total: int) -> None:

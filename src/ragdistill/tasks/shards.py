@@ -31,7 +31,7 @@ def rollout_shard_task(job: ShardJob) -> dict[str, Any]:
     """Play one shard; the stage (its Prefect task) merges and caches the result. A shard sent to another
     process reports its own progress artifact."""
     if job.progress is None:
-        job = replace(job, progress=progress_reporter(f"{job.plan.stage} shard {job.index}"))
+        job = replace(job, progress=progress_reporter(job.plan.stage, f"shard {job.index}"))
     return asdict(play_shard(job))
 
 
