@@ -27,10 +27,12 @@ from pydantic import BaseModel, ValidationError
 from ragdistill.config import ConfigError, ExperimentConfig, config_file
 from ragdistill.deployments.register import runner_deployments
 from ragdistill.deployments.specs import (
+    COLLECT_CRON,
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
     NIGHTLY_CRON,
     NIGHTLY_ENV,
+    RETRAIN_CHECK_CRON,
     gpu_work,
     nightly_requested,
     work_pools,
@@ -126,9 +128,15 @@ def flow_schemas() -> dict[str, dict[str, Any]]:
 
 
 def test_every_deployed_flow_takes_a_config_name_and_typed_overrides_all_described() -> None:
+    """A loop flow (collect, retrain) needs no config: it runs with the one its run root stores."""
+    loop_flows = {spec.flow for spec in DEPLOYMENTS if spec.loop}
+    assert loop_flows == {"ragdistill.flows.retrain.collect_flow", "ragdistill.flows.retrain.retrain_flow"}
     for flow, schema in flow_schemas().items():
         properties = schema["properties"]
-        assert next(iter(properties)) == "config_name" and schema["required"] == ["config_name"], flow
+        required = [] if flow in loop_flows else ["config_name"]
+        assert next(iter(properties)) == "config_name" and schema.get("required", []) == required, flow
+        if flow in loop_flows:
+            assert "stored in the run root" in properties["config_name"]["description"]
         assert {"run_root", "overrides"} <= set(properties), flow
         for name, prop in properties.items():
             assert prop.get("description"), f"{flow}: {name} has no description"
@@ -155,18 +163,26 @@ def test_one_deployment_per_flow_on_the_pool_its_work_needs_with_the_nightly_sch
         "build-datasets",
         "report",
     }
+    loop = {"collect", "retrain"}
     for deployment in deployments:
         assert not deployment.job_variables, "the pool's template sets the command, folder and environment"
-        assert deployment.parameters == {"config_name": "paper-alfworld-react"}
+        if deployment.full_name.split("/")[0] in loop:
+            assert deployment.parameters == {"run_root": "file://./runs/paper-alfworld-react"}
+        else:
+            assert deployment.parameters == {"config_name": "paper-alfworld-react"}
         assert deployment.entrypoint is not None and ":" not in deployment.entrypoint, "a module path"
         assert deployment.description and "Args:" not in deployment.description
-    (pipeline,) = [d for d in deployments if d.full_name.startswith("pipeline/")]
-    (nightly,) = pipeline.schedules or []
-    assert nightly.schedule.cron == NIGHTLY_CRON and nightly.active is False  # type: ignore[union-attr]
-    assert all(not d.schedules for d in deployments if d is not pipeline)
-    demo = runner_deployments(nightly=True)
-    (active,) = demo[0].schedules or []
-    assert active.active is True
+    schedules = {d.full_name.split("/")[0]: d.schedules for d in deployments if d.schedules}
+    assert {
+        flow: [(s.slug, s.schedule.cron, s.active) for s in found] for flow, found in schedules.items()
+    } == {  # type: ignore[union-attr]
+        "pipeline": [("nightly", NIGHTLY_CRON, False)],
+        "retrain": [("retrain-check", RETRAIN_CHECK_CRON, False)],
+        "collect": [("collect", COLLECT_CRON, False)],
+    }, "every schedule is off unless asked for"
+    demo = runner_deployments(nightly=True, retrain_check=True)
+    active = {d.full_name.split("/")[0]: [s.active for s in d.schedules or []] for d in demo if d.schedules}
+    assert active == {"pipeline": [True], "retrain": [True], "collect": [False]}
     assert {d.work_pool_name for d in demo} == {WORK_POOL}, "the CPU demo needs no GPU worker"
 
     monkeypatch.delenv(NIGHTLY_ENV, raising=False)
@@ -361,10 +377,15 @@ def test_serve_starts_a_server_registers_runs_a_worker_and_stops_both_on_ctrl_c(
 
 
 def test_a_deploy_time_run_root_becomes_every_deployments_default() -> None:
+    """The loop deployments default to the run root alone: their runs use the config stored there."""
     root = "s3://ragdistill/runs/demo-alfworld"
     deployments = runner_deployments("demo-alfworld", run_root=root)
+    loop = {f"{flow}/{DEPLOYMENT_NAME}" for flow in ("collect", "retrain")}
     assert {d.full_name: d.parameters for d in deployments} == {
-        d.full_name: {"config_name": "demo-alfworld", "run_root": root} for d in deployments
+        d.full_name: {"run_root": root}
+        if d.full_name in loop
+        else {"config_name": "demo-alfworld", "run_root": root}
+        for d in deployments
     }
 
 
@@ -431,6 +452,11 @@ def test_prefects_own_loader_reads_every_deployment_as_the_code_builds_it(tmp_pa
             }, name
     assert sum(bool(d.triggers) for d in in_code.values()) == 1
     assert in_yaml[f"pipeline/{DEPLOYMENT_NAME}"]["schedules"][0]["active"] is False
+    (trigger,) = in_code[f"retrain/{DEPLOYMENT_NAME}"].triggers
+    assert trigger.parameters == {
+        "config_name": None,
+        "run_root": "{{ event.resource['ragdistill.run-root'] }}",
+    }, "a triggered retrain uses the config of the event's run root, never the deployment's"
     assert {config["work_pool"]["name"] for config in configs} == {WORK_POOL, GPU_WORK_POOL}
 
 
@@ -455,9 +481,14 @@ def test_write_prefect_yaml_applies_the_deploy_options(tmp_path: Path) -> None:
     (pools_line,) = [line for line in header.splitlines() if "must exist" in line]
     assert "elsewhere" in pools_line and "gpus" in pools_line and "`ragdistill deploy` creates" in header
     assert {json.dumps(c["parameters"]) for c in configs} == {
-        json.dumps({"config_name": "paper-alfworld-react", "run_root": "s3://b/r"})
+        json.dumps({"config_name": "paper-alfworld-react", "run_root": "s3://b/r"}),
+        json.dumps({"run_root": "s3://b/r"}),
     }
-    assert [s["active"] for c in configs for s in c.get("schedules", [])] == [True]
+    assert {s["slug"]: s["active"] for c in configs for s in c.get("schedules", [])} == {
+        "nightly": True,
+        "retrain-check": False,
+        "collect": False,
+    }
 
     unknown = CliRunner().invoke(app, ["deploy", "--write-prefect-yaml", str(tmp_path), "-c", "no-such"])
     assert unknown.exit_code != 0 and not (tmp_path / "prefect.yaml").exists()

@@ -39,6 +39,7 @@ from ragdistill.stages.collect import (
     run_collect,
 )
 from ragdistill.stages.lifecycle import StageError
+from ragdistill.stages.report import write_run_file
 from ragdistill.stages.retrain import (
     DECISIONS_DIR,
     WATERMARK_FILE,
@@ -237,10 +238,13 @@ def test_racing_and_crashing_retrains_train_one_generation_and_consume_every_fai
     config_path = tmp_path / "retrain.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
     stages = PipelineSettings.from_experiment(config)
+    store = ArtifactStore(config.run.run_root)
+    write_run_file(
+        store, "retrain", config.model_dump(mode="json")
+    )  # as the pipeline does: the loop's config
     run_rollout(stages.ctx, stages.rollout(), {}, backend=PolicyDouble("wait"))
     for _ in range(2):
         collect(config, PolicyDouble("wait"))
-    store = ArtifactStore(config.run.run_root)
     gate = tmp_path / "gate"
 
     first = start_retrain(config_path, gate, api_url, tmp_path / "a.log")

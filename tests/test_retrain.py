@@ -1,11 +1,8 @@
 """Collect batches, the retrain watermark and skip rule, generations, and the failure-triggered retrain.
 
 The fast tests play the counter-double environment with policy doubles (tests/test_stages.py). The slow
-test runs a real ``prefect server start`` and a real process worker: it emits failure events for a run
-root whose stored failures stay below ``retrain.min_failures``, so the triggered retrain runs for real in
-the worker's subprocess and completes with its skip reason without loading a model. It proves the
-trigger fires the retrain deployment exactly once for N events, that a second batch of events inside the
-window starts no second run, and that the triggered run reads storage and records why it skipped.
+test runs the retrain flow on the Prefect test server; the trigger that starts it on a real server is
+tests/test_events_trigger.py, the loop's inputs and commands tests/test_loop.py.
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ from ragdistill.stages.collect import (
 )
 from ragdistill.stages.lifecycle import upstream_inputs
 from ragdistill.stages.mining import run_mining
+from ragdistill.stages.report import write_run_file
 from ragdistill.stages.retrain import (
     WATERMARK_FILE,
     advance_watermark,
@@ -242,6 +240,7 @@ def test_retrain_flow_trains_generation_one_end_to_end_then_skips_without_new_fa
     )
     config_path = tmp_path / "retrain.yaml"
     config_path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    write_run_file(ArtifactStore(config.run.run_root), "retrain", config.model_dump(mode="json"))
     double = PolicyDouble("wait")
     for role in (config.models.agent, config.models.extractor):
         shared._BACKENDS[shared._key(role)] = double
@@ -264,6 +263,9 @@ def test_retrain_flow_trains_generation_one_end_to_end_then_skips_without_new_fa
     summary = retrain_flow(str(config_path))
 
     assert summary["generation"] == 1 and summary["new_failures"] == 4 and summary["skipped"] is None
+    assert summary["champion_before"] is None, (
+        "no champion: generation 1 learns from the base, gated against it"
+    )
     counts = summary["counts"]
     assert counts["base"]["episodes"] == 6 and counts["hints"]["bank_size"] >= 1
     assert counts["train_distill"] == {"trained": 0} and counts["eval_base"]["episodes"] == 2

@@ -3,8 +3,7 @@
 Generated from the models, not listed by hand: every field of every settings model, varied to another
 valid value, changes that stage's identity; every setting of the experiment config either reaches some
 stage's settings (and then changes exactly the identities of the stages whose settings hold it), or is
-in the run context (where and how: it changes no identity), or is read only by what the deployments
-tell the Prefect server.
+in the run context (where and how: it changes no identity).
 """
 
 from __future__ import annotations
@@ -23,9 +22,6 @@ from ragdistill.config.stages import PipelineSettings, RetrainSettings, StageSet
 from ragdistill.stages.lifecycle import stage_identity
 
 REPO = Path(__file__).resolve().parents[1]
-
-DEPLOYMENT_ONLY = {"retrain.trigger_events", "retrain.trigger_window_s"}
-"""Read by the retrain deployment's trigger (``deployments``), by no stage."""
 
 
 def demo_config() -> ExperimentConfig:
@@ -234,7 +230,7 @@ def _unread_settings(config: ExperimentConfig) -> list[str]:
             assert (identity_key(settings) != keys[name]) == (name in changed), (
                 f"{path}: the identity of {name} must change exactly when its settings do"
             )
-        if not changed and varied.ctx.model_dump() == context and path not in DEPLOYMENT_ONLY:
+        if not changed and varied.ctx.model_dump() == context:
             unread.append(path)
     assert not unvaried, f"settings no valid variation was found for: {unvaried}"
     return unread

@@ -10,6 +10,7 @@ import typer
 from ragdistill.cli_adapters import adapters_app
 from ragdistill.cli_common import fail, load_or_exit, print_json_line
 from ragdistill.cli_deploy import deploy_app
+from ragdistill.cli_loop import loop_app, loop_commands
 from ragdistill.cli_server import server_app
 from ragdistill.cli_stages import ForceOption, ReplaceOption, check_run_root, stages_app, switches
 from ragdistill.errors import UserFacingError
@@ -28,6 +29,8 @@ app.add_typer(server_app, name="server")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(deploy_app)
 app.add_typer(stages_app)
+app.add_typer(loop_commands)
+app.add_typer(loop_app, name="loop")
 
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="Experiment YAML under configs/.")]
 RunRootOption = Annotated[str | None, typer.Option("--run-root", help="Override run.run_root (fsspec URL).")]

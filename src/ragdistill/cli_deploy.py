@@ -11,7 +11,15 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from ragdistill.config import DEFAULT_CONFIG
-from ragdistill.deployments.specs import NIGHTLY_CRON, NIGHTLY_ENV, NIGHTLY_TIMEZONE
+from ragdistill.deployments.specs import (
+    COLLECT_CRON,
+    DEPLOYMENTS,
+    NIGHTLY_CRON,
+    NIGHTLY_ENV,
+    NIGHTLY_TIMEZONE,
+    RETRAIN_CHECK_CRON,
+    ActiveSchedules,
+)
 from ragdistill.orchestration.server import DEFAULT_START_TIMEOUT_S
 from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL
 
@@ -29,6 +37,23 @@ NightlyOption = Annotated[
         "--nightly/--no-nightly",
         help=f"Activate the pipeline's nightly schedule ({NIGHTLY_CRON} {NIGHTLY_TIMEZONE}); "
         f"default: on when {NIGHTLY_ENV}=1.",
+    ),
+]
+RetrainCheckOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--retrain-check/--no-retrain-check",
+        help=f"Activate the retrain deployment's schedule ({RETRAIN_CHECK_CRON} UTC), which retrains the run "
+        "root once its stored failures reach retrain.min_failures even when no trigger fired; default: on "
+        "for serve, off for deploy.",
+    ),
+]
+CollectScheduleOption = Annotated[
+    bool,
+    typer.Option(
+        "--collect-schedule/--no-collect-schedule",
+        help=f"Activate the collect deployment's schedule ({COLLECT_CRON} UTC): the champion plays the next "
+        "batch of fresh tasks of the run root.",
     ),
 ]
 PoolOption = Annotated[
@@ -66,7 +91,7 @@ WritePrefectYamlOption = Annotated[
     typer.Option(
         "--write-prefect-yaml",
         metavar="PATH",
-        help="Write the prefect.yaml for `prefect deploy --all` (same deployments, same --config, --nightly, "
+        help="Write the prefect.yaml for `prefect deploy --all` (same deployments, same --config, schedule flags, "
         "--pool, --gpu-pool and --run-root) to PATH, a file or a folder, and exit without contacting a server.",
     ),
 ]
@@ -78,41 +103,70 @@ def _print_json_line(payload: dict[str, Any]) -> None:
 
 
 def _register(
-    config: str, nightly: bool | None, pool: str, gpu_pool: str, run_root: str | None = None
-) -> tuple[list[str], bool]:
+    config: str, schedules: ActiveSchedules, pool: str, gpu_pool: str, run_root: str | None = None
+) -> list[str]:
     from ragdistill.config import config_file
     from ragdistill.deployments.register import register_deployments
-    from ragdistill.deployments.specs import nightly_requested
 
     config_file(config)  # an unknown config fails here, not in every run
-    active = nightly_requested(nightly)
-    return register_deployments(config, active, pool, run_root=run_root, gpu_work_pool=gpu_pool), active
+    return register_deployments(
+        config,
+        schedules.nightly,
+        pool,
+        run_root=run_root,
+        gpu_work_pool=gpu_pool,
+        retrain_check=schedules.retrain_check,
+        collect_schedule=schedules.collect,
+    )
+
+
+def _schedules(nightly: bool | None, retrain_check: bool, collect: bool) -> ActiveSchedules:
+    from ragdistill.deployments.specs import nightly_requested
+
+    return ActiveSchedules(nightly_requested(nightly), retrain_check, collect)
+
+
+def _schedule_states(schedules: ActiveSchedules) -> dict[str, bool]:
+    return {spec.schedule.slug: schedules.active(spec.schedule) for spec in DEPLOYMENTS if spec.schedule}
 
 
 def _write_prefect_yaml(
-    path: Path, config: str, nightly: bool | None, pool: str, gpu_pool: str, run_root: str | None
+    path: Path, config: str, schedules: ActiveSchedules, pool: str, gpu_pool: str, run_root: str | None
 ) -> None:
     from ragdistill.config import config_file
     from ragdistill.deployments.prefect_yaml import write_prefect_yaml
-    from ragdistill.deployments.specs import nightly_requested
 
     config_file(config)
-    written = write_prefect_yaml(path, config, nightly_requested(nightly), pool, run_root, gpu_pool)
+    written = write_prefect_yaml(
+        path,
+        config,
+        schedules.nightly,
+        pool,
+        run_root,
+        gpu_pool,
+        retrain_check=schedules.retrain_check,
+        collect_schedule=schedules.collect,
+    )
     typer.echo(f"wrote {written}: register it with `prefect --no-prompt deploy --all` from its folder")
     _print_json_line({"prefect_yaml": str(written), "work_pool": pool, "gpu_work_pool": gpu_pool})
 
 
-def _echo_deployments(names: list[str], nightly: bool) -> None:
+def _echo_deployments(names: list[str], schedules: ActiveSchedules) -> None:
     typer.echo("deployments:")
+    by_flow = {spec.load().name: spec.schedule for spec in DEPLOYMENTS}
     for name in names:
-        schedule = f" (nightly {NIGHTLY_CRON} {NIGHTLY_TIMEZONE}: {'on' if nightly else 'off'})"
-        typer.echo(f"  {name}{schedule if name.startswith('pipeline/') else ''}")
+        schedule = by_flow.get(name.split("/")[0])
+        state = "on" if schedule is not None and schedules.active(schedule) else "off"
+        suffix = f" (schedule {schedule.slug} {schedule.cron} UTC: {state})" if schedule is not None else ""
+        typer.echo(f"  {name}{suffix}")
 
 
 @deploy_app.command()
 def deploy(
     config: ConfigNameOption = DEFAULT_CONFIG,
     nightly: NightlyOption = None,
+    retrain_check: RetrainCheckOption = None,
+    collect_schedule: CollectScheduleOption = False,
     pool: CpuPoolOption = WORK_POOL,
     gpu_pool: GpuPoolOption = GPU_WORK_POOL,
     run_root: RunRootOption = None,
@@ -123,18 +177,20 @@ def deploy(
     `--pool ragdistill-gpu` on a GPU machine)."""
     from ragdistill.orchestration.server import prefect_api
 
+    schedules = _schedules(nightly, bool(retrain_check), collect_schedule)
     if write_prefect_yaml is not None:
-        _write_prefect_yaml(write_prefect_yaml, config, nightly, pool, gpu_pool, run_root)
+        _write_prefect_yaml(write_prefect_yaml, config, schedules, pool, gpu_pool, run_root)
         return
     with prefect_api() as api_url:
-        names, active = _register(config, nightly, pool, gpu_pool, run_root)
-    _echo_deployments(names, active)
+        names = _register(config, schedules, pool, gpu_pool, run_root)
+    _echo_deployments(names, schedules)
     typer.echo(f"registered on {api_url} in work pools {pool!r} (CPU) and {gpu_pool!r} (GPU)")
     _print_json_line(
         {
             "api_url": api_url,
             "deployments": names,
-            "nightly": active,
+            "nightly": schedules.nightly,
+            "schedules": _schedule_states(schedules),
             "work_pool": pool,
             "gpu_work_pool": gpu_pool,
         }
@@ -154,6 +210,8 @@ def _stop_on_sigterm() -> None:
 def serve(
     config: ConfigNameOption = DEFAULT_CONFIG,
     nightly: NightlyOption = None,
+    retrain_check: RetrainCheckOption = None,
+    collect_schedule: CollectScheduleOption = False,
     pool: PoolOption = WORK_POOL,
     limit: Annotated[
         int, typer.Option("--limit", min=1, help="Flow runs the worker runs at once (each loads its models).")
@@ -169,14 +227,22 @@ def serve(
     from ragdistill.orchestration.worker import start_worker, stop_worker
 
     _stop_on_sigterm()
+    schedules = _schedules(nightly, retrain_check is not False, collect_schedule)
     with prefect_api(timeout_s=timeout) as api_url:
-        names, active = _register(config, nightly, pool, gpu_pool=pool)
+        names = _register(config, schedules, pool, gpu_pool=pool)
         ui_url = api_url.removesuffix("/api")
-        _echo_deployments(names, active)
+        _echo_deployments(names, schedules)
         typer.echo(f"Prefect UI: {ui_url}  (Deployments → pipeline/ragdistill → Run → Custom run)")
         typer.echo(f"starting a process worker on pool {pool!r}; Ctrl-C stops it")
         _print_json_line(
-            {"api_url": api_url, "ui_url": ui_url, "deployments": names, "nightly": active, "work_pool": pool}
+            {
+                "api_url": api_url,
+                "ui_url": ui_url,
+                "deployments": names,
+                "nightly": schedules.nightly,
+                "schedules": _schedule_states(schedules),
+                "work_pool": pool,
+            }
         )
         worker = start_worker(api_url, pool, limit=limit)
         try:

@@ -290,7 +290,7 @@ def report(
     replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage E: reports/report.md and the accuracy-vs-tokens figure from finished evaluations."""
-    from ragdistill.config import validate_config
+    from ragdistill.config import validate_stored_config
     from ragdistill.config.stages import PipelineSettings
     from ragdistill.stages.report import REPORT_FILE, RUN_FILE, render_run_reports, run_report
     from ragdistill.store import ArtifactStore
@@ -300,7 +300,7 @@ def report(
         run = stores[0].read_json(RUN_FILE) if stores[0].exists(RUN_FILE) else None
         if run is None:
             fail(f"{stores[0].uri(RUN_FILE)} is missing: {run_roots[0]} is not a ragdistill run root")
-        experiment = validate_config(run["config"], source=stores[0].uri(RUN_FILE))
+        experiment = validate_stored_config(run["config"], source=stores[0].uri(RUN_FILE))
         here = {"run_root": stores[0].root_url, "allow_unknown_files": force}
         experiment = experiment.model_copy(
             update={

@@ -21,7 +21,13 @@ from ragdistill.config.evaluation import (
 )
 from ragdistill.config.experiment import ExperimentConfig
 from ragdistill.config.files import CONFIGS_DIR, DEFAULT_CONFIG, available_configs, config_file
-from ragdistill.config.loading import config_hash, load_config, validate_config, with_overrides
+from ragdistill.config.loading import (
+    config_hash,
+    load_config,
+    validate_config,
+    validate_stored_config,
+    with_overrides,
+)
 from ragdistill.config.models import (
     BackendConfig,
     ModelsConfig,
@@ -66,5 +72,6 @@ __all__ = [
     "engine_key",
     "load_config",
     "validate_config",
+    "validate_stored_config",
     "with_overrides",
 ]

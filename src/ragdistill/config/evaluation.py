@@ -81,19 +81,12 @@ class CollectConfig(StrictModel):
 
 class RetrainConfig(StrictModel):
     """The ``retrain`` flow: when at least ``min_failures`` failures were recorded by collect batches
-    since the last retrain, mine them and train, evaluate and promote a new generation of students."""
+    since the last retrain, mine them and train, evaluate and promote a new generation of students. The
+    collect that brings the stored count to ``min_failures`` emits ``ragdistill.retrain.due``, which the
+    retrain deployment's trigger answers."""
 
     min_failures: int = Field(
         8, gt=0, description="Retrain only when at least this many new collect failures are stored."
-    )
-    trigger_events: int = Field(
-        3,
-        gt=0,
-        description="The retrain deployment's trigger fires after this many failure events "
-        "(ragdistill.failures.recorded) within trigger_window_s.",
-    )
-    trigger_window_s: float = Field(
-        3600.0, gt=0, description="The trigger's window in seconds (events inside it count together)."
     )
 
 

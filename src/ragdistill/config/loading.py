@@ -15,6 +15,14 @@ from ragdistill.config.limits import MAX_ITEMS, check_bounds, check_dotted_key, 
 from ragdistill.config.yaml_file import read_yaml_file
 
 MAX_LISTED_PROBLEMS = 20
+RETIRED_SETTINGS: dict[tuple[str, ...], str] = {
+    ("retrain", "trigger_events"): "the retrain trigger now fires on the stored failure count "
+    "(one ragdistill.retrain.due event when it reaches retrain.min_failures)",
+    ("retrain", "trigger_window_s"): "the retrain trigger now fires on the stored failure count "
+    "(one ragdistill.retrain.due event when it reaches retrain.min_failures)",
+}
+"""Settings an earlier version had, with why they went: a config file naming one is refused with the
+reason, a config stored by an earlier run (``run.json``) loads without it (:func:`validate_stored_config`)."""
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -24,7 +32,9 @@ def _format_validation_error(error: ValidationError, source: str) -> str:
     lines = [f"{source}: {len(problems)} invalid setting(s):"]
     for item in problems[:MAX_LISTED_PROBLEMS]:
         key = ".".join(shown_key(part) for part in item["loc"]) or "(top level)"
-        if item["type"] == "extra_forbidden":
+        if item["type"] == "extra_forbidden" and tuple(item["loc"]) in RETIRED_SETTINGS:
+            lines.append(f"  {key}: no longer a setting: {RETIRED_SETTINGS[tuple(item['loc'])]}; remove it")
+        elif item["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key; check its spelling against ragdistill.config")
         elif isinstance(item.get("input"), dict | list) or not item["loc"]:
             lines.append(f"  {key}: {item['msg']}")
@@ -47,6 +57,20 @@ def validate_config(data: Any, source: str = "<config>") -> ExperimentConfig:
         return ExperimentConfig.model_validate(data)
     except ValidationError as error:
         raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def validate_stored_config(data: Any, source: str) -> ExperimentConfig:
+    """A config an earlier run stored (``run.json``), validated like a file after dropping the settings
+    retired since (:data:`RETIRED_SETTINGS`), so a run root outlives a retired setting."""
+    if isinstance(data, dict):
+        data = json.loads(json.dumps(data))
+        for *sections, leaf in RETIRED_SETTINGS:
+            node: Any = data
+            for section in sections:
+                node = node.get(section) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                node.pop(leaf, None)
+    return validate_config(data, source)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:

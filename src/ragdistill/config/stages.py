@@ -52,6 +52,7 @@ from ragdistill.identity import digest
 from ragdistill.layout import (
     BASE_STAGE,
     EXPERT_STAGE,
+    ROLLOUTS_DIR,
     STUDENTS,
     TEACHER_STAGE,
     collect_stage,
@@ -84,6 +85,7 @@ __all__ = [
     "TeacherSettings",
     "TrainingSettings",
     "experiment_record",
+    "pipeline_stage_settings",
     "role_settings",
     "run_context",
     "settings_table",
@@ -101,9 +103,8 @@ def role_settings(config: ExperimentConfig, name: RoleName) -> RoleSettings:
     )
 
 
-def experiment_record(config: ExperimentConfig) -> ExperimentRecord:
-    """The experiment ``config`` runs: its run name and environment, and a digest of every stage's
-    settings (what it computes, so equal digests mean equal outputs)."""
+def pipeline_stage_settings(config: ExperimentConfig) -> dict[str, dict[str, Any]]:
+    """Every pipeline stage's settings as JSON, by ``<settings model>:<folder>`` (what each computes)."""
     stages = PipelineSettings(config)
     settings = [
         stages.rollout(),
@@ -114,7 +115,13 @@ def experiment_record(config: ExperimentConfig) -> ExperimentRecord:
         *(stages.training(name) for name in STUDENTS),
         *(stages.evaluation(method) for method in config.evaluation.methods),
     ]
-    dumped = {type(item).__name__ + ":" + item.stage_dir(): item.model_dump(mode="json") for item in settings}
+    return {type(item).__name__ + ":" + item.stage_dir(): item.model_dump(mode="json") for item in settings}
+
+
+def experiment_record(config: ExperimentConfig) -> ExperimentRecord:
+    """The experiment ``config`` runs: its run name and environment, and a digest of every stage's
+    settings (what it computes, so equal digests mean equal outputs)."""
+    dumped = pipeline_stage_settings(config)
     return ExperimentRecord(run_name=config.run.name, env=config.env.name, settings=digest(dumped))
 
 
@@ -282,6 +289,16 @@ class PipelineSettings:
         tasks = self._tasks(split=collect.split, start=begin, limit=begin + collect.batch_size)
         base = self.rollout(collect_stage(batch)).model_dump(exclude={"tasks"})
         return CollectSettings(**base, tasks=tasks, batch=batch)
+
+    def reserved_tasks(self) -> dict[str, TaskSelection]:
+        """The task selections a collect batch must not play, by the folder that plays them: the base
+        rollout's (the teacher plays the same), the expert teacher's when the distill set learns from it,
+        and the evaluation's, so collected failures are new tasks and evaluation tasks stay unseen."""
+        reserved = {self.rollout().stage_dir(): self.rollout().tasks}
+        if EXPERT_STAGE in self.teacher_stages():
+            reserved[self.expert.stage_dir()] = self.expert.tasks
+        reserved[f"{ROLLOUTS_DIR}/{eval_stage('*')}"] = self.evaluation("base").tasks
+        return reserved
 
     def report(self, config_name: str | None = None) -> ReportSettings:
         config = self.config

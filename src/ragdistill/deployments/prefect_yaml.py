@@ -2,9 +2,9 @@
 
 ``prefect deploy --all`` run from the repository root registers the same deployments as ``ragdistill
 deploy``: same names, module-path entrypoints, default parameters, descriptions, tags, work pools (CPU or
-GPU per deployment, for the config), nightly schedule (inactive), retrain trigger and concurrency limit.
-The file has one build step that prints the folder ``prefect deploy`` runs in (``pwd``); its output becomes
-the pull step's working directory, so the committed file names no absolute path. It sets no job
+GPU per deployment, for the config), schedules (inactive unless asked for), retrain trigger and concurrency
+limit. The file has one build step that prints the folder ``prefect deploy`` runs in (``pwd``); its output
+becomes the pull step's working directory, so the committed file names no absolute path. It sets no job
 variables: the project's pools fix a run's command, working folder and environment in their template.
 ``prefect deploy`` does not create work pools: create the ones the file names first with ``ragdistill
 deploy`` (the project's template; ``prefect work-pool create`` would make Prefect's default one, whose
@@ -24,11 +24,10 @@ from ragdistill.config.files import CONFIG_NAME_PATTERN
 from ragdistill.deployments.specs import (
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
-    NIGHTLY_CRON,
-    NIGHTLY_SLUG,
-    NIGHTLY_TIMEZONE,
     RETRAIN_CONCURRENCY_LIMIT,
+    SCHEDULE_TIMEZONE,
     TAGS,
+    ActiveSchedules,
     deployment_parameters,
     flow_summary,
     work_pools,
@@ -64,9 +63,9 @@ def _prefect_version() -> str:
     return str(prefect.__version__)
 
 
-def _trigger_spec(config_name: str) -> dict[str, Any]:
+def _trigger_spec() -> dict[str, Any]:
     """The retrain trigger as prefect.yaml writes one: its fields as JSON, the trigger type first."""
-    trigger = retrain_trigger(config_name)
+    trigger = retrain_trigger()
     return {"type": trigger.type, **trigger.model_dump(mode="json", exclude_unset=True)}
 
 
@@ -76,6 +75,9 @@ def prefect_yaml(
     work_pool: str = WORK_POOL,
     run_root: str | None = None,
     gpu_work_pool: str = GPU_WORK_POOL,
+    *,
+    retrain_check: bool = False,
+    collect_schedule: bool = False,
 ) -> dict[str, Any]:
     """The prefect.yaml content: one deployment per entry of :data:`DEPLOYMENTS`, as
     :func:`~.register.runner_deployments` builds them for the same arguments. The config is a name under
@@ -88,6 +90,7 @@ def prefect_yaml(
             "deployments accept that one file"
         )
     pools = work_pools(config_name, work_pool, gpu_work_pool)
+    active = ActiveSchedules(nightly=nightly, retrain_check=retrain_check, collect=collect_schedule)
     deployments = []
     for spec in DEPLOYMENTS:
         flow = spec.load()
@@ -96,15 +99,20 @@ def prefect_yaml(
             "entrypoint": spec.flow,
             "description": flow_summary(flow),
             "tags": list(TAGS),
-            "parameters": deployment_parameters(config_name, run_root),
+            "parameters": deployment_parameters(spec, config_name, run_root),
             "work_pool": {"name": pools[spec.flow]},
         }
-        if spec.nightly:
+        if spec.schedule is not None:
             entry["schedules"] = [
-                {"cron": NIGHTLY_CRON, "timezone": NIGHTLY_TIMEZONE, "active": nightly, "slug": NIGHTLY_SLUG}
+                {
+                    "cron": spec.schedule.cron,
+                    "timezone": SCHEDULE_TIMEZONE,
+                    "active": active.active(spec.schedule),
+                    "slug": spec.schedule.slug,
+                }
             ]
         if spec.retrain_trigger:
-            entry["triggers"] = [_trigger_spec(config_name)]
+            entry["triggers"] = [_trigger_spec()]
             entry["concurrency_limit"] = {
                 "limit": RETRAIN_CONCURRENCY_LIMIT,
                 "collision_strategy": "ENQUEUE",
@@ -125,10 +133,21 @@ def prefect_yaml_text(
     work_pool: str = WORK_POOL,
     run_root: str | None = None,
     gpu_work_pool: str = GPU_WORK_POOL,
+    *,
+    retrain_check: bool = False,
+    collect_schedule: bool = False,
 ) -> str:
     """:func:`prefect_yaml` as the file's text, with a header that says how to regenerate it and which
     work pools to create."""
-    content = prefect_yaml(config_name, nightly, work_pool, run_root, gpu_work_pool)
+    content = prefect_yaml(
+        config_name,
+        nightly,
+        work_pool,
+        run_root,
+        gpu_work_pool,
+        retrain_check=retrain_check,
+        collect_schedule=collect_schedule,
+    )
     pools = list(dict.fromkeys(entry["work_pool"]["name"] for entry in content["deployments"]))
     body = yaml.safe_dump(content, sort_keys=False, width=110, allow_unicode=True)
     return _header(pools) + "\n" + body
@@ -141,8 +160,20 @@ def write_prefect_yaml(
     work_pool: str = WORK_POOL,
     run_root: str | None = None,
     gpu_work_pool: str = GPU_WORK_POOL,
+    *,
+    retrain_check: bool = False,
+    collect_schedule: bool = False,
 ) -> Path:
     """Write :func:`prefect_yaml_text` to ``path`` (a folder gets a ``prefect.yaml`` in it); the file."""
     target = path / PREFECT_YAML if path.is_dir() else path
-    target.write_text(prefect_yaml_text(config_name, nightly, work_pool, run_root, gpu_work_pool))
+    text = prefect_yaml_text(
+        config_name,
+        nightly,
+        work_pool,
+        run_root,
+        gpu_work_pool,
+        retrain_check=retrain_check,
+        collect_schedule=collect_schedule,
+    )
+    target.write_text(text)
     return target

@@ -21,11 +21,10 @@ from ragdistill.config.files import CONFIG_NAME_PATTERN
 from ragdistill.deployments.specs import (
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
-    NIGHTLY_CRON,
-    NIGHTLY_SLUG,
-    NIGHTLY_TIMEZONE,
     RETRAIN_CONCURRENCY_LIMIT,
+    SCHEDULE_TIMEZONE,
     TAGS,
+    ActiveSchedules,
     deployment_parameters,
     flow_summary,
     work_pools,
@@ -45,34 +44,39 @@ def runner_deployments(
     work_pool: str = WORK_POOL,
     run_root: str | None = None,
     gpu_work_pool: str = GPU_WORK_POOL,
+    *,
+    retrain_check: bool = False,
+    collect_schedule: bool = False,
 ) -> list[RunnerDeployment]:
     """One deployment per entry of :data:`DEPLOYMENTS`, whose runs default to ``config_name`` (and to
-    ``run_root`` instead of the config's run root, when given), on ``gpu_work_pool`` when the flow does
-    work the config runs on GPUs, else on ``work_pool`` (whose template sets the working folder); the
-    nightly schedule is active only when ``nightly``."""
+    ``run_root`` instead of the config's run root, when given; the loop flows to the run root alone), on
+    ``gpu_work_pool`` when the flow does work the config runs on GPUs, else on ``work_pool`` (whose
+    template sets the working folder); each schedule is active only when its flag is set (``nightly``,
+    ``retrain_check``, ``collect_schedule``)."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
     pools = work_pools(config_name, work_pool, gpu_work_pool)
+    active = ActiveSchedules(nightly=nightly, retrain_check=retrain_check, collect=collect_schedule)
     deployments = []
     for spec in DEPLOYMENTS:
         flow = spec.load()
         schedules = (
             [
                 DeploymentScheduleCreate(
-                    schedule=CronSchedule(cron=NIGHTLY_CRON, timezone=NIGHTLY_TIMEZONE),
-                    active=nightly,
-                    slug=NIGHTLY_SLUG,
+                    schedule=CronSchedule(cron=spec.schedule.cron, timezone=SCHEDULE_TIMEZONE),
+                    active=active.active(spec.schedule),
+                    slug=spec.schedule.slug,
                 )
             ]
-            if spec.nightly
+            if spec.schedule is not None
             else []
         )
         triggered = (
             {
-                "triggers": [retrain_trigger(config_name)],
+                "triggers": [retrain_trigger()],
                 "concurrency_limit": ConcurrencyLimitConfig(
                     limit=RETRAIN_CONCURRENCY_LIMIT, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE
                 ),
@@ -84,14 +88,15 @@ def runner_deployments(
             flow,
             name=DEPLOYMENT_NAME,
             schedules=schedules,
-            parameters=deployment_parameters(config_name, run_root),
+            parameters=deployment_parameters(spec, config_name, run_root),
             description=flow_summary(flow),
             tags=TAGS,
             work_pool_name=pools[spec.flow],
             entrypoint_type=EntrypointType.MODULE_PATH,
             **triggered,
         )
-        _accept_own_config(deployment, config_name)
+        if not spec.loop:
+            _accept_own_config(deployment, config_name)
         deployments.append(deployment)
     return deployments
 
@@ -99,7 +104,9 @@ def runner_deployments(
 def _accept_own_config(deployment: RunnerDeployment, config_name: str) -> None:
     """A deployment registered with a config file (``--config path/x.yaml``) rather than a name under
     ``configs/``: its schema's ``config_name`` takes that file as well, so its own default passes the
-    server's check; a run still cannot name any other path (``flows.run_requests`` checks both again)."""
+    server's check; a run still cannot name any other path (``flows.run_requests`` checks both again).
+    Not for a loop flow's deployment: it defaults to a run root, not a config, so its ``config_name``
+    stays a name under ``configs/`` or empty."""
     if re.fullmatch(CONFIG_NAME_PATTERN, config_name):
         return
     schema = deployment._parameter_openapi_schema.properties["config_name"]  # set by from_flow
@@ -148,15 +155,26 @@ def register_deployments(
     working_dir: Path | None = None,
     run_root: str | None = None,
     gpu_work_pool: str = GPU_WORK_POOL,
+    *,
+    retrain_check: bool = False,
+    collect_schedule: bool = False,
 ) -> list[str]:
     """Create both work pools if missing (a GPU worker started before a GPU config is deployed finds its
     pool), each with the project's template whose runs start in ``working_dir`` (default: the project
-    folder), and create or update every deployment; their full names (``<flow>/<deployment>``), pipeline
-    first."""
+    folder), and create or update every deployment (:func:`runner_deployments`); their full names
+    (``<flow>/<deployment>``), pipeline first."""
     for pool in dict.fromkeys((work_pool, gpu_work_pool)):
         ensure_work_pool(pool, working_dir)
     names = []
-    deployments = runner_deployments(config_name, nightly, work_pool, run_root, gpu_work_pool)
+    deployments = runner_deployments(
+        config_name,
+        nightly,
+        work_pool,
+        run_root,
+        gpu_work_pool,
+        retrain_check=retrain_check,
+        collect_schedule=collect_schedule,
+    )
     for deployment in deployments:
         deployment.apply()
         names.append(deployment.full_name)

@@ -9,8 +9,15 @@ deployed config runs on GPUs (:func:`gpu_work`), so a GPU run never lands on a C
 (``module.function``), loaded only when a deployment is built, so this package never imports the flows
 and a worker needs the installed package, not a copy of the source tree.
 
-The pipeline deployment carries a nightly cron schedule that is inactive unless asked for
-(``ragdistill serve --nightly``, or ``RAGDISTILL_NIGHTLY=1``); registering again applies the flag anew.
+Three deployments carry a cron schedule, visible and editable in the UI (the deployment's Schedules),
+each active only when asked for; registering again applies the flags anew: the pipeline's nightly run
+(``--nightly``, or ``RAGDISTILL_NIGHTLY=1``), the retrain check (``--retrain-check``; ``ragdistill serve``
+turns it on), which retrains a run root whose sparse collects reached the threshold without a trigger
+firing, and a collect that plays the champion on the next fresh tasks (``--collect-schedule``).
+
+The collect and retrain deployments (``loop``) default to a run root, never to a config: their runs use
+the config stored in that run root by its pipeline (``flows.loop_config``), and the retrain trigger
+(``deployments.triggers``) passes the run root of the event.
 A new flow gets a deployment by adding one :class:`FlowDeployment` to :data:`DEPLOYMENTS`: both
 ``ragdistill deploy`` (``deployments.register``) and the ``prefect.yaml`` at the repository root
 (``deployments.prefect_yaml``) are built from that list.
@@ -40,19 +47,56 @@ NIGHTLY_CRON = "0 2 * * *"
 NIGHTLY_TIMEZONE = "UTC"
 NIGHTLY_SLUG = "nightly"
 NIGHTLY_ENV = "RAGDISTILL_NIGHTLY"
+SCHEDULE_TIMEZONE = NIGHTLY_TIMEZONE
+RETRAIN_CHECK_SLUG = "retrain-check"
+RETRAIN_CHECK_CRON = "15 * * * *"
+COLLECT_SLUG = "collect"
+COLLECT_CRON = "0 */6 * * *"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 RETRAIN_CONCURRENCY_LIMIT = 1
 
 
 @dataclass(frozen=True)
+class Schedule:
+    """A deployment's cron schedule (UTC), named by ``slug``; whether it is active is decided when
+    registering (:class:`ActiveSchedules`)."""
+
+    slug: str
+    cron: str
+
+
+NIGHTLY = Schedule(NIGHTLY_SLUG, NIGHTLY_CRON)
+RETRAIN_CHECK = Schedule(RETRAIN_CHECK_SLUG, RETRAIN_CHECK_CRON)
+COLLECT_SCHEDULE = Schedule(COLLECT_SLUG, COLLECT_CRON)
+
+
+@dataclass(frozen=True)
+class ActiveSchedules:
+    """Which schedules a registration turns on (each off unless asked for)."""
+
+    nightly: bool = False
+    retrain_check: bool = False
+    collect: bool = False
+
+    def active(self, schedule: Schedule) -> bool:
+        return {
+            NIGHTLY_SLUG: self.nightly,
+            RETRAIN_CHECK_SLUG: self.retrain_check,
+            COLLECT_SLUG: self.collect,
+        }[schedule.slug]
+
+
+@dataclass(frozen=True)
 class FlowDeployment:
     """One deployment: the flow it runs, as ``module.function``, the work it does that a config may put
-    on a GPU (``uses``), whether it has the nightly schedule, and whether failure events trigger it (with
-    a concurrency limit of 1; see :func:`ragdistill.deployments.triggers.retrain_trigger`)."""
+    on a GPU (``uses``), its schedule, whether it is a loop flow (collect, retrain: it defaults to a run
+    root, not a config), and whether retrain-due events trigger it (with a concurrency limit of 1; see
+    :func:`ragdistill.deployments.triggers.retrain_trigger`)."""
 
     flow: str
     uses: frozenset[GpuWork] = frozenset()
-    nightly: bool = False
+    schedule: Schedule | None = None
+    loop: bool = False
     retrain_trigger: bool = False
 
     def load(self) -> Flow[..., Any]:
@@ -61,7 +105,7 @@ class FlowDeployment:
 
 
 DEPLOYMENTS: tuple[FlowDeployment, ...] = (
-    FlowDeployment("ragdistill.flows.pipeline.pipeline_flow", INFERENCE | TRAINING, nightly=True),
+    FlowDeployment("ragdistill.flows.pipeline.pipeline_flow", INFERENCE | TRAINING, schedule=NIGHTLY),
     FlowDeployment("ragdistill.flows.standalone.rollout_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.mine_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.index_flow"),
@@ -71,8 +115,14 @@ DEPLOYMENTS: tuple[FlowDeployment, ...] = (
     FlowDeployment("ragdistill.flows.standalone.train_flow", TRAINING),
     FlowDeployment("ragdistill.flows.standalone.evaluate_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.report_flow"),
-    FlowDeployment("ragdistill.flows.retrain.collect_flow", INFERENCE),
-    FlowDeployment("ragdistill.flows.retrain.retrain_flow", INFERENCE | TRAINING, retrain_trigger=True),
+    FlowDeployment("ragdistill.flows.retrain.collect_flow", INFERENCE, schedule=COLLECT_SCHEDULE, loop=True),
+    FlowDeployment(
+        "ragdistill.flows.retrain.retrain_flow",
+        INFERENCE | TRAINING,
+        schedule=RETRAIN_CHECK,
+        loop=True,
+        retrain_trigger=True,
+    ),
 )
 
 
@@ -88,8 +138,14 @@ def flow_summary(flow: Flow[..., Any]) -> str | None:
     return flow.description.split("\n\n")[0].strip() if flow.description else None
 
 
-def deployment_parameters(config_name: str, run_root: str | None = None) -> dict[str, str]:
-    """The parameters every deployment's runs default to."""
+def deployment_parameters(
+    spec: FlowDeployment, config_name: str, run_root: str | None = None
+) -> dict[str, str]:
+    """The parameters the deployment's runs default to: the config (and ``run_root`` instead of its run
+    root, when given); for a loop flow, only the run root (``run_root``, else the config's), whose stored
+    config its runs use."""
+    if spec.loop:
+        return {"run_root": run_root or load_config(config_file(config_name)).run.run_root}
     return {"config_name": config_name, **({"run_root": run_root} if run_root else {})}
 
 

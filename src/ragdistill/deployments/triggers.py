@@ -1,30 +1,35 @@
-"""The retrain deployment's event trigger: failure events (``ragdistill.events``) start a retrain."""
+"""The retrain deployment's event trigger: a ``ragdistill.retrain.due`` event (``ragdistill.events``) starts
+one retrain of the event's run root.
+
+The collect that brings the failures stored since the watermark to the run root's ``retrain.min_failures``
+emits that event (why the collect decides and not the trigger: ``ragdistill.events``), so the trigger
+fires on every event (threshold 1, no window, one bucket per run root). A second event while a retrain
+runs queues a run behind it (the deployment's concurrency limit 1), which reads storage afresh and
+retrains the failures the first one did not consume, or records why not. The run gets the event's run
+root and no config (``config_name`` null over any deployment default), so it uses the config stored in
+that run root (``flows.loop_config``).
+"""
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
 
-from ragdistill.config import config_file, load_config
-from ragdistill.events import FAILURES_RECORDED, RESOURCE_PREFIX, RUN_ROOT_LABEL
+from ragdistill.events import LOOP_RESOURCE_PREFIX, RETRAIN_DUE, RUN_ROOT_LABEL
 
 
-def retrain_trigger(config_name: str) -> Any:
-    """``retrain.trigger_events`` failure events of one run root within ``retrain.trigger_window_s`` (of
-    the config ``config_name``) start one run on that run root. The trigger is reactive: after firing it
-    ignores further events until its window ends, so the retrain reads every failure from storage rather
-    than counting events."""
+def retrain_trigger() -> Any:
+    """The trigger described in the module docstring."""
     from prefect.events import DeploymentEventTrigger
     from prefect.events.schemas.automations import Posture
 
-    settings = load_config(config_file(config_name)).retrain
     return DeploymentEventTrigger(
-        name="failures-recorded",
-        expect={FAILURES_RECORDED},
-        match={"prefect.resource.id": f"{RESOURCE_PREFIX}*"},
+        name="retrain-due",
+        expect={RETRAIN_DUE},
+        match={"prefect.resource.id": f"{LOOP_RESOURCE_PREFIX}*"},
         for_each={RUN_ROOT_LABEL},
         posture=Posture.Reactive,
-        threshold=settings.trigger_events,
-        within=timedelta(seconds=settings.trigger_window_s),
-        parameters={"config_name": config_name, "run_root": "{{ event.resource['" + RUN_ROOT_LABEL + "'] }}"},
+        threshold=1,
+        within=timedelta(0),
+        parameters={"config_name": None, "run_root": "{{ event.resource['" + RUN_ROOT_LABEL + "'] }}"},
     )

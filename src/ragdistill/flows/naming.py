@@ -3,8 +3,10 @@
 
 Task runs get theirs from format strings over their ``config`` parameter (``tasks.common.TASK_RUN_SUFFIX``); a
 flow run's name is computed from its parameters by :func:`flow_run_namer`, which reads the config the
-flow will run with (named file plus overrides), so a deployment run started from the UI with an
-overridden environment is named after what it really plays.
+flow will run with (named file plus overrides; for a collect or retrain given only a run root, the config
+stored there), so a deployment run started from the UI with an overridden environment is named after what
+it really plays. It reads them only as the flow itself would (``flows.run_requests``): a deployment run's
+config by name, its run root inside the operator's prefix; else the run is named after what it asked for.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ragdistill.errors import UserFacingError
+from ragdistill.flows.loop_config import stored_config
 from ragdistill.flows.parameters import ExperimentOverrides, experiment_config
 
 
@@ -27,16 +30,21 @@ def flow_run_label(flow_name: str, parameters: dict[str, Any], default_stage: st
     why) names the run after the config's file name instead."""
     stage = parameters.get("stage") or default_stage
     head = f"{flow_name}-{stage}" if stage else flow_name
-    config_name = str(parameters.get("config_name", ""))
+    config_name = str(parameters.get("config_name") or "")
+    run_root = parameters.get("run_root")
     overrides = parameters.get("overrides")
     settings = {"env.split": parameters.get("split"), "env.limit": parameters.get("limit")}
-    settings["run.run_root"] = parameters.get("run_root")
+    settings["run.run_root"] = run_root
     try:
-        if isinstance(overrides, dict):
-            overrides = ExperimentOverrides.model_validate(overrides)
-        config, _ = experiment_config(config_name, overrides, settings, run_root_check=False)
+        if not config_name and run_root:
+            config = stored_config(str(run_root))
+        else:
+            if isinstance(overrides, dict):
+                overrides = ExperimentOverrides.model_validate(overrides)
+            config, _ = experiment_config(config_name, overrides, settings, run_root_check=False)
     except (UserFacingError, ValueError):
-        return f"{head}-{Path(config_name).stem or 'unknown-config'}"
+        fallback = Path(config_name).stem or Path(str(run_root or "")).name or "unknown-config"
+        return f"{head}-{fallback}"
     return run_name(head, config.env.name, config.run.name)
 
 

@@ -189,14 +189,36 @@ PARAMETER_HELP = {
 }
 
 
+LOOP_PARAMETER_HELP = {
+    "config_name": "Empty (the usual): run with the config stored in the run root by its pipeline. Or a config "
+    "by name under configs/ whose stage settings must be the run root's; it may change only where and how "
+    "the run goes (workers, engines, the retrain threshold).",
+    "run_root": "The run root whose loop this runs (an fsspec URL such as file://./runs/demo or s3://bucket/run); "
+    "empty: the given config's run.run_root. A run from the UI or the API puts it inside the operator's "
+    "prefix: RAGDISTILL_RUN_ROOT_PREFIX on the worker, else the folder holding the deployment's run root.",
+    "overrides": "Settings that replace the run root's (or the given config's) values for this run; a change "
+    "to a stage setting is refused, naming it.",
+}
+"""The collect and retrain flows' own help: they run with the config their run root was made with."""
+
+
 def documented_parameters(function: F) -> F:
     """Append a Google-style ``Args:`` section describing each of ``function``'s parameters from
     :data:`PARAMETER_HELP`; Prefect shows these descriptions in a deployment's run form. A parameter
     without help is a programming error, reported at import."""
+    return _documented(function, PARAMETER_HELP)
+
+
+def documented_loop_parameters(function: F) -> F:
+    """:func:`documented_parameters` with :data:`LOOP_PARAMETER_HELP` for the loop flows."""
+    return _documented(function, {**PARAMETER_HELP, **LOOP_PARAMETER_HELP})
+
+
+def _documented(function: F, help_texts: dict[str, str]) -> F:
     names = list(inspect.signature(function).parameters)
-    missing = [name for name in names if name not in PARAMETER_HELP]
+    missing = [name for name in names if name not in help_texts]
     if missing:
         raise TypeError(f"{function.__qualname__}: no help text for parameter(s) {missing} in PARAMETER_HELP")
-    lines = "".join(f"    {name}: {PARAMETER_HELP[name]}\n" for name in names)
+    lines = "".join(f"    {name}: {help_texts[name]}\n" for name in names)
     function.__doc__ = f"{inspect.cleandoc(function.__doc__ or '')}\n\nArgs:\n{lines}"
     return function

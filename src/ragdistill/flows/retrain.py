@@ -1,11 +1,17 @@
 """The collect and retrain flows: failures accumulate, then a new generation of students learns from them.
 
-``collect`` plays the current student on the next batch of new tasks and emits a
-``ragdistill.failures.recorded`` event for the batch's failures. The retrain deployment's trigger starts
-``retrain`` after a few such events; ``retrain`` reads every failure stored since its watermark, skips
-with a recorded reason below ``retrain.min_failures``, and otherwise runs mine → index → teach (→ expert)
-→ datasets → train → evaluate → promote on generation ``k`` (``generations/<k>/``, see ``stages.retrain``),
-then advances the watermark. Promote registers generation ``k``'s students in the *run root's* registry
+Both run with the config that made their run root (``flows.loop_config``): given only a run root, the
+one its pipeline stored; a config given as well must compute the same stage settings.
+
+``collect`` plays the current student on the next batch of new tasks (never the pipeline's or the
+evaluation's), emits a ``ragdistill.failures.recorded`` event for the batch's failures and, once the
+failures stored since the watermark reach ``retrain.min_failures``, a ``ragdistill.retrain.due`` event,
+which the retrain deployment's trigger answers (a schedule checks too, for sparse collects). ``retrain``
+reads every failure stored since its watermark, skips with a recorded reason below
+``retrain.min_failures``, and otherwise runs mine → index → teach (→ expert) → datasets → train →
+evaluate → promote on generation ``k`` (``generations/<k>/``, see ``stages.retrain``), then advances the
+watermark. With no champion yet (nothing promoted) a retrain still runs: every generation trains from
+the base model, and its candidate is gated against the base agent's evaluation. Promote registers generation ``k``'s students in the *run root's* registry
 (lineage: the generation and the collect batches it consumed) and lets the gate compare the candidate with
 the run root's current version, so the next ``collect`` plays the new student once it is promoted. The
 retrain lease makes a second retrain of the same run root skip at once, with the holder recorded as the
@@ -21,13 +27,9 @@ from prefect import flow
 
 from ragdistill.config import with_overrides
 from ragdistill.config.stages import PipelineSettings
+from ragdistill.flows.loop_config import loop_config
 from ragdistill.flows.naming import flow_run_namer
-from ragdistill.flows.parameters import (
-    ConfigName,
-    ExperimentOverrides,
-    documented_parameters,
-    experiment_config,
-)
+from ragdistill.flows.parameters import ConfigName, ExperimentOverrides, documented_loop_parameters
 from ragdistill.flows.pipeline import StageCalls, run_students
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.layout import BASE_STAGE, rollout_prefix
@@ -37,6 +39,7 @@ from ragdistill.store import ArtifactStore
 from ragdistill.tasks.collect import (
     collect_task,
     prepare_generation_task,
+    publish_loop_status,
     retrain_decision_task,
     watermark_from,
 )
@@ -45,35 +48,49 @@ from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
 
 
 @flow(name="collect", flow_run_name=flow_run_namer("collect"), log_prints=True)
-@documented_parameters
+@documented_loop_parameters
 def collect_flow(
-    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName | None = None,
+    run_root: str | None = None,
+    overrides: ExperimentOverrides | None = None,
 ) -> dict[str, Any]:
     """Let the current student play the next batch of new tasks and announce the batch's failures."""
-    config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root})
-    stages = PipelineSettings.from_experiment(config, experiment_check=True)
+    stages = PipelineSettings.from_experiment(
+        loop_config(config_name, run_root, overrides), experiment_check=True
+    )
     ctx = stages.ctx
+    settings = stages.collect(next_batch(ArtifactStore(ctx.run_root)))
     try:
-        return collect_task(ctx, stages.collect(next_batch(ArtifactStore(ctx.run_root))))
+        return collect_task(ctx, settings, stages.retrain, stages.reserved_tasks())
     finally:
         close_shared_backends()
 
 
 @flow(name="retrain", flow_run_name=flow_run_namer("retrain"), log_prints=True)
-@documented_parameters
+@documented_loop_parameters
 def retrain_flow(
-    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+    config_name: ConfigName | None = None,
+    run_root: str | None = None,
+    overrides: ExperimentOverrides | None = None,
 ) -> dict[str, Any]:
     """Retrain on every collect failure stored since the last retrain, or skip with the reason."""
-    config, _ = experiment_config(config_name, overrides, {"run.run_root": run_root})
-    stages = PipelineSettings.from_experiment(config, experiment_check=True)
+    stages = PipelineSettings.from_experiment(
+        loop_config(config_name, run_root, overrides), experiment_check=True
+    )
     ctx = stages.ctx
     with retrain_turn(ctx) as busy:
         if busy is not None:
             return busy
         decision = retrain_decision_task(ctx, stages.retrain)
         if decision["skipped"] is not None:
+            publish_loop_status(ctx, stages.retrain)
             return {key: value for key, value in decision.items() if key not in ("watermark", "pending")}
+        if decision["champion"] is None:
+            print(
+                f"no champion in {ctx.run_root}'s registry: generation {decision['generation']} trains from "
+                "the base model, as every generation does, and its candidate is gated against the base "
+                "agent's evaluation"
+            )
         try:
             counts = _train_generation(stages, decision)
         finally:
@@ -85,10 +102,12 @@ def retrain_flow(
             "generation": advanced.generation,
             "new_failures": decision["new_failures"],
             "by_batch": decision["by_batch"],
+            "champion_before": decision["champion"],
             "skipped": None,
             "counts": counts,
         }
         record_decision(store, summary)
+        publish_loop_status(ctx, stages.retrain)
         return summary
 
 

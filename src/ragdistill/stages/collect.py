@@ -14,6 +14,10 @@ whole (the rollout settings and the batch number); inputs: the environment's dat
 content digest of the registry's current adapter (``adapter``), resolved when the identity is made;
 growable: the batch's task list.
 
+A batch never plays a task the pipeline plays or evaluates on (:func:`check_fresh_tasks`, given the
+pipeline's selections by ``PipelineSettings.reserved_tasks``): its failures must be new, and the
+evaluation tasks must stay unseen by every generation's training data.
+
 Each batch is an ordinary rollout stage folder with its manifest; ``stages.retrain`` reads their failures.
 """
 
@@ -23,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from ragdistill.adapter_registry import current_adapter
-from ragdistill.config.stages import CollectSettings, Inputs, RunContext
+from ragdistill.config.stages import CollectSettings, Inputs, RunContext, TaskSelection
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend
@@ -35,6 +39,7 @@ from ragdistill.stages.rollout import identity_for, play_settings
 from ragdistill.store import ArtifactError, ArtifactStore, Manifest, read_manifest, read_records
 
 _BATCH_PATTERN = re.compile(rf"^{ROLLOUTS_DIR}/{COLLECT_PREFIX}(\d{{4,}})/")
+MAX_LISTED_TASKS = 5
 
 
 def batch_numbers(store: ArtifactStore) -> list[int]:
@@ -87,6 +92,34 @@ def _batch_tasks(ctx: RunContext, settings: CollectSettings) -> list[TaskInfo]:
     return tasks
 
 
+def check_fresh_tasks(ctx: RunContext, settings: CollectSettings, reserved: dict[str, TaskSelection]) -> None:
+    """:class:`StageError` naming the folder and the tasks when collect batch ``settings.batch`` would play
+    a task of one of the ``reserved`` selections (by the folder that plays them); a task is its split and
+    its id. Reads the environment's task lists only."""
+    playing = {(task.split, task.task_id) for task in _batch_tasks(ctx, settings)}
+    for folder, selection in reserved.items():
+        taken_tasks = {(task.split, task.task_id) for task in select_tasks(ctx, settings.env, selection)}
+        shared = sorted(task_id for _, task_id in playing & taken_tasks)
+        if not shared:
+            continue
+        listed = ", ".join(shared[:MAX_LISTED_TASKS]) + (" …" if len(shared) > MAX_LISTED_TASKS else "")
+        tasks = settings.tasks
+        taken = (
+            "every task" if selection.limit is None else f"positions {selection.start}–{selection.limit - 1}"
+        )
+        raise StageError(
+            f"collect batch {settings.batch} (positions {tasks.start}–{_last(tasks)} of split {tasks.split!r}) "
+            f"would play {len(shared)} task(s) that {folder} plays too ({listed}): collected failures must "
+            "come from new tasks, and the evaluation tasks must stay unseen. That folder plays "
+            f"{taken} of split {selection.split!r}: set collect.start past them, or collect.split to a split "
+            "the pipeline does not play"
+        )
+
+
+def _last(selection: TaskSelection) -> str:
+    return "the end" if selection.limit is None else str(selection.limit - 1)
+
+
 def _player(store: ArtifactStore, settings: CollectSettings) -> str | None:
     """The adapter the batch plays with: the registry's current one, else the agent's own (if any)."""
     return current_adapter(store) or settings.role.model.adapter
@@ -106,12 +139,16 @@ def run_collect(
     settings: CollectSettings,
     inputs: Inputs | None = None,
     *,
+    reserved: dict[str, TaskSelection] | None = None,
     backend: Backend | None = None,
     progress: ProgressCallback | None = None,
 ) -> tuple[CollectBatch, Manifest]:
     """Play collect batch ``settings.batch`` (resuming it when it was interrupted); the batch and its
-    manifest."""
+    manifest. ``reserved``: the selections it must not overlap (:func:`check_fresh_tasks`), checked before
+    anything is written."""
     store = ArtifactStore(ctx.run_root)
+    if reserved:
+        check_fresh_tasks(ctx, settings, reserved)
     tasks = _batch_tasks(ctx, settings)
     registered = current_adapter(store)
     role = ctx.role_config(settings.role)
