@@ -9,6 +9,9 @@ The pools' template (:func:`project_job_template`) is Prefect's process template
 working folder and the environment fixed by the operator: a flow run created through the API can set
 none of them (with them, a run would choose what the worker executes, e.g. ``PYTHONWARNINGS`` plus
 ``BROWSER`` in ``env`` runs any command).
+
+The worker's flow runs send heartbeats at the period the crash automation was sized for
+(``orchestration.heartbeats``): a run whose worker died with it is marked Crashed, not left Running.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from ragdistill.orchestration.heartbeats import HeartbeatSettings
 from ragdistill.orchestration.server import API_URL_ENV, configure_prefect_home
 
 WORK_POOL = "ragdistill-process"
@@ -66,9 +70,15 @@ def start_worker(
     environment: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``prefect worker start`` for ``work_pool`` against ``api_url``, with the project's Prefect home;
-    at most ``limit`` flow runs at once (None: no limit). Its output goes to ``output`` (default: this
-    process's), ``environment`` adds variables (e.g. ``PREFECT_WORKER_QUERY_SECONDS``)."""
-    env = {**os.environ, API_URL_ENV: api_url, "PREFECT_HOME": str(configure_prefect_home())}
+    at most ``limit`` flow runs at once (None: no limit). Its flow runs send heartbeats at the period of
+    :meth:`HeartbeatSettings.from_environment`. Its output goes to ``output`` (default: this process's),
+    ``environment`` adds variables (e.g. ``PREFECT_WORKER_QUERY_SECONDS``)."""
+    env = {
+        **os.environ,
+        **HeartbeatSettings.from_environment().worker_environment(),
+        API_URL_ENV: api_url,
+        "PREFECT_HOME": str(configure_prefect_home()),
+    }
     env.update(environment or {})
     command = [
         sys.executable,
