@@ -8,7 +8,9 @@ becomes the pull step's working directory, so the committed file names no absolu
 variables: the project's pools fix a run's command, working folder and environment in their template.
 ``prefect deploy`` does not create work pools: create the ones the file names first with ``ragdistill
 deploy`` (the project's template; ``prefect work-pool create`` would make Prefect's default one, whose
-runs may set their own command); the header lists them.
+runs may set their own command); the header lists them. Nor can it declare the crash automations
+(``deployments.crashes``: not a deployment's own trigger), which ``ragdistill deploy`` creates; the header
+says so.
 """
 
 from __future__ import annotations
@@ -26,9 +28,9 @@ from ragdistill.deployments.specs import (
     DEPLOYMENTS,
     RETRAIN_CONCURRENCY_LIMIT,
     SCHEDULE_TIMEZONE,
-    TAGS,
     ActiveSchedules,
     deployment_parameters,
+    deployment_tags,
     flow_summary,
     work_pools,
 )
@@ -54,6 +56,8 @@ def _header(pools: list[str]) -> str:
         "# with the project's job template (runs cannot set their command, folder or environment), which\n"
         "# `ragdistill deploy` creates (Prefect's `prefect work-pool create` would not):\n"
         "#   prefect --no-prompt deploy --all\n"
+        "# The automations that mark a run whose worker died Crashed and retry a crashed retrain are not\n"
+        "# deployment triggers, so this file cannot declare them: `ragdistill deploy` creates them.\n"
     )
 
 
@@ -98,7 +102,7 @@ def prefect_yaml(
             "name": DEPLOYMENT_NAME,
             "entrypoint": spec.flow,
             "description": flow_summary(flow),
-            "tags": list(TAGS),
+            "tags": deployment_tags(spec),
             "parameters": deployment_parameters(spec, config_name, run_root),
             "work_pool": {"name": pools[spec.flow]},
         }

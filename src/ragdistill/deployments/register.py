@@ -1,5 +1,6 @@
-"""Telling the Prefect server: the process work pools (CPU and GPU) and one deployment per entry of
-:data:`~ragdistill.deployments.specs.DEPLOYMENTS`, created or updated.
+"""Telling the Prefect server: the process work pools (CPU and GPU), one deployment per entry of
+:data:`~ragdistill.deployments.specs.DEPLOYMENTS` and the crash automations (``deployments.crashes``),
+created or updated.
 
 The pools carry the project's base job template (``orchestration.worker.project_job_template``): the
 command, working folder and environment of a flow run are the pool's, so neither a deployment nor a
@@ -18,18 +19,20 @@ from typing import TYPE_CHECKING
 
 from ragdistill.config import DEFAULT_CONFIG
 from ragdistill.config.files import CONFIG_NAME_PATTERN
+from ragdistill.deployments.crashes import register_crash_automations
 from ragdistill.deployments.specs import (
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
     RETRAIN_CONCURRENCY_LIMIT,
     SCHEDULE_TIMEZONE,
-    TAGS,
     ActiveSchedules,
     deployment_parameters,
+    deployment_tags,
     flow_summary,
     work_pools,
 )
 from ragdistill.deployments.triggers import retrain_trigger
+from ragdistill.orchestration.heartbeats import HeartbeatSettings
 from ragdistill.orchestration.server import PrefectServerError
 from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL, WORK_POOL_TYPE, project_job_template
 from ragdistill.paths import project_root
@@ -90,7 +93,7 @@ def runner_deployments(
             schedules=schedules,
             parameters=deployment_parameters(spec, config_name, run_root),
             description=flow_summary(flow),
-            tags=TAGS,
+            tags=deployment_tags(spec),
             work_pool_name=pools[spec.flow],
             entrypoint_type=EntrypointType.MODULE_PATH,
             **triggered,
@@ -161,8 +164,10 @@ def register_deployments(
 ) -> list[str]:
     """Create both work pools if missing (a GPU worker started before a GPU config is deployed finds its
     pool), each with the project's template whose runs start in ``working_dir`` (default: the project
-    folder), and create or update every deployment (:func:`runner_deployments`); their full names
+    folder), create or update every deployment (:func:`runner_deployments`) and the crash automations,
+    sized by the heartbeat settings in the environment; the deployments' full names
     (``<flow>/<deployment>``), pipeline first."""
+    heartbeats = HeartbeatSettings.from_environment()
     for pool in dict.fromkeys((work_pool, gpu_work_pool)):
         ensure_work_pool(pool, working_dir)
     names = []
@@ -178,4 +183,5 @@ def register_deployments(
     for deployment in deployments:
         deployment.apply()
         names.append(deployment.full_name)
+    register_crash_automations(heartbeats)
     return names

@@ -18,6 +18,9 @@ firing, and a collect that plays the champion on the next fresh tasks (``--colle
 The collect and retrain deployments (``loop``) default to a run root, never to a config: their runs use
 the config stored in that run root by its pipeline (``flows.loop_config``), and the retrain trigger
 (``deployments.triggers``) passes the run root of the event.
+
+A deployment whose runs may be retried after a crash (``retry_crashed``: the retrain) carries the tag
+:data:`RETRY_CRASHED_TAG`, which the project's retry automation (``deployments.crashes``) answers.
 A new flow gets a deployment by adding one :class:`FlowDeployment` to :data:`DEPLOYMENTS`: both
 ``ragdistill deploy`` (``deployments.register``) and the ``prefect.yaml`` at the repository root
 (``deployments.prefect_yaml``) are built from that list.
@@ -43,6 +46,7 @@ TRAINING: frozenset[GpuWork] = frozenset({"training"})
 
 DEPLOYMENT_NAME = "ragdistill"
 TAGS = ["ragdistill"]
+RETRY_CRASHED_TAG = "retry-crashed"
 NIGHTLY_CRON = "0 2 * * *"
 NIGHTLY_TIMEZONE = "UTC"
 NIGHTLY_SLUG = "nightly"
@@ -90,14 +94,16 @@ class ActiveSchedules:
 class FlowDeployment:
     """One deployment: the flow it runs, as ``module.function``, the work it does that a config may put
     on a GPU (``uses``), its schedule, whether it is a loop flow (collect, retrain: it defaults to a run
-    root, not a config), and whether retrain-due events trigger it (with a concurrency limit of 1; see
-    :func:`ragdistill.deployments.triggers.retrain_trigger`)."""
+    root, not a config), whether retrain-due events trigger it (with a concurrency limit of 1; see
+    :func:`ragdistill.deployments.triggers.retrain_trigger`), and whether a crashed run of it is retried
+    (``retry_crashed``; see :mod:`ragdistill.deployments.crashes`)."""
 
     flow: str
     uses: frozenset[GpuWork] = frozenset()
     schedule: Schedule | None = None
     loop: bool = False
     retrain_trigger: bool = False
+    retry_crashed: bool = False
 
     def load(self) -> Flow[..., Any]:
         module_name, _, attribute = self.flow.rpartition(".")
@@ -122,6 +128,7 @@ DEPLOYMENTS: tuple[FlowDeployment, ...] = (
         schedule=RETRAIN_CHECK,
         loop=True,
         retrain_trigger=True,
+        retry_crashed=True,
     ),
 )
 
@@ -131,6 +138,12 @@ def nightly_requested(flag: bool | None = None) -> bool:
     if flag is not None:
         return flag
     return os.environ.get(NIGHTLY_ENV, "").strip().lower() in TRUE_WORDS
+
+
+def deployment_tags(spec: FlowDeployment) -> list[str]:
+    """The deployment's tags (its runs carry them): the project's, and :data:`RETRY_CRASHED_TAG` when a
+    crashed run of it is retried."""
+    return [*TAGS, *([RETRY_CRASHED_TAG] if spec.retry_crashed else [])]
 
 
 def flow_summary(flow: Flow[..., Any]) -> str | None:
