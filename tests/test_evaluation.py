@@ -17,6 +17,7 @@ from ragdistill.evaluation import (
     ReportInputs,
     TrainingSummary,
     compute_metrics,
+    metrics_frame,
     paper_rows_for_config,
     render_report,
     wilson_interval,
@@ -255,13 +256,15 @@ def report_inputs(config_name: str = "paper-alfworld-react") -> ReportInputs:
         eval_split="valid_unseen",
         eval_task_count=4,
         model="SmolLM2-135M-Instruct",
-        results=[
-            MethodResult("base", "react", metrics_with(1, 4, 1200)),
-            MethodResult("rag", "react", metrics_with(2, 4, 1500)),
-            MethodResult("sft", "react", None, "no successful base episodes to train on"),
-            MethodResult("distill", "react", metrics_with(3, 4, 900)),
-            MethodResult("base", "stateact", metrics_with(0, 3, 2000, task_type="clean")),
-        ],
+        metrics=metrics_frame(
+            [
+                MethodResult("base", "react", metrics_with(1, 4, 1200)),
+                MethodResult("rag", "react", metrics_with(2, 4, 1500)),
+                MethodResult("sft", "react", None, "no successful base episodes to train on"),
+                MethodResult("distill", "react", metrics_with(3, 4, 900)),
+                MethodResult("base", "stateact", metrics_with(0, 3, 2000, task_type="clean")),
+            ]
+        ),
         datasets={
             "distill": {
                 "examples": 3,
@@ -322,7 +325,9 @@ def test_report_full_metrics_task_types_datasets_training_notes() -> None:
 def test_report_webshop_headline_is_the_score() -> None:
     inputs = report_inputs("paper-webshop-act")
     inputs.headline = "score"
-    inputs.results = [MethodResult("base", "act", metrics_with(1, 2, 5500, task_type="beauty"))]
+    inputs.metrics = metrics_frame(
+        [MethodResult("base", "act", metrics_with(1, 2, 5500, task_type="beauty"))]
+    )
     text = render_report(inputs)
     assert "| Act | 62.50 (5.5k) |" in text
     assert "| Base | 61.51 (5.5k) | 44.05 | 62.50 (5.5k) |" in text
@@ -371,7 +376,7 @@ def test_figure_with_all_zero_success(tmp_path: Path, count: int) -> None:
     cells = list(itertools.product(("react", "stateact"), ("base", "rag", "sft", "distill")))[:count]
     results = [MethodResult(method, agent, zero) for agent, method in cells]
     results.append(MethodResult("distill", "act", None, "not trained"))
-    points = figure_points(results)
+    points = figure_points(metrics_frame(results))
     assert len(points) == count
     assert all(p.success_percent == 0 and p.ci_high == pytest.approx(24.25, abs=0.01) for p in points)
     layout = accuracy_tokens_figure(points, tmp_path / "nested" / "zero.png", "All zero")
@@ -383,4 +388,4 @@ def test_figure_with_all_zero_success(tmp_path: Path, count: int) -> None:
 def test_figure_needs_a_point(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="at least one"):
         accuracy_tokens_figure([], tmp_path / "none.png", "Nothing")
-    assert figure_points([MethodResult("base", "react", compute_metrics([], INVALID))]) == []
+    assert figure_points(metrics_frame([MethodResult("base", "react", compute_metrics([], INVALID))])) == []

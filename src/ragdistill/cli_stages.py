@@ -261,25 +261,37 @@ def evaluate(
     config: ConfigOption,
     run_root: RunRootOption = None,
     method: Annotated[list[str] | None, typer.Option("--method", help="base, rag, sft, distill.")] = None,
+    seed: Annotated[
+        list[int] | None, typer.Option("--seed", help="Only these of evaluation.seeds (default: every one).")
+    ] = None,
     force: ForceOption = False,
     replace_experiment: ReplaceOption = False,
 ) -> None:
-    """Stage E: every method on the pinned evaluation tasks, into rollouts/eval-<method>."""
+    """Stage E: every method on the pinned evaluation tasks under each evaluation seed, into
+    rollouts/eval-<method> (the agent's own seed) and rollouts/eval-<method>-seed<S> (the others)."""
     stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
     from ragdistill.stages.evaluation import SkippedMethod, run_evaluation
 
     ctx = stages.ctx
+    seeds = stages.evaluation_seeds.seeds
+    unknown = [value for value in seed or [] if value not in seeds]
+    if unknown:
+        fail(
+            f"--seed {', '.join(map(str, unknown))} is not in evaluation.seeds ({', '.join(map(str, seeds))}); "
+            "add it to the config's evaluation.seeds first"
+        )
     for name in chosen(method, METHODS, "--method") or stages.config.evaluation.methods:
-        settings = stages.evaluation(name)
-        bar = progress_bar(f"eval {name}")
-        try:
-            outcome = run_evaluation(ctx, settings, upstream(ctx, settings), progress=bar)
-        finally:
-            bar.close()
-        if isinstance(outcome, SkippedMethod):
-            typer.echo(f"{name}: not evaluated: {outcome.reason}")
-        else:
-            _report_manifest(f"eval {name}", ctx.run_root, outcome)
+        for evaluation_seed in seed or seeds:
+            settings = stages.evaluation(name, evaluation_seed)
+            bar = progress_bar(f"eval {settings.label}")
+            try:
+                outcome = run_evaluation(ctx, settings, upstream(ctx, settings), progress=bar)
+            finally:
+                bar.close()
+            if isinstance(outcome, SkippedMethod):
+                typer.echo(f"{settings.label}: not evaluated: {outcome.reason}")
+            else:
+                _report_manifest(f"eval {settings.label}", ctx.run_root, outcome)
 
 
 @stages_app.command()

@@ -68,9 +68,20 @@ def rollout_prefix(stage: str) -> str:
     return f"{ROLLOUTS_DIR}/{checked_name(stage)}"
 
 
-def eval_stage(method: str) -> str:
-    """The rollout stage that evaluates ``method`` (``eval-distill``)."""
-    return f"eval-{method}"
+EVAL_PREFIX = "eval-"
+SEED_INFIX = "-seed"
+
+
+def eval_stage(method: str, seed: int | None = None) -> str:
+    """The rollout stage that evaluates ``method``: ``eval-distill`` under the agent's own sampling seed
+    (``seed`` None), ``eval-distill-seed43`` under another evaluation seed (``evaluation.seeds``)."""
+    return f"{EVAL_PREFIX}{method}" if seed is None else f"{EVAL_PREFIX}{method}{SEED_INFIX}{seed}"
+
+
+def eval_stage_seed(method: str, seed: int, agent_seed: int) -> str:
+    """The rollout stage of ``method`` evaluated under sampling seed ``seed``: the agent's own seed keeps
+    the folder a run with one seed always had, so adding seeds never replays a finished evaluation."""
+    return eval_stage(method, None if seed == agent_seed else seed)
 
 
 def collect_stage(batch: int) -> str:
@@ -97,8 +108,10 @@ def rerun_command(stage_dir: str) -> str:
     parts = stage_dir.strip("/").split("/")
     top, name = parts[0], parts[1] if len(parts) > 1 else ""
     if top == ROLLOUTS_DIR:
-        if name.startswith("eval-"):
-            return f"ragdistill evaluate -c CONFIG --method {name.removeprefix('eval-')}"
+        if name.startswith(EVAL_PREFIX):
+            method, _, seed = name.removeprefix(EVAL_PREFIX).partition(SEED_INFIX)
+            seed_option = f" --seed {seed}" if seed else ""
+            return f"ragdistill evaluate -c CONFIG --method {method}{seed_option}"
         if name == TEACHER_STAGE:
             return "ragdistill teach -c CONFIG"
         if name == EXPERT_STAGE:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import statistics
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -44,7 +45,13 @@ class EvalSummary:
     ``value`` is the environment's headline (``EnvProfile.headline``) in percent: success % or score
     (mean reward x 100). ``task_list_sha256`` is the sha256 of the evaluation's ``tasks.json`` (the
     environment, its data version, the split and the task ids in order): two summaries compare only
-    when it is equal."""
+    when it is equal.
+
+    Evaluated under several sampling seeds (``evaluation.seeds``), ``value`` is the mean of the seeds'
+    headlines and ``value_sd`` their sample standard deviation; ``episodes`` counts the episodes of one
+    seed (the fewest: a task played again under another seed is not another task), and there is no
+    interval (the seeds' episodes are not independent draws of tasks). ``seeds`` is empty in entries
+    registered before seeds were recorded (one seed)."""
 
     __pydantic_config__ = STORED_RECORD
 
@@ -58,6 +65,8 @@ class EvalSummary:
     split: str
     task_list_sha256: str
     eval_digest: str
+    seeds: list[int] = field(default_factory=list)
+    value_sd: float | None = None
 
     @classmethod
     def from_metrics(
@@ -69,6 +78,7 @@ class EvalSummary:
         split: str,
         task_list_sha256: str,
         eval_digest: str,
+        seeds: list[int] | None = None,
     ) -> EvalSummary:
         success = headline == "success"
         return cls(
@@ -82,13 +92,65 @@ class EvalSummary:
             split=split,
             task_list_sha256=task_list_sha256,
             eval_digest=eval_digest,
+            seeds=list(seeds or []),
+        )
+
+    @classmethod
+    def over_seeds(
+        cls,
+        per_seed: dict[int, MethodMetrics],
+        *,
+        method: str,
+        headline: Headline,
+        split: str,
+        task_list_sha256: str,
+        eval_digest: str,
+    ) -> EvalSummary:
+        """One evaluation under several seeds (see the class docstring); one seed is :meth:`from_metrics`."""
+        if len(per_seed) == 1:
+            ((seed, metrics),) = per_seed.items()
+            return cls.from_metrics(
+                metrics,
+                method=method,
+                headline=headline,
+                split=split,
+                task_list_sha256=task_list_sha256,
+                eval_digest=eval_digest,
+                seeds=[seed],
+            )
+        success = headline == "success"
+        values = [m.success_percent if success else m.score_percent for m in per_seed.values()]
+        tokens = [m.total_tokens_per_episode for m in per_seed.values()]
+        known = [value for value in values if value is not None]
+        return cls(
+            method=method,
+            headline=headline,
+            value=statistics.fmean(known) if len(known) == len(values) else None,
+            ci_low=None,
+            ci_high=None,
+            episodes=min(m.episodes for m in per_seed.values()),
+            tokens_per_episode=statistics.fmean(t for t in tokens if t is not None)
+            if all(t is not None for t in tokens)
+            else None,
+            split=split,
+            task_list_sha256=task_list_sha256,
+            eval_digest=eval_digest,
+            seeds=list(per_seed),
+            value_sd=statistics.stdev(known) if len(known) == len(values) else None,
         )
 
     def describe(self) -> str:
-        """``success 58.3% [30.1, 80.2] on 12 valid_unseen episodes`` (a score has no interval)."""
+        """``success 58.3% [30.1, 80.2] on 12 valid_unseen episodes`` (a score has no interval); over
+        several seeds ``success 58.3% ± 4.2 (mean ± sd of 3 seeds) on 12 valid_unseen episodes each``."""
         if self.value is None:
             return f"{self.headline}: no episodes"
         unit = "%" if self.headline == "success" else ""
+        if len(self.seeds) > 1:
+            spread = f" ± {self.value_sd:.1f}" if self.value_sd is not None else ""
+            return (
+                f"{self.headline} {self.value:.1f}{unit}{spread} (mean ± sd of {len(self.seeds)} seeds) on "
+                f"{self.episodes} {self.split} episodes each"
+            )
         interval = f" [{self.ci_low:.1f}, {self.ci_high:.1f}]" if self.ci_low is not None else ""
         return f"{self.headline} {self.value:.1f}{unit}{interval} on {self.episodes} {self.split} episodes"
 

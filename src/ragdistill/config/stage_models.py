@@ -18,6 +18,7 @@ from ragdistill.config.rollouts import AgentConfig, OrchestrationConfig, Rollout
 from ragdistill.config.training import TrainingConfig
 from ragdistill.layout import (
     BASE_STAGE,
+    EVAL_PREFIX,
     EXPERT_STAGE,
     HINTS_DIR,
     INDEX_DIR,
@@ -29,7 +30,7 @@ from ragdistill.layout import (
     adapter_dir,
     checked_name,
     dataset_dir,
-    eval_stage,
+    eval_stage_seed,
     rollout_prefix,
 )
 
@@ -191,6 +192,11 @@ class EvaluationSettings(RolloutSettings):
     reranker: RoleSettings | None = None
     student_weights: Literal["lora", "merged"] | None = None
 
+    @property
+    def label(self) -> str:
+        """The method, and the seed when it is not the agent's own (``base``, ``base-seed43``)."""
+        return self.stage.removeprefix(EVAL_PREFIX)
+
     def input_dirs(self) -> list[str]:
         if self.retrieval is not None:
             return self.retrieval.input_dirs()
@@ -294,6 +300,28 @@ class TrainingSettings(StageSettings):
         return [dataset_dir(self.name)]
 
 
+class EvaluationSeeds(_Frozen):
+    """The sampling seeds every method is evaluated under (``evaluation.seeds``) and the agent's own seed,
+    whose evaluation keeps the folder a one-seed run always had (``rollouts/eval-<method>``)."""
+
+    seeds: list[int]
+    agent_seed: int
+
+    @classmethod
+    def of_run_config(cls, config: dict[str, Any]) -> EvaluationSeeds:
+        """The seeds of a run's stored config (``run.json``; one written before ``evaluation.seeds``
+        existed evaluated under the agent's seed only)."""
+        agent_seed = int(config["models"]["agent"]["sampling"]["seed"])
+        return cls(seeds=config["evaluation"].get("seeds") or [agent_seed], agent_seed=agent_seed)
+
+    def stages(self, method: str) -> dict[int, str]:
+        """The rollout stage that evaluates ``method`` under each seed, in the order of ``seeds``."""
+        return {seed: eval_stage_seed(method, seed, self.agent_seed) for seed in self.seeds}
+
+    def folders(self, method: str) -> list[str]:
+        return [rollout_prefix(stage) for stage in self.stages(method).values()]
+
+
 class ReportSettings(StageSettings):
     """Stage E (report): what the report says about the run beside what it reads (the rendering reads
     these from the run's ``run.json``)."""
@@ -312,12 +340,13 @@ class ReportSettings(StageSettings):
     distill_teacher: str
     min_score: float | None
     hint_group: str
+    seeds: EvaluationSeeds
 
     def stage_dir(self) -> str:
         return REPORTS_DIR
 
     def input_dirs(self) -> list[str]:
-        folders = [rollout_prefix(eval_stage(method)) for method in self.methods]
+        folders = [folder for method in self.methods for folder in self.seeds.folders(method)]
         return [*folders, *map(dataset_dir, STUDENTS), *map(adapter_dir, STUDENTS), PROMOTION_DIR]
 
 
@@ -329,6 +358,8 @@ class PromotionSettings(StageSettings):
     promotion: PromotionConfig
     env: str
     eval_split: str
+    seeds: EvaluationSeeds
+    """The gate compares each evaluation's headline averaged over these seeds."""
     registry_root: str | None = None
     """A retrain generation promotes into its parent run root's registry."""
     generation: dict[str, Any] | None = None
@@ -337,9 +368,9 @@ class PromotionSettings(StageSettings):
         return PROMOTION_DIR
 
     def input_dirs(self) -> list[str]:
-        folders = [rollout_prefix(BASE_STAGE), HINTS_DIR, rollout_prefix(eval_stage("base"))]
+        folders = [rollout_prefix(BASE_STAGE), HINTS_DIR, *self.seeds.folders("base")]
         for name in STUDENTS:
-            folders += [dataset_dir(name), adapter_dir(name), rollout_prefix(eval_stage(name))]
+            folders += [dataset_dir(name), adapter_dir(name), *self.seeds.folders(name)]
         return folders
 
 

@@ -29,6 +29,7 @@ from ragdistill.config.stage_models import (
     CollectSettings,
     DatasetSettings,
     EnvSettings,
+    EvaluationSeeds,
     EvaluationSettings,
     ExperimentRecord,
     ExpertSettings,
@@ -57,6 +58,7 @@ from ragdistill.layout import (
     TEACHER_STAGE,
     collect_stage,
     eval_stage,
+    eval_stage_seed,
     rollout_prefix,
 )
 
@@ -65,6 +67,7 @@ __all__ = [
     "CollectSettings",
     "DatasetSettings",
     "EnvSettings",
+    "EvaluationSeeds",
     "EvaluationSettings",
     "ExperimentRecord",
     "ExpertSettings",
@@ -113,7 +116,7 @@ def pipeline_stage_settings(config: ExperimentConfig) -> dict[str, dict[str, Any
         stages.teacher,
         *(stages.dataset(name) for name in STUDENTS),
         *(stages.training(name) for name in STUDENTS),
-        *(stages.evaluation(method) for method in config.evaluation.methods),
+        *(evaluation for method in config.evaluation.methods for evaluation in stages.evaluations(method)),
     ]
     return {type(item).__name__ + ":" + item.stage_dir(): item.model_dump(mode="json") for item in settings}
 
@@ -259,10 +262,36 @@ class PipelineSettings:
             name=name, training=self.config.training, base_model=agent.model, seed=agent.sampling.seed
         )
 
-    def evaluation(self, method: Literal["base", "rag", "sft", "distill"]) -> EvaluationSettings:
-        """``method`` on the evaluation split's tasks, in the environment's default order."""
+    @property
+    def evaluation_seeds(self) -> EvaluationSeeds:
+        """The agent's sampling seeds of every evaluation (``evaluation.seeds``, else its own seed)."""
+        agent_seed = self.config.models.agent.sampling.seed
+        return EvaluationSeeds(seeds=self.config.evaluation.seeds or [agent_seed], agent_seed=agent_seed)
+
+    def evaluations(self, method: Literal["base", "rag", "sft", "distill"]) -> list[EvaluationSettings]:
+        """``method``'s evaluation under each seed of :attr:`evaluation_seeds`, in their order."""
+        return [self.evaluation(method, seed) for seed in self.evaluation_seeds.seeds]
+
+    def evaluation(
+        self, method: Literal["base", "rag", "sft", "distill"], seed: int | None = None
+    ) -> EvaluationSettings:
+        """``method`` on the evaluation split's tasks, in the environment's default order, with the agent
+        sampling under ``seed`` (default: the first evaluation seed). The seed is part of the settings
+        (the role's sampling) and names the folder (:func:`~ragdistill.layout.eval_stage_seed`)."""
         evaluation = self.config.evaluation
-        base = self.rollout(eval_stage(method)).model_dump(exclude={"tasks", "agent"})
+        seeds = self.evaluation_seeds
+        seed = seeds.seeds[0] if seed is None else seed
+        if seed not in seeds.seeds:
+            raise ValueError(
+                f"seed {seed} is not an evaluation seed of this config (evaluation.seeds: "
+                f"{', '.join(map(str, seeds.seeds))}): add it there, or pick one of them"
+            )
+        rollout = self.rollout(eval_stage_seed(method, seed, seeds.agent_seed))
+        if seed != seeds.agent_seed:
+            role = rollout.role
+            sampling = role.sampling.model_copy(update={"seed": seed})
+            rollout = rollout.model_copy(update={"role": role.model_copy(update={"sampling": sampling})})
+        base = rollout.model_dump(exclude={"tasks", "agent"})
         tasks = TaskSelection(
             split=evaluation.split, limit=evaluation.limit, task_types=self.config.env.task_types
         )
@@ -315,6 +344,7 @@ class PipelineSettings:
             distill_teacher=config.distill.teacher,
             min_score=config.distill.min_score,
             hint_group=config.retrieval.group,
+            seeds=self.evaluation_seeds,
         )
 
     def promotion(
@@ -324,6 +354,7 @@ class PipelineSettings:
             promotion=self.config.promotion,
             env=self.config.env.name,
             eval_split=self.config.evaluation.split,
+            seeds=self.evaluation_seeds,
             registry_root=registry_root,
             generation=generation,
         )

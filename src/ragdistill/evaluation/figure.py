@@ -1,5 +1,8 @@
 """The accuracy–tokens figure: one point per method × agent, success % against tokens per episode.
 
+Under several sampling seeds a point is the mean over the seeds (success and tokens), its label adds the
+sd, and its bar spans the lowest to the highest bound of the seeds' 95% Wilson intervals.
+
 Labels are placed by a small search: each label tries offsets on rings around its point, nearest first,
 and a cost counts what it would hide or cross (other labels and points most, error bars and other
 leader lines less, the axes edge, and distance). A greedy pass places every label, then refinement passes
@@ -13,6 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.backend_bases import RendererBase
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -22,6 +26,7 @@ from matplotlib.text import Annotation
 from matplotlib.ticker import FuncFormatter
 from matplotlib.transforms import Bbox
 
+from ragdistill.evaluation.frame import plain, seed_summary
 from ragdistill.evaluation.metrics import MethodMetrics
 from ragdistill.evaluation.paper_results import (
     AGENTS,
@@ -30,7 +35,6 @@ from ragdistill.evaluation.paper_results import (
     in_paper_order,
     method_label,
 )
-from ragdistill.evaluation.report import MethodResult
 
 METHOD_COLOURS: dict[str, str] = {"base": "#4d4d4d", "rag": "#1f77b4", "sft": "#ff7f0e", "distill": "#2ca02c"}
 AGENT_MARKERS: dict[str, str] = {"react": "o", "act": "s", "stateact": "^"}
@@ -56,10 +60,15 @@ class FigurePoint:
     success_percent: float
     ci_low: float
     ci_high: float
+    seeds: int = 1
+    success_sd: float | None = None
 
     @property
     def label(self) -> str:
-        return f"{method_label(self.method)} · {agent_label(self.agent)} ({self.success_percent:.1f}%)"
+        spread = f" ± {self.success_sd:.1f}" if self.seeds > 1 and self.success_sd is not None else ""
+        return (
+            f"{method_label(self.method)} · {agent_label(self.agent)} ({self.success_percent:.1f}%{spread})"
+        )
 
     @classmethod
     def from_metrics(cls, method: str, agent: str, metrics: MethodMetrics) -> FigurePoint | None:
@@ -386,7 +395,12 @@ def accuracy_tokens_figure(points: Sequence[FigurePoint], path: str | Path, titl
     axes.set_ylim(*_success_limits(points))
     axes.xaxis.set_major_formatter(FuncFormatter(_format_tokens))
     axes.set_xlabel("Tokens per episode (policy + retrieval, mean)")
-    axes.set_ylabel("Success rate (%), 95% Wilson CI")
+    several = any(point.seeds > 1 for point in points)
+    axes.set_ylabel(
+        "Success rate (%), mean over seeds; bars: 95% Wilson CIs of the seeds"
+        if several
+        else "Success rate (%), 95% Wilson CI"
+    )
     axes.set_title(title)
     axes.grid(True, alpha=0.3)
 
@@ -425,15 +439,21 @@ def accuracy_tokens_figure(points: Sequence[FigurePoint], path: str | Path, titl
     )
 
 
-def figure_points(results: Sequence[MethodResult]) -> list[FigurePoint]:
-    """One point per evaluated method × agent with episodes, in paper order."""
+def figure_points(frame: pd.DataFrame) -> list[FigurePoint]:
+    """One point per evaluated method × agent with episodes (of the metrics frame, ``evaluation.frame``),
+    in paper order: over several seeds, the means, the sd and the widest span of their intervals."""
     points = []
-    for result in results:
-        if result.metrics is None:
+    for _, row in seed_summary(frame).iterrows():
+        values = [
+            plain(row[name])
+            for name in ("total_tokens_per_episode_mean", "success_percent_mean", "ci_low_min", "ci_high_max")
+        ]
+        if int(row["runs"]) == 0 or any(value is None for value in values):
             continue
-        point = FigurePoint.from_metrics(result.method, result.agent, result.metrics)
-        if point is not None:
-            points.append(point)
+        tokens, success, low, high = values
+        seeds = int(row["runs"])
+        sd = plain(row["success_percent_sd"]) if seeds > 1 else None
+        points.append(FigurePoint(row["method"], row["agent"], tokens, success, low, high, seeds, sd))
     method_rank = {m: i for i, m in enumerate(in_paper_order([p.method for p in points], METHODS))}
     agent_rank = {a: i for i, a in enumerate(in_paper_order([p.agent for p in points], AGENTS))}
     return sorted(points, key=lambda p: (agent_rank[p.agent], method_rank[p.method]))

@@ -80,8 +80,9 @@ def run_students(
     generation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stages D and E after the teacher, in order: the expert teacher (when ``distill.teacher`` asks for
-    it), both training sets and students, every evaluation method and the promotion gate. The pipeline
-    and a retrain generation share this order."""
+    it), both training sets and students, every evaluation method under each evaluation seed (counts
+    ``eval_<method>``, ``eval_<method>_seed<S>``) and the promotion gate. The pipeline and a retrain
+    generation share this order."""
     counts: dict[str, Any] = {}
     if stages.config.distill.teacher in ("expert", "both"):
         counts["expert"] = run(expert_task, stages.expert)
@@ -89,6 +90,7 @@ def run_students(
         counts[f"dataset_{name}"] = run(dataset_task, stages.dataset(name))
         counts[f"train_{name}"] = run(train_task, stages.training(name))
     for method in stages.config.evaluation.methods:
-        counts[f"eval_{method}"] = run(evaluate_task, stages.evaluation(method))
+        for evaluation in stages.evaluations(method):
+            counts[evaluation.stage.replace("-", "_")] = run(evaluate_task, evaluation)
     counts["promotion"] = run(promote_task, stages.promotion(registry_root, generation))
     return counts

@@ -149,12 +149,14 @@ def evaluate_flow(
     overrides: ExperimentOverrides | None = None,
     methods: list[Method] | None = None,
 ) -> dict[str, Any]:
-    """Stage E: each method on the pinned evaluation tasks, into rollouts/eval-<method>."""
+    """Stage E: each method on the pinned evaluation tasks under each evaluation seed, into
+    rollouts/eval-<method> (the agent's own seed) and rollouts/eval-<method>-seed<S> (the others)."""
     stages = _stages(config_name, run_root, overrides)
     try:
         return {
-            method: _run(evaluate_task, stages.ctx, stages.evaluation(method))["counts"]
+            evaluation.label: _run(evaluate_task, stages.ctx, evaluation)["counts"]
             for method in methods or stages.config.evaluation.methods
+            for evaluation in stages.evaluations(method)
         }
     finally:
         close_shared_backends()

@@ -1,6 +1,9 @@
 """Stage E (evaluate): every method on the same pinned tasks of the evaluation split.
 
-Each method is a rollout stage of its own, ``rollouts/eval-<method>``, resumable like any rollout:
+Each method under each evaluation seed (``evaluation.seeds``) is a rollout stage of its own, resumable
+like any rollout: ``rollouts/eval-<method>`` under the agent's own sampling seed (a run with one seed has
+only this one), ``rollouts/eval-<method>-seed<S>`` under another seed ``S``. The seed is the agent role's
+sampling seed in the settings, so each seed is cached on its own:
 
 - ``base``: the base agent; ``rag``: the RAG teacher (retrieval once per episode);
 - ``sft`` / ``distill``: a student, the base model with its trained adapter and no retrieval (the
@@ -88,7 +91,8 @@ def run_evaluation(
     backend: Backend | None = None,
     progress: ProgressCallback | None = None,
 ) -> Manifest | SkippedMethod:
-    """Evaluate one method into ``rollouts/eval-<method>`` (or say why it cannot be)."""
+    """Evaluate one method under one seed into its folder (``settings.stage_dir()``), or say why it cannot
+    be."""
     store = ArtifactStore(ctx.run_root)
     if settings.method in STUDENTS:
         reason = student_skip_reason(store, settings.method)

@@ -5,6 +5,8 @@ A student is registered with its lineage (base model, dataset digest and the dat
 hint bank digest, the base rollout its hints were mined from and how many failures were mined), its
 training settings and its evaluation's headline. The gate compares the candidate (``promotion.student``)
 with the registry's current adapter, or with the base agent's evaluation when nothing is current.
+Under several evaluation seeds (``evaluation.seeds``) a headline is the mean over the seeds, and a
+student is evaluated only when every seed's evaluation finished (``eval_summary``).
 A student that was not trained (an empty training set) or not evaluated is recorded as not registered,
 with the reason; without a candidate nothing is decided.
 
@@ -33,6 +35,8 @@ from ragdistill.adapter_registry import AdapterRegistry, EvalSummary, RegistryEn
 from ragdistill.adapter_registry.entries import Actor
 from ragdistill.config.stages import Inputs, PromotionSettings, RunContext
 from ragdistill.episodes import EpisodeRecord
+from ragdistill.evaluation.metrics import MethodMetrics
+from ragdistill.identity import digest
 from ragdistill.layout import (
     ADAPTERS_DIR,
     HINTS_DIR,
@@ -40,10 +44,16 @@ from ragdistill.layout import (
     STUDENTS,
     TASKS_FILE,
     dataset_dir,
-    eval_stage,
     rollout_prefix,
 )
-from ragdistill.stages.lifecycle import IDENTITY_NAME, StageIdentity, StageRun, stage_identity, stage_inputs
+from ragdistill.stages.lifecycle import (
+    IDENTITY_NAME,
+    StageIdentity,
+    StageRun,
+    rerun_remedy,
+    stage_identity,
+    stage_inputs,
+)
 from ragdistill.store import (
     ArtifactError,
     ArtifactStore,
@@ -167,11 +177,14 @@ def _register(
     if training.extra.get("skipped"):
         return training.extra["skipped"]
     evaluation = eval_summary(settings, store, name)
-    if evaluation is None:
-        return f"the {name} student has not been evaluated (add it to evaluation.methods)"
-    evaluated = read_manifest(store, rollout_prefix(eval_stage(name))).inputs.get(folder)
-    if evaluated != training.digest:
-        return f"the {name} student's evaluation is of an earlier training: evaluate it again"
+    if isinstance(evaluation, str):
+        return evaluation
+    for evaluated_folder in settings.seeds.folders(name):
+        if read_manifest(store, evaluated_folder).inputs.get(folder) != training.digest:
+            return (
+                f"the {name} student's evaluation is of an earlier training ({evaluated_folder}): "
+                "evaluate it again"
+            )
     prefix = f"{ADAPTER_SUBDIR}/"
     files = {path[len(prefix) :]: info for path, info in training.files.items() if path.startswith(prefix)}
     recorded = _recorded_identity(store, folder)
@@ -198,29 +211,48 @@ def _register(
     )
 
 
-def eval_summary(settings: PromotionSettings, store: ArtifactStore, method: str) -> EvalSummary | None:
-    """The headline of ``rollouts/eval-<method>`` (None when it has not finished)."""
+def eval_summary(settings: PromotionSettings, store: ArtifactStore, method: str) -> EvalSummary | str:
+    """The headline of ``method``'s evaluation, averaged over the evaluation seeds
+    (``rollouts/eval-<method>`` and ``rollouts/eval-<method>-seed<S>``), or why there is none: a seed
+    whose evaluation has not finished, or seeds that played different task lists. The evaluation's
+    digest is its folder's (one seed) or a digest of every seed's (several), so the same evaluations
+    registered again find the same version."""
     from ragdistill.environments.registry import get_profile
     from ragdistill.evaluation.metrics import compute_metrics
 
-    folder = rollout_prefix(eval_stage(method))
-    try:
-        manifest = verify_manifest(store, folder)
-    except ArtifactError:
-        return None
     profile = get_profile(settings.env)
-    records = [EpisodeRecord.from_dict(item) for item in read_records(store, folder, manifest)]
-    metrics = compute_metrics(
-        records, invalid_observation=profile.invalid_observation, split_task_types=False
-    )
-    tasks = store.read_json(f"{folder}/{TASKS_FILE}")
-    return EvalSummary.from_metrics(
-        metrics,
+    per_seed: dict[int, MethodMetrics] = {}
+    digests: dict[str, str] = {}
+    task_lists: dict[str, str] = {}
+    split = settings.eval_split
+    for seed, stage in settings.seeds.stages(method).items():
+        folder = rollout_prefix(stage)
+        try:
+            manifest = verify_manifest(store, folder)
+        except ArtifactError:
+            return (
+                f"the {method} evaluation under seed {seed} has not finished ({store.uri(folder)}): add "
+                f"{method} to evaluation.methods, or {rerun_remedy(folder)}"
+            )
+        records = [EpisodeRecord.from_dict(item) for item in read_records(store, folder, manifest)]
+        per_seed[seed] = compute_metrics(
+            records, invalid_observation=profile.invalid_observation, split_task_types=False
+        )
+        digests[str(seed)] = manifest.digest
+        task_lists[folder] = manifest.files[TASKS_FILE]["sha256"]
+        split = store.read_json(f"{folder}/{TASKS_FILE}").get("split", split)
+    if len(set(task_lists.values())) > 1:
+        return (
+            f"the {method} evaluations of the seeds played different task lists ({', '.join(task_lists)}): "
+            "evaluate every seed again on the same environment data"
+        )
+    return EvalSummary.over_seeds(
+        per_seed,
         method=method,
         headline=profile.headline,
-        split=tasks.get("split", settings.eval_split),
-        task_list_sha256=manifest.files[TASKS_FILE]["sha256"],
-        eval_digest=manifest.digest,
+        split=split,
+        task_list_sha256=next(iter(task_lists.values())),
+        eval_digest=next(iter(digests.values())) if len(digests) == 1 else f"seeds:{digest(digests)}",
     )
 
 
@@ -284,9 +316,10 @@ def _decide(
         return {"promoted": False, "version": None, "reason": f"no candidate: {skipped}"}
     if not gate.enabled:
         return {"promoted": False, "version": candidate.version, "reason": "promotion.enabled is false"}
+    base = eval_summary(settings, store, "base")
     decision = registry.gate(
         candidate.version,
-        base=eval_summary(settings, store, "base"),
+        base=base if isinstance(base, EvalSummary) else None,
         margin=gate.margin,
         min_episodes=gate.min_episodes,
         by=by,

@@ -1,20 +1,25 @@
-"""Stage E (report): ``reports/report.md``, ``reports/accuracy_tokens.png`` and ``reports/metrics.json``.
+"""Stage E (report): ``reports/report.md``, ``reports/accuracy_tokens.png``, ``reports/metrics.json`` and
+``reports/metrics.parquet``.
 
-It reads only finished stages: the evaluation rollouts (exactly the shards their manifests list), the
-dataset cards and the training results, plus ``run.json`` (the run's settings, written by the pipeline
-and the CLI). Identity (:class:`~ragdistill.config.stages.ReportSettings`, whole: the run's config, name
-and methods), plus the content digests of the finished folders it reads, and the code.
-``ragdistill report RUN_ROOT [RUN_ROOT …]`` renders one report over several run roots (one agent format
-each), which gives the paper's method × agent table.
+It reads only finished stages: the evaluation rollouts of every method under every evaluation seed
+(exactly the shards their manifests list), the dataset cards and the training results, plus
+``run.json`` (the run's settings, written by the pipeline and the CLI). Identity
+(:class:`~ragdistill.config.stages.ReportSettings`, whole: the run's config, name, methods and seeds),
+plus the content digests of the finished folders it reads, and the code.
+
+Each run root gives one metrics frame (:func:`run_metrics_frame`, ``evaluation.frame``); ``ragdistill
+report RUN_ROOT [RUN_ROOT …]`` concatenates several (one agent format each), which gives the paper's
+method × agent table. The tables, ``metrics.json`` and ``metrics.parquet`` (the frame itself, for a
+notebook: ``ragdistill.evaluation.read_metrics``) are all built from that frame.
 """
 
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ragdistill.config.stages import Inputs, ReportSettings, RunContext
+from ragdistill.config.stages import EvaluationSeeds, Inputs, ReportSettings, RunContext
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.layout import ADAPTERS_DIR, PROMOTION_DIR, REPORTS_DIR, RUN_FILE, rollout_prefix
 from ragdistill.stages.lifecycle import StageError, StageIdentity, StageRun, stage_identity, stage_inputs
@@ -27,10 +32,14 @@ from ragdistill.store import (
     verify_manifest,
 )
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 REPORT_FILE = "report.md"
 FIGURE_FILE = "accuracy_tokens.png"
 METRICS_FILE = "metrics.json"
-OUTPUTS = (REPORT_FILE, FIGURE_FILE, METRICS_FILE)
+METRICS_TABLE_FILE = "metrics.parquet"
+OUTPUTS = (REPORT_FILE, FIGURE_FILE, METRICS_FILE, METRICS_TABLE_FILE)
 
 
 def write_run_file(store: ArtifactStore, config_name: str, config: dict[str, Any]) -> None:
@@ -57,77 +66,50 @@ def run_report(ctx: RunContext, settings: ReportSettings, inputs: Inputs) -> Man
             return run.current
         run.clear()
         summary = render_run_reports([store], store.child(REPORTS_DIR))
-        return run.finish(counts={"methods": summary["methods"], "figure": int(summary["figure"])})
+        return run.finish(
+            counts={
+                "methods": summary["methods"],
+                "evaluations": summary["evaluations"],
+                "figure": int(summary["figure"]),
+            }
+        )
 
 
 def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[str, Any]:
-    """Render the report over one or more run roots into ``out`` (report, figure, metrics)."""
+    """Render the report over one or more run roots into ``out`` (report, figure, metrics): each root's
+    metrics frame, concatenated."""
     from ragdistill.environments.registry import get_profile
     from ragdistill.evaluation import (
-        MethodResult,
         ReportInputs,
         TrainingSummary,
         accuracy_tokens_figure,
-        compute_metrics,
+        combined,
         figure_points,
+        metrics_document,
+        parquet_bytes,
         render_report,
     )
+    from ragdistill.evaluation.frame import whole_evaluations
 
-    results: list[MethodResult] = []
     datasets: dict[str, dict[str, Any]] = {}
     training: list[TrainingSummary] = []
     notes: list[str] = []
     runs = [_run_info(store) for store in stores]
     first = runs[0]["config"]
-    invalid = get_profile(first["env"]["name"]).invalid_observation
-    task_counts: set[int] = set()
+    frames = []
     for store, run in zip(stores, runs, strict=True):
         config = run["config"]
-        agent = config["agent"]["format"]
-        suffix = f" ({agent})" if len(stores) > 1 else ""
-        for method in config["evaluation"]["methods"]:
-            folder = rollout_prefix(f"eval-{method}")
-            try:
-                manifest = verify_manifest(store, folder)
-            except ArtifactError:
-                results.append(MethodResult(method, agent, not_run_reason=_not_run_reason(store, method)))
-                continue
-            records = [EpisodeRecord.from_dict(item) for item in read_records(store, folder, manifest)]
-            task_counts.add(len(records))
-            results.append(MethodResult(method, agent, compute_metrics(records, invalid_observation=invalid)))
+        suffix = f" ({config['agent']['format']})" if len(stores) > 1 else ""
+        frames.append(run_metrics_frame(store, run))
         for name in ("sft", "distill"):
             card = _card(store, name)
             if card is not None:
                 datasets[f"{name}{suffix}"] = card
             training.append(_training_summary(store, f"{name}{suffix}", name))
-        teacher = config["distill"]["teacher"]
-        if teacher != "rag":
-            notes.append(
-                f"Distillation teacher{suffix}: {teacher} — the environment's demonstrations of training tasks, "
-                "rendered in the agent's format with the hints the RAG teacher retrieves (distill.teacher); the "
-                "paper distils the RAG teacher's own successes."
-            )
-        group = config["retrieval"].get("group", "task")
-        if group != "task":
-            notes.append(
-                f"Hint groups{suffix}: the teacher's category was predicted from each instruction by the {group} "
-                "classifier (retrieval.group); its model tokens, if any, count as retrieval tokens."
-            )
-        if config["distill"]["min_score"] is not None:
-            notes.append(
-                f"Training episodes{suffix} include unsuccessful ones scoring ≥ {config['distill']['min_score']}."
-            )
-        examples = (
-            "their few-shot examples" if config["evaluation"]["student_fewshot"] else "no few-shot examples"
-        )
-        promotion = _promotion_note(store)
-        if promotion:
-            notes.append(f"Promotion{suffix}: {promotion}")
-        notes.append(
-            f"Students{suffix} ran with {config['evaluation']['student_weights']} weights, no retrieval and {examples}."
-        )
+        notes += _run_notes(store, config, suffix)
+    frame = combined(frames)
     figure_path: str | None = None
-    points = figure_points(results)
+    points = figure_points(frame)
     if points:
         with tempfile.TemporaryDirectory() as scratch:
             local = Path(scratch) / FIGURE_FILE
@@ -136,14 +118,16 @@ def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[
             )
             out.write_bytes(FIGURE_FILE, local.read_bytes())
         figure_path = FIGURE_FILE
+    whole = whole_evaluations(frame)
+    evaluated = whole[whole["not_run_reason"].isna()]
     inputs = ReportInputs(
         run_name=", ".join(run["config"]["run"]["name"] for run in runs),
         config_name=runs[0]["config_name"] if len(runs) == 1 else "",
         env=first["env"]["name"],
         headline=get_profile(first["env"]["name"]).headline,
         eval_split=first["evaluation"]["split"],
-        eval_task_count=max(task_counts, default=0),
-        results=results,
+        eval_task_count=int(evaluated["episodes"].max()) if len(evaluated) else 0,
+        metrics=frame,
         model=first["models"]["agent"]["model"]["name"],
         datasets=datasets,
         training=training,
@@ -151,11 +135,94 @@ def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[
         figure_path=figure_path,
     )
     out.write_text(REPORT_FILE, render_report(inputs))
-    out.write_json(METRICS_FILE, {"results": [result.to_dict() for result in results]})
+    out.write_json(METRICS_FILE, metrics_document(frame))
+    out.write_bytes(METRICS_TABLE_FILE, parquet_bytes(frame))
     return {
-        "methods": sum(result.metrics is not None for result in results),
+        "methods": len(evaluated[["run_name", "agent", "method"]].drop_duplicates()),
+        "evaluations": len(evaluated),
         "figure": figure_path is not None,
     }
+
+
+def run_metrics_frame(store: ArtifactStore, run: dict[str, Any] | None = None) -> pd.DataFrame:
+    """The metrics frame of one run root (``evaluation.frame``): every method of ``evaluation.methods``
+    under every evaluation seed, from its finished rollout folder, or with the reason it has none.
+    ``run``: the run root's ``run.json`` (read when not given)."""
+    from ragdistill.environments.registry import get_profile
+    from ragdistill.evaluation import MethodResult, RunColumns, compute_metrics, metrics_frame
+
+    run = run if run is not None else _run_info(store)
+    config = run["config"]
+    agent = config["agent"]["format"]
+    invalid = get_profile(config["env"]["name"]).invalid_observation
+    seeds = EvaluationSeeds.of_run_config(config)
+    results: list[MethodResult] = []
+    for method in config["evaluation"]["methods"]:
+        for seed, stage in seeds.stages(method).items():
+            folder = rollout_prefix(stage)
+            try:
+                manifest = verify_manifest(store, folder)
+            except ArtifactError:
+                reason = _not_run_reason(store, method, folder)
+                results.append(MethodResult(method, agent, not_run_reason=reason, seed=seed))
+                continue
+            records = [EpisodeRecord.from_dict(item) for item in read_records(store, folder, manifest)]
+            metrics = compute_metrics(records, invalid_observation=invalid)
+            results.append(MethodResult(method, agent, metrics, seed=seed))
+    columns = RunColumns(
+        run_name=config["run"]["name"],
+        config_name=run.get("config_name", ""),
+        env=config["env"]["name"],
+        eval_split=config["evaluation"]["split"],
+    )
+    return metrics_frame(results, columns)
+
+
+def _run_notes(store: ArtifactStore, config: dict[str, Any], suffix: str) -> list[str]:
+    """What the report's notes say about one run root's settings."""
+    notes = []
+    teacher = config["distill"]["teacher"]
+    if teacher != "rag":
+        notes.append(
+            f"Distillation teacher{suffix}: {teacher} — the environment's demonstrations of training tasks, "
+            "rendered in the agent's format with the hints the RAG teacher retrieves (distill.teacher); the "
+            "paper distils the RAG teacher's own successes."
+        )
+    group = config["retrieval"].get("group", "task")
+    if group != "task":
+        notes.append(
+            f"Hint groups{suffix}: the teacher's category was predicted from each instruction by the {group} "
+            "classifier (retrieval.group); its model tokens, if any, count as retrieval tokens."
+        )
+    if config["distill"]["min_score"] is not None:
+        notes.append(
+            f"Training episodes{suffix} include unsuccessful ones scoring ≥ {config['distill']['min_score']}."
+        )
+    seeds = EvaluationSeeds.of_run_config(config)
+    if len(seeds.seeds) > 1:
+        greedy = config["models"]["agent"]["sampling"]["temperature"] == 0
+        notes.append(
+            f"Seeds{suffix}: every method was evaluated with the agent sampling under seeds "
+            f"{', '.join(map(str, seeds.seeds))} (evaluation.seeds); cells show the mean ± sd across them and "
+            "the promotion gate compares mean headlines."
+            + (
+                " Decoding is greedy (temperature 0), so the seed changes no sampled token: the runs are "
+                "reruns, and their spread is the engine's run-to-run nondeterminism only (none on a "
+                "deterministic engine)."
+                if greedy
+                else ""
+            )
+        )
+    examples = (
+        "their few-shot examples" if config["evaluation"]["student_fewshot"] else "no few-shot examples"
+    )
+    promotion = _promotion_note(store)
+    if promotion:
+        notes.append(f"Promotion{suffix}: {promotion}")
+    notes.append(
+        f"Students{suffix} ran with {config['evaluation']['student_weights']} weights, no retrieval and {examples}."
+    )
+    return notes
 
 
 def _run_info(store: ArtifactStore) -> dict[str, Any]:
@@ -166,8 +233,8 @@ def _run_info(store: ArtifactStore) -> dict[str, Any]:
     return store.read_json(RUN_FILE)
 
 
-def _not_run_reason(store: ArtifactStore, method: str) -> str:
-    skipped = store.uri(f"rollouts/eval-{method}")
+def _not_run_reason(store: ArtifactStore, method: str, folder: str) -> str:
+    skipped = store.uri(folder)
     if method in ("sft", "distill"):
         try:
             reason = read_manifest(store, f"{ADAPTERS_DIR}/{method}").extra.get("skipped")

@@ -108,7 +108,7 @@ def training_progress_reporter(name: str) -> ProgressListener:
 
 @task(
     name="evaluate",
-    task_run_name="evaluate-{settings.method}-" + TASK_RUN_SUFFIX,
+    task_run_name="evaluate-{settings.label}-" + TASK_RUN_SUFFIX,
     cache_policy=STAGE_CACHE,
     result_serializer="json",
 )
@@ -119,7 +119,9 @@ def evaluate_task(ctx: RunContext, settings: EvaluationSettings, inputs: Inputs)
     if isinstance(outcome, SkippedMethod):
         return {"method": method, "skipped": outcome.reason, "counts": {}, "digest": None}
     return publish_manifest(
-        outcome, key=f"eval-{method}", description=f"{ctx.run_name}: {method} on the eval split"
+        outcome,
+        key=settings.stage,
+        description=f"{ctx.run_name}: {method} on the eval split (seed {settings.role.sampling.seed})",
     )
 
 
@@ -165,7 +167,8 @@ def report_with_inline_figure(store: ArtifactStore) -> str:
 
 
 def metrics_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
-    """The report's metrics as UI table rows: one per method × agent, skipped ones with their reason."""
+    """The report's metrics as UI table rows: one per method × agent × evaluation seed, skipped ones with
+    their reason."""
     rows = []
     for result in metrics["results"]:
         values = result.get("metrics") or {}
@@ -173,6 +176,7 @@ def metrics_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
             {
                 "method": result["method"],
                 "agent": result["agent"],
+                "seed": result.get("seed"),
                 "episodes": values.get("episodes", 0),
                 "success %": values.get("success_percent"),
                 "score": values.get("score_percent"),
