@@ -13,8 +13,10 @@ from collections.abc import Callable
 
 import numpy as np
 
+from ragdistill.config import ModelSpec, SamplingConfig
+from ragdistill.config.stage_models import RoleSettings
 from ragdistill.episodes import EpisodeRecord, Step
-from ragdistill.inference.base import ChatMessage, Generation, GenerationRequest
+from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
 from ragdistill.messages import Segment
 
 
@@ -79,6 +81,34 @@ class HashingEmbedderDouble:
             norm = np.linalg.norm(rows[i])
             rows[i] = rows[i] / norm if norm > 0 else self._word("\x00")
         return rows
+
+
+RERANKER_ROLE = RoleSettings(
+    name="reranker", model=ModelSpec(), sampling=SamplingConfig(max_tokens=64), backend="vllm"
+)
+"""A re-ranker role's settings (its engine is whatever backend an :class:`EnginesDouble` is given)."""
+
+
+class EnginesDouble:
+    """A ``RetrievalEngines``: hashing embedders named as asked, and ``backend`` (a re-ranker double) for
+    every role; records which models were asked for."""
+
+    def __init__(self, backend: Backend | None = None) -> None:
+        self._backend = backend
+        self.embedders: list[str] = []
+        self.roles: list[str] = []
+
+    def embedder(self, model_name: str) -> HashingEmbedderDouble:
+        self.embedders.append(model_name)
+        double = HashingEmbedderDouble()
+        double.model_name = model_name
+        return double
+
+    def backend(self, role: RoleSettings) -> Backend:
+        self.roles.append(role.name)
+        if self._backend is None:
+            raise AssertionError(f"the test gave no backend for the {role.name} role")
+        return self._backend
 
 
 def make_record(

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from ragdistill.orchestration import server
+from ragdistill.orchestration import server, server_process
 from ragdistill.orchestration.api_access import (
     API_URL_ENV,
     AUTH_STRING_ENV,
@@ -87,20 +87,20 @@ def test_the_projects_server_listens_on_loopback_and_makes_its_files_owner_only(
             return None
 
     monkeypatch.setenv("PREFECT_SERVER_API_HOST", "0.0.0.0")
-    monkeypatch.setattr(server.subprocess, "Popen", RecordedServer)
-    monkeypatch.setattr(server, "_wait_until_answering", lambda *args: None)
+    monkeypatch.setattr(server_process.subprocess, "Popen", RecordedServer)
+    monkeypatch.setattr(server_process, "_wait_until_answering", lambda *args: None)
     previous = os.umask(0o022)
     try:
-        state = server._launch(tmp_path, port=4999, timeout_s=1.0, keep=False)
+        state = server_process.launch_server(tmp_path, port=4999, timeout_s=1.0, keep=False)
     finally:
         os.umask(previous)
-        server._started_here.pop(RecordedServer.pid, None)
+        server_process._started_here.pop(RecordedServer.pid, None)
     command = started["command"]
     assert command[command.index("--host") + 1] == "127.0.0.1"
-    assert started["env"][server.SERVER_HOST_ENV] == "127.0.0.1"
+    assert started["env"][server_process.SERVER_HOST_ENV] == "127.0.0.1"
     assert state.api_url == "http://127.0.0.1:4999/api"
     assert started["umask"] == 0o077
-    assert mode(tmp_path / server.LOG_FILE) == 0o600
+    assert mode(tmp_path / server_process.LOG_FILE) == 0o600
 
 
 def test_a_process_under_the_servers_umask_creates_owner_only_files(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ def test_a_process_under_the_servers_umask_creates_owner_only_files(tmp_path: Pa
     subprocess.run(
         [sys.executable, "-c", f"open({str(tmp_path / 'prefect.db')!r}, 'w').close()"],
         check=True,
-        umask=server.OWNER_ONLY_UMASK,
+        umask=server_process.OWNER_ONLY_UMASK,
     )
     assert mode(tmp_path / "prefect.db") == 0o600
 

@@ -10,6 +10,7 @@ import pytest
 
 from conftest import installed, require
 from ragdistill.config import RetrievalConfig, SamplingConfig
+from ragdistill.config.stages import retrieval_settings
 from ragdistill.retrieval.bank import HintBank
 from ragdistill.retrieval.hints import Hint
 from ragdistill.retrieval.index import HintIndex, HintIndexError
@@ -22,7 +23,7 @@ from ragdistill.retrieval.retrievers import (
     parse_indices,
     query_text,
 )
-from retrieval_doubles import HashingEmbedderDouble, ScriptedExtractorDouble
+from retrieval_doubles import RERANKER_ROLE, EnginesDouble, HashingEmbedderDouble, ScriptedExtractorDouble
 
 HEAT = [
     "Heat {object} in the microwave before placing it.",
@@ -33,6 +34,7 @@ HEAT = [
 ]
 COOL = ["Cool {object} in the fridge.", "Close the fridge after cooling {object}."]
 PUT = ["Find {object} on {location} first."]
+RETRIEVERS = ("faiss", "bm25", "llm-rerank")
 
 
 def make_bank() -> HintBank:
@@ -110,12 +112,10 @@ def test_no_retriever_ever_returns_a_hint_of_another_type(kind: str) -> None:
         texts = {" ".join(["Check", *rng.sample(words, 4)]) for _ in range(rng.randint(0, 12))}
         bank.add_all(Hint.create(text, "alfworld", task_type) for text in texts)
     answer = lambda _: json.dumps({"indices": [rng.randint(0, 14) for _ in range(4)]})  # noqa: E731
-    retriever = make_retriever(
-        RetrievalConfig(retriever=kind),
-        bank,
-        ScriptedExtractorDouble(answer),
-        embedder=HashingEmbedderDouble(),
-    )
+    retrieval = retrieval_settings(RetrievalConfig(retriever=kind))
+    engines = EnginesDouble(ScriptedExtractorDouble(answer))
+    index = HintIndex.build(bank, engines.embedder(retrieval.embedding_model))
+    retriever = make_retriever(retrieval, bank, engines, reranker=RERANKER_ROLE, index=index)
     queries = [
         RetrievalQuery(
             rng.choice(["heat", "cool", "clean", "put", "examine"]), " ".join(rng.sample(words, 3))
@@ -196,15 +196,29 @@ def test_parse_indices_is_tolerant_and_validates_range(answer: str, chosen: list
     assert parse_indices(answer, count=5, k=3) == (chosen, invalid)
 
 
-def test_make_retriever_builds_each_kind_and_names_what_is_missing() -> None:
+def test_make_retriever_builds_each_kind_loading_only_the_model_it_uses() -> None:
     bank = make_bank()
-    embedder = HashingEmbedderDouble()
-    assert isinstance(make_retriever(RetrievalConfig(), bank, embedder=embedder), FaissRetriever)
-    assert isinstance(make_retriever(RetrievalConfig(retriever="bm25"), bank), BM25Retriever)
-    with pytest.raises(ValueError, match="needs a backend"):
-        make_retriever(RetrievalConfig(retriever="llm-rerank"), bank)
-    index = HintIndex.build(bank, embedder)
-    assert make_retriever(RetrievalConfig(), bank, embedder=embedder, index=index).index is index  # type: ignore[attr-defined]
+    faiss, bm25, rerank = (retrieval_settings(RetrievalConfig(retriever=kind)) for kind in RETRIEVERS)
+    engines = EnginesDouble(ScriptedExtractorDouble(["{}"]))
+    index = HintIndex.build(bank, engines.embedder(faiss.embedding_model))
+    engines.embedders.clear()
+
+    retriever = make_retriever(faiss, bank, engines, index=index)
+    assert isinstance(retriever, FaissRetriever) and retriever.index is index
+    assert engines.embedders == [faiss.embedding_model] and engines.roles == []
+    assert isinstance(make_retriever(bm25, bank, engines, reranker=RERANKER_ROLE), BM25Retriever)
+    reranking = make_retriever(rerank, bank, engines, reranker=RERANKER_ROLE, group_label="Product category")
+    assert isinstance(reranking, LLMRerankRetriever)
+    assert reranking.sampling == RERANKER_ROLE.sampling and reranking.group_label == "Product category"
+    assert engines.embedders == [faiss.embedding_model] and engines.roles == ["reranker"]
+
+
+def test_make_retriever_names_what_a_kind_is_missing() -> None:
+    faiss, _, rerank = (retrieval_settings(RetrievalConfig(retriever=kind)) for kind in RETRIEVERS)
+    with pytest.raises(ValueError, match="needs the index built from this hint bank"):
+        make_retriever(faiss, make_bank(), EnginesDouble())
+    with pytest.raises(ValueError, match="needs the re-ranker role"):
+        make_retriever(rerank, make_bank(), EnginesDouble())
 
 
 def test_query_text_follows_the_configured_mode() -> None:
@@ -219,7 +233,10 @@ def test_faiss_with_the_real_embedder_prefers_the_relevant_hint() -> None:
     import torch
 
     torch.set_num_threads(1)
-    retriever = make_retriever(RetrievalConfig(k=1), make_bank())
+    from ragdistill.retrieval.embed import get_embedder
+
+    bank, embedder = make_bank(), get_embedder()
+    retriever = FaissRetriever(bank, HintIndex.build(bank, embedder), embedder)
     (result,) = retriever.retrieve(
         [RetrievalQuery("cool", "Your task is to: cool some apple and put it in the fridge.")], 1
     )

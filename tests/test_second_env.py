@@ -14,24 +14,26 @@ import pytest
 
 from ragdistill.agents.fewshot import FewshotError, build_examples
 from ragdistill.agents.formats import AgentFormat, get_format
-from ragdistill.config import ExperimentConfig, with_overrides
-from ragdistill.config.stages import PipelineSettings
+from ragdistill.config import ExperimentConfig, RetrievalConfig, with_overrides
+from ragdistill.config.stages import PipelineSettings, retrieval_settings
 from ragdistill.environments import registry
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
 from ragdistill.environments.profile import AgentStyle, DemonstratedStep, EnvProfile
 from ragdistill.environments.registry import get_profile
 from ragdistill.environments.webshop.hints import WEBSHOP_HINT_STYLE
 from ragdistill.episodes import EpisodeRecord
+from ragdistill.retrieval.bank import HintBank
 from ragdistill.retrieval.groups import GroupPrediction
+from ragdistill.retrieval.hints import Hint
 from ragdistill.retrieval.mining import extract_hints
 from ragdistill.retrieval.retrievers import RetrievalQuery, RetrievalResult
-from ragdistill.retrieval.teacher import RetrieverHintSource
+from ragdistill.retrieval.teacher import RetrieverHintSource, build_hint_source
 from ragdistill.rollout import EngineSettings, RolloutEngine
 from ragdistill.stages.datasets import selection
 from ragdistill.store import ArtifactStore, RecordLog
 from ragdistill.training.examples import DISTILL_REMOVED, example_segments, select_episodes
 from ragdistill.trajectories import ExpertTrajectory
-from retrieval_doubles import ScriptedExtractorDouble
+from retrieval_doubles import RERANKER_ROLE, EnginesDouble, ScriptedExtractorDouble
 from rollout_doubles import ScriptedBackendDouble
 
 SHOP = "shop-double"
@@ -337,6 +339,29 @@ def test_without_a_classifier_the_teacher_queries_the_task_group() -> None:
         [(TaskInfo(SHOP, "test", "s9", "shoes", INSTRUCTION), "")]
     )
     assert [query.task_type for query in retriever.queries] == ["shoes"]
+
+
+def test_the_hint_source_built_from_settings_retrieves_in_the_group_the_llm_predicts() -> None:
+    bank = HintBank()
+    bank.add_all(
+        Hint.create(text, SHOP, group)
+        for text, group in (("Search for the colour first.", "mugs"), ("Check the shoe size.", "shoes"))
+    )
+    engines = EnginesDouble(ScriptedExtractorDouble(['{"group": "mugs"}']))
+    retrieval = retrieval_settings(RetrievalConfig(retriever="bm25", group="llm", query="instruction"))
+    source = build_hint_source(
+        retrieval,
+        RERANKER_ROLE,
+        bank=bank,
+        index=None,
+        engines=engines,
+        profile=SHOP_PROFILE,
+        training_tasks=lambda limit: pytest.fail("only the embedding classifier reads training tasks"),
+    )
+    (hints,) = source.hints_for([(TaskInfo(SHOP, "test", "s9", "shoes", "a red mug, colour red"), "")])
+    assert hints.texts == ["Search for the colour first."] and hints.tokens > 0
+    assert hints.reason is not None and "group mugs predicted by the llm classifier" in hints.reason
+    assert engines.roles == ["reranker"] and engines.embedders == []
 
 
 def test_prompt_version_follows_the_profile() -> None:

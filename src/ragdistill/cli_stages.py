@@ -7,6 +7,7 @@ upstream folders as the run root holds them now, and ends with one JSON line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -64,12 +65,20 @@ def progress_bar(description: str) -> Any:
     return update
 
 
-def load_stages(path: Path, overrides: dict[str, Any]) -> PipelineSettings:
-    """Every stage's settings and the run context of the config at ``path`` with ``overrides``, once the
-    run root is known to hold this experiment (or to hold none yet)."""
+def load_stages(
+    path: Path,
+    run_root: str | None,
+    force: bool,
+    replace_experiment: bool,
+    overrides: dict[str, Any] | None = None,
+) -> PipelineSettings:
+    """Every stage's settings and the run context of the config at ``path`` with the command line's
+    ``--run-root``, one-run switches and ``overrides``, once the run root is known to hold this
+    experiment (or to hold none yet)."""
     from ragdistill.config.stages import PipelineSettings
 
-    stages = PipelineSettings.from_experiment(load_or_exit(path, overrides), experiment_check=True)
+    given = {**(overrides or {}), "run.run_root": run_root, **switches(force, replace_experiment)}
+    stages = PipelineSettings.from_experiment(load_or_exit(path, given), experiment_check=True)
     check_run_root(stages.ctx)
     return stages
 
@@ -95,6 +104,21 @@ def upstream(ctx: RunContext, settings: StageSettings) -> dict[str, str]:
     return upstream_inputs(ArtifactStore(ctx.run_root), settings)
 
 
+def run_stage(
+    stage: Callable[..., Any], ctx: RunContext, settings: StageSettings, progress: str | None = None
+) -> Any:
+    """``stage(ctx, settings, inputs)`` on the digests of its upstream folders as the run root holds them
+    now; ``progress``: a bar of that name, fed by a rollout-family stage's finished episodes."""
+    inputs = upstream(ctx, settings)
+    if progress is None:
+        return stage(ctx, settings, inputs)
+    bar = progress_bar(progress)
+    try:
+        return stage(ctx, settings, inputs, progress=bar)
+    finally:
+        bar.close()
+
+
 @stages_app.command()
 def rollout(
     config: ConfigOption,
@@ -109,24 +133,20 @@ def rollout(
     problem = name_problem(stage)
     if problem is not None:
         fail(f"--stage {problem}")
-    overrides = {"env.split": split, "env.limit": limit, "run.run_root": run_root}
-    stages = load_stages(config, {**overrides, **switches(force, replace_experiment)})
+    stages = load_stages(
+        config, run_root, force, replace_experiment, {"env.split": split, "env.limit": limit}
+    )
     from ragdistill.stages.rollout import run_rollout
 
     ctx, settings = stages.ctx, stages.rollout(stage)
-    bar = progress_bar(f"rollout {stage}")
-    try:
-        manifest = run_rollout(ctx, settings, upstream(ctx, settings), progress=bar)
-    finally:
-        bar.close()
-    counts = manifest.counts
+    counts = run_stage(run_rollout, ctx, settings, progress=f"rollout {stage}").counts
     typer.echo(
         f"{counts['episodes']} episodes in {ctx.run_root}/{settings.stage_dir()} ({counts['won']} won)"
     )
     print_json_line({"stage": stage, "run_root": ctx.run_root, **counts})
 
 
-def _report_manifest(stage: str, run_root: str, manifest: Any) -> None:
+def report_manifest(stage: str, run_root: str, manifest: Any) -> None:
     counts = ", ".join(f"{name}={value}" for name, value in sorted(manifest.counts.items()))
     typer.echo(f"{stage}: {counts}")
     print_json_line({"stage": stage, "run_root": run_root, **manifest.counts})
@@ -140,11 +160,10 @@ def mine(
     replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage B: extract hints from the base rollout's failures and merge them into the hint bank."""
-    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
+    stages = load_stages(config, run_root, force, replace_experiment)
     from ragdistill.stages.mining import run_mining
 
-    ctx, settings = stages.ctx, stages.mining
-    _report_manifest("mine", ctx.run_root, run_mining(ctx, settings, upstream(ctx, settings)))
+    report_manifest("mine", stages.ctx.run_root, run_stage(run_mining, stages.ctx, stages.mining))
 
 
 @stages_app.command()
@@ -155,11 +174,10 @@ def index(
     replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage C: embed the hint bank and build the FAISS index."""
-    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
+    stages = load_stages(config, run_root, force, replace_experiment)
     from ragdistill.stages.indexing import run_indexing
 
-    ctx, settings = stages.ctx, stages.indexing
-    _report_manifest("index", ctx.run_root, run_indexing(ctx, settings, upstream(ctx, settings)))
+    report_manifest("index", stages.ctx.run_root, run_stage(run_indexing, stages.ctx, stages.indexing))
 
 
 @stages_app.command()
@@ -172,17 +190,13 @@ def teach(
     replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage C: the RAG teacher, retrieving hints once per episode; resumes like rollout."""
-    overrides = {"env.split": split, "env.limit": limit, "run.run_root": run_root}
-    stages = load_stages(config, {**overrides, **switches(force, replace_experiment)})
+    stages = load_stages(
+        config, run_root, force, replace_experiment, {"env.split": split, "env.limit": limit}
+    )
     from ragdistill.stages.teaching import run_teacher
 
-    ctx, settings = stages.ctx, stages.teacher
-    bar = progress_bar("teacher")
-    try:
-        manifest = run_teacher(ctx, settings, upstream(ctx, settings), progress=bar)
-    finally:
-        bar.close()
-    _report_manifest("teach", ctx.run_root, manifest)
+    manifest = run_stage(run_teacher, stages.ctx, stages.teacher, progress="teacher")
+    report_manifest("teach", stages.ctx.run_root, manifest)
 
 
 @stages_app.command()
@@ -193,16 +207,11 @@ def expert(
     replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage D: the expert teacher, demonstrations of training tasks recorded as the agent's episodes."""
-    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
+    stages = load_stages(config, run_root, force, replace_experiment)
     from ragdistill.stages.expert import run_expert_teacher
 
-    ctx, settings = stages.ctx, stages.expert
-    bar = progress_bar("expert")
-    try:
-        manifest = run_expert_teacher(ctx, settings, upstream(ctx, settings), progress=bar)
-    finally:
-        bar.close()
-    _report_manifest("expert", ctx.run_root, manifest)
+    manifest = run_stage(run_expert_teacher, stages.ctx, stages.expert, progress="expert")
+    report_manifest("expert", stages.ctx.run_root, manifest)
 
 
 @stages_app.command("build-datasets")
@@ -213,13 +222,12 @@ def build_datasets(
     replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage D: the sft and distill training sets (parquet + dataset card) under datasets/."""
-    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
+    stages = load_stages(config, run_root, force, replace_experiment)
     from ragdistill.stages.datasets import run_dataset
 
     ctx = stages.ctx
     for name in STUDENTS:
-        settings = stages.dataset(name)
-        _report_manifest(f"dataset {name}", ctx.run_root, run_dataset(ctx, settings, upstream(ctx, settings)))
+        report_manifest(f"dataset {name}", ctx.run_root, run_stage(run_dataset, ctx, stages.dataset(name)))
 
 
 StudentOption = Annotated[
@@ -244,16 +252,15 @@ def train(
     replace_experiment: ReplaceOption = False,
 ) -> None:
     """Stage D: LoRA-train the students through accelerate; a killed training resumes from its checkpoint."""
-    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
+    stages = load_stages(config, run_root, force, replace_experiment)
     from ragdistill.stages.training import run_training
 
     ctx = stages.ctx
     for name in chosen(student, STUDENTS, "--student") or STUDENTS:
-        settings = stages.training(name)
-        manifest = run_training(ctx, settings, upstream(ctx, settings))
+        manifest = run_stage(run_training, ctx, stages.training(name))
         if manifest.extra.get("skipped"):
             typer.echo(f"{name}: not trained: {manifest.extra['skipped']}")
-        _report_manifest(f"train {name}", ctx.run_root, manifest)
+        report_manifest(f"train {name}", ctx.run_root, manifest)
 
 
 @stages_app.command()
@@ -269,7 +276,7 @@ def evaluate(
 ) -> None:
     """Stage E: every method on the pinned evaluation tasks under each evaluation seed, into
     rollouts/eval-<method> (the agent's own seed) and rollouts/eval-<method>-seed<S> (the others)."""
-    stages = load_stages(config, {"run.run_root": run_root, **switches(force, replace_experiment)})
+    stages = load_stages(config, run_root, force, replace_experiment)
     from ragdistill.stages.evaluation import SkippedMethod, run_evaluation
 
     ctx = stages.ctx
@@ -283,15 +290,11 @@ def evaluate(
     for name in chosen(method, METHODS, "--method") or stages.config.evaluation.methods:
         for evaluation_seed in seed or seeds:
             settings = stages.evaluation(name, evaluation_seed)
-            bar = progress_bar(f"eval {settings.label}")
-            try:
-                outcome = run_evaluation(ctx, settings, upstream(ctx, settings), progress=bar)
-            finally:
-                bar.close()
+            outcome = run_stage(run_evaluation, ctx, settings, progress=f"eval {settings.label}")
             if isinstance(outcome, SkippedMethod):
                 typer.echo(f"{settings.label}: not evaluated: {outcome.reason}")
             else:
-                _report_manifest(f"eval {settings.label}", ctx.run_root, outcome)
+                report_manifest(f"eval {settings.label}", ctx.run_root, outcome)
 
 
 @stages_app.command()
@@ -322,7 +325,7 @@ def report(
         stages = PipelineSettings.from_experiment(experiment, experiment_check=True)
         ctx, settings = stages.ctx, stages.report(run.get("config_name"))
         check_run_root(ctx)
-        run_report(ctx, settings, upstream(ctx, settings))
+        run_stage(run_report, ctx, settings)
         target = stores[0].child("reports")
     else:
         target = ArtifactStore(out or f"{stores[0].root_url}/reports-combined")

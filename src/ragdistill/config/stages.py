@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from ragdistill.config.experiment import ExperimentConfig
 from ragdistill.config.models import RoleConfig
-from ragdistill.config.retrieval import HintRules
+from ragdistill.config.retrieval import HintRules, RetrievalConfig
 from ragdistill.config.rollouts import EnvConfig
 from ragdistill.config.stage_models import (
     CollectSettings,
@@ -89,6 +89,7 @@ __all__ = [
     "TrainingSettings",
     "experiment_record",
     "pipeline_stage_settings",
+    "retrieval_settings",
     "role_settings",
     "run_context",
     "settings_table",
@@ -103,6 +104,15 @@ def role_settings(config: ExperimentConfig, name: RoleName) -> RoleSettings:
         sampling=role.sampling,
         backend=role.backend.kind,
         served_model_name=role.backend.served_model_name if role.backend.kind == "openai" else None,
+    )
+
+
+def retrieval_settings(retrieval: RetrievalConfig) -> RetrievalSettings:
+    """What of ``retrieval`` changes the hints an episode gets: not the index's own settings (they reach
+    the teacher as the index's digest), and ``group_examples`` only for the embedding classifier."""
+    return RetrievalSettings(
+        **retrieval.model_dump(exclude={"group_examples", "exact_index_max"}),
+        group_examples=retrieval.group_examples if retrieval.group == "embedding" else None,
     )
 
 
@@ -177,12 +187,9 @@ class PipelineSettings:
 
     def _retrieval(self) -> tuple[RetrievalSettings, RoleSettings | None]:
         retrieval = self.config.retrieval
-        settings = RetrievalSettings(
-            **retrieval.model_dump(exclude={"group_examples", "exact_index_max"}),
-            group_examples=retrieval.group_examples if retrieval.group == "embedding" else None,
-        )
         uses_reranker = retrieval.retriever == "llm-rerank" or retrieval.group == "llm"
-        return settings, role_settings(self.config, "reranker") if uses_reranker else None
+        reranker = role_settings(self.config, "reranker") if uses_reranker else None
+        return retrieval_settings(retrieval), reranker
 
     def rollout(self, stage: str = BASE_STAGE) -> RolloutSettings:
         """Stage A: the base agent on the configured training tasks (``stage``: another folder)."""

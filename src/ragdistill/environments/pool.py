@@ -26,94 +26,31 @@ Failures stay per episode: an exception inside a worker (a broken game file, a c
 comes back as an :class:`EnvError` in that item's place, naming the task. A worker that dies or hangs
 is replaced (a retiring one is just dropped); the episodes it held come back as errors. Workers
 ignore Ctrl-C (the parent decides) and exit when the parent closes the pool or disappears.
+
+This module is the parent's side: slots, batching, recycling and recovery. What runs in a worker
+process, and how one is started and stopped, is ``environments.pool_worker``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import os
-import signal
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from types import TracebackType
 from typing import Any, Literal
 
-from ragdistill.environments.base import Env, EnvError, ResetResult, StepResult, TaskInfo
-from ragdistill.environments.registry import EnvFactory, get_env
-
-Op = tuple[Literal["reset", "step", "expert", "release"], int, Any]
-Reply = tuple[bool, Any]
-
-
-def _task_label(task: TaskInfo | None, slot: int) -> str:
-    return f"{task.env} {task.split}/{task.task_id}" if task is not None else f"slot {slot}"
-
-
-def _run_op(
-    op: Op, envs: dict[int, Env], tasks: dict[int, TaskInfo], factory: EnvFactory, kwargs: dict[str, Any]
-) -> Reply:
-    kind, slot, payload = op
-    try:
-        if kind == "release":
-            tasks.pop(slot, None)
-            env = envs.pop(slot, None)
-            if env is not None:
-                env.close()
-            return True, None
-        if kind == "reset":
-            tasks[slot] = payload
-            if slot not in envs:
-                envs[slot] = factory(**kwargs)
-            return True, envs[slot].reset(payload)
-        if slot not in envs:
-            return False, f"slot {slot} holds no episode in this worker"
-        if kind == "step":
-            return True, envs[slot].step(payload)
-        return True, envs[slot].expert_actions()
-    except EnvError as error:
-        return False, str(error)
-    except Exception as error:
-        return False, f"{_task_label(tasks.get(slot), slot)}: {kind} failed: {type(error).__name__}: {error}"
-
-
-def _worker_main(conn: Connection, factory: EnvFactory, kwargs: dict[str, Any]) -> None:
-    """A worker's loop: receive a list of ops, reply with a list of results; ``None`` or EOF ends it."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    envs: dict[int, Env] = {}
-    tasks: dict[int, TaskInfo] = {}
-    conn.send(("ready", os.getpid()))
-    try:
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                break
-            if message is None:
-                break
-            conn.send([_run_op(op, envs, tasks, factory, kwargs) for op in message])
-    finally:
-        for env in envs.values():
-            with contextlib.suppress(Exception):
-                env.close()
-        conn.close()
-
-
-@dataclass(eq=False)
-class _Worker:
-    """One worker process; compared and hashed by identity (the pool keys its messages by worker)."""
-
-    index: int
-    process: BaseProcess
-    conn: Connection
-    slots: set[int] = field(default_factory=set)
-    releases: list[int] = field(default_factory=list)
-    games: int = 0
-    started: bool = True
-    broken: bool = False
+from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
+from ragdistill.environments.pool_worker import (
+    Op,
+    Reply,
+    WorkerProcess,
+    await_ready,
+    start_worker,
+    stop_process,
+    stop_worker,
+    task_label,
+)
+from ragdistill.environments.registry import get_env
 
 
 class EnvPool:
@@ -144,15 +81,15 @@ class EnvPool:
         self.env_name = env_name
         self._factory = get_env(env_name).factory
         self._kwargs = {**(env_kwargs or {}), **kwargs}
-        self._ctx = multiprocessing.get_context(start_method)
+        self._start_method = start_method
         self._op_timeout_s = op_timeout_s
         self._start_timeout_s = start_timeout_s
         self._recycle_after = recycle_after
-        self._workers: list[_Worker] = []
-        self._retiring: list[_Worker] = []
-        self._exiting: list[_Worker] = []
+        self._workers: list[WorkerProcess] = []
+        self._retiring: list[WorkerProcess] = []
+        self._exiting: list[WorkerProcess] = []
         self._games_by_pid: dict[int, int] = {}
-        self._slot_worker: dict[int, _Worker] = {}
+        self._slot_worker: dict[int, WorkerProcess] = {}
         self._lost: dict[int, str] = {}
         self._next_slot = 0
         self._closed = False
@@ -167,37 +104,15 @@ class EnvPool:
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    def _spawn(self, index: int) -> _Worker:
+    def _spawn(self, index: int) -> WorkerProcess:
         """Start a process; it counts as started once :meth:`_await_ready` has heard from it."""
-        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
-        process = self._ctx.Process(
-            target=_worker_main,
-            args=(child_conn, self._factory, self._kwargs),
-            name=f"ragdistill-{self.env_name}-worker-{index}",
-            daemon=True,
-        )
-        process.start()
-        child_conn.close()
-        if process.pid is not None:
-            self._games_by_pid[process.pid] = 0
-        return _Worker(index, process, parent_conn, started=False)
-
-    def _await_ready(self, worker: _Worker) -> _Worker:
-        if not worker.conn.poll(self._start_timeout_s):
-            raise EnvError(
-                f"{self.env_name} worker {worker.index} did not start within {self._start_timeout_s}s"
-            )
-        try:
-            worker.conn.recv()
-        except EOFError:
-            worker.process.join(2.0)
-            raise EnvError(
-                f"{self.env_name} worker {worker.index} exited at start (exit code {worker.process.exitcode}); "
-                "a script that builds a pool must do so under `if __name__ == '__main__':` (spawned workers "
-                "re-import the main module)"
-            ) from None
-        worker.started = True
+        worker = start_worker(self._start_method, self.env_name, index, self._factory, self._kwargs)
+        if worker.process.pid is not None:
+            self._games_by_pid[worker.process.pid] = 0
         return worker
+
+    def _await_ready(self, worker: WorkerProcess) -> WorkerProcess:
+        return await_ready(worker, self.env_name, self._start_timeout_s)
 
     @property
     def workers(self) -> int:
@@ -229,7 +144,7 @@ class EnvPool:
             with contextlib.suppress(OSError, ValueError):
                 worker.conn.send(None)
         for worker in everyone:
-            _stop(worker.process)
+            stop_process(worker.process)
             worker.conn.close()
         self._retiring.clear()
         self._exiting.clear()
@@ -258,7 +173,7 @@ class EnvPool:
         self._check_open()
         self._reap_exited()
         slots: list[int] = []
-        ops: dict[_Worker, list[tuple[int, Op]]] = defaultdict(list)
+        ops: dict[WorkerProcess, list[tuple[int, Op]]] = defaultdict(list)
         for position, task in enumerate(tasks):
             worker = self._worker_for_new_game()
             slot = self._next_slot
@@ -316,10 +231,10 @@ class EnvPool:
         if self._closed:
             raise EnvError("the environment pool is closed")
 
-    def _worn_out(self, worker: _Worker) -> bool:
+    def _worn_out(self, worker: WorkerProcess) -> bool:
         return worker.broken or (self._recycle_after is not None and worker.games >= self._recycle_after)
 
-    def _worker_for_new_game(self) -> _Worker:
+    def _worker_for_new_game(self) -> WorkerProcess:
         """The least-loaded process that may load one more game; worn-out ones are retired first and a
         fresh process (started by :meth:`_start_fresh_workers`) takes each one's place."""
         for index, worker in enumerate(self._workers):
@@ -347,20 +262,20 @@ class EnvPool:
                 self._dismiss(worker)
             raise
 
-    def _retire(self, worker: _Worker) -> None:
+    def _retire(self, worker: WorkerProcess) -> None:
         if worker.slots:
             self._retiring.append(worker)
         else:
             self._dismiss(worker)
 
-    def _dismiss(self, worker: _Worker) -> None:
+    def _dismiss(self, worker: WorkerProcess) -> None:
         """Tell a process with no episodes left to exit (it closes its environments on the way out)."""
         with contextlib.suppress(OSError, ValueError):
             worker.conn.send(None)
         self._exiting.append(worker)
 
     def _reap_exited(self) -> None:
-        still: list[_Worker] = []
+        still: list[WorkerProcess] = []
         for worker in self._exiting:
             worker.process.join(0)
             if worker.process.is_alive():
@@ -383,7 +298,7 @@ class EnvPool:
         worker.releases.append(slot)
 
     def _run_on_slots(self, items: Sequence[tuple[int, Op]]) -> list[Any]:
-        ops: dict[_Worker, list[tuple[int, Op]]] = defaultdict(list)
+        ops: dict[WorkerProcess, list[tuple[int, Op]]] = defaultdict(list)
         early: dict[int, EnvError] = {}
         for position, (slot, op) in enumerate(items):
             if slot in self._lost:
@@ -398,10 +313,10 @@ class EnvPool:
             for i, (ok, value) in enumerate(replies)
         ]
 
-    def _dispatch(self, ops: Mapping[_Worker, list[tuple[int, Op]]], size: int) -> list[Reply]:
+    def _dispatch(self, ops: Mapping[WorkerProcess, list[tuple[int, Op]]], size: int) -> list[Reply]:
         """Send each process its ops in one message, then collect; replies land at their positions."""
         replies: list[Reply] = [(False, "no reply")] * size
-        sent: list[tuple[_Worker, list[tuple[int, Op]], int]] = []
+        sent: list[tuple[WorkerProcess, list[tuple[int, Op]], int]] = []
         for worker, items in ops.items():
             releases = [("release", slot, None) for slot in worker.releases]
             worker.releases = []
@@ -425,32 +340,21 @@ class EnvPool:
                 replies[position] = reply
         return replies
 
-    def _replace(self, worker: _Worker, why: str, items: list[tuple[int, Op]], replies: list[Reply]) -> None:
+    def _replace(
+        self, worker: WorkerProcess, why: str, items: list[tuple[int, Op]], replies: list[Reply]
+    ) -> None:
         """A process died or hung: fail its in-flight ops and live slots, stop it, and start a fresh
         process in its place if it was taking new games."""
         message = f"{self.env_name} worker {worker.index} failed: {why}"
         for position, (kind, slot, payload) in items:
-            label = _task_label(payload, slot) if kind == "reset" else f"slot {slot}"
+            label = task_label(payload, slot) if kind == "reset" else f"slot {slot}"
             replies[position] = (False, EnvError(f"{message}; lost {label}", transient=True))
         for slot in worker.slots:
             self._lost[slot] = f"{message}; the episode in slot {slot} was lost"
             self._slot_worker.pop(slot, None)
         worker.slots.clear()
-        with contextlib.suppress(OSError, ValueError):
-            worker.conn.send(None)
-        _stop(worker.process)
-        worker.conn.close()
+        stop_worker(worker)
         if worker in self._retiring:
             self._retiring.remove(worker)
         elif self._workers[worker.index] is worker:
             self._workers[worker.index] = self._await_ready(self._spawn(worker.index))
-
-
-def _stop(process: BaseProcess, grace_s: float = 5.0) -> None:
-    process.join(grace_s)
-    if process.is_alive():
-        process.terminate()
-        process.join(2.0)
-    if process.is_alive():
-        process.kill()
-        process.join(2.0)

@@ -18,6 +18,9 @@ Files under the Prefect home (:func:`project_prefect_home`):
 Who can reach it: the server listens on 127.0.0.1 only, whatever the environment says
 (``PREFECT_SERVER_API_HOST``); its home, database and log are the owner's alone; a ``PREFECT_API_URL``
 beyond this machine must require credentials (``orchestration.api_access``).
+
+This module decides when a server is started, reused and stopped, and points the client at it; the
+process itself (launch, health check, stop) is ``orchestration.server_process``.
 """
 
 from __future__ import annotations
@@ -27,70 +30,39 @@ import inspect
 import json
 import logging
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import IO
 
-from ragdistill.errors import UserFacingError
-from ragdistill.orchestration.api_access import (
-    API_URL_ENV,
-    OWNER_ONLY_UMASK,
-    check_protected_api,
-    client_credentials,
-    http_status,
-    keep_owner_only,
+from ragdistill.orchestration.api_access import API_URL_ENV, check_protected_api, keep_owner_only
+from ragdistill.orchestration.server_process import (
+    ANALYTICS_ENV,
+    HOME_ENV,
+    HOST,
+    LOG_FILE,
+    PrefectServerError,
+    ServerState,
+    api_answers,
+    health_status,
+    is_prefect_server,
+    launch_server,
+    terminate_server,
 )
 from ragdistill.paths import project_root
-from ragdistill.processes import process_alive
 
-HOME_ENV = "PREFECT_HOME"
 MEMO_STORE_ENV = "PREFECT_SERVER_MEMO_STORE_PATH"
-ANALYTICS_ENV = "PREFECT_SERVER_ANALYTICS_ENABLED"
 EXTRA_LOGGERS_ENV = "PREFECT_LOGGING_EXTRA_LOGGERS"
 LOGS_OUTSIDE_FLOWS_ENV = "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW"
-SERVER_HOST_ENV = "PREFECT_SERVER_API_HOST"
-SERVER_PORT_ENV = "PREFECT_SERVER_API_PORT"
 STATE_FILE = "server.json"
-LOG_FILE = "server.log"
 START_LOCK_FILE = "server.lock"
 USERS_LOCK_FILE = "server.users.lock"
-HOST = "127.0.0.1"
 HOME_FILES = ("prefect.db", "prefect.db-wal", "prefect.db-shm", "prefect.db-journal", "profiles.toml")
 """Files Prefect keeps in its home that hold run history, logs or settings: the owner's alone."""
 DEFAULT_START_TIMEOUT_S = 300.0
-STOP_GRACE_S = 15.0
-LOG_TAIL_LINES = 20
 
 logger = logging.getLogger(__name__)
-
-# Servers this process started, so that their exit is reaped (a zombie still answers os.kill(pid, 0)).
-_started_here: dict[int, subprocess.Popen[bytes]] = {}
-
-
-class PrefectServerError(UserFacingError, RuntimeError):
-    """The Prefect server could not be reached, started or stopped; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ServerState:
-    """A server started for this project, as recorded in ``server.json``."""
-
-    api_url: str
-    pid: int
-    port: int
-    keep: bool
-    """True: stays up until :func:`stop_server`; False: the last :func:`prefect_api` block stops it."""
-
-    @property
-    def ui_url(self) -> str:
-        return self.api_url.removesuffix("/api")
 
 
 def project_prefect_home() -> Path:
@@ -123,74 +95,6 @@ def configure_prefect_home() -> Path:
     return home
 
 
-def _health_status(api_url: str, timeout_s: float) -> int | None:
-    """The HTTP status of ``<api_url>/health`` (which Prefect serves without credentials)."""
-    return http_status(api_url.rstrip("/") + "/health", timeout_s, client_credentials())
-
-
-def api_answers(api_url: str, timeout_s: float = 5.0) -> bool:
-    """Whether a Prefect API answers its health check at ``api_url`` (which ends in ``/api``)."""
-    return _health_status(api_url, timeout_s) == 200
-
-
-def _process_alive(pid: int) -> bool:
-    child = _started_here.get(pid)
-    if child is not None:
-        return child.poll() is None
-    return process_alive(pid)
-
-
-def _is_prefect_server(pid: int) -> bool:
-    """Guards every signal against a pid that the system has since given to another program."""
-    if not _process_alive(pid):
-        return False
-    if not Path("/proc").is_dir():
-        return True
-    try:
-        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"prefect" in command_line and b"server" in command_line
-
-
-def _wait_gone(pid: int, timeout_s: float) -> bool:
-    child = _started_here.get(pid)
-    if child is not None:
-        try:
-            child.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return False
-        return True
-    deadline = time.monotonic() + timeout_s
-    while _process_alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
-
-
-def _terminate(pid: int) -> None:
-    """SIGTERM to the server's process group (it leads its own session), SIGKILL if it lingers."""
-    for signal_number, wait_s in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pid, signal_number)
-        except ProcessLookupError:
-            break
-        if _wait_gone(pid, wait_s):
-            break
-    if _process_alive(pid):
-        raise PrefectServerError(f"the Prefect server (pid {pid}) did not stop: end it with `kill -9 {pid}`")
-    _started_here.pop(pid, None)
-
-
-def _log_tail(log_path: Path) -> str:
-    try:
-        lines = log_path.read_text(errors="replace").splitlines()
-    except OSError:
-        return "(no log)"
-    return "\n".join(lines[-LOG_TAIL_LINES:])
-
-
 def _read_state(home: Path) -> ServerState | None:
     try:
         data = json.loads((home / STATE_FILE).read_text())
@@ -215,71 +119,10 @@ def _locked(path: Path, mode: int) -> Iterator[IO[str]]:
         yield handle
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        return int(probe.getsockname()[1])
-
-
-def _wait_until_answering(
-    process: subprocess.Popen[bytes], api_url: str, log_path: Path, timeout_s: float
-) -> None:
-    started = time.monotonic()
-    while not api_answers(api_url, timeout_s=2.0):
-        if process.poll() is not None:
-            raise PrefectServerError(
-                f"the Prefect server exited with code {process.returncode} while starting; "
-                f"the end of {log_path}:\n{_log_tail(log_path)}"
-            )
-        if time.monotonic() - started > timeout_s:
-            raise PrefectServerError(
-                f"the Prefect server did not answer at {api_url} within {timeout_s:.0f} s (a first start "
-                "creates and migrates its database, which a busy machine makes slow): retry with a longer "
-                f"wait (`ragdistill server start --timeout 900`); the end of {log_path}:\n{_log_tail(log_path)}"
-            )
-        time.sleep(0.25)
-    logger.info("the Prefect server answered at %s after %.1f s", api_url, time.monotonic() - started)
-
-
-def _launch(home: Path, port: int | None, timeout_s: float, keep: bool) -> ServerState:
-    port = port or _free_port()
-    api_url = f"http://{HOST}:{port}/api"
-    log_path = home / LOG_FILE
-    # The UI's API address derives from these settings, not from --host/--port: without them the UI
-    # served on any port but Prefect's default 4200 calls an API that is not there.
-    env = {**os.environ, HOME_ENV: str(home), SERVER_HOST_ENV: HOST, SERVER_PORT_ENV: str(port)}
-    env.pop(API_URL_ENV, None)
-    env.setdefault(ANALYTICS_ENV, "false")
-    command = [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)]
-    log_descriptor = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    with open(log_descriptor, "ab") as log:
-        log.write(f"\n--- {time.strftime('%Y-%m-%d %H:%M:%S')} ragdistill: {' '.join(command)}\n".encode())
-        log.flush()
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
-            umask=OWNER_ONLY_UMASK,
-        )
-    _started_here[process.pid] = process
-    try:
-        _wait_until_answering(process, api_url, log_path, timeout_s)
-    except BaseException:
-        if process.poll() is None:
-            _terminate(process.pid)
-        raise
-    state = ServerState(api_url=api_url, pid=process.pid, port=port, keep=keep)
-    _write_state(home, state)
-    return state
-
-
 def _ensure_server(home: Path, timeout_s: float, port: int | None, keep: bool) -> tuple[ServerState, bool]:
     """The running server or a new one (True when started here); the caller holds the start lock."""
     state = _read_state(home)
-    if state is not None and _is_prefect_server(state.pid):
+    if state is not None and is_prefect_server(state.pid):
         if not api_answers(state.api_url, timeout_s=10.0):
             raise PrefectServerError(
                 f"the project's Prefect server (pid {state.pid}, {state.api_url}) is running but does not "
@@ -290,7 +133,9 @@ def _ensure_server(home: Path, timeout_s: float, port: int | None, keep: bool) -
             _write_state(home, state)
         return state, False
     (home / STATE_FILE).unlink(missing_ok=True)
-    return _launch(home, port, timeout_s, keep), True
+    state = launch_server(home, port, timeout_s, keep)
+    _write_state(home, state)
+    return state, True
 
 
 def start_server(
@@ -309,9 +154,9 @@ def stop_server() -> ServerState | None:
     home = configure_prefect_home()
     with _locked(home / START_LOCK_FILE, fcntl.LOCK_EX):
         state = _read_state(home)
-        running = state is not None and _is_prefect_server(state.pid)
+        running = state is not None and is_prefect_server(state.pid)
         if state is not None and running:
-            _terminate(state.pid)
+            terminate_server(state.pid)
         (home / STATE_FILE).unlink(missing_ok=True)
         return state if running else None
 
@@ -319,7 +164,7 @@ def stop_server() -> ServerState | None:
 def server_status() -> ServerState | None:
     """The project's server when its process is running (check :func:`api_answers` for its health)."""
     state = _read_state(project_prefect_home())
-    return state if state is not None and _is_prefect_server(state.pid) else None
+    return state if state is not None and is_prefect_server(state.pid) else None
 
 
 def _flush_client_queues(timeout_s: float = 30.0) -> None:
@@ -370,7 +215,7 @@ def _client_pointed_at(api_url: str) -> Iterator[None]:
 
 
 def _check_configured_api(api_url: str) -> None:
-    status = _health_status(api_url, timeout_s=10.0)
+    status = health_status(api_url, timeout_s=10.0)
     if status == 200:
         check_protected_api(api_url, HOST)
         return
@@ -398,8 +243,8 @@ def _leave(home: Path, users: IO[str]) -> None:
                 fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return
-            if _is_prefect_server(state.pid):
-                _terminate(state.pid)
+            if is_prefect_server(state.pid):
+                terminate_server(state.pid)
             (home / STATE_FILE).unlink(missing_ok=True)
     finally:
         users.close()

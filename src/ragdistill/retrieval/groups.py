@@ -16,15 +16,19 @@ secret. Two classifiers, one interface:
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
 from ragdistill.config import SamplingConfig
+from ragdistill.config.stage_models import RetrievalSettings, RoleSettings
+from ragdistill.environments.base import TaskInfo
+from ragdistill.environments.profile import EnvProfile
 from ragdistill.inference.base import Backend, ChatMessage, GenerationRequest
 from ragdistill.retrieval.bank import TextEmbedder
+from ragdistill.retrieval.engines import RetrievalEngines
 from ragdistill.retrieval.lenient_json import find_json
 
 
@@ -140,6 +144,30 @@ class LLMGroupClassifier:
         return GroupPrediction(
             fallback, tokens, f"group classifier named unknown group {answer!r}; used {fallback}"
         )
+
+
+def make_group_classifier(
+    retrieval: RetrievalSettings,
+    engines: RetrievalEngines,
+    profile: EnvProfile,
+    training_tasks: Callable[[int | None], Sequence[TaskInfo]],
+    reranker: RoleSettings | None = None,
+) -> GroupClassifier | None:
+    """The classifier ``retrieval.group`` asks for (None: each task's own group), over ``profile``'s
+    groups. The embedding one learns from ``training_tasks(retrieval.group_examples)`` (the training
+    split, never the tasks it will classify); the LLM one asks the ``reranker`` role."""
+    if retrieval.group == "task":
+        return None
+    if retrieval.group == "llm":
+        if reranker is None:
+            raise ValueError("retrieval.group 'llm' needs the re-ranker role (models.reranker)")
+        return LLMGroupClassifier(
+            engines.backend(reranker), profile.task_groups, profile.group_label, profile.hints.description
+        )
+    labelled = training_tasks(retrieval.group_examples)
+    return EmbeddingGroupClassifier(
+        engines.embedder(retrieval.embedding_model), [(task.instruction, task.task_type) for task in labelled]
+    )
 
 
 def _group_of(text: str) -> str | None:

@@ -20,11 +20,13 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from ragdistill.bm25 import import_bm25s
-from ragdistill.config import RetrievalConfig, SamplingConfig
+from ragdistill.config import SamplingConfig
+from ragdistill.config.stage_models import RetrievalSettings, RoleSettings
 from ragdistill.inference.base import Backend, ChatMessage, GenerationRequest
 from ragdistill.retrieval.bank import HintBank, TextEmbedder
+from ragdistill.retrieval.engines import RetrievalEngines
 from ragdistill.retrieval.hints import Hint, unsafe_for_prompt
-from ragdistill.retrieval.index import HintIndex, HintIndexError, IndexParams
+from ragdistill.retrieval.index import HintIndex, HintIndexError
 from ragdistill.retrieval.lenient_json import find_json
 
 
@@ -292,33 +294,33 @@ class LLMRerankRetriever:
 
 
 def make_retriever(
-    config: RetrievalConfig,
+    retrieval: RetrievalSettings,
     bank: HintBank,
-    backend: Backend | None = None,
+    engines: RetrievalEngines,
     *,
-    embedder: TextEmbedder | None = None,
+    reranker: RoleSettings | None = None,
     index: HintIndex | None = None,
-    sampling: SamplingConfig | None = None,
     group_label: str = "Task type",
 ) -> Retriever:
-    """The retriever ``config.retriever`` names. ``faiss`` builds the index from the bank unless one is
-    given; ``llm-rerank`` needs the re-ranker's backend (``models.reranker``) and sampling, and names
-    the hint group in its prompt with ``group_label``."""
-    if config.retriever == "faiss":
-        if embedder is None:
-            from ragdistill.retrieval.embed import get_embedder
-
-            embedder = get_embedder(config.embedding_model)
+    """The retriever ``retrieval.retriever`` names over ``bank``, loading only the model it uses from
+    ``engines``. ``faiss`` searches ``index`` (the index stage's, built from this bank) with queries
+    embedded by ``retrieval.embedding_model``; ``llm-rerank`` asks the ``reranker`` role and names the
+    hint group in its prompt with ``group_label``."""
+    if retrieval.retriever == "faiss":
         if index is None:
-            index = HintIndex.build(bank, embedder, IndexParams(exact_max=config.exact_index_max))
-        return FaissRetriever(bank, index, embedder)
-    if config.retriever == "bm25":
-        return BM25Retriever(bank)
-    if config.retriever == "llm-rerank":
-        if backend is None:
             raise ValueError(
-                "retrieval.retriever 'llm-rerank' needs a backend for the re-ranker model "
-                "(models.reranker); pass one, or choose retriever 'faiss' or 'bm25'"
+                "retrieval.retriever 'faiss' needs the index built from this hint bank; run the index "
+                "stage first, or choose retriever 'bm25' or 'llm-rerank'"
             )
-        return LLMRerankRetriever(bank, backend, sampling, group_label)
-    raise ValueError(f"unknown retriever {config.retriever!r}; use faiss, bm25 or llm-rerank")
+        embedder = engines.embedder(retrieval.embedding_model)
+        return FaissRetriever(bank, index, embedder)
+    if retrieval.retriever == "bm25":
+        return BM25Retriever(bank)
+    if retrieval.retriever == "llm-rerank":
+        if reranker is None:
+            raise ValueError(
+                "retrieval.retriever 'llm-rerank' needs the re-ranker role (models.reranker); "
+                "or choose retriever 'faiss' or 'bm25'"
+            )
+        return LLMRerankRetriever(bank, engines.backend(reranker), reranker.sampling, group_label)
+    raise ValueError(f"unknown retriever {retrieval.retriever!r}; use faiss, bm25 or llm-rerank")

@@ -1,15 +1,24 @@
-"""The RAG teacher's hint source: one retrieval per episode, at its start, for a batch of episodes."""
+"""The RAG teacher's hint source: one retrieval per episode, at its start, for a batch of episodes.
+
+:func:`build_hint_source` makes it from the retrieval settings and what the stage hands over (the hint
+bank, the index, the engines, the environment's profile and training tasks).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
+from ragdistill.config.stage_models import RetrievalSettings, RoleSettings
 from ragdistill.environments.base import TaskInfo
-from ragdistill.retrieval.groups import GroupClassifier, GroupPrediction
+from ragdistill.environments.profile import EnvProfile
+from ragdistill.retrieval.bank import HintBank
+from ragdistill.retrieval.engines import RetrievalEngines
+from ragdistill.retrieval.groups import GroupClassifier, GroupPrediction, make_group_classifier
 from ragdistill.retrieval.hints import Hint, unsafe_for_prompt
-from ragdistill.retrieval.retrievers import RetrievalQuery, Retriever, query_text
+from ragdistill.retrieval.index import HintIndex
+from ragdistill.retrieval.retrievers import RetrievalQuery, Retriever, make_retriever, query_text
 from ragdistill.rollout import RetrievedHints
 
 log = logging.getLogger(__name__)
@@ -60,6 +69,27 @@ class RetrieverHintSource:
                 )
             )
         return retrieved
+
+
+def build_hint_source(
+    retrieval: RetrievalSettings,
+    reranker: RoleSettings | None,
+    *,
+    bank: HintBank,
+    index: HintIndex | None,
+    engines: RetrievalEngines,
+    profile: EnvProfile,
+    training_tasks: Callable[[int | None], Sequence[TaskInfo]],
+) -> RetrieverHintSource:
+    """The hint source ``retrieval`` describes: its retriever over ``bank`` (and ``index``) and its group
+    classifier, with the models they use from ``engines`` (the re-ranker role's backend, the embedder);
+    ``training_tasks(n)``: the first ``n`` training tasks, balanced over groups (the embedding
+    classifier learns from them)."""
+    retriever = make_retriever(
+        retrieval, bank, engines, reranker=reranker, index=index, group_label=profile.group_label
+    )
+    classifier = make_group_classifier(retrieval, engines, profile, training_tasks, reranker)
+    return RetrieverHintSource(retriever, retrieval.k, retrieval.query, classifier)
 
 
 def _prompt_safe_hints(hints: Sequence[Hint]) -> tuple[list[Hint], str | None]:

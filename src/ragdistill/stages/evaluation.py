@@ -34,11 +34,12 @@ from ragdistill.config import RoleConfig
 from ragdistill.config.stages import EvaluationSettings, Inputs, RunContext
 from ragdistill.inference.base import Backend
 from ragdistill.layout import ADAPTERS_DIR, STUDENTS, adapter_dir, adapter_folder, eval_stage
+from ragdistill.retrieval.engines import RetrievalEngines
 from ragdistill.rollout.engine import HintSource, ProgressCallback
 from ragdistill.rollout.plan import ResolvedAdapter, resolve_adapter, select_tasks
 from ragdistill.stages.lifecycle import StageError, StageIdentity, handed, verified_input
 from ragdistill.stages.rollout import identity_for, play_settings, rollout_identity
-from ragdistill.stages.teaching import hint_source_factory
+from ragdistill.stages.teaching import teacher_hint_source
 from ragdistill.store import ArtifactError, ArtifactStore, Manifest, read_manifest
 
 __all__ = [
@@ -88,11 +89,12 @@ def run_evaluation(
     settings: EvaluationSettings,
     inputs: Inputs,
     *,
+    engines: RetrievalEngines | None = None,
     backend: Backend | None = None,
     progress: ProgressCallback | None = None,
 ) -> Manifest | SkippedMethod:
     """Evaluate one method under one seed into its folder (``settings.stage_dir()``), or say why it cannot
-    be."""
+    be; ``engines``: the models ``rag``'s retrieval runs on (default: shared in the process)."""
     store = ArtifactStore(ctx.run_root)
     if settings.method in STUDENTS:
         reason = student_skip_reason(store, settings.method)
@@ -115,7 +117,7 @@ def run_evaluation(
         retrieval, reranker, env_name = settings.retrieval, settings.reranker, settings.env.name
 
         def hint_source() -> HintSource:
-            return hint_source_factory(ctx, retrieval, reranker, env_name, inputs)
+            return teacher_hint_source(ctx, retrieval, reranker, env_name, inputs, engines)
 
     return play_settings(ctx, settings, inputs, hint_source=hint_source, backend=backend, progress=progress)
 

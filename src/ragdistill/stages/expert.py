@@ -19,6 +19,7 @@ from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.factory import BACKEND_LIBRARIES
 from ragdistill.layout import ROLLOUT_OUTPUTS
+from ragdistill.retrieval.engines import RetrievalEngines
 from ragdistill.rollout.engine import ProgressCallback
 from ragdistill.rollout.plan import (
     environment_digest,
@@ -30,7 +31,7 @@ from ragdistill.rollout.plan import (
 )
 from ragdistill.rollout.play import episode_counts, episode_log, write_task_list
 from ragdistill.stages.lifecycle import StageIdentity, StageRun, handed, stage_identity
-from ragdistill.stages.teaching import hint_source_factory
+from ragdistill.stages.teaching import teacher_hint_source
 from ragdistill.store import ArtifactStore, Manifest, read_records
 
 TOKENIZER_LIBRARIES = ("transformers", "tokenizers")
@@ -63,9 +64,11 @@ def run_expert_teacher(
     settings: ExpertSettings,
     inputs: Inputs,
     *,
+    engines: RetrievalEngines | None = None,
     progress: ProgressCallback | None = None,
 ) -> Manifest:
-    """Demonstrate the training tasks without a finished record into ``rollouts/expert``."""
+    """Demonstrate the training tasks without a finished record into ``rollouts/expert``; ``engines``:
+    the models retrieval runs on (default: shared in the process)."""
     from ragdistill.agents.formats import get_format
     from ragdistill.environments.registry import get_profile
     from ragdistill.inference.chat import count_chat_tokens, load_tokenizer
@@ -95,7 +98,9 @@ def run_expert_teacher(
                     get_format(agent.format, get_profile(env.name)),
                     agent,
                     examples_provider(agent, env.name, ctx.data_dir),
-                    hint_source_factory(ctx, settings.retrieval, settings.reranker, env.name, inputs),
+                    teacher_hint_source(
+                        ctx, settings.retrieval, settings.reranker, env.name, inputs, engines
+                    ),
                     lambda messages, completion: count_chat_tokens(tokenizer, messages, completion),
                     model.max_model_len - settings.max_tokens,
                     records,

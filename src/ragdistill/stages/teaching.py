@@ -9,18 +9,20 @@ classifier) and the re-ranker role when the retriever is ``llm-rerank`` or the g
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ragdistill.config.stages import Inputs, RetrievalSettings, RoleSettings, RunContext, TeacherSettings
+from ragdistill.environments.base import TaskInfo
+from ragdistill.environments.registry import get_profile, list_tasks
 from ragdistill.inference.base import Backend
 from ragdistill.layout import HINTS_DIR, INDEX_DIR
+from ragdistill.retrieval.bank import load_nonempty_bank
+from ragdistill.retrieval.engines import RetrievalEngines
+from ragdistill.retrieval.index import HintIndex
+from ragdistill.retrieval.teacher import build_hint_source
 from ragdistill.rollout.engine import HintSource, ProgressCallback
+from ragdistill.stages.engines import SharedEngines
 from ragdistill.stages.lifecycle import StageError, StageIdentity, handed, rerun_remedy, verified_input
 from ragdistill.stages.rollout import play_settings, rollout_identity
 from ragdistill.store import ArtifactStore, Manifest
-
-if TYPE_CHECKING:
-    from ragdistill.retrieval.groups import GroupClassifier
 
 
 def teacher_identity(ctx: RunContext, settings: TeacherSettings, inputs: Inputs) -> StageIdentity:
@@ -32,91 +34,61 @@ def run_teacher(
     settings: TeacherSettings,
     inputs: Inputs,
     *,
+    engines: RetrievalEngines | None = None,
     backend: Backend | None = None,
     progress: ProgressCallback | None = None,
 ) -> Manifest:
-    """Stage C (teach); see the module docstring."""
-    env_name = settings.env.name
+    """Stage C (teach); see the module docstring. ``engines``: the models retrieval runs on (default:
+    loaded as ``ctx`` says and shared in the process); ``backend``: the agent's."""
 
     def hints() -> HintSource:
-        return hint_source_factory(ctx, settings.retrieval, settings.reranker, env_name, inputs)
+        return teacher_hint_source(
+            ctx, settings.retrieval, settings.reranker, settings.env.name, inputs, engines
+        )
 
     return play_settings(ctx, settings, inputs, hint_source=hints, backend=backend, progress=progress)
 
 
-def hint_source_factory(
+def teacher_hint_source(
     ctx: RunContext,
     retrieval: RetrievalSettings,
     reranker: RoleSettings | None,
     env_name: str,
     inputs: Inputs,
+    engines: RetrievalEngines | None = None,
 ) -> HintSource:
-    """The retriever over the hint bank (and index) handed in ``inputs``, verified first, as the
-    engine's hint source."""
-    from ragdistill.config import RetrievalConfig
-    from ragdistill.environments.registry import get_profile
-    from ragdistill.inference.shared import shared_backend
-    from ragdistill.retrieval.bank import load_nonempty_bank
-    from ragdistill.retrieval.embed import get_embedder
-    from ragdistill.retrieval.index import HintIndex
-    from ragdistill.retrieval.retrievers import make_retriever
-    from ragdistill.retrieval.teacher import RetrieverHintSource
-
-    profile = get_profile(env_name)
+    """The retriever over the hint bank (and index) handed in ``inputs``, each verified against its
+    digest first, as the engine's hint source; the RAG evaluation and the expert teacher retrieve with
+    it too."""
     store = ArtifactStore(ctx.run_root)
     given = handed(inputs, *retrieval.input_dirs())
     verified_input(store, HINTS_DIR, given[HINTS_DIR])
     bank = load_nonempty_bank(store)
     index = None
-    if retrieval.retriever == "faiss":
+    if INDEX_DIR in given:
         verified_input(store, INDEX_DIR, given[INDEX_DIR])
         index = HintIndex.load(store, INDEX_DIR)
-        if index.model_name != retrieval.embedding_model:
-            raise StageError(
-                f"{store.uri(INDEX_DIR)} was built with the embedding model {index.model_name!r} (another "
-                f"config's), but retrieval.embedding_model is {retrieval.embedding_model!r}: "
-                f"{rerun_remedy(INDEX_DIR)} to rebuild it with this config"
-            )
-    reranker_role = ctx.role_config(reranker) if reranker is not None else None
-    rerank = shared_backend(reranker_role) if reranker_role and retrieval.retriever == "llm-rerank" else None
-    retriever = make_retriever(
-        RetrievalConfig.model_validate(retrieval.model_dump(exclude_none=True)),
-        bank,
-        rerank,
-        embedder=get_embedder(retrieval.embedding_model) if index is not None else None,
+        check_index_model(store, index, retrieval.embedding_model)
+
+    def training_tasks(limit: int | None) -> list[TaskInfo]:
+        return list_tasks(env_name, data_dir=ctx.data_dir, split="train", limit=limit, balanced=True)
+
+    return build_hint_source(
+        retrieval,
+        reranker,
+        bank=bank,
         index=index,
-        sampling=reranker_role.sampling if reranker_role else None,
-        group_label=profile.group_label,
+        engines=engines or SharedEngines(ctx),
+        profile=get_profile(env_name),
+        training_tasks=training_tasks,
     )
-    classifier = group_classifier(ctx, retrieval, reranker, env_name)
-    return RetrieverHintSource(retriever, retrieval.k, retrieval.query, classifier)
 
 
-def group_classifier(
-    ctx: RunContext, retrieval: RetrievalSettings, reranker: RoleSettings | None, env_name: str
-) -> GroupClassifier | None:
-    """The classifier ``retrieval.group`` asks for (None: each task's own group). The embedding one
-    learns from the training split only, never from the tasks it will classify."""
-    from ragdistill.environments.registry import get_profile, list_tasks
-    from ragdistill.inference.shared import shared_backend
-    from ragdistill.retrieval.embed import get_embedder
-    from ragdistill.retrieval.groups import EmbeddingGroupClassifier, LLMGroupClassifier
-
-    profile = get_profile(env_name)
-    if retrieval.group == "task":
-        return None
-    if retrieval.group == "llm":
-        if reranker is None:
-            raise StageError("retrieval.group 'llm' needs the re-ranker role (models.reranker)")
-        return LLMGroupClassifier(
-            shared_backend(ctx.role_config(reranker)),
-            profile.task_groups,
-            profile.group_label,
-            profile.hints.description,
+def check_index_model(store: ArtifactStore, index: HintIndex, embedding_model: str) -> None:
+    """Refuse an index built with another embedding model than the settings name (another config's)."""
+    if index.model_name != embedding_model:
+        raise StageError(
+            f"{store.uri(INDEX_DIR)} was built with the embedding model {index.model_name!r} (another "
+            f"config's), but retrieval.embedding_model is {embedding_model!r}: "
+            f"{rerun_remedy(INDEX_DIR)} to rebuild it with this config"
         )
-    labelled = list_tasks(
-        env_name, data_dir=ctx.data_dir, split="train", limit=retrieval.group_examples, balanced=True
-    )
-    return EmbeddingGroupClassifier(
-        get_embedder(retrieval.embedding_model), [(task.instruction, task.task_type) for task in labelled]
-    )

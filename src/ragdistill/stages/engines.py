@@ -1,0 +1,29 @@
+"""The engines a stage's retrieval runs on in this process (a ``retrieval.engines.RetrievalEngines``).
+
+A role's settings say what it generates; the run context says how its engine loads
+(``RunContext.role_config``). Backends and embedders are loaded once per process and shared with the
+other stages that name the same model (``inference.shared``, ``retrieval.embed``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ragdistill.config.stages import RoleSettings, RunContext
+from ragdistill.inference.base import Backend
+from ragdistill.inference.shared import shared_backend
+from ragdistill.retrieval import embed
+from ragdistill.retrieval.bank import TextEmbedder
+
+
+@dataclass(frozen=True)
+class SharedEngines:
+    """Models loaded as ``ctx`` says, shared in the process."""
+
+    ctx: RunContext
+
+    def embedder(self, model_name: str) -> TextEmbedder:
+        return embed.get_embedder(model_name)
+
+    def backend(self, role: RoleSettings) -> Backend:
+        return shared_backend(self.ctx.role_config(role))
