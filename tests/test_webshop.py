@@ -27,6 +27,7 @@ from ragdistill.environments.webshop.reward import (
     fuzzy_score,
     normalize_color,
     option_matches,
+    product_can_match_every_option,
     score_purchase,
     upstream_process,
 )
@@ -489,6 +490,11 @@ def test_upstream_option_rule_leaves_some_goals_unwinnable(catalog: Catalog) -> 
     goals = goals_of(catalog)
     unwinnable = [index for index, goal in enumerate(goals) if not _own_options_match(goal)]
     assert len(unwinnable) == 458 and unwinnable[:3] == [20, 28, 73]
+    assert [
+        index
+        for index, goal in enumerate(goals)
+        if not product_can_match_every_option(catalog.by_asin[goal.asin], goal)
+    ] == unwinnable, "another choice of the product's options would win a goal its own options lose"
     assert goals[28].goal_options["item shape"] == "rectangular"  # normalised to "tan"
     assert all(_own_options_match(goal) for goal in goals_of(catalog, human=True))
     assert not any(goal.options_as_pairs for goal in goals_of(catalog, human=True))

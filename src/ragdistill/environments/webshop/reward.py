@@ -34,6 +34,7 @@ every goal option against its product's option values and a sample of others').
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -138,6 +139,17 @@ def option_matches(chosen: Iterable[str], wanted: Iterable[GoalOption]) -> int:
         any(fuzzy_score(value, normalize_color(option)) > FUZZY_THRESHOLD for value in chosen_values)
         for option in wanted
     )
+
+
+def product_can_match_every_option(product: Product, goal: Goal) -> bool:
+    """Whether some choice of ``product``'s options (one value per option name, as the item page allows)
+    gets every one of ``goal``'s option matches under upstream's rule. Not for 458 of the 6910 synthetic
+    goals with their own product (see the module docstring): no purchase of it wins those."""
+    wanted = goal.matched_options
+    if not wanted:
+        return True
+    choices = [values for values in product.options.values() if values]
+    return any(option_matches(combo, wanted) == len(wanted) for combo in itertools.product(*choices))
 
 
 def score_purchase(product: Product, goal: Goal, price: float, chosen: Mapping[str, str]) -> RewardParts:
