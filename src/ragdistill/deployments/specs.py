@@ -106,6 +106,7 @@ class FlowDeployment:
 
 DEPLOYMENTS: tuple[FlowDeployment, ...] = (
     FlowDeployment("ragdistill.flows.pipeline.pipeline_flow", INFERENCE | TRAINING, schedule=NIGHTLY),
+    FlowDeployment("ragdistill.flows.standalone.warm_start_flow", TRAINING),
     FlowDeployment("ragdistill.flows.standalone.rollout_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.mine_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.index_flow"),
@@ -134,8 +135,8 @@ def nightly_requested(flag: bool | None = None) -> bool:
 
 
 def flow_summary(flow: Flow[..., Any]) -> str | None:
-    """The first paragraph of the flow's docstring (the rest documents its parameters)."""
-    return flow.description.split("\n\n")[0].strip() if flow.description else None
+    """The first paragraph of the flow's docstring, on one line (the rest documents its parameters)."""
+    return " ".join(flow.description.split("\n\n")[0].split()) if flow.description else None
 
 
 def deployment_parameters(
