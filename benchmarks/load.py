@@ -149,6 +149,7 @@ def load_config_for(
             "agent.max_calls": 4,
             "rollout.shard_size": shard_size,
             "rollout.batch_size": 8,
+            "warm_start.enabled": False,  # the load is the rollout machinery's, on the configured model
         },
     )
 

@@ -49,6 +49,7 @@ def shrink(args: argparse.Namespace) -> dict[str, Any]:
         return {}
     return {
         "env.limit": args.episodes,
+        "warm_start.enabled": False,
         "distill.expert_limit": args.episodes,
         "training.epochs": args.epochs,
         "evaluation.limit": args.episodes,
@@ -81,6 +82,7 @@ def run_direct(config_path: Path) -> None:
     from ragdistill.stages.promotion import run_promotion
     from ragdistill.stages.report import run_report, write_run_file
     from ragdistill.stages.training import run_training
+    from ragdistill.stages.warm_start import run_warm_start
     from ragdistill.store import ArtifactStore
 
     config = load_config(config_path)
@@ -93,6 +95,8 @@ def run_direct(config_path: Path) -> None:
         return stage(ctx, settings, upstream_inputs(store, settings), **options)
 
     try:
+        if config.warm_start.enabled:
+            run(run_warm_start, stages.warm_start, reserved=stages.warm_start_reserved())
         run(run_rollout, stages.rollout())
         run(run_mining, stages.mining)
         if config.retrieval.retriever == "faiss":

@@ -100,6 +100,7 @@ def main() -> None:
                     "agent.max_calls": args.max_calls,
                     "rollout.batch_size": batch,
                     "models.agent.backend.kind": "vllm",
+                    "warm_start.enabled": False,  # the configured model: batching, not what it learned
                 },
             )
 

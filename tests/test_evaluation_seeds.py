@@ -107,7 +107,8 @@ def test_one_seed_is_the_evaluation_a_run_always_had(tmp_path: Path) -> None:
         assert evaluation.role == unset.rollout().role, "the agent samples under its own settings"
         assert stage_identity(evaluation, {}).key == stage_identity(own.evaluation(method), {}).key
     assert pipeline_stage_settings(unset.config).keys() == pipeline_stage_settings(own.config).keys()
-    assert unset.report().input_dirs()[:1] == ["rollouts/eval-base"]
+    rollouts = [folder for folder in unset.report().input_dirs() if folder.startswith("rollouts/")]
+    assert rollouts == [f"rollouts/eval-{method}" for method in unset.config.evaluation.methods]
 
 
 def test_each_seed_is_an_evaluation_of_its_own_named_by_its_seed(tmp_path: Path) -> None:

@@ -58,6 +58,7 @@ def flow_config(tmp_path: Path) -> Path:
     data["env"].update(limit=2, workers=1, data_dir=str(REPO / "data"))
     data["agent"]["max_calls"] = 3
     data["distill"] = {"teacher": "rag"}  # the double wins nothing: both training sets are empty
+    data["warm_start"] = {"enabled": False}  # the double plays no checkpoint (tests/test_warm_start.py)
     data["evaluation"].update(limit=2, methods=["base", "rag", "distill"])
     path = tmp_path / "flow.yaml"
     path.write_text(yaml.safe_dump(data))

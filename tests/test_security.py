@@ -358,6 +358,7 @@ def secret_pipeline_config(tmp_path: Path, run_root: str, base_url: str) -> Path
     data["env"].update(limit=1, workers=1, data_dir=str(REPO / "data"))
     data["agent"]["max_calls"] = 2
     data["distill"] = {"teacher": "rag"}
+    data["warm_start"] = {"enabled": False}  # a server plays its own weights, never a warm start's
     data["evaluation"].update(limit=1, methods=["base", "rag"])
     backend = {"kind": "openai", "base_url": base_url, "api_key_env": "OPENAI_API_KEY", "max_retries": 0}
     for role in ("agent", "extractor"):

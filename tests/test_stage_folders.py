@@ -179,7 +179,10 @@ def test_another_experiment_on_the_same_run_root_is_refused_naming_both(tmp_path
         experiment_config(str(other))
     config = validate_config(yaml.safe_load(other.read_text()), source="o")
     with pytest.raises(ExperimentConflict):
-        checked_rollout(with_overrides(config, {"env.name": "counter-double"}), PolicyDouble())
+        checked_rollout(
+            with_overrides(config, {"env.name": "counter-double", "warm_start.enabled": False}),
+            PolicyDouble(),
+        )
     assert tree(Path(store.root)) == before
 
 

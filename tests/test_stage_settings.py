@@ -42,6 +42,7 @@ def every_stage(pipeline: PipelineSettings) -> dict[str, Any]:
 def _every_stage(pipeline: PipelineSettings) -> dict[str, Any]:
     """Every stage's settings the pipeline builds, by a readable name."""
     stages: dict[str, Any] = {
+        "warm_start": pipeline.warm_start,
         "rollout": pipeline.rollout(),
         "mining": pipeline.mining,
         "indexing": pipeline.indexing,
@@ -90,11 +91,15 @@ def _candidates(annotation: Any, value: Any) -> list[Any]:
         return [choice for choice in args if choice != value]
     if origin in (typing.Union, types.UnionType):
         options = [arg for arg in args if arg is not type(None)]
-        out = [None] if value is not None and type(None) in args else []
+        out = []
         for option in options:
             example = value if value is not None else _example(option)
             out += _candidates(option, example) if value is not None else [example]
-        return out
+            if value is None and option is int:
+                out.append(10_000)  # a position past every range a config reserves (task starts)
+        # None last: a set value may equal the default None stands for (warm_start.start: right after
+        # env.limit), and then only a value of its own type shows what the setting changes.
+        return out + ([None] if value is not None and type(None) in args else [])
     if annotation is bool:
         return [not value]
     if annotation is int:

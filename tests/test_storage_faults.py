@@ -238,8 +238,8 @@ def test_a_lease_keeps_its_heartbeat_through_an_outage(
 def test_the_cli_reports_a_missing_bucket_in_one_line_before_any_work(own_s3: RestartableS3) -> None:
     root = Path(__file__).resolve().parents[1]
     run = subprocess.run(
-        [sys.executable, "-m", "ragdistill.cli", "rollout", "--config", "configs/demo-alfworld.yaml",
-         "--limit", "1", "--run-root", "s3://no-such-bucket/run"],
+        [sys.executable, "-m", "ragdistill.cli", "warm-start", "--config", "configs/demo-alfworld.yaml",
+         "--run-root", "s3://no-such-bucket/run"],  # the demo's first stage
         cwd=root,
         env={**os.environ, "PYTHONPATH": str(root / "src")},
         capture_output=True,

@@ -1,4 +1,5 @@
-"""`ragdistill rollout|mine|index|teach|expert|build-datasets|train|evaluate|report`: one stage each.
+"""`ragdistill warm-start|rollout|mine|index|teach|expert|build-datasets|train|evaluate|report`: one stage
+each.
 
 Each builds its stage's settings and the run context from the config (``config.stages``), checks that
 the run root holds this experiment (``stages.experiment``), hands the stage the content digests of its
@@ -117,6 +118,29 @@ def run_stage(
         return stage(ctx, settings, inputs, progress=bar)
     finally:
         bar.close()
+
+
+@stages_app.command("warm-start")
+def warm_start(
+    config: ConfigOption,
+    run_root: RunRootOption = None,
+    force: ForceOption = False,
+    replace_experiment: ReplaceOption = False,
+) -> None:
+    """Stage 0: LoRA on expert demonstrations of training tasks, merged into the agent's base checkpoint
+    (warm_start.enabled); every later stage plays on it."""
+    stages = load_stages(config, run_root, force, replace_experiment)
+    if not stages.config.warm_start.enabled:
+        fail(
+            f"warm_start.enabled is false in {config}: no later stage would play on the warm start's "
+            "checkpoint; set warm_start.enabled: true there"
+        )
+    from ragdistill.stages.warm_start import run_warm_start
+
+    ctx, settings = stages.ctx, stages.warm_start
+    manifest = run_warm_start(ctx, settings, upstream(ctx, settings), reserved=stages.warm_start_reserved())
+    typer.echo(f"base = {manifest.extra['description']}: {ctx.run_root}/{settings.stage_dir()}/model")
+    report_manifest("warm-start", ctx.run_root, manifest)
 
 
 @stages_app.command()

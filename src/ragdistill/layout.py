@@ -22,6 +22,10 @@ DATASETS_DIR = "datasets"
 ADAPTERS_DIR = "adapters"
 REPORTS_DIR = "reports"
 PROMOTION_DIR = "promotion"
+WARM_START_DIR = "warm-start"
+"""Stage 0, the warm start: its demonstrations, training set, adapter and the merged checkpoint."""
+WARM_START_MODEL = "model"
+"""The merged checkpoint inside :data:`WARM_START_DIR`: the agent role's weights when the warm start is on."""
 REJECTED_HINTS = f"{HINTS_DIR}/rejected.jsonl"
 RUN_FILE = "run.json"
 """``run.json`` at the run root: the settings of the run (its config) and the config file's name."""
@@ -127,6 +131,7 @@ def rerun_command(stage_dir: str) -> str:
         DATASETS_DIR: "ragdistill build-datasets -c CONFIG",
         ADAPTERS_DIR: f"ragdistill train -c CONFIG --student {name}",
         PROMOTION_DIR: "ragdistill adapters register -c CONFIG",
+        WARM_START_DIR: "ragdistill warm-start -c CONFIG",
         REPORTS_DIR: "ragdistill report RUN_ROOT",
     }
     return commands.get(top, "ragdistill pipeline -c CONFIG")

@@ -1,7 +1,7 @@
 """Preflight: before work starts, check that what a config names exists on this machine.
 
-The models (a short name, a folder, or a hub id), the few-shot source and expert teacher the environment
-must offer, and the accelerate config file. Validating a config (``ragdistill.config``) never looks at
+The models (a short name, a folder, or a hub id), the few-shot source, expert teacher and warm start the
+environment must offer, and the accelerate config file. Validating a config (``ragdistill.config``) never looks at
 the machine, so a stored run's config (``ragdistill report``) loads anywhere; the CLI commands and the
 flows that run work call :func:`check_runnable` right after loading theirs.
 
@@ -89,5 +89,10 @@ def _environment_problems(config: ExperimentConfig) -> list[str]:
         problems.append(
             f"distill.teacher: {config.distill.teacher!r} needs expert demonstrations, which environment "
             f"{profile.name!r} cannot render, so the distill student would have no training set; use 'rag'"
+        )
+    if config.warm_start.enabled and profile.render_demonstration is None:
+        problems.append(
+            f"warm_start.enabled: the warm start learns from expert demonstrations, which environment "
+            f"{profile.name!r} cannot render; set warm_start.enabled: false"
         )
     return problems

@@ -7,8 +7,8 @@ the machine: whether the models, the environment's offerings and the accelerate 
 exist is checked before a run by :mod:`ragdistill.preflight`.
 
 One module per group of sections (``base``, ``models``, ``rollouts``, ``retrieval``, ``training``,
-``evaluation``), the whole experiment in ``experiment``, finding a config by name in ``files`` and
-reading it in ``loading``; every name is importable from ``ragdistill.config``.
+``warm_start``, ``evaluation``), the whole experiment in ``experiment``, finding a config by name in
+``files`` and reading it in ``loading``; every name is importable from ``ragdistill.config``.
 """
 
 from ragdistill.config.base import DEFAULT_GPU_SHARE, ConfigError, StrictModel
@@ -39,6 +39,7 @@ from ragdistill.config.models import (
 from ragdistill.config.retrieval import HintRules, MiningConfig, RetrievalConfig
 from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
 from ragdistill.config.training import DistillConfig, TrainingConfig
+from ragdistill.config.warm_start import WarmStartConfig
 
 __all__ = [
     "CONFIGS_DIR",
@@ -66,6 +67,7 @@ __all__ = [
     "SamplingConfig",
     "StrictModel",
     "TrainingConfig",
+    "WarmStartConfig",
     "available_configs",
     "config_file",
     "config_hash",

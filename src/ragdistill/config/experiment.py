@@ -19,6 +19,7 @@ from ragdistill.config.models import VLLM_LORA_RANKS, ModelsConfig, RoleConfig, 
 from ragdistill.config.retrieval import MiningConfig, RetrievalConfig
 from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
 from ragdistill.config.training import DistillConfig, TrainingConfig
+from ragdistill.config.warm_start import TaskRange, WarmStartConfig, describe_positions
 
 
 class ExperimentConfig(StrictModel):
@@ -26,6 +27,7 @@ class ExperimentConfig(StrictModel):
     env: EnvConfig = Field(default_factory=EnvConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     models: ModelsConfig = Field(default_factory=ModelsConfig)
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     mining: MiningConfig = Field(default_factory=MiningConfig)
     retrieval: RetrievalConfig = Field(default_factory=RetrievalConfig)
@@ -43,6 +45,76 @@ class ExperimentConfig(StrictModel):
         if self.retrieval.retriever == "llm-rerank":
             roles["reranker"] = self.models.reranker
         return roles
+
+    def warm_start_first(self) -> int:
+        """Position of the warm start's first task (``warm_start.start``; see :class:`WarmStartConfig`)."""
+        warm_start, env = self.warm_start, self.env
+        if warm_start.start is not None:
+            return warm_start.start
+        return (env.limit or 0) if warm_start.split == env.split else 0
+
+    def collect_first(self) -> int:
+        """Position of collect batch 0's first task: ``collect.start``, else after the pipeline's own tasks
+        of the collect split (the base rollout's and, when it is on, the warm start's)."""
+        collect, env, warm_start = self.collect, self.env, self.warm_start
+        if collect.start is not None:
+            return collect.start
+        first = (env.limit or 0) if collect.split == env.split else 0
+        if warm_start.enabled and warm_start.split == collect.split:
+            first = max(first, self.warm_start_first() + warm_start.limit)
+        return first
+
+    def task_ranges(self) -> dict[str, TaskRange]:
+        """The positions the warm start, the base rollout, the collect batches and the evaluation take, by
+        name. The evaluation lists its split in the environment's default order: when ``env.balanced``
+        orders the others differently, it counts as taking the whole split."""
+        env, evaluation = self.env, self.evaluation
+        first = self.warm_start_first()
+        same_order = env.balanced is None
+        return {
+            "warm_start": TaskRange(
+                "the warm start", self.warm_start.split, first, first + self.warm_start.limit
+            ),
+            "rollout": TaskRange("the base rollout (and the RAG teacher)", env.split, 0, env.limit),
+            "collect": TaskRange("the collect batches", self.collect.split, self.collect_first(), None),
+            "evaluation": TaskRange(
+                "the evaluation", evaluation.split, 0, evaluation.limit if same_order else None
+            ),
+        }
+
+    @model_validator(mode="after")
+    def _warm_start_tasks_are_its_own(self) -> ExperimentConfig:
+        """The warm start learns from tasks no later stage plays: never the base rollout's (its failures are
+        mined), the collect batches' (their failures must be new) or the evaluation's (unseen by training)."""
+        if not self.warm_start.enabled:
+            return self
+        ranges = self.task_ranges()
+        warm = ranges.pop("warm_start")
+        problems = []
+        for name, other in ranges.items():
+            shared = warm.overlap(other)
+            if shared is not None:
+                problems.append(
+                    f"It overlaps {other.who} ({other.describe()} of split {other.split!r}) at "
+                    f"{describe_positions(*shared)}: {_overlap_remedy(self, name, warm)}"
+                )
+        if problems:
+            raise ValueError(
+                f"the warm start demonstrates {warm.describe()} of split {warm.split!r} (warm_start.start, "
+                "warm_start.limit), which must be tasks no other stage plays. " + " ".join(problems)
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _warm_start_weights_load_here(self) -> ExperimentConfig:
+        """The warm start's checkpoint is loaded by this process's engine; a server serves its own model."""
+        if self.warm_start.enabled and self.models.agent.backend.kind == "openai":
+            raise ValueError(
+                "warm_start.enabled needs the agent's weights loaded here (models.agent.backend.kind vllm or "
+                "hf): an OpenAI-compatible server plays its own model, not the run's warm-start checkpoint. "
+                "Use backend vllm or hf, or turn the warm start off and serve a warm-started model yourself"
+            )
+        return self
 
     @model_validator(mode="after")
     def _students_fit_the_agent_engine(self) -> ExperimentConfig:
@@ -73,7 +145,9 @@ class ExperimentConfig(StrictModel):
         engines: dict[str, list[tuple[str, RoleConfig]]] = {}
         for name, role in self.engine_roles().items():
             if role.backend.kind == "vllm":
-                engines.setdefault(engine_key(role), []).append((name, role))
+                # The warm-started agent loads weights of its own: never one engine with another role.
+                own = "+warm-start" if name == "agent" and self.warm_start.enabled else ""
+                engines.setdefault(engine_key(role) + own, []).append((name, role))
         explicit = {key: roles[0][1].backend.gpu_memory_utilization for key, roles in engines.items()}
         fixed = sum(share for share in explicit.values() if share is not None)
         unset = [key for key, share in explicit.items() if share is None]
@@ -125,6 +199,23 @@ class ExperimentConfig(StrictModel):
                     "variable named by backend.api_key_env (or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)"
                 )
         return self
+
+
+def _overlap_remedy(config: ExperimentConfig, name: str, warm: TaskRange) -> str:
+    """What to change when the warm start's tasks overlap those of ``name`` (a :meth:`task_ranges` key)."""
+    if name == "rollout":
+        if config.env.limit is None:
+            return "set env.limit (the base rollout plays every task of its split), or warm_start.split to another split."
+        return (
+            f"set warm_start.start to {config.env.limit} or more (or leave it empty: it then starts right after "
+            "the base rollout's tasks), or warm_start.split to another split."
+        )
+    if name == "collect":
+        return (
+            f"set collect.start to {warm.end} or more (or leave it empty: batches then start after the warm "
+            "start's tasks), or collect.split to another split."
+        )
+    return "set warm_start.split to a training split: the evaluation's tasks must stay unseen."
 
 
 _CREDENTIALS_IN_URL = re.compile(

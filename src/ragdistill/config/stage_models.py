@@ -27,6 +27,7 @@ from ragdistill.layout import (
     PROMOTION_DIR,
     REPORTS_DIR,
     STUDENTS,
+    WARM_START_DIR,
     adapter_dir,
     checked_name,
     dataset_dir,
@@ -89,6 +90,9 @@ class RunContext(_Frozen):
     """The experiment every stage checks the run root against before it claims a folder (None: none)."""
     replace_experiment: bool = False
     """This experiment may take over a run root that records another one."""
+    warm_start_root: str | None = None
+    """The run root whose ``warm-start/`` holds the agent's warm-started checkpoint, when not this one (a
+    retrain generation plays on its parent's)."""
 
     def role_config(self, role: RoleSettings, **backend_update: Any) -> RoleConfig:
         """The role as the inference layer loads it: its settings plus this context's engine settings."""
@@ -123,6 +127,12 @@ class RoleSettings(_Frozen):
     sampling: SamplingConfig
     backend: Literal["vllm", "openai", "hf"]
     served_model_name: str | None = None
+    warm_start: bool = False
+    """The role plays on the warm start's checkpoint (``warm-start/model``), not on ``model.name``'s
+    weights: the stage then reads the warm start, whose content digest is one of its inputs."""
+
+    def input_dirs(self) -> list[str]:
+        return [WARM_START_DIR] if self.warm_start else []
 
 
 class EnvSettings(_Frozen):
@@ -170,6 +180,9 @@ class RolloutSettings(StageSettings):
     def stage_dir(self) -> str:
         return rollout_prefix(self.stage)
 
+    def input_dirs(self) -> list[str]:
+        return self.role.input_dirs()
+
 
 class TeacherSettings(RolloutSettings):
     """The RAG teacher: a rollout whose prompts carry hints retrieved once per episode."""
@@ -180,7 +193,7 @@ class TeacherSettings(RolloutSettings):
     reranker: RoleSettings | None = None
 
     def input_dirs(self) -> list[str]:
-        return self.retrieval.input_dirs()
+        return [*self.retrieval.input_dirs(), *self.role.input_dirs()]
 
 
 class EvaluationSettings(RolloutSettings):
@@ -199,8 +212,10 @@ class EvaluationSettings(RolloutSettings):
 
     def input_dirs(self) -> list[str]:
         if self.retrieval is not None:
-            return self.retrieval.input_dirs()
-        return [adapter_dir(self.method)] if self.method in STUDENTS else []
+            upstream = self.retrieval.input_dirs()
+        else:
+            upstream = [adapter_dir(self.method)] if self.method in STUDENTS else []
+        return [*upstream, *self.role.input_dirs()]
 
 
 class CollectSettings(RolloutSettings):
@@ -292,12 +307,36 @@ class TrainingSettings(StageSettings):
     training: TrainingConfig
     base_model: ModelSpec
     seed: int
+    warm_start: bool = False
+    """The student is LoRA on the warm start's checkpoint, not on ``base_model``'s own weights."""
 
     def stage_dir(self) -> str:
         return adapter_dir(self.name)
 
     def input_dirs(self) -> list[str]:
-        return [dataset_dir(self.name)]
+        return [dataset_dir(self.name), *([WARM_START_DIR] if self.warm_start else [])]
+
+
+class WarmStartSettings(StageSettings):
+    """Stage 0 (warm start): LoRA on the expert's demonstrations of training tasks, merged into the
+    checkpoint the agent role plays on in every later stage."""
+
+    CODE: ClassVar[str] = "ragdistill.stages.warm_start"
+    env: EnvSettings
+    tasks: TaskSelection
+    agent: AgentConfig
+    """The format the demonstrations are rendered in, their prompts (few-shot examples) and stop rules."""
+    base_model: ModelSpec
+    """The agent's configured model: its tokenizer counts and fits the episodes, its weights are trained."""
+    max_tokens: int
+    """The agent's completion length: an episode's prompt must fit the context window beside it."""
+    removed: list[str]
+    """Prompt segments dropped from the training examples."""
+    training: TrainingConfig
+    seed: int
+
+    def stage_dir(self) -> str:
+        return WARM_START_DIR
 
 
 class EvaluationSeeds(_Frozen):
@@ -347,7 +386,8 @@ class ReportSettings(StageSettings):
 
     def input_dirs(self) -> list[str]:
         folders = [folder for method in self.methods for folder in self.seeds.folders(method)]
-        return [*folders, *map(dataset_dir, STUDENTS), *map(adapter_dir, STUDENTS), PROMOTION_DIR]
+        students = [*map(dataset_dir, STUDENTS), *map(adapter_dir, STUDENTS)]
+        return [WARM_START_DIR, *folders, *students, PROMOTION_DIR]
 
 
 class PromotionSettings(StageSettings):

@@ -25,6 +25,7 @@ from ragdistill.config.experiment import ExperimentConfig
 from ragdistill.config.models import RoleConfig
 from ragdistill.config.retrieval import HintRules, RetrievalConfig
 from ragdistill.config.rollouts import EnvConfig
+from ragdistill.config.settings_table import STAGE_MODELS, settings_table
 from ragdistill.config.stage_models import (
     CollectSettings,
     DatasetSettings,
@@ -48,14 +49,17 @@ from ragdistill.config.stage_models import (
     TaskSelection,
     TeacherSettings,
     TrainingSettings,
+    WarmStartSettings,
 )
 from ragdistill.identity import digest
 from ragdistill.layout import (
     BASE_STAGE,
+    COLLECT_PREFIX,
     EXPERT_STAGE,
     ROLLOUTS_DIR,
     STUDENTS,
     TEACHER_STAGE,
+    WARM_START_DIR,
     collect_stage,
     eval_stage,
     eval_stage_seed,
@@ -87,6 +91,7 @@ __all__ = [
     "TaskSelection",
     "TeacherSettings",
     "TrainingSettings",
+    "WarmStartSettings",
     "experiment_record",
     "pipeline_stage_settings",
     "retrieval_settings",
@@ -97,6 +102,8 @@ __all__ = [
 
 
 def role_settings(config: ExperimentConfig, name: RoleName) -> RoleSettings:
+    """The role's settings; the agent plays on the warm start's checkpoint when ``warm_start`` is on (the
+    extractor and the re-ranker always on their configured models)."""
     role: RoleConfig = getattr(config.models, name)
     return RoleSettings(
         name=name,
@@ -104,6 +111,7 @@ def role_settings(config: ExperimentConfig, name: RoleName) -> RoleSettings:
         sampling=role.sampling,
         backend=role.backend.kind,
         served_model_name=role.backend.served_model_name if role.backend.kind == "openai" else None,
+        warm_start=name == "agent" and config.warm_start.enabled,
     )
 
 
@@ -120,6 +128,7 @@ def pipeline_stage_settings(config: ExperimentConfig) -> dict[str, dict[str, Any
     """Every pipeline stage's settings as JSON, by ``<settings model>:<folder>`` (what each computes)."""
     stages = PipelineSettings(config)
     settings = [
+        *([stages.warm_start] if config.warm_start.enabled else []),
         stages.rollout(),
         stages.mining,
         stages.indexing,
@@ -138,9 +147,12 @@ def experiment_record(config: ExperimentConfig) -> ExperimentRecord:
     return ExperimentRecord(run_name=config.run.name, env=config.env.name, settings=digest(dumped))
 
 
-def run_context(config: ExperimentConfig, *, experiment_check: bool = False) -> RunContext:
+def run_context(
+    config: ExperimentConfig, *, experiment_check: bool = False, warm_start_root: str | None = None
+) -> RunContext:
     """Where and how ``config``'s stages run; ``experiment_check``: each of them checks (and records) the
-    run root's experiment first (``stages.experiment``), as every run the CLI or a flow starts does."""
+    run root's experiment first (``stages.experiment``), as every run the CLI or a flow starts does;
+    ``warm_start_root``: the run root holding the warm start, when not ``run.run_root``."""
     return RunContext(
         run_root=config.run.run_root,
         run_name=config.run.name,
@@ -156,24 +168,31 @@ def run_context(config: ExperimentConfig, *, experiment_check: bool = False) -> 
         allow_unknown_files=config.run.allow_unknown_files,
         experiment=experiment_record(config) if experiment_check else None,
         replace_experiment=config.run.replace_experiment,
+        warm_start_root=warm_start_root,
     )
 
 
 @dataclass(frozen=True)
 class PipelineSettings:
     """Every stage's settings and the run context, built from one experiment config. ``experiment_check``:
-    its stages check and record the run root's experiment (see :func:`run_context`)."""
+    its stages check and record the run root's experiment; ``warm_start_root``: the run root holding the
+    warm start when not this one (see :func:`run_context`)."""
 
     config: ExperimentConfig
     experiment_check: bool = False
+    warm_start_root: str | None = None
 
     @classmethod
-    def from_experiment(cls, config: ExperimentConfig, *, experiment_check: bool = False) -> PipelineSettings:
-        return cls(config, experiment_check)
+    def from_experiment(
+        cls, config: ExperimentConfig, *, experiment_check: bool = False, warm_start_root: str | None = None
+    ) -> PipelineSettings:
+        return cls(config, experiment_check, warm_start_root)
 
     @property
     def ctx(self) -> RunContext:
-        return run_context(self.config, experiment_check=self.experiment_check)
+        return run_context(
+            self.config, experiment_check=self.experiment_check, warm_start_root=self.warm_start_root
+        )
 
     def _env(self) -> EnvSettings:
         return EnvSettings(name=self.config.env.name, options=self.config.env.options)
@@ -190,6 +209,42 @@ class PipelineSettings:
         uses_reranker = retrieval.retriever == "llm-rerank" or retrieval.group == "llm"
         reranker = role_settings(self.config, "reranker") if uses_reranker else None
         return retrieval_settings(retrieval), reranker
+
+    @property
+    def warm_start(self) -> WarmStartSettings:
+        """Stage 0: ``warm_start.limit`` training tasks from ``warm_start.start``, trained for the warm
+        start's own length (``training.*`` otherwise)."""
+        warm_start, training = self.config.warm_start, self.config.training
+        first = self.config.warm_start_first()
+        agent = self.config.models.agent
+        length = {
+            "epochs": warm_start.epochs or training.epochs,
+            "learning_rate": warm_start.learning_rate or training.learning_rate,
+            "max_steps": None,
+        }
+        return WarmStartSettings(
+            env=self._env(),
+            tasks=self._tasks(split=warm_start.split, start=first, limit=first + warm_start.limit),
+            agent=self.config.agent,
+            base_model=agent.model,
+            max_tokens=agent.sampling.max_tokens,
+            removed=[] if warm_start.fewshot else ["fewshot"],
+            training=training.model_copy(update=length),
+            seed=agent.sampling.seed,
+        )
+
+    def warm_start_reserved(self) -> dict[str, TaskSelection]:
+        """The task selections the warm start must not demonstrate, by the folders that play them: the base
+        rollout's (the teacher plays the same), every collect batch's (from the first one on) and the
+        evaluation's."""
+        collect = self.config.collect
+        return {
+            self.rollout().stage_dir(): self.rollout().tasks,
+            f"{ROLLOUTS_DIR}/{COLLECT_PREFIX}*": self._tasks(
+                split=collect.split, start=self.config.collect_first(), limit=None
+            ),
+            f"{ROLLOUTS_DIR}/{eval_stage('*')}": self.evaluation("base").tasks,
+        }
 
     def rollout(self, stage: str = BASE_STAGE) -> RolloutSettings:
         """Stage A: the base agent on the configured training tasks (``stage``: another folder)."""
@@ -266,7 +321,11 @@ class PipelineSettings:
     def training(self, name: Literal["sft", "distill"]) -> TrainingSettings:
         agent = self.config.models.agent
         return TrainingSettings(
-            name=name, training=self.config.training, base_model=agent.model, seed=agent.sampling.seed
+            name=name,
+            training=self.config.training,
+            base_model=agent.model,
+            seed=agent.sampling.seed,
+            warm_start=self.config.warm_start.enabled,
         )
 
     @property
@@ -316,21 +375,20 @@ class PipelineSettings:
 
     def collect(self, batch: int) -> CollectSettings:
         """Collect batch ``batch``: positions ``start + batch·size`` to ``start + (batch+1)·size``."""
-        collect, env = self.config.collect, self.config.env
-        if collect.start is not None:
-            first = collect.start
-        else:
-            first = (env.limit or 0) if collect.split == env.split else 0
-        begin = first + batch * collect.batch_size
+        collect = self.config.collect
+        begin = self.config.collect_first() + batch * collect.batch_size
         tasks = self._tasks(split=collect.split, start=begin, limit=begin + collect.batch_size)
         base = self.rollout(collect_stage(batch)).model_dump(exclude={"tasks"})
         return CollectSettings(**base, tasks=tasks, batch=batch)
 
     def reserved_tasks(self) -> dict[str, TaskSelection]:
         """The task selections a collect batch must not play, by the folder that plays them: the base
-        rollout's (the teacher plays the same), the expert teacher's when the distill set learns from it,
-        and the evaluation's, so collected failures are new tasks and evaluation tasks stay unseen."""
+        rollout's (the teacher plays the same), the warm start's when it is on, the expert teacher's when
+        the distill set learns from it, and the evaluation's, so collected failures are new tasks and
+        evaluation tasks stay unseen."""
         reserved = {self.rollout().stage_dir(): self.rollout().tasks}
+        if self.config.warm_start.enabled:
+            reserved[WARM_START_DIR] = self.warm_start.tasks
         if EXPERT_STAGE in self.teacher_stages():
             reserved[self.expert.stage_dir()] = self.expert.tasks
         reserved[f"{ROLLOUTS_DIR}/{eval_stage('*')}"] = self.evaluation("base").tasks
@@ -369,37 +427,3 @@ class PipelineSettings:
     @property
     def retrain(self) -> RetrainSettings:
         return RetrainSettings(min_failures=self.config.retrain.min_failures)
-
-
-STAGE_MODELS: tuple[tuple[str, type[StageSettings] | type[RetrainSettings]], ...] = (
-    ("A rollout", RolloutSettings),
-    ("B mine", MiningSettings),
-    ("C index", IndexingSettings),
-    ("C teach", TeacherSettings),
-    ("D expert", ExpertSettings),
-    ("D datasets", DatasetSettings),
-    ("D train", TrainingSettings),
-    ("E evaluate", EvaluationSettings),
-    ("E promote", PromotionSettings),
-    ("E report", ReportSettings),
-    ("loop collect", CollectSettings),
-    ("loop retrain", RetrainSettings),
-)
-"""Every stage's settings model, in pipeline order (the README's table is generated from it)."""
-
-
-def settings_table() -> str:
-    """The README's "what each stage reads" table, generated from the settings models: each stage's
-    settings (hashed whole into its identity), the code its identity fingerprints, and what it never
-    reads (everything in :class:`RunContext`)."""
-    rows = [
-        "| stage | settings model (hashed whole) | fields | code fingerprinted |",
-        "|---|---|---|---|",
-    ]
-    for label, model in STAGE_MODELS:
-        fields = ", ".join(f"`{name}`" for name in model.model_fields)
-        code = f"`{model.CODE}`" if issubclass(model, StageSettings) else "— (a decision, not an output)"
-        rows.append(f"| {label} | `{model.__name__}` | {fields} | {code} |")
-    context = ", ".join(f"`{name}`" for name in RunContext.model_fields)
-    rows.append(f"| never | `RunContext` (where and how) | {context} | — |")
-    return "\n".join(rows)

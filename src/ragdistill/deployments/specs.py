@@ -112,6 +112,7 @@ class FlowDeployment:
 
 DEPLOYMENTS: tuple[FlowDeployment, ...] = (
     FlowDeployment("ragdistill.flows.pipeline.pipeline_flow", INFERENCE | TRAINING, schedule=NIGHTLY),
+    FlowDeployment("ragdistill.flows.standalone.warm_start_flow", TRAINING),
     FlowDeployment("ragdistill.flows.standalone.rollout_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.mine_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.index_flow"),
@@ -147,8 +148,8 @@ def deployment_tags(spec: FlowDeployment) -> list[str]:
 
 
 def flow_summary(flow: Flow[..., Any]) -> str | None:
-    """The first paragraph of the flow's docstring (the rest documents its parameters)."""
-    return flow.description.split("\n\n")[0].strip() if flow.description else None
+    """The first paragraph of the flow's docstring, on one line (the rest documents its parameters)."""
+    return " ".join(flow.description.split("\n\n")[0].split()) if flow.description else None
 
 
 def deployment_parameters(

@@ -1,5 +1,5 @@
-"""The end-to-end flow: rollout → mine → index → teach (→ expert) → datasets → train → evaluate → promote →
-report.
+"""The end-to-end flow: (warm start →) rollout → mine → index → teach (→ expert) → datasets → train →
+evaluate → promote → report.
 
 Each task's cache key is its stage's identity plus a check that its outputs still exist unchanged
 (``tasks.common``), so a re-run with nothing changed finishes from the cache, a changed setting re-runs
@@ -29,7 +29,14 @@ from ragdistill.tasks.common import on_run_root
 from ragdistill.tasks.promotion import promote_task
 from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
 from ragdistill.tasks.rollout import rollout_task
-from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, report_task, train_task
+from ragdistill.tasks.students import (
+    dataset_task,
+    evaluate_task,
+    expert_task,
+    report_task,
+    train_task,
+    warm_start_task,
+)
 
 
 @flow(name="pipeline", flow_run_name=flow_run_namer("pipeline"), log_prints=True)
@@ -37,17 +44,21 @@ from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, 
 def pipeline_flow(
     config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
 ) -> dict[str, Any]:
-    """Every stage in order: rollout, mine, index, teach (expert), datasets, train, evaluate, report."""
+    """Every stage in order: (warm start), rollout, mine, index, teach, (expert), datasets, train,
+    evaluate, report."""
     config, config_file = experiment_config(config_name, overrides, {"run.run_root": run_root})
     stages = PipelineSettings.from_experiment(config, experiment_check=True)
     ctx = stages.ctx
     write_run_file(ArtifactStore(ctx.run_root), config_file.stem, config.model_dump(mode="json"))
     run = StageCalls(ctx)
+    counts: dict[str, Any] = {}
     try:
-        counts = {
-            "base": run(rollout_task, stages.rollout()),
-            "hints": run(mine_task, stages.mining),
-        }
+        if config.warm_start.enabled:
+            counts["warm_start"] = run(
+                warm_start_task, stages.warm_start, reserved=stages.warm_start_reserved()
+            )
+        counts["base"] = run(rollout_task, stages.rollout())
+        counts["hints"] = run(mine_task, stages.mining)
         if config.retrieval.retriever == "faiss":
             run(index_task, stages.indexing)
         counts["teacher"] = run(teach_task, stages.teacher)
@@ -65,9 +76,10 @@ class StageCalls:
     def __init__(self, ctx: RunContext, digests: dict[str, str] | None = None) -> None:
         self.ctx, self.digests = ctx, dict(digests or {})
 
-    def __call__(self, task: Any, settings: StageSettings) -> dict[str, Any]:
+    def __call__(self, task: Any, settings: StageSettings, **arguments: Any) -> dict[str, Any]:
+        """Run ``task`` on ``settings`` (``arguments``: the task's further parameters)."""
         inputs = {folder: self.digests[folder] for folder in settings.input_dirs() if folder in self.digests}
-        result = on_run_root(task, self.ctx)(self.ctx, settings, inputs)
+        result = on_run_root(task, self.ctx)(self.ctx, settings, inputs, **arguments)
         if result.get("digest") is not None:
             self.digests[settings.stage_dir()] = result["digest"]
         return result["counts"]

@@ -11,7 +11,8 @@ reads every failure stored since its watermark, skips with a recorded reason bel
 ``retrain.min_failures``, and otherwise runs mine → index → teach (→ expert) → datasets → train →
 evaluate → promote on generation ``k`` (``generations/<k>/``, see ``stages.retrain``), then advances the
 watermark. With no champion yet (nothing promoted) a retrain still runs: every generation trains from
-the base model, and its candidate is gated against the base agent's evaluation. Promote registers generation ``k``'s students in the *run root's* registry
+the base model (the run root's warm-started checkpoint when the warm start is on), and its candidate is
+gated against the base agent's evaluation. Promote registers generation ``k``'s students in the *run root's* registry
 (lineage: the generation and the collect batches it consumed) and lets the gate compare the candidate with
 the run root's current version, so the next ``collect`` plays the new student once it is promoted. The
 retrain lease makes a second retrain of the same run root skip at once, with the holder recorded as the
@@ -34,6 +35,7 @@ from ragdistill.flows.pipeline import StageCalls, run_students
 from ragdistill.inference.shared import close_shared_backends
 from ragdistill.layout import BASE_STAGE, rollout_prefix
 from ragdistill.stages.collect import next_batch
+from ragdistill.stages.lifecycle import recorded_inputs
 from ragdistill.stages.retrain import advance_watermark, generation_root, record_decision, retrain_turn
 from ragdistill.store import ArtifactStore
 from ragdistill.tasks.collect import (
@@ -119,8 +121,12 @@ def _train_generation(parent: PipelineSettings, decision: dict[str, Any]) -> dic
     base = on_run_root(prepare_generation_task, parent_ctx)(parent_ctx, generation, consumed)
     root = generation_root(parent_ctx.run_root, generation)
     generation_config = with_overrides(parent.config, {"run.run_root": root})
-    stages = PipelineSettings.from_experiment(generation_config, experiment_check=parent.experiment_check)
-    run = StageCalls(stages.ctx, {rollout_prefix(BASE_STAGE): base["digest"]})
+    stages = PipelineSettings.from_experiment(
+        generation_config, experiment_check=parent.experiment_check, warm_start_root=parent_ctx.run_root
+    )
+    # Every generation plays and trains on the run root's warm start, as the pipeline did.
+    warm_start = recorded_inputs(ArtifactStore(parent_ctx.run_root), parent.rollout().role.input_dirs())
+    run = StageCalls(stages.ctx, {rollout_prefix(BASE_STAGE): base["digest"], **warm_start})
     counts = {"base": base["counts"], "hints": run(mine_task, stages.mining)}
     if stages.config.retrieval.retriever == "faiss":
         run(index_task, stages.indexing)

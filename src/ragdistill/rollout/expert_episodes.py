@@ -9,7 +9,8 @@ rules and context fitting, the same token counts with the agent model's tokenize
 ``source: expert``; distillation strips their hints and examples like any teacher episode's.
 
 Why: a model too small to win a game even with hints (the laptop demo's 135M model wins none) gives
-the RAG teacher no successes to distil; demonstrations do.
+the RAG teacher no successes to distil; demonstrations do. The expert teacher (``stages.expert``) and
+the warm start (``stages.warm_start``) both record them through :func:`record_demonstrations`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,23 @@ from typing import Any, Protocol
 from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budget
 from ragdistill.agents.demonstrations import render_expert_turns
 from ragdistill.agents.formats import AgentFormat
-from ragdistill.config import AgentConfig
+from ragdistill.config import AgentConfig, ModelSpec
+from ragdistill.config.stages import EnvSettings, RunContext
 from ragdistill.environments.base import EnvError, TaskInfo
 from ragdistill.episodes import EpisodeRecord, Step, StopReason, turn_segments
 from ragdistill.messages import ChatMessage, Segment, render_messages
-from ragdistill.rollout.engine import EpisodePool, HintSource, RecordSink, RetrievedHints, error_kind
+from ragdistill.rollout.engine import (
+    EpisodePool,
+    HintSource,
+    ProgressCallback,
+    RecordSink,
+    RetrievedHints,
+    error_kind,
+)
+from ragdistill.rollout.plan import examples_provider, open_pool
+from ragdistill.rollout.plan import prompt_version as prompt_version_of
+from ragdistill.rollout.play import episode_log, write_task_list
+from ragdistill.store import ArtifactStore
 from ragdistill.trajectories import ExpertTrajectory
 
 EXPERT_MODEL = "expert"
@@ -260,3 +273,59 @@ def write_expert_episodes(
         if progress:
             progress(record, written, len(tasks))
     return written
+
+
+@dataclass(frozen=True)
+class Demonstrations:
+    """How the expert's demonstrations become episodes: in ``env``, rendered in the agent's format with
+    its prompts and stop rules, fitted to the context window of ``tokenizer``'s model beside a
+    completion of ``max_tokens`` and counted with its tokenizer."""
+
+    env: EnvSettings
+    agent: AgentConfig
+    tokenizer: ModelSpec
+    max_tokens: int
+
+
+def record_demonstrations(
+    ctx: RunContext,
+    store: ArtifactStore,
+    prefix: str,
+    how: Demonstrations,
+    tasks: list[TaskInfo],
+    split: str,
+    hint_source: Callable[[], HintSource | None],
+    progress: ProgressCallback | None = None,
+) -> tuple[list[str], int]:
+    """Demonstrate the ``tasks`` without a finished record into the record log under ``prefix``
+    (``rollout.expert_episodes``; ``hint_source`` is built only when one is played), then compact it to
+    exactly ``tasks`` and write its task list. Returns the files written and how many were played now."""
+    from ragdistill.agents.formats import get_format
+    from ragdistill.environments.registry import get_profile
+    from ragdistill.inference.chat import count_chat_tokens, load_tokenizer
+    from ragdistill.models import resolve_model
+
+    records = episode_log(store, prefix, ctx.rollout.shard_size)
+    finished = {item["task_id"] for item in records.records() if item.get("error_kind") != "transient"}
+    pending = [task for task in tasks if task.task_id not in finished]
+    if pending:
+        env, agent, model = how.env, how.agent, how.tokenizer
+        tokenizer = load_tokenizer(resolve_model(model), model.trust_remote_code)
+        with open_pool(ctx, env, len(pending)) as pool:
+            write_expert_episodes(
+                pool,
+                pending,
+                get_format(agent.format, get_profile(env.name)),
+                agent,
+                examples_provider(agent, env.name, ctx.data_dir),
+                hint_source(),
+                lambda messages, completion: count_chat_tokens(tokenizer, messages, completion),
+                model.max_model_len - how.max_tokens,
+                records,
+                prompt_version=prompt_version_of(env.name),
+                progress=progress,
+            )
+    wanted = {task.task_id for task in tasks}
+    files = records.compact(keep=lambda record: record["task_id"] in wanted)
+    files.append(write_task_list(store, prefix, how.env.name, split, tasks, ctx.data_dir))
+    return files, len(pending)

@@ -1,7 +1,8 @@
 """The collect stage: the current student plays a batch of new tasks into ``rollouts/collect-NNNN``.
 
 The player is the adapter registry's current adapter (``adapter_registry.current_adapter``) on the
-agent's model, or the base model before anything was promoted. Batch ``n``
+agent's model (the warm start's checkpoint when it is on), or that model alone before anything was
+promoted. Batch ``n``
 (:meth:`~ragdistill.config.stages.PipelineSettings.collect`) plays the tasks at positions
 ``start + n·batch_size`` up to ``start + (n+1)·batch_size`` of the ``collect.split`` task list (see
 :class:`ragdistill.config.CollectConfig`). The cursor is the run root itself: callers play batch
@@ -10,9 +11,10 @@ the rollout machinery, episode by episode) before a new one starts, and successi
 a task.
 
 Identity: a rollout's (``stages.rollout``) under :class:`~ragdistill.config.stages.CollectSettings`,
-whole (the rollout settings and the batch number); inputs: the environment's data version and the
-content digest of the registry's current adapter (``adapter``), resolved when the identity is made;
-growable: the batch's task list.
+whole (the rollout settings and the batch number); inputs: the environment's data version, the
+content digest of the registry's current adapter (``adapter``), resolved when the identity is made, and
+the warm start's when it is on (read from the run root's manifest unless handed); growable: the batch's
+task list.
 
 A batch never plays a task the pipeline plays or evaluates on (:func:`check_fresh_tasks`, given the
 pipeline's selections by ``PipelineSettings.reserved_tasks``): its failures must be new, and the
@@ -34,7 +36,7 @@ from ragdistill.inference.base import Backend
 from ragdistill.layout import COLLECT_PREFIX, ROLLOUTS_DIR, collect_stage, rollout_prefix
 from ragdistill.rollout.engine import ProgressCallback
 from ragdistill.rollout.plan import resolve_adapter, select_tasks
-from ragdistill.stages.lifecycle import StageError, StageIdentity
+from ragdistill.stages.lifecycle import StageError, StageIdentity, recorded_inputs
 from ragdistill.stages.rollout import identity_for, play_settings
 from ragdistill.store import ArtifactError, ArtifactStore, Manifest, read_manifest, read_records
 
@@ -125,13 +127,24 @@ def _player(store: ArtifactStore, settings: CollectSettings) -> str | None:
     return current_adapter(store) or settings.role.model.adapter
 
 
+def _inputs(ctx: RunContext, settings: CollectSettings, inputs: Inputs | None) -> Inputs:
+    """``inputs``, else the digests of what the batch reads as the run root holds them now (the warm start,
+    when the agent plays on its checkpoint)."""
+    if inputs is not None:
+        return inputs
+    from ragdistill.stages.agent_model import warm_start_store
+
+    return recorded_inputs(warm_start_store(ctx), settings.input_dirs())
+
+
 def collect_identity(
     ctx: RunContext, settings: CollectSettings, inputs: Inputs | None = None
 ) -> StageIdentity:
     """See the module docstring."""
     store = ArtifactStore(ctx.run_root)
     adapter = resolve_adapter(store, _player(store, settings), settings.role.model)
-    return identity_for(ctx, settings, inputs or {}, _batch_tasks(ctx, settings), adapter.digest)
+    tasks = _batch_tasks(ctx, settings)
+    return identity_for(ctx, settings, _inputs(ctx, settings, inputs), tasks, adapter.digest)
 
 
 def run_collect(
@@ -146,16 +159,19 @@ def run_collect(
     """Play collect batch ``settings.batch`` (resuming it when it was interrupted); the batch and its
     manifest. ``reserved``: the selections it must not overlap (:func:`check_fresh_tasks`), checked before
     anything is written."""
+    from ragdistill.stages.agent_model import agent_role
+
     store = ArtifactStore(ctx.run_root)
     if reserved:
         check_fresh_tasks(ctx, settings, reserved)
     tasks = _batch_tasks(ctx, settings)
+    inputs = _inputs(ctx, settings, inputs)
     registered = current_adapter(store)
-    role = ctx.role_config(settings.role)
+    role = agent_role(ctx, settings.role, inputs)
     if registered is not None:
         role = role.model_copy(update={"model": role.model.model_copy(update={"adapter": registered})})
     manifest = play_settings(
-        ctx, settings, inputs or {}, role=role, tasks=tasks, backend=backend, progress=progress
+        ctx, settings, inputs, role=role, tasks=tasks, backend=backend, progress=progress
     )
     return CollectBatch(settings.batch, settings.stage, registered), manifest
 

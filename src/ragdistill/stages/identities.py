@@ -21,6 +21,7 @@ from ragdistill.config.stages import (
     StageSettings,
     TeacherSettings,
     TrainingSettings,
+    WarmStartSettings,
 )
 from ragdistill.stages.lifecycle import StageIdentity
 
@@ -40,6 +41,7 @@ def _identities() -> dict[type[StageSettings], IdentityFunction]:
         rollout,
         teaching,
         training,
+        warm_start,
     )
 
     return {
@@ -54,6 +56,7 @@ def _identities() -> dict[type[StageSettings], IdentityFunction]:
         TrainingSettings: training.training_identity,
         ReportSettings: report.report_identity,
         PromotionSettings: promotion.promotion_identity,
+        WarmStartSettings: warm_start.warm_start_identity,
     }
 
 

@@ -2,7 +2,8 @@
 promotion gate decide on the candidate (``promotion.*``; ``ragdistill.adapter_registry``).
 
 A student is registered with its lineage (base model, dataset digest and the dataset's own inputs, the
-hint bank digest, the base rollout its hints were mined from and how many failures were mined), its
+hint bank digest, the base rollout its hints were mined from and how many failures were mined, and the
+warm start its base came from when it is on: "smollm2-135m + warm start on 60 expert games"), its
 training settings and its evaluation's headline. The gate compares the candidate (``promotion.student``)
 with the registry's current adapter, or with the base agent's evaluation when nothing is current.
 Under several evaluation seeds (``evaluation.seeds``) a headline is the mean over the seeds, and a
@@ -190,6 +191,8 @@ def _register(
     recorded = _recorded_identity(store, folder)
     trained_with = recorded.get("settings", {})
     lineage = _lineage(store, name)
+    if training.extra.get("base"):
+        lineage["base"] = training.extra["base"]
     if source.generation is not None:
         lineage["generation"] = source.generation
     return registry.register(

@@ -2,10 +2,10 @@
 ``reports/metrics.parquet``.
 
 It reads only finished stages: the evaluation rollouts of every method under every evaluation seed
-(exactly the shards their manifests list), the dataset cards and the training results, plus
-``run.json`` (the run's settings, written by the pipeline and the CLI). Identity
-(:class:`~ragdistill.config.stages.ReportSettings`, whole: the run's config, name, methods and seeds),
-plus the content digests of the finished folders it reads, and the code.
+(exactly the shards their manifests list), the dataset cards and the training results, the warm start's
+manifest (the report names the base it made), plus ``run.json`` (the run's settings, written by the
+pipeline and the CLI). Identity (:class:`~ragdistill.config.stages.ReportSettings`, whole: the run's
+config, name, methods and seeds), plus the content digests of the finished folders it reads, and the code.
 
 Each run root gives one metrics frame (:func:`run_metrics_frame`, ``evaluation.frame``); ``ragdistill
 report RUN_ROOT [RUN_ROOT …]`` concatenates several (one agent format each), which gives the paper's
@@ -21,7 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from ragdistill.config.stages import EvaluationSeeds, Inputs, ReportSettings, RunContext
 from ragdistill.episodes import EpisodeRecord
-from ragdistill.layout import ADAPTERS_DIR, PROMOTION_DIR, REPORTS_DIR, RUN_FILE, rollout_prefix
+from ragdistill.layout import (
+    ADAPTERS_DIR,
+    PROMOTION_DIR,
+    REPORTS_DIR,
+    RUN_FILE,
+    WARM_START_DIR,
+    WARM_START_MODEL,
+    rollout_prefix,
+)
 from ragdistill.stages.lifecycle import StageError, StageIdentity, StageRun, stage_identity, stage_inputs
 from ragdistill.store import (
     ArtifactError,
@@ -128,7 +136,7 @@ def render_run_reports(stores: list[ArtifactStore], out: ArtifactStore) -> dict[
         eval_split=first["evaluation"]["split"],
         eval_task_count=int(evaluated["episodes"].max()) if len(evaluated) else 0,
         metrics=frame,
-        model=first["models"]["agent"]["model"]["name"],
+        model=_model_label(first),
         datasets=datasets,
         training=training,
         notes=notes,
@@ -181,6 +189,9 @@ def run_metrics_frame(store: ArtifactStore, run: dict[str, Any] | None = None) -
 def _run_notes(store: ArtifactStore, config: dict[str, Any], suffix: str) -> list[str]:
     """What the report's notes say about one run root's settings."""
     notes = []
+    base = _warm_start_note(store, config)
+    if base:
+        notes.append(f"Base model{suffix}: {base}")
     teacher = config["distill"]["teacher"]
     if teacher != "rag":
         notes.append(
@@ -231,6 +242,35 @@ def _run_info(store: ArtifactStore) -> dict[str, Any]:
             f"{store.uri(RUN_FILE)} is missing: that folder is not a ragdistill run root (run the pipeline first)"
         )
     return store.read_json(RUN_FILE)
+
+
+def _model_label(config: dict[str, Any]) -> str:
+    """The agent's model as the report names it: the configured one, "+ warm start" when it is on."""
+    name = config["models"]["agent"]["model"]["name"]
+    return f"{name} + warm start" if config.get("warm_start", {}).get("enabled") else name
+
+
+def _warm_start_note(store: ArtifactStore, config: dict[str, Any]) -> str | None:
+    """What every method's base is when the warm start is on: "base = <model> + warm start on N expert
+    games", with how it was trained (``stages.warm_start``)."""
+    if not config.get("warm_start", {}).get("enabled"):
+        return None
+    try:
+        manifest = read_manifest(store, WARM_START_DIR)
+    except ArtifactError:
+        return f"the warm start is on, but {store.uri(WARM_START_DIR)} has no finished manifest."
+    tasks = manifest.extra.get("tasks", {})
+    result = manifest.extra.get("result", {})
+    losses = " → ".join(
+        f"{value:.3f}" for value in (result.get("first_loss"), result.get("last_loss")) if value is not None
+    )
+    return (
+        f"base = {manifest.extra.get('description')} (tasks {tasks.get('start')}–{(tasks.get('end') or 0) - 1} "
+        f"of split {tasks.get('split')!r}, none of them a rollout, collect or evaluation task; LoRA for "
+        f"{result.get('epochs')} epochs, {result.get('steps')} steps, loss {losses or 'not logged'}, merged "
+        f"into {WARM_START_DIR}/{WARM_START_MODEL}). Every method plays on it; the students are LoRA on top "
+        "of it."
+    )
 
 
 def _not_run_reason(store: ArtifactStore, method: str, folder: str) -> str:

@@ -9,7 +9,8 @@ nothing else:
   backend kind, the records' source; a teacher or evaluation adds its retrieval settings and re-ranker
   role, an evaluation its method and student weights);
 - inputs: the content digests of the upstream folders the stage reads (``settings.input_dirs()``: the
-  teacher's hint bank and index, a student's training folder), the environment's data version
+  teacher's hint bank and index, a student's training folder, the warm start whose checkpoint the agent
+  plays on when it is on), the environment's data version
   (``environment``) and the content digest of the adapter the agent plays with (``adapter``, when it has
   one);
 - growable: the task selection, the task list's digest and its length (a larger list keeps every
@@ -118,12 +119,20 @@ def play_settings(
     backend: Backend | None = None,
     progress: ProgressCallback | None = None,
 ) -> Manifest:
-    """The rollout stage of ``settings`` (``role``: instead of ``ctx.role_config(settings.role)``;
-    ``record_adapter``: the adapter digest of weights that already hold it). Its identity is
-    :func:`identity_for` of the tasks and the adapter it plays."""
+    """The rollout stage of ``settings`` (``role``: instead of the agent role as ``stages.agent_model``
+    loads it, on the warm start's checkpoint when it is on; ``record_adapter``: the adapter digest of
+    weights that already hold it). Its identity is :func:`identity_for` of the tasks and the adapter it
+    plays."""
+    from ragdistill.stages.agent_model import agent_role
+
     store = ArtifactStore(ctx.run_root)
     plan = plan_rollout(
-        ctx, settings, role=role, tasks=tasks, hint_source=hint_source, record_adapter=record_adapter
+        ctx,
+        settings,
+        role=role or agent_role(ctx, settings.role, inputs),
+        tasks=tasks,
+        hint_source=hint_source,
+        record_adapter=record_adapter,
     )
     adapter = resolve_adapter(store, plan.role.model.adapter, plan.role.model)
     identity = identity_for(ctx, settings, inputs, plan.tasks, record_adapter or adapter.digest)

@@ -1,4 +1,5 @@
-"""Prefect tasks for stages D and E: expert demonstrations, datasets, training, evaluation, report.
+"""Prefect tasks for stage 0 and stages D and E: the warm start, expert demonstrations, datasets,
+training, evaluation, report.
 
 Thin wrappers over the stage functions; each task's cache key is its stage's identity (``tasks.common``).
 """
@@ -19,18 +20,42 @@ from ragdistill.config.stages import (
     Inputs,
     ReportSettings,
     RunContext,
+    TaskSelection,
     TrainingSettings,
+    WarmStartSettings,
 )
-from ragdistill.layout import REPORTS_DIR, adapter_folder
+from ragdistill.layout import REPORTS_DIR, STUDENTS, adapter_dir, adapter_folder
 from ragdistill.stages.datasets import run_dataset
 from ragdistill.stages.evaluation import SkippedMethod, run_evaluation
 from ragdistill.stages.expert import run_expert_teacher
 from ragdistill.stages.report import FIGURE_FILE, METRICS_FILE, run_report
 from ragdistill.stages.training import run_training
+from ragdistill.stages.warm_start import run_warm_start
 from ragdistill.store import ArtifactStore
 from ragdistill.tasks.common import STAGE_CACHE, TASK_RUN_SUFFIX, publish_manifest, send_progress
 from ragdistill.tasks.rollout import progress_reporter, shard_runner_for
 from ragdistill.training.progress import ProgressListener, TrainingProgress, use_training_progress
+
+
+@task(
+    name="warm-start",
+    task_run_name="warm-start-" + TASK_RUN_SUFFIX,
+    cache_policy=STAGE_CACHE,
+    result_serializer="json",
+)
+def warm_start_task(
+    ctx: RunContext,
+    settings: WarmStartSettings,
+    inputs: Inputs,
+    reserved: dict[str, TaskSelection] | None = None,
+) -> dict[str, Any]:
+    """Stage 0; ``reserved``: the selections its tasks must not share (checked before any work; they
+    change no output, so the cache key leaves them out). The UI shows the training's progress (the
+    demonstrations take seconds: the expert needs no model)."""
+    folder = settings.stage_dir()
+    with use_training_progress(training_progress_reporter(folder)):
+        manifest = run_warm_start(ctx, settings, inputs, reserved=reserved)
+    return publish_manifest(manifest, key=folder, description=f"{ctx.run_name}: {folder}")
 
 
 @task(
@@ -80,24 +105,26 @@ def train_task(ctx: RunContext, settings: TrainingSettings, inputs: Inputs) -> d
 
 def training_progress_reporter(name: str) -> ProgressListener:
     """A progress artifact in the Prefect UI, created at the training's first logged optimizer step (a
-    skipped training makes none) and moved at every one after it (best effort: :func:`send_progress`)."""
+    skipped training makes none) and moved at every one after it (best effort: :func:`send_progress`).
+    ``name``: a student (its folder is ``adapters/<name>``) or a folder under the run root."""
     artifact: list[UUID] = []
+    folder = adapter_dir(name) if name in STUDENTS else name
 
     def on_step(progress: TrainingProgress) -> None:
         description = (
-            f"adapters/{name}: step {progress.step} of {progress.max_steps}, "
+            f"{folder}: step {progress.step} of {progress.max_steps}, "
             f"epoch {progress.epoch:.2f}, loss {progress.loss:.4f}"
         )
         if not artifact:
             send_progress(
-                f"adapters/{name}",
+                folder,
                 lambda: artifact.append(
                     create_progress_artifact(progress=progress.percent, description=description)
                 ),
             )
         else:
             send_progress(
-                f"adapters/{name}",
+                folder,
                 lambda: update_progress_artifact(
                     artifact[0], progress=progress.percent, description=description
                 ),
