@@ -30,6 +30,7 @@ NOT_OUTPUT_CODE: frozenset[str] = frozenset(
     {
         "ragdistill",
         "ragdistill.config",
+        "ragdistill.config.run_context",
         "ragdistill.config.stage_models",
         "ragdistill.config.stages",
         "ragdistill.errors",

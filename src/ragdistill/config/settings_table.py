@@ -3,6 +3,7 @@ by ``config.stages``; ``tests/test_stage_settings.py`` keeps the README's copy c
 
 from __future__ import annotations
 
+from ragdistill.config.run_context import RunContext
 from ragdistill.config.stage_models import (
     CollectSettings,
     DatasetSettings,
@@ -14,7 +15,6 @@ from ragdistill.config.stage_models import (
     ReportSettings,
     RetrainSettings,
     RolloutSettings,
-    RunContext,
     StageSettings,
     TeacherSettings,
     TrainingSettings,

@@ -1,4 +1,5 @@
-"""The per-stage settings models and the run context (``config.stages`` builds them from a config).
+"""The per-stage settings models (``config.stages`` builds them from a config; the run context is in
+``config.run_context``).
 
 Each stage's settings model holds exactly what that stage's output depends on and is hashed whole into
 its identity; :class:`RunContext` holds where and how stages run and is never hashed.
@@ -6,15 +7,15 @@ its identity; :class:`RunContext` holds where and how stages run and is never ha
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, Field
 
 from ragdistill.config.evaluation import PromotionConfig
-from ragdistill.config.models import BackendConfig, ModelSpec, RoleConfig, SamplingConfig
+from ragdistill.config.models import ModelSpec, SamplingConfig
 from ragdistill.config.retrieval import HintRules
-from ragdistill.config.rollouts import AgentConfig, OrchestrationConfig, RolloutConfig
+from ragdistill.config.rollouts import AgentConfig
+from ragdistill.config.run_context import Frozen
 from ragdistill.config.training import TrainingConfig
 from ragdistill.layout import (
     BASE_STAGE,
@@ -54,55 +55,7 @@ RunFolder = Annotated[str, AfterValidator(_checked_folder)]
 """A folder under the run root (``rollouts/base``): names only, so it cannot leave the run root."""
 
 
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ExperimentRecord(_Frozen):
-    """Which experiment a run belongs to (``stages.experiment``): its run name and environment define it,
-    ``settings`` (a digest of every stage's settings) says what it last ran with."""
-
-    run_name: str
-    env: str
-    settings: str
-
-
-class RunContext(_Frozen):
-    """Where and how stages run; never part of an identity."""
-
-    run_root: str
-    run_name: str
-    env_name: str = ""
-    """For names and logs only (task runs are named ``<stage>-<env>-<run>``)."""
-    lease_wait_s: float = 0.0
-    data_dir: Path = Path("data")
-    env_workers: int = 2
-    max_games_per_worker: int = 200
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    """Batch size, shard size and count, error share and transient retries of every rollout."""
-    mining_chunk_size: int = 32
-    backends: dict[str, BackendConfig] = Field(default_factory=dict)
-    """How each model role's engine is loaded (by role name); what it generates is in the settings."""
-    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
-    allow_unknown_files: bool = False
-    """A stage runs even when its folder holds files ragdistill did not write (left in place)."""
-    experiment: ExperimentRecord | None = None
-    """The experiment every stage checks the run root against before it claims a folder (None: none)."""
-    replace_experiment: bool = False
-    """This experiment may take over a run root that records another one."""
-    warm_start_root: str | None = None
-    """The run root whose ``warm-start/`` holds the agent's warm-started checkpoint, when not this one (a
-    retrain generation plays on its parent's)."""
-
-    def role_config(self, role: RoleSettings, **backend_update: Any) -> RoleConfig:
-        """The role as the inference layer loads it: its settings plus this context's engine settings."""
-        backend = self.backends.get(role.name) or BackendConfig(kind=role.backend)
-        if backend_update:
-            backend = backend.model_copy(update=backend_update)
-        return RoleConfig(model=role.model, backend=backend, sampling=role.sampling)
-
-
-class StageSettings(_Frozen):
+class StageSettings(Frozen):
     """What every stage's settings model offers: its folder, its upstream folders and its code."""
 
     CODE: ClassVar[str]
@@ -119,7 +72,7 @@ class StageSettings(_Frozen):
         return []
 
 
-class RoleSettings(_Frozen):
+class RoleSettings(Frozen):
     """A model role as far as it changes what the model generates."""
 
     name: RoleName
@@ -135,12 +88,12 @@ class RoleSettings(_Frozen):
         return [WARM_START_DIR] if self.warm_start else []
 
 
-class EnvSettings(_Frozen):
+class EnvSettings(Frozen):
     name: str
     options: dict[str, Any] = Field(default_factory=dict)
 
 
-class TaskSelection(_Frozen):
+class TaskSelection(Frozen):
     """Which tasks a rollout plays: positions ``start`` up to ``limit`` of the split's task list."""
 
     split: str
@@ -150,7 +103,7 @@ class TaskSelection(_Frozen):
     task_types: list[str] | None = None
 
 
-class RetrievalSettings(_Frozen):
+class RetrievalSettings(Frozen):
     """What changes which hints an episode gets (the index's own settings reach it as its digest)."""
 
     retriever: Literal["faiss", "bm25", "llm-rerank"]
@@ -339,7 +292,7 @@ class WarmStartSettings(StageSettings):
         return WARM_START_DIR
 
 
-class EvaluationSeeds(_Frozen):
+class EvaluationSeeds(Frozen):
     """The sampling seeds every method is evaluated under (``evaluation.seeds``) and the agent's own seed,
     whose evaluation keeps the folder a one-seed run always had (``rollouts/eval-<method>``)."""
 
@@ -414,7 +367,7 @@ class PromotionSettings(StageSettings):
         return folders
 
 
-class RetrainSettings(_Frozen):
+class RetrainSettings(Frozen):
     """The retrain decision: how many new collect failures start a generation."""
 
     min_failures: int

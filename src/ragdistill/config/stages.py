@@ -25,6 +25,7 @@ from ragdistill.config.experiment import ExperimentConfig
 from ragdistill.config.models import RoleConfig
 from ragdistill.config.retrieval import HintRules, RetrievalConfig
 from ragdistill.config.rollouts import EnvConfig
+from ragdistill.config.run_context import ExperimentRecord, RunContext
 from ragdistill.config.settings_table import STAGE_MODELS, settings_table
 from ragdistill.config.stage_models import (
     CollectSettings,
@@ -32,7 +33,6 @@ from ragdistill.config.stage_models import (
     EnvSettings,
     EvaluationSeeds,
     EvaluationSettings,
-    ExperimentRecord,
     ExpertSettings,
     IndexingSettings,
     Inputs,
@@ -44,7 +44,6 @@ from ragdistill.config.stage_models import (
     RoleName,
     RoleSettings,
     RolloutSettings,
-    RunContext,
     StageSettings,
     TaskSelection,
     TeacherSettings,

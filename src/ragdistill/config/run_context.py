@@ -1,0 +1,65 @@
+"""Where and how stages run (:class:`RunContext`), never part of an identity, and which experiment a run
+root belongs to (:class:`ExperimentRecord`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ragdistill.config.models import BackendConfig, RoleConfig
+from ragdistill.config.rollouts import OrchestrationConfig, RolloutConfig
+
+if TYPE_CHECKING:
+    from ragdistill.config.stage_models import RoleSettings
+
+
+class Frozen(BaseModel):
+    """A settings model: every field declared, none changed after it is built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExperimentRecord(Frozen):
+    """Which experiment a run belongs to (``stages.experiment``): its run name and environment define it,
+    ``settings`` (a digest of every stage's settings) says what it last ran with."""
+
+    run_name: str
+    env: str
+    settings: str
+
+
+class RunContext(Frozen):
+    """Where and how stages run; never part of an identity."""
+
+    run_root: str
+    run_name: str
+    env_name: str = ""
+    """For names and logs only (task runs are named ``<stage>-<env>-<run>``)."""
+    lease_wait_s: float = 0.0
+    data_dir: Path = Path("data")
+    env_workers: int = 2
+    max_games_per_worker: int = 200
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    """Batch size, shard size and count, error share and transient retries of every rollout."""
+    mining_chunk_size: int = 32
+    backends: dict[str, BackendConfig] = Field(default_factory=dict)
+    """How each model role's engine is loaded (by role name); what it generates is in the settings."""
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    allow_unknown_files: bool = False
+    """A stage runs even when its folder holds files ragdistill did not write (left in place)."""
+    experiment: ExperimentRecord | None = None
+    """The experiment every stage checks the run root against before it claims a folder (None: none)."""
+    replace_experiment: bool = False
+    """This experiment may take over a run root that records another one."""
+    warm_start_root: str | None = None
+    """The run root whose ``warm-start/`` holds the agent's warm-started checkpoint, when not this one (a
+    retrain generation plays on its parent's)."""
+
+    def role_config(self, role: RoleSettings, **backend_update: Any) -> RoleConfig:
+        """The role as the inference layer loads it: its settings plus this context's engine settings."""
+        backend = self.backends.get(role.name) or BackendConfig(kind=role.backend)
+        if backend_update:
+            backend = backend.model_copy(update=backend_update)
+        return RoleConfig(model=role.model, backend=backend, sampling=role.sampling)
