@@ -38,7 +38,7 @@ from ragdistill.config.models import (
 )
 from ragdistill.config.retrieval import HintRules, MiningConfig, RetrievalConfig
 from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
-from ragdistill.config.training import DistillConfig, TrainingConfig
+from ragdistill.config.training import DistillConfig, TrainingConfig, TrainingLaunch, TrainingRecipe
 
 __all__ = [
     "CONFIGS_DIR",
@@ -66,6 +66,8 @@ __all__ = [
     "SamplingConfig",
     "StrictModel",
     "TrainingConfig",
+    "TrainingLaunch",
+    "TrainingRecipe",
     "available_configs",
     "config_file",
     "config_hash",

@@ -15,7 +15,7 @@ from ragdistill.config.evaluation import PromotionConfig
 from ragdistill.config.models import BackendConfig, ModelSpec, RoleConfig, SamplingConfig
 from ragdistill.config.retrieval import HintRules
 from ragdistill.config.rollouts import AgentConfig, OrchestrationConfig, RolloutConfig
-from ragdistill.config.training import TrainingConfig
+from ragdistill.config.training import TrainingLaunch, TrainingRecipe
 from ragdistill.layout import (
     BASE_STAGE,
     EXPERT_STAGE,
@@ -82,6 +82,8 @@ class RunContext(_Frozen):
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     """How each model role's engine is loaded (by role name); what it generates is in the settings."""
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    training_launch: TrainingLaunch = Field(default_factory=TrainingLaunch)
+    """Where the training processes run: machines, this machine's rank, where they meet (``training.launch``)."""
     allow_unknown_files: bool = False
     """A stage runs even when its folder holds files ragdistill did not write (left in place)."""
     experiment: ExperimentRecord | None = None
@@ -283,7 +285,7 @@ class TrainingSettings(StageSettings):
 
     CODE: ClassVar[str] = "ragdistill.stages.training"
     name: Literal["sft", "distill"]
-    training: TrainingConfig
+    training: TrainingRecipe
     base_model: ModelSpec
     seed: int
 

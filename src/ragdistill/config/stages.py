@@ -140,6 +140,7 @@ def run_context(config: ExperimentConfig, *, experiment_check: bool = False) -> 
         mining_chunk_size=config.mining.chunk_size,
         backends={name: getattr(config.models, name).backend for name in ("agent", "extractor", "reranker")},
         orchestration=config.orchestration,
+        training_launch=config.training.launch,
         allow_unknown_files=config.run.allow_unknown_files,
         experiment=experiment_record(config) if experiment_check else None,
         replace_experiment=config.run.replace_experiment,
@@ -256,7 +257,10 @@ class PipelineSettings:
     def training(self, name: Literal["sft", "distill"]) -> TrainingSettings:
         agent = self.config.models.agent
         return TrainingSettings(
-            name=name, training=self.config.training, base_model=agent.model, seed=agent.sampling.seed
+            name=name,
+            training=self.config.training.recipe(),
+            base_model=agent.model,
+            seed=agent.sampling.seed,
         )
 
     def evaluation(self, method: Literal["base", "rag", "sft", "distill"]) -> EvaluationSettings:
