@@ -265,6 +265,12 @@ def test_the_run_name_changes_only_the_report() -> None:
         ("mining.chunk_size", 5),
         ("orchestration.task_runner", "ray"),
         ("models.agent.backend.kv_cache_gib", 3.0),
+        ("training.launch.num_machines", 2),
+        ("training.launch.machine_rank", 1),
+        ("training.launch.main_process_ip", "10.1.2.3"),
+        ("training.launch.main_process_port", 29400),
+        ("training.launch.processes_per_machine", 8),
+        ("training.launch.from_environment", False),
     ],
 )
 def test_where_and_how_settings_change_no_identity(path: str, value: Any) -> None:

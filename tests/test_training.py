@@ -27,14 +27,15 @@ from ragdistill.training.accelerate_configs import (
 )
 from ragdistill.training.curves import LossPoint, loss_points, plot_loss, read_loss_csv, write_loss_csv
 from ragdistill.training.launch import RESULT_FILE, launch_command, launch_training
+from ragdistill.training.launch_plan import plan_launch
 from ragdistill.training.lora import (
     TrainResult,
-    last_complete_checkpoint,
     load_examples,
     prepare_training,
     train_lora,
 )
 from ragdistill.training.progress import TrainingProgress, use_training_progress
+from ragdistill.training.replicas import last_complete_checkpoint
 from ragdistill.training.spec import TrainSpec
 from ragdistill.training.trainer_setup import (
     TrainingError,
@@ -259,6 +260,9 @@ def test_shipped_accelerate_configs_resolve_and_parse() -> None:
         assert path.is_file()
         load_config_from_file(str(path))
     assert read_accelerate_config("cpu").use_cpu
+    assert (
+        read_accelerate_config("multi-cpu").multi_process_cpu and read_accelerate_config("multi-cpu").use_cpu
+    )
     assert read_accelerate_config("ddp").multi_process_gpu
     fsdp = read_accelerate_config("fsdp")
     assert fsdp.distributed_type == "FSDP" and fsdp.multi_process_gpu
@@ -276,7 +280,7 @@ def test_accelerate_config_by_path_and_unknown_name(tmp_path: Path) -> None:
 def test_launch_command_runs_this_interpreter_under_accelerate(tmp_path: Path) -> None:
     import sys
 
-    command = launch_command(tmp_path / "spec.json", read_accelerate_config("cpu"))
+    command = launch_command(tmp_path / "spec.json", plan_launch(read_accelerate_config("cpu")))
     assert command[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
     assert command[-4:] == ["-m", "ragdistill.training.launch", "--spec", str(tmp_path / "spec.json")]
 
@@ -288,7 +292,7 @@ def test_gpu_configs_without_a_gpu_stop_with_advice(tmp_path: Path) -> None:
         pytest.skip("this machine has a GPU")
     for name in ("1gpu", "ddp", "fsdp"):
         with pytest.raises(TrainingError, match="none is visible"):
-            launch_command(tmp_path / "spec.json", read_accelerate_config(name))
+            plan_launch(read_accelerate_config(name))
 
 
 # --- slow: SmolLM2-135M ------------------------------------------------------------------------------
@@ -396,32 +400,6 @@ def test_launch_training_with_the_cpu_config_writes_adapter_and_curve(
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu_writes_one_result(
-    base_model: str, chat_dataset: Path, tmp_path: Path
-) -> None:
-    """The launched module as every rank of a DDP run (gloo on the CPU; torch's launcher, since accelerate
-    starts several CPU processes only through mpirun): one result, one adapter, gradients synced."""
-    import sys
-
-    spec = TrainSpec.from_config(
-        tiny_training(max_steps=2, torch_threads=1, tensorboard=False),
-        dataset=str(chat_dataset),
-        base_model=base_model,
-        output_dir=str(tmp_path),
-    )
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += ["-m", "ragdistill.training.launch", "--spec", str(spec.write(tmp_path / "spec.json"))]
-    environment = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    finished = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
-    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
-    result = TrainResult.from_dict(json.loads((tmp_path / RESULT_FILE).read_text()))
-    assert (result.processes, result.steps, result.epochs) == (2, 2, 1.0)
-    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
-    assert [point.step for point in read_loss_csv(tmp_path / "loss.csv")] == [1, 2]
-    assert finished.stderr.count("training " + str(tmp_path)) == 1
-
-
-@pytest.mark.slow
 def test_failed_launch_quotes_the_log(base_model: str, tmp_path: Path) -> None:
     spec = TrainSpec.from_config(
         tiny_training(),
@@ -443,7 +421,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(
         base_model=base_model,
         output_dir=str(tmp_path),
     )
-    command = launch_command(spec.write(tmp_path / "spec.json"), read_accelerate_config("cpu"))
+    command = launch_command(spec.write(tmp_path / "spec.json"), plan_launch(read_accelerate_config("cpu")))
     first = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )

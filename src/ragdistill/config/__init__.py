@@ -38,7 +38,7 @@ from ragdistill.config.models import (
 )
 from ragdistill.config.retrieval import HintRules, MiningConfig, RetrievalConfig
 from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
-from ragdistill.config.training import DistillConfig, TrainingConfig
+from ragdistill.config.training import DistillConfig, TrainingConfig, TrainingLaunch, TrainingRecipe
 from ragdistill.config.warm_start import WarmStartConfig
 
 __all__ = [
@@ -67,6 +67,8 @@ __all__ = [
     "SamplingConfig",
     "StrictModel",
     "TrainingConfig",
+    "TrainingLaunch",
+    "TrainingRecipe",
     "WarmStartConfig",
     "available_configs",
     "config_file",

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ragdistill.config.models import BackendConfig, RoleConfig
 from ragdistill.config.rollouts import OrchestrationConfig, RolloutConfig
+from ragdistill.config.training import TrainingLaunch
 
 if TYPE_CHECKING:
     from ragdistill.config.stage_models import RoleSettings
@@ -47,6 +48,8 @@ class RunContext(Frozen):
     backends: dict[str, BackendConfig] = Field(default_factory=dict)
     """How each model role's engine is loaded (by role name); what it generates is in the settings."""
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    training_launch: TrainingLaunch = Field(default_factory=TrainingLaunch)
+    """Where the training processes run: machines, this machine's rank, where they meet (``training.launch``)."""
     allow_unknown_files: bool = False
     """A stage runs even when its folder holds files ragdistill did not write (left in place)."""
     experiment: ExperimentRecord | None = None

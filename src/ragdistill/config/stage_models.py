@@ -16,7 +16,7 @@ from ragdistill.config.models import ModelSpec, SamplingConfig
 from ragdistill.config.retrieval import HintRules
 from ragdistill.config.rollouts import AgentConfig
 from ragdistill.config.run_context import Frozen
-from ragdistill.config.training import TrainingConfig
+from ragdistill.config.training import TrainingRecipe
 from ragdistill.layout import (
     BASE_STAGE,
     EVAL_PREFIX,
@@ -257,7 +257,7 @@ class TrainingSettings(StageSettings):
 
     CODE: ClassVar[str] = "ragdistill.stages.training"
     name: Literal["sft", "distill"]
-    training: TrainingConfig
+    training: TrainingRecipe
     base_model: ModelSpec
     seed: int
     warm_start: bool = False
@@ -285,7 +285,7 @@ class WarmStartSettings(StageSettings):
     """The agent's completion length: an episode's prompt must fit the context window beside it."""
     removed: list[str]
     """Prompt segments dropped from the training examples."""
-    training: TrainingConfig
+    training: TrainingRecipe
     seed: int
 
     def stage_dir(self) -> str:

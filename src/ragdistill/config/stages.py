@@ -164,6 +164,7 @@ def run_context(
         mining_chunk_size=config.mining.chunk_size,
         backends={name: getattr(config.models, name).backend for name in ("agent", "extractor", "reranker")},
         orchestration=config.orchestration,
+        training_launch=config.training.launch,
         allow_unknown_files=config.run.allow_unknown_files,
         experiment=experiment_record(config) if experiment_check else None,
         replace_experiment=config.run.replace_experiment,
@@ -228,7 +229,7 @@ class PipelineSettings:
             base_model=agent.model,
             max_tokens=agent.sampling.max_tokens,
             removed=[] if warm_start.fewshot else ["fewshot"],
-            training=training.model_copy(update=length),
+            training=training.recipe().model_copy(update=length),
             seed=agent.sampling.seed,
         )
 
@@ -321,7 +322,7 @@ class PipelineSettings:
         agent = self.config.models.agent
         return TrainingSettings(
             name=name,
-            training=self.config.training,
+            training=self.config.training.recipe(),
             base_model=agent.model,
             seed=agent.sampling.seed,
             warm_start=self.config.warm_start.enabled,

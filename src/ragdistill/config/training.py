@@ -9,8 +9,55 @@ from pydantic import Field
 from ragdistill.config.base import StrictModel
 
 
-class TrainingConfig(StrictModel):
-    """LoRA SFT of a student (stage D): the paper's ALFWorld recipe by default, plus how to run it."""
+class TrainingLaunch(StrictModel):
+    """Where the training processes run (``training.launch``): how many machines, which one this is, where
+    they meet, processes on each. Where and how only: it reaches the run context, never an identity.
+
+    It shapes the launch the project builds for a shipped accelerate config (``training.launch`` builds
+    accelerate's own arguments, with totals over all machines); a user's accelerate file decides these
+    itself and reaches ``accelerate launch`` unchanged. A setting left unset is taken from the environment
+    a cluster scheduler sets for one launch per machine (``from_environment``), else its default."""
+
+    num_machines: int | None = Field(
+        None,
+        gt=0,
+        description="Machines training together, each running one launch (None: WORLD_SIZE, else 1).",
+    )
+    machine_rank: int | None = Field(
+        None,
+        ge=0,
+        description="This machine's number, 0 to num_machines - 1; machine 0 writes the adapter and the "
+        "manifest (None: NODE_RANK, else RANK, else 0).",
+    )
+    main_process_ip: str | None = Field(
+        None,
+        min_length=1,
+        description="The address of machine 0, where the processes meet (None: MASTER_ADDR; needed with "
+        "several machines).",
+    )
+    main_process_port: int | None = Field(
+        None,
+        gt=0,
+        le=65535,
+        description="The port on machine 0 where the processes meet (None: MASTER_PORT, else 29500 with "
+        "several machines, a free port on one).",
+    )
+    processes_per_machine: int | None = Field(
+        None,
+        gt=0,
+        description="Training processes on each machine (None: the visible GPUs for ddp/fsdp, 2 for "
+        "multi-cpu, 1 for cpu/1gpu).",
+    )
+    from_environment: bool = Field(
+        True,
+        description="Fill unset settings from MASTER_ADDR, MASTER_PORT, NODE_RANK (else RANK) and WORLD_SIZE "
+        "(the number of launches, one per machine, as Kubeflow's PyTorchJob sets them).",
+    )
+
+
+class TrainingRecipe(StrictModel):
+    """LoRA SFT of a student (stage D): the paper's ALFWorld recipe by default, and the accelerate config
+    it runs under; everything here is part of the training's identity (``training.launch`` is not)."""
 
     lora_r: int = Field(64, gt=0)
     lora_alpha: int = Field(128, gt=0)
@@ -69,9 +116,21 @@ class TrainingConfig(StrictModel):
     tensorboard: bool = Field(True, description="Write TensorBoard logs (needs the tensorboard package).")
     accelerate_config: str = Field(
         "cpu",
-        description="A shipped accelerate config (cpu, 1gpu, ddp, fsdp) or a path to a YAML file, checked when a "
-        "run starts (ragdistill.preflight).",
+        description="A shipped accelerate config (cpu, multi-cpu, 1gpu, ddp, fsdp) or a path to a YAML file, "
+        "checked when a run starts (ragdistill.preflight). A file of your own reaches `accelerate launch` "
+        "unchanged.",
     )
+
+
+class TrainingConfig(TrainingRecipe):
+    """``training``: the recipe (hashed into the training's identity) and where it runs (``launch``, never
+    hashed: the stages receive it through the run context)."""
+
+    launch: TrainingLaunch = Field(default_factory=TrainingLaunch)
+
+    def recipe(self) -> TrainingRecipe:
+        """The settings that change the trained adapter (everything but ``launch``)."""
+        return TrainingRecipe.model_validate(self.model_dump(exclude={"launch"}))
 
 
 class DistillConfig(StrictModel):

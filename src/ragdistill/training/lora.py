@@ -31,11 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 from ragdistill.training.curves import loss_points, plot_loss, write_loss_csv
 from ragdistill.training.progress import progress_callback
+from ragdistill.training.replicas import agreed_checkpoint, replica_digests
 from ragdistill.training.spec import TrainSpec
 from ragdistill.training.trainer_setup import (
     Precision,
     TrainingError,
     load_base_model,
+    per_process_accumulation,
     plan_precision,
     sft_config,
     trainer_classes,
@@ -57,8 +59,6 @@ CHECKPOINTS_DIR = "checkpoints"
 TRAINING_ARGS_PICKLE = "training_args.bin"
 REQUIRED_COLUMNS = ("input_ids", "assistant_masks")
 STEADY_AFTER_STEPS = 2
-CHECKPOINT_COMPLETE_FILE = "trainer_state.json"
-"""The Trainer writes this last into a checkpoint folder: without it the save was interrupted."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,13 @@ class TrainResult:
     peak_memory_bytes: int | None = None
     """The most memory the main process held: on CUDA what torch allocated on its GPU, on a CPU its peak
     resident set (None in results written before this field)."""
+    gradient_accumulation_steps: int | None = None
+    """Each process's accumulation steps: the configured ones divided by the number of processes."""
+    effective_batch_size: int | None = None
+    """Examples per optimizer step over all processes: per-device batch x accumulation x processes."""
+    weight_digests: list[str] | None = None
+    """``training.replicas.lora_weights_digest`` of each process's LoRA weights after training, in process order, each
+    computed by that process (None where the weights are sharded over the processes: FSDP, DeepSpeed)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,23 +179,6 @@ def peak_memory_bytes(on_cuda: bool) -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
-def last_complete_checkpoint(folder: Path, remove_incomplete: bool) -> Path | None:
-    """The newest ``checkpoint-N`` holding its trainer state; interrupted saves are removed when asked."""
-    if not folder.is_dir():
-        return None
-    numbered = sorted(
-        (int(path.name.split("-", 1)[1]), path)
-        for path in folder.glob("checkpoint-*")
-        if path.is_dir() and path.name.split("-", 1)[1].isdigit()
-    )
-    complete = [path for _, path in numbered if (path / CHECKPOINT_COMPLETE_FILE).is_file()]
-    if remove_incomplete:
-        for _, path in numbered:
-            if not (path / CHECKPOINT_COMPLETE_FILE).is_file():
-                shutil.rmtree(path, ignore_errors=True)
-    return complete[-1] if complete else None
-
-
 def _tensorboard_callback(enabled: bool, folder: Path) -> TrainerCallback | None:
     if not enabled:
         return None
@@ -238,9 +228,11 @@ def prepare_training(spec: TrainSpec) -> PreparedTraining:
     checkpointing = wants_checkpointing(config, on_cuda, counts.longest)
     student_trainer, step_clock = trainer_classes()
     clock = step_clock()
+    arguments = sft_config(spec, output / CHECKPOINTS_DIR, precision, on_cuda, checkpointing)
+    arguments.gradient_accumulation_steps = per_process_accumulation(config, arguments.world_size)
     trainer = student_trainer(
         model=model,
-        args=sft_config(spec, output / CHECKPOINTS_DIR, precision, on_cuda, checkpointing),
+        args=arguments,
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=LoraConfig(
@@ -271,19 +263,20 @@ def train_lora(spec: TrainSpec) -> TrainResult:
     if not config.resume and main:
         shutil.rmtree(checkpoints, ignore_errors=True)
     trainer.accelerator.wait_for_everyone()
-    resume = last_complete_checkpoint(checkpoints, remove_incomplete=main) if config.resume else None
-    trainer.accelerator.wait_for_everyone()
+    resume = agreed_checkpoint(trainer, checkpoints, config.resume)
     if main:
         logger.info("training %s: %s", output, f"resuming from {resume}" if resume else "from step 0")
     started = time.perf_counter()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     seconds = time.perf_counter() - started
+    digests = replica_digests(trainer)
     adapter = output / ADAPTER_DIR
     if trainer.is_fsdp_enabled:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     trainer.save_model(str(adapter))
-    if main:  # the Trainer also pickles its arguments there: an adapter folder holds no pickles
+    if trainer.args.should_save:  # the Trainer also pickles its arguments there: an adapter holds no pickles
         (adapter / TRAINING_ARGS_PICKLE).unlink(missing_ok=True)
+        logger.info("process %d wrote the adapter to %s", trainer.args.process_index, adapter)
     points = loss_points(trainer.state.log_history)
     png: Path | None = output / LOSS_PNG
     if main:
@@ -317,4 +310,9 @@ def train_lora(spec: TrainSpec) -> TrainResult:
         loss_head=prepared.loss_head,
         gradient_checkpointing=prepared.gradient_checkpointing,
         peak_memory_bytes=peak_memory_bytes(uses_cuda()),
+        gradient_accumulation_steps=trainer.args.gradient_accumulation_steps,
+        effective_batch_size=trainer.args.per_device_train_batch_size
+        * trainer.args.gradient_accumulation_steps
+        * trainer.accelerator.num_processes,
+        weight_digests=digests,
     )

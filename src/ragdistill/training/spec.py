@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ragdistill.config import TrainingConfig
+from ragdistill.config import TrainingConfig, TrainingRecipe
 
 
 @dataclass(frozen=True)
@@ -20,15 +20,21 @@ class TrainSpec:
     base_model: str
     """A local Hugging Face checkpoint folder (``models.resolve_model``) or a hub id."""
     output_dir: str
-    training: TrainingConfig = field(default_factory=TrainingConfig)
+    training: TrainingRecipe = field(default_factory=TrainingRecipe)
+    """What is trained; a full ``TrainingConfig`` given here keeps only its recipe (``launch`` is where the
+    processes run, which the launcher decides)."""
     seed: int = 42
     trust_remote_code: bool = False
     """Whether the base model's own Python code may run (``models.agent.model.trust_remote_code``)."""
 
+    def __post_init__(self) -> None:
+        if isinstance(self.training, TrainingConfig):
+            object.__setattr__(self, "training", self.training.recipe())
+
     @classmethod
     def from_config(
         cls,
-        training: TrainingConfig,
+        training: TrainingRecipe,
         *,
         dataset: str,
         base_model: str,
@@ -55,7 +61,7 @@ class TrainSpec:
             dataset=data["dataset"],
             base_model=data["base_model"],
             output_dir=data["output_dir"],
-            training=TrainingConfig.model_validate(data.get("training", {})),
+            training=TrainingRecipe.model_validate(data.get("training", {})),
             seed=int(data.get("seed", 42)),
             trust_remote_code=trust_remote_code,
         )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragdistill.config import TrainingConfig
+from ragdistill.config import TrainingRecipe
 from ragdistill.errors import UserFacingError
 
 if TYPE_CHECKING:
@@ -153,11 +153,28 @@ def add_compact_loss_head(model: PreTrainedModel) -> None:
     model.forward = types.MethodType(forward, model)
 
 
-def wants_checkpointing(config: TrainingConfig, on_cuda: bool, longest_example: int) -> bool:
+def wants_checkpointing(config: TrainingRecipe, on_cuda: bool, longest_example: int) -> bool:
     """``TrainingConfig.gradient_checkpointing``: explicit, else on for CUDA and for large CPU batches."""
     if config.gradient_checkpointing is not None:
         return config.gradient_checkpointing
     return on_cuda or config.per_device_batch_size * longest_example > CPU_CHECKPOINTING_ABOVE_TOKENS
+
+
+def per_process_accumulation(config: TrainingRecipe, world_size: int) -> int:
+    """The gradient accumulation steps of each of ``world_size`` data-parallel processes that keep the
+    configured effective batch, ``per_device_batch_size x gradient_accumulation_steps``: each process
+    accumulates its share, so per-device batch x accumulation x world size is that batch at any size."""
+    steps = config.gradient_accumulation_steps
+    if steps % world_size:
+        effective = config.per_device_batch_size * steps
+        raise TrainingError(
+            f"training.gradient_accumulation_steps ({steps}) does not divide among the {world_size} training "
+            f"processes: each process accumulates its share of the effective batch (per_device_batch_size x "
+            f"gradient_accumulation_steps = {effective} examples per optimizer step). Set "
+            f"gradient_accumulation_steps to a multiple of {world_size} (lower per_device_batch_size to keep "
+            "the effective batch), or train in a number of processes that divides it"
+        )
+    return steps // world_size
 
 
 def sft_config(
