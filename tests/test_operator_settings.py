@@ -45,6 +45,7 @@ OPERATOR_OVERRIDES = {
     "models.reranker.model.trust_remote_code": True,
     "env.data_dir": "/etc",
     "orchestration.ray_address": "ray://203.0.113.7:10001",
+    "training.launch.main_process_ip": "203.0.113.7",
 }
 CONFIG_PATHS = [
     "/etc/passwd",

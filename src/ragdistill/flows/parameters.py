@@ -35,6 +35,7 @@ from ragdistill.config import (
     ExperimentConfig,
     ModelSpec,
     OrchestrationConfig,
+    TrainingLaunch,
     config_file,
     load_config,
 )
@@ -69,10 +70,12 @@ OPERATOR_SETTINGS: dict[type[BaseModel], frozenset[str]] = {
     ModelSpec: frozenset({"trust_remote_code"}),
     EnvConfig: frozenset({"data_dir"}),
     OrchestrationConfig: frozenset({"ray_address"}),
+    TrainingLaunch: frozenset({"main_process_ip"}),
 }
 """Settings no run started from the UI or the API may override, by the section model that holds them:
 which host a model server is and which environment variable's key is sent to it, whether a model
-folder's own code runs, where the environment's data is read, which Ray cluster runs shards. They are
+folder's own code runs, where the environment's data is read, which Ray cluster runs shards, which host
+the training processes meet at. They are
 the operator's: the config files on the worker. (A run root is bounded instead: ``run_requests``.)"""
 
 
