@@ -23,3 +23,10 @@ class StrictModel(BaseModel):
     """Unknown keys are errors, assignments are validated and floats are finite (no ``.inf``/``.nan``)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+class Frozen(BaseModel):
+    """A settings model built from a config (``config.stages``): every field declared, none changed after
+    it is built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)

@@ -4,22 +4,15 @@ root belongs to (:class:`ExperimentRecord`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from ragdistill.config.base import Frozen
 from ragdistill.config.models import BackendConfig, RoleConfig
 from ragdistill.config.rollouts import OrchestrationConfig, RolloutConfig
+from ragdistill.config.stage_models import RoleSettings
 from ragdistill.config.training import TrainingLaunch
-
-if TYPE_CHECKING:
-    from ragdistill.config.stage_models import RoleSettings
-
-
-class Frozen(BaseModel):
-    """A settings model: every field declared, none changed after it is built."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class ExperimentRecord(Frozen):

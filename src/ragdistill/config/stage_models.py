@@ -11,11 +11,11 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field
 
+from ragdistill.config.base import Frozen
 from ragdistill.config.evaluation import PromotionConfig
 from ragdistill.config.models import ModelSpec, SamplingConfig
 from ragdistill.config.retrieval import HintRules
 from ragdistill.config.rollouts import AgentConfig
-from ragdistill.config.run_context import Frozen
 from ragdistill.config.training import TrainingRecipe
 from ragdistill.layout import (
     BASE_STAGE,
