@@ -17,7 +17,9 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -199,6 +201,82 @@ def test_leaving_the_served_deployments_stops_the_worker_then_the_server_also_on
     assert events == ["server up", "worker up", "worker stopped", "server left"]
 
 
+class FakeClient:
+    """Prefect's sync client as the watcher uses it, over a fixed list of flow runs."""
+
+    def __init__(self, runs: list[SimpleNamespace]) -> None:
+        self.runs = runs
+
+    def __enter__(self) -> FakeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def read_flow_run(self, flow_run_id: uuid.UUID) -> SimpleNamespace:
+        return next(run for run in self.runs if run.id == flow_run_id)
+
+    def read_deployment_by_name(self, name: str) -> SimpleNamespace:
+        return SimpleNamespace(id=uuid.uuid4(), name=name)
+
+    def read_flow_runs(self, **filters: Any) -> list[SimpleNamespace]:
+        return self.runs
+
+
+def flow_run(name: str, state: str | None, created: datetime, *, automation: bool = False) -> SimpleNamespace:
+    """A flow run as the API returns one; ``state`` None: still scheduled."""
+    final = state is not None
+    return SimpleNamespace(
+        id=uuid.uuid4(),
+        name=name,
+        created=created,
+        start_time=created if final else None,
+        auto_scheduled=False,
+        created_by=SimpleNamespace(type="AUTOMATION", display_value="retrain-due") if automation else None,
+        state=SimpleNamespace(
+            type=SimpleNamespace(value=state or "SCHEDULED"),
+            message=f"{name} {state}",
+            is_final=lambda: final,
+            is_scheduled=lambda: not final,
+            is_pending=lambda: False,
+        ),
+    )
+
+
+def test_the_watcher_picks_the_triggered_runs_and_names_a_dead_worker_with_its_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import prefect.client.orchestration
+
+    from ragdistill.deployments.run_watch import DeploymentRunError, RunWatcher
+
+    now = datetime.now(UTC)
+    log = tmp_path / "worker.log"
+    log.write_text("starting\nTraceback: the flow run's process died\n")
+    alive = SimpleNamespace(poll=lambda: None)
+    earlier = flow_run("earlier-retrain", "COMPLETED", now - timedelta(hours=1), automation=True)
+    by_hand = flow_run("by-hand", "COMPLETED", now - timedelta(hours=1))
+    triggered = flow_run("triggered", "COMPLETED", now + timedelta(seconds=5), automation=True)
+    runs = [earlier, by_hand, triggered]
+    monkeypatch.setattr(prefect.client.orchestration, "get_client", lambda sync_client: FakeClient(runs))
+    said: list[str] = []
+    ended = RunWatcher(alive, log).wait_triggered("retrain/ragdistill", now, now, 5, said.append)  # type: ignore[arg-type]
+    assert [(run.name, run.started_by) for run in ended] == [("triggered", "trigger retrain-due")]
+    assert said == ["retrain/ragdistill: run triggered, started by trigger retrain-due"]
+
+    runs.append(flow_run("crashed", "CRASHED", now + timedelta(seconds=6), automation=True))
+    with pytest.raises(DeploymentRunError, match="the run crashed ended CRASHED: crashed CRASHED"):
+        RunWatcher(alive, log).wait_triggered("retrain/ragdistill", now, now, 5, said.append)  # type: ignore[arg-type]
+
+    waiting = flow_run("collect", None, now)
+    runs.append(waiting)
+    dead = SimpleNamespace(poll=lambda: 3)
+    with pytest.raises(DeploymentRunError) as died:
+        RunWatcher(dead, log).wait(waiting.id, "the collect run", "the round")  # type: ignore[arg-type]
+    assert "the worker exited with code 3 while waiting for the collect run" in str(died.value)
+    assert "the flow run's process died" in str(died.value), "with the end of its log"
+
+
 def with_doubles() -> None:
     """The policy double (it never wins) as every engine this process loads: the agent's, the champion's
     (its adapter enables LoRA, another engine) and the extractor's."""
@@ -278,7 +356,7 @@ def test_a_round_runs_two_collect_deployments_and_the_retrain_their_event_trigge
         ("collect-0000", "COMPLETED", 2, "the round"),
         ("collect-0001", "COMPLETED", 2, "the round"),
     ], output
-    triggered = [run for run in summary["retrains"] if run["started_by"] != "schedule"]
+    triggered = summary["retrains"]
     assert [(run["state"], run["started_by"]) for run in triggered] == [
         ("COMPLETED", "trigger retrain-due")
     ], output

@@ -6,14 +6,15 @@
    fresh tasks, and the batches can bring the stored failures to the run root's ``retrain.min_failures``.
 2. :func:`run_loop_round` serves the project's deployments as ``ragdistill serve`` does
    (``deployments.serving``: the server, the deployments with their trigger and automations, one process
-   worker), and runs the ``collect/ragdistill`` deployment once per batch, each a deployment run the
+   worker; the nightly schedule as ``RAGDISTILL_NIGHTLY`` says, the retrain check and the collect schedule
+   off, so the round's retrain comes from the trigger alone), and runs the ``collect/ragdistill`` deployment once per batch, each a deployment run the
    worker executes, with the run root alone as parameter, so it uses the run root's stored config as the
    triggered retrain does.
 3. The collect that brings the stored failures to the threshold emits ``ragdistill.retrain.due``, and the
    retrain deployment's event trigger starts the retrain: this module never starts one. It finds the
    triggered run through the API (a run of ``retrain/ragdistill`` created by an automation after that
    collect run was created) and waits for it, and for any retrain run started meanwhile (one queued
-   behind it, a scheduled retrain check), to end; their decisions are read from storage.
+   behind it, one started by hand), to end; their decisions are read from storage.
 4. The table of base, generation 1 and later generations (``stages.generations_table``) is written to
    ``loop/generations.md`` under the run root and shown as the Prefect artifact ``loop-generations``.
 
@@ -27,16 +28,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ragdistill.config.stages import PipelineSettings
-from ragdistill.deployments.serving import ServedDeployments, served_deployments
-from ragdistill.deployments.specs import DEPLOYMENT_NAME, DEPLOYMENTS, ActiveSchedules, FlowDeployment
-from ragdistill.errors import UserFacingError
+from ragdistill.deployments.run_watch import COMPLETED, Progress, RunOutcome, RunWatcher
+from ragdistill.deployments.serving import served_deployments
+from ragdistill.deployments.specs import (
+    DEPLOYMENT_NAME,
+    DEPLOYMENTS,
+    ActiveSchedules,
+    FlowDeployment,
+    nightly_requested,
+)
 from ragdistill.flows.loop_config import LoopInputError, loop_config, recorded_config
 from ragdistill.layout import ROLLOUTS_DIR, collect_stage
 from ragdistill.orchestration.server import DEFAULT_START_TIMEOUT_S, configure_prefect_home
@@ -46,9 +53,6 @@ from ragdistill.stages.generations_table import GENERATIONS_TABLE_FILE, Generati
 from ragdistill.stages.loop_status import LoopStatus, loop_status
 from ragdistill.stages.retrain import DECISIONS_DIR
 from ragdistill.store import ArtifactStore, read_manifest
-
-if TYPE_CHECKING:
-    from prefect.client.schemas.objects import FlowRun
 
 COLLECT_DEPLOYMENT = f"collect/{DEPLOYMENT_NAME}"
 RETRAIN_DEPLOYMENT = f"retrain/{DEPLOYMENT_NAME}"
@@ -61,17 +65,6 @@ WORKER_QUERY_S = "2"
 """How often the worker asks for scheduled runs (Prefect's default: 10 s), unless the environment says."""
 TRIGGER_WAIT_S = 180.0
 """How long after the due collect ended the triggered retrain run may take to appear."""
-START_WAIT_S = 600.0
-"""How long a deployment run may wait for the worker to start it."""
-POLL_S = 1.0
-LOG_TAIL_CHARS = 3000
-AUTOMATION = "AUTOMATION"
-
-Progress = Callable[[str], None]
-
-
-class LoopRoundError(UserFacingError, RuntimeError):
-    """A deployment run of the round did not end as it must; the message says what and where to look."""
 
 
 @dataclass(frozen=True)
@@ -88,28 +81,6 @@ class LoopPlan:
     """The run root's stored ``retrain.min_failures``: the one its collects and the triggered retrain use."""
     pending_failures: int
     notes: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class RunOutcome:
-    """A deployment run as the API recorded it when it ended."""
-
-    name: str
-    flow_run_id: str
-    state: str
-    message: str | None
-    started_by: str
-    """``the round``, ``trigger <automation>`` or ``schedule`` (a retrain check)."""
-    created: datetime
-    """When the server created the run (its clock)."""
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "flow_run": self.name,
-            "id": self.flow_run_id,
-            "state": self.state,
-            "started_by": self.started_by,
-        }
 
 
 @dataclass(frozen=True)
@@ -231,7 +202,7 @@ def run_loop_round(
         WORKER_QUERY_ENV: os.environ.get(WORKER_QUERY_ENV, WORKER_QUERY_S),
         **(worker_environment or {}),
     }
-    schedules = ActiveSchedules(retrain_check=True)
+    schedules = ActiveSchedules(nightly=nightly_requested())
     with (
         log_path.open("ab") as log,
         served_deployments(
@@ -247,7 +218,7 @@ def run_loop_round(
         ) as served,
     ):
         progress(f"Prefect UI: {served.ui_url}; a process worker serves {work_pool!r} (its log: {log_path})")
-        watcher = RunWatcher(served, log_path)
+        watcher = RunWatcher(served.worker, log_path)
         collects = [_collect(watcher, store, plan, index, progress) for index in range(plan.batches)]
         due = next((c for c in collects if c.status.retrain_due), None)
         retrains: list[RunOutcome] = []
@@ -258,7 +229,9 @@ def run_loop_round(
             )
         else:
             progress(f"{due.batch} reached the threshold: waiting for the retrain its event triggers")
-            retrains = watcher.triggered_retrains(due.run, since, trigger_wait_s, progress)
+            retrains = watcher.wait_triggered(
+                RETRAIN_DEPLOYMENT, due.run.created, since, trigger_wait_s, progress
+            )
         decisions = _decisions_since(store, since)
         table = generations_table(store)
         table_uri = store.uri(GENERATIONS_TABLE_FILE)
@@ -290,8 +263,8 @@ def _collect(
         COLLECT_DEPLOYMENT, parameters={"run_root": plan.run_root}, timeout=0, as_subflow=False
     )
     progress(f"collect {index + 1}/{plan.batches}: deployment run {flow_run.name} plays {batch}")
-    outcome = watcher.wait(flow_run, f"the collect run {flow_run.name}", "the round")
-    if outcome.state != "COMPLETED":
+    outcome = watcher.wait(flow_run.id, f"the collect run {flow_run.name}", "the round")
+    if outcome.state != COMPLETED:
         raise watcher.failure(f"the collect run {flow_run.name} ended {outcome.state}: {outcome.message}")
     counts = read_manifest(store, f"{ROLLOUTS_DIR}/{batch}").counts
     failures = len(recorded_failures(store, batch))
@@ -303,119 +276,6 @@ def _collect(
     )
     return CollectOutcome(
         outcome, batch, int(counts.get("episodes", 0)), int(counts.get("won", 0)), failures, status
-    )
-
-
-class RunWatcher:
-    """Waits for deployment runs through the API while checking that the worker still runs."""
-
-    def __init__(self, served: ServedDeployments, log_path: Path) -> None:
-        self.served, self.log_path = served, log_path
-
-    def failure(self, message: str) -> LoopRoundError:
-        try:
-            tail = self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
-        except OSError:
-            tail = "(no log)"
-        return LoopRoundError(f"{message}\nthe end of the worker's log {self.log_path}:\n{tail}")
-
-    def _check_worker(self, what: str) -> None:
-        code = self.served.worker.poll()
-        if code is not None:
-            raise self.failure(f"the worker exited with code {code} while waiting for {what}")
-
-    def wait(self, flow_run: FlowRun, what: str, started_by: str) -> RunOutcome:
-        """Wait until ``flow_run`` ends; an error when the worker dies or does not start it in time."""
-        from prefect.client.orchestration import get_client
-
-        waited = time.monotonic()
-        with get_client(sync_client=True) as client:
-            while True:
-                current = client.read_flow_run(flow_run.id)
-                state = current.state
-                if state is not None and state.is_final():
-                    return _outcome(current, started_by)
-                self._check_worker(what)
-                if (state is None or state.is_scheduled() or state.is_pending()) and (
-                    time.monotonic() - waited > START_WAIT_S
-                ):
-                    raise self.failure(f"the worker did not start {what} within {START_WAIT_S:.0f} s")
-                time.sleep(POLL_S)
-
-    def triggered_retrains(
-        self, due_collect: RunOutcome, since: datetime, wait_s: float, progress: Progress
-    ) -> list[RunOutcome]:
-        """The retrain runs of this round, once all ended: the one an automation created after the due
-        collect run was created (at least one, within ``wait_s`` after that collect ended), and any other
-        started since the round began (one queued behind it, the scheduled retrain check)."""
-        from prefect.client.orchestration import get_client
-
-        deadline = time.monotonic() + wait_s
-        announced: set[str] = set()
-        with get_client(sync_client=True) as client:
-            deployment = client.read_deployment_by_name(RETRAIN_DEPLOYMENT)
-            while True:
-                runs = _round_retrains(client, deployment.id, due_collect.created, since)
-                for run in runs:
-                    if str(run.id) not in announced:
-                        announced.add(str(run.id))
-                        progress(f"retrain: deployment run {run.name}, started by {_started_by(run)}")
-                triggered = [run for run in runs if _started_by(run).startswith("trigger")]
-                if not triggered:
-                    self._check_worker("the triggered retrain run")
-                    if time.monotonic() > deadline:
-                        raise self.failure(
-                            f"no retrain run was triggered within {wait_s:.0f} s of the retrain-due event of "
-                            f"{due_collect.name}: see the retrain deployment's trigger and the automations "
-                            "in the UI (Automations)"
-                        )
-                elif all(run.state is not None and run.state.is_final() for run in runs):
-                    outcomes = [_outcome(run, _started_by(run)) for run in runs]
-                    failed = [o for o in outcomes if o.state != "COMPLETED"]
-                    if failed:
-                        raise self.failure(
-                            "; ".join(
-                                f"the retrain run {o.name} ended {o.state}: {o.message}" for o in failed
-                            )
-                        )
-                    return outcomes
-                else:
-                    self._check_worker("the retrain run")
-                time.sleep(POLL_S)
-
-
-def _round_retrains(client: Any, deployment_id: Any, due_created: datetime, since: datetime) -> list[FlowRun]:
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-    runs = client.read_flow_runs(
-        deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment_id]))
-    )
-    chosen = []
-    for run in runs:
-        triggered = (
-            run.created_by is not None and run.created_by.type == AUTOMATION and run.created >= due_created
-        )
-        began = run.start_time is not None and run.start_time >= since
-        if triggered or began:
-            chosen.append(run)
-    return sorted(chosen, key=lambda run: run.created)
-
-
-def _started_by(run: FlowRun) -> str:
-    if run.created_by is not None and run.created_by.type == AUTOMATION:
-        return f"trigger {run.created_by.display_value}"
-    return "schedule" if run.auto_scheduled else "a user"
-
-
-def _outcome(run: FlowRun, started_by: str) -> RunOutcome:
-    state = run.state
-    return RunOutcome(
-        name=run.name,
-        flow_run_id=str(run.id),
-        state=state.type.value if state is not None else "UNKNOWN",
-        message=state.message if state is not None else None,
-        started_by=started_by,
-        created=run.created,
     )
 
 
