@@ -27,7 +27,7 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_MEMO_STORE_PATH ?= $(PREFECT_HOME)/memo_store.toml
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: setup data model demo serve test test-fast lint format bench constraints-gpu clean-venv
+.PHONY: setup data model demo loop serve test test-fast lint format bench constraints-gpu clean-venv
 
 # vLLM on CPU wants tcmalloc preloaded (Debian's libtcmalloc-minimal4, installed as root): `ragdistill`
 # preloads it, and the cpu extra's Intel OpenMP, when present (README, "Inference backends").
@@ -63,6 +63,11 @@ model: $(STAMP)
 
 demo: setup
 	$(BIN)/ragdistill pipeline --config $(CONFIG)
+
+# After `make demo` (same CONFIG): one round of the retraining loop through Prefect: the served collect
+# deployment twice, the retrain its event triggers, then base / generation 1 / generation 2 side by side.
+loop: setup
+	$(BIN)/ragdistill loop run --config $(CONFIG)
 
 # The Prefect server, every flow as a deployment and a process worker; Ctrl-C stops them. NIGHTLY=1
 # turns the pipeline's nightly schedule on.

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -34,3 +35,13 @@ def print_json_line(payload: dict[str, Any]) -> None:
     """The last line a command prints is one JSON object, for scripts and CI to read."""
     sys.stdout.write(json.dumps(payload, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+def stop_on_sigterm() -> None:
+    """A SIGTERM (e.g. from a container runtime) ends a long-running command the way Ctrl-C does, so its
+    clean-up (the worker, a server it started) runs."""
+
+    def interrupt(_signal: int, _frame: Any) -> NoReturn:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
+from ragdistill.cli_common import stop_on_sigterm
 from ragdistill.config import DEFAULT_CONFIG
 from ragdistill.deployments.specs import (
     COLLECT_CRON,
@@ -197,15 +197,6 @@ def deploy(
     )
 
 
-def _stop_on_sigterm() -> None:
-    """A SIGTERM (e.g. from a container runtime) ends `serve` the way Ctrl-C does."""
-
-    def interrupt(_signal: int, _frame: Any) -> NoReturn:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-
-
 @deploy_app.command()
 def serve(
     config: ConfigNameOption = DEFAULT_CONFIG,
@@ -223,35 +214,29 @@ def serve(
     """Start (or reuse) the project's Prefect server, register the deployments and run a process worker
     until Ctrl-C, which stops the worker and the server if this command started it. Every deployment
     goes to the one pool this worker serves, CPU and GPU work alike: this machine runs them all."""
-    from ragdistill.orchestration.server import prefect_api
-    from ragdistill.orchestration.worker import start_worker, stop_worker
+    from ragdistill.deployments.serving import served_deployments
 
-    _stop_on_sigterm()
+    stop_on_sigterm()
     schedules = _schedules(nightly, retrain_check is not False, collect_schedule)
-    with prefect_api(timeout_s=timeout) as api_url:
-        names = _register(config, schedules, pool, gpu_pool=pool)
-        ui_url = api_url.removesuffix("/api")
-        _echo_deployments(names, schedules)
-        typer.echo(f"Prefect UI: {ui_url}  (Deployments → pipeline/ragdistill → Run → Custom run)")
-        typer.echo(f"starting a process worker on pool {pool!r}; Ctrl-C stops it")
+    with served_deployments(config, schedules, pool, limit=limit, timeout_s=timeout) as served:
+        _echo_deployments(served.deployments, schedules)
+        typer.echo(f"Prefect UI: {served.ui_url}  (Deployments → pipeline/ragdistill → Run → Custom run)")
+        typer.echo(f"a process worker runs on pool {pool!r}; Ctrl-C stops it")
         _print_json_line(
             {
-                "api_url": api_url,
-                "ui_url": ui_url,
-                "deployments": names,
+                "api_url": served.api_url,
+                "ui_url": served.ui_url,
+                "deployments": served.deployments,
                 "nightly": schedules.nightly,
                 "schedules": _schedule_states(schedules),
                 "work_pool": pool,
             }
         )
-        worker = start_worker(api_url, pool, limit=limit)
         try:
-            code = worker.wait()
+            code: int | None = served.worker.wait()
         except KeyboardInterrupt:
             typer.echo("stopping the worker")
             code = None
-        finally:
-            stop_worker(worker)
     if code is not None:
         typer.secho(f"error: the worker exited with code {code}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1)

@@ -1,10 +1,15 @@
-"""`ragdistill collect`, `ragdistill retrain` and `ragdistill loop status`: the retraining loop of a run root.
+"""`ragdistill collect`, `ragdistill retrain`, `ragdistill loop status` and `ragdistill loop run`: the
+retraining loop of a run root.
 
 ``collect`` and ``retrain`` run their flows as ``ragdistill pipeline`` does (through
 ``orchestration.server.prefect_api``), with the config that made the run root (``flows.loop_config``):
 ``--run-root`` alone uses the one its pipeline stored, ``-c`` must compute the same stage settings. Bad
 input (no pipeline on the run root, another config, a collect batch on the pipeline's or evaluation's
 tasks) stops with one line, before a Prefect server is started or anything is written.
+
+``loop run`` (``make loop``) drives one round through the served deployments instead
+(``ragdistill.loop_round``): two collect deployment runs, the retrain their event triggers, the table of
+generations.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ragdistill.cli_common import fail, print_json_line
+from ragdistill.cli_common import fail, print_json_line, stop_on_sigterm
 from ragdistill.errors import UserFacingError
+from ragdistill.orchestration.server import DEFAULT_START_TIMEOUT_S
 
 if TYPE_CHECKING:
     from ragdistill.config.stages import PipelineSettings
@@ -135,3 +141,61 @@ def status(
     for text in current.lines():
         typer.echo(text)
     print_json_line(current.summary())
+
+
+@loop_app.command("run")
+def run(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config",
+            "-c",
+            help="The config `make demo` ran (its run.run_root is the run root; the deployments are registered "
+            "from it); its stage settings must be the run root's.",
+        ),
+    ],
+    run_root: RunRootOption = None,
+    batches: Annotated[
+        int, typer.Option("--batches", min=1, help="Collect deployment runs, one batch of fresh tasks each.")
+    ] = 2,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for a Prefect server this command starts.")
+    ] = DEFAULT_START_TIMEOUT_S,
+) -> None:
+    """One round of the loop through Prefect: serve the deployments (server, trigger, automations, a
+    process worker), run the collect deployment once per batch, wait for the retrain that the
+    retrain-due event triggers, then print base / generation 1 / generation 2 side by side (also
+    loop/generations.md under the run root and the Prefect artifact loop-generations). Ctrl-C stops
+    the worker and a server this command started; finished work is kept."""
+    from ragdistill.loop_round import plan_loop_round, run_loop_round
+
+    try:
+        plan = plan_loop_round(str(config), run_root, batches)
+    except UserFacingError as error:
+        fail(str(error))
+        raise
+    for note in plan.notes:
+        typer.echo(f"note: {note}")
+    typer.echo(
+        f"{plan.run_root}: {plan.batches} collect batch(es) of {plan.batch_size} tasks from "
+        f"{plan.first_batch}, {plan.pending_failures} failure(s) pending, retrain.min_failures "
+        f"{plan.min_failures}"
+    )
+    stop_on_sigterm()
+    try:
+        round_ = run_loop_round(plan, typer.echo, timeout_s=timeout)
+    except KeyboardInterrupt:
+        typer.secho(
+            "interrupted: the worker and a server this command started are stopped; finished collect "
+            "batches and retrain stages are kept, and `make loop` resumes from them",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    except UserFacingError as error:
+        fail(str(error), code=1)
+        raise
+    typer.echo("")
+    typer.echo(round_.table.markdown())
+    typer.echo(f"table: {round_.table_uri} (Prefect artifact loop-generations)")
+    print_json_line(round_.summary())

@@ -14,6 +14,7 @@ server.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ from ragdistill.deployments.specs import (
     RETRAIN_CONCURRENCY_LIMIT,
     SCHEDULE_TIMEZONE,
     ActiveSchedules,
+    FlowDeployment,
     deployment_parameters,
     deployment_tags,
     flow_summary,
@@ -50,8 +52,9 @@ def runner_deployments(
     *,
     retrain_check: bool = False,
     collect_schedule: bool = False,
+    deployments: Sequence[FlowDeployment] = DEPLOYMENTS,
 ) -> list[RunnerDeployment]:
-    """One deployment per entry of :data:`DEPLOYMENTS`, whose runs default to ``config_name`` (and to
+    """One deployment per entry of ``deployments`` (default :data:`DEPLOYMENTS`), whose runs default to ``config_name`` (and to
     ``run_root`` instead of the config's run root, when given; the loop flows to the run root alone), on
     ``gpu_work_pool`` when the flow does work the config runs on GPUs, else on ``work_pool`` (whose
     template sets the working folder); each schedule is active only when its flag is set (``nightly``,
@@ -61,10 +64,10 @@ def runner_deployments(
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
-    pools = work_pools(config_name, work_pool, gpu_work_pool)
+    pools = work_pools(config_name, work_pool, gpu_work_pool, deployments)
     active = ActiveSchedules(nightly=nightly, retrain_check=retrain_check, collect=collect_schedule)
-    deployments = []
-    for spec in DEPLOYMENTS:
+    built = []
+    for spec in deployments:
         flow = spec.load()
         schedules = (
             [
@@ -100,8 +103,8 @@ def runner_deployments(
         )
         if not spec.loop:
             _accept_own_config(deployment, config_name)
-        deployments.append(deployment)
-    return deployments
+        built.append(deployment)
+    return built
 
 
 def _accept_own_config(deployment: RunnerDeployment, config_name: str) -> None:
@@ -161,17 +164,20 @@ def register_deployments(
     *,
     retrain_check: bool = False,
     collect_schedule: bool = False,
+    deployments: Sequence[FlowDeployment] = DEPLOYMENTS,
 ) -> list[str]:
     """Create both work pools if missing (a GPU worker started before a GPU config is deployed finds its
     pool), each with the project's template whose runs start in ``working_dir`` (default: the project
-    folder), create or update every deployment (:func:`runner_deployments`) and the crash automations,
+    folder), create or update each of ``deployments`` (:func:`runner_deployments`; default: the project's
+    flows, :data:`DEPLOYMENTS`, while a test may deploy its own flows under the same names) and the crash
+    automations,
     sized by the heartbeat settings in the environment; the deployments' full names
     (``<flow>/<deployment>``), pipeline first."""
     heartbeats = HeartbeatSettings.from_environment()
     for pool in dict.fromkeys((work_pool, gpu_work_pool)):
         ensure_work_pool(pool, working_dir)
     names = []
-    deployments = runner_deployments(
+    for deployment in runner_deployments(
         config_name,
         nightly,
         work_pool,
@@ -179,8 +185,8 @@ def register_deployments(
         gpu_work_pool,
         retrain_check=retrain_check,
         collect_schedule=collect_schedule,
-    )
-    for deployment in deployments:
+        deployments=deployments,
+    ):
         deployment.apply()
         names.append(deployment.full_name)
     register_crash_automations(heartbeats)

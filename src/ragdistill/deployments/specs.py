@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -182,8 +183,10 @@ def gpu_work(config: ExperimentConfig) -> frozenset[GpuWork]:
     return frozenset(work)
 
 
-def work_pools(config_name: str, cpu_pool: str, gpu_pool: str) -> dict[str, str]:
-    """The work pool of each deployment (by flow entrypoint) for runs of the config ``config_name``: the
-    GPU pool when the flow does work the config runs on GPUs, else the CPU pool."""
+def work_pools(
+    config_name: str, cpu_pool: str, gpu_pool: str, deployments: Sequence[FlowDeployment] = DEPLOYMENTS
+) -> dict[str, str]:
+    """The work pool of each of ``deployments`` (by flow entrypoint) for runs of the config
+    ``config_name``: the GPU pool when the flow does work the config runs on GPUs, else the CPU pool."""
     on_gpu = gpu_work(load_config(config_file(config_name)))
-    return {spec.flow: gpu_pool if spec.uses & on_gpu else cpu_pool for spec in DEPLOYMENTS}
+    return {spec.flow: gpu_pool if spec.uses & on_gpu else cpu_pool for spec in deployments}
