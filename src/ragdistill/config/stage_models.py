@@ -136,6 +136,7 @@ class TaskSelection(_Frozen):
     limit: int | None = None
     start: int = 0
     balanced: bool | None = None
+    shuffle_seed: int | None = None
     task_types: list[str] | None = None
 
 

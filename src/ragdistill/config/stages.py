@@ -168,7 +168,11 @@ class PipelineSettings:
     def _tasks(self, env: EnvConfig | None = None, **update: Any) -> TaskSelection:
         env = env or self.config.env
         selection = TaskSelection(
-            split=env.split, limit=env.limit, balanced=env.balanced, task_types=env.task_types
+            split=env.split,
+            limit=env.limit,
+            balanced=env.balanced,
+            shuffle_seed=env.shuffle_seed,
+            task_types=env.task_types,
         )
         return selection.model_copy(update=update)
 
