@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ragdistill.config.ablation import AblationPoint, AblationTableSettings, ablation_points
 from ragdistill.config.experiment import ExperimentConfig
 from ragdistill.config.models import RoleConfig
 from ragdistill.config.retrieval import HintRules
@@ -62,6 +63,8 @@ from ragdistill.layout import (
 
 __all__ = [
     "STAGE_MODELS",
+    "AblationPoint",
+    "AblationTableSettings",
     "CollectSettings",
     "DatasetSettings",
     "EnvSettings",
@@ -84,6 +87,7 @@ __all__ = [
     "TaskSelection",
     "TeacherSettings",
     "TrainingSettings",
+    "ablation_points",
     "experiment_record",
     "pipeline_stage_settings",
     "role_settings",
@@ -336,6 +340,17 @@ class PipelineSettings:
     def retrain(self) -> RetrainSettings:
         return RetrainSettings(min_failures=self.config.retrain.min_failures)
 
+    def ablation_table(self) -> AblationTableSettings:
+        """The retrieval ablation's table over the grid ``ablation.*`` asks for."""
+        config = self.config
+        return AblationTableSettings(
+            env=config.env.name,
+            eval_split=config.evaluation.split,
+            grid=config.ablation,
+            teacher_stages=self.teacher_stages(),
+            points=ablation_points(config),
+        )
+
 
 STAGE_MODELS: tuple[tuple[str, type[StageSettings] | type[RetrainSettings]], ...] = (
     ("A rollout", RolloutSettings),
@@ -350,6 +365,7 @@ STAGE_MODELS: tuple[tuple[str, type[StageSettings] | type[RetrainSettings]], ...
     ("E report", ReportSettings),
     ("loop collect", CollectSettings),
     ("loop retrain", RetrainSettings),
+    ("ablation table", AblationTableSettings),
 )
 """Every stage's settings model, in pipeline order (the README's table is generated from it)."""
 

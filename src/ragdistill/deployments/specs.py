@@ -115,6 +115,7 @@ DEPLOYMENTS: tuple[FlowDeployment, ...] = (
     FlowDeployment("ragdistill.flows.standalone.train_flow", TRAINING),
     FlowDeployment("ragdistill.flows.standalone.evaluate_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.report_flow"),
+    FlowDeployment("ragdistill.flows.ablation.ablation_flow", INFERENCE | TRAINING),
     FlowDeployment("ragdistill.flows.retrain.collect_flow", INFERENCE, schedule=COLLECT_SCHEDULE, loop=True),
     FlowDeployment(
         "ragdistill.flows.retrain.retrain_flow",

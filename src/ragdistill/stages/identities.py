@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ragdistill.config.stages import (
+    AblationTableSettings,
     CollectSettings,
     DatasetSettings,
     EvaluationSettings,
@@ -29,6 +30,7 @@ IdentityFunction = Callable[[RunContext, Any, Inputs], StageIdentity]
 
 def _identities() -> dict[type[StageSettings], IdentityFunction]:
     from ragdistill.stages import (
+        ablation,
         collect,
         datasets,
         evaluation,
@@ -54,6 +56,7 @@ def _identities() -> dict[type[StageSettings], IdentityFunction]:
         TrainingSettings: training.training_identity,
         ReportSettings: report.report_identity,
         PromotionSettings: promotion.promotion_identity,
+        AblationTableSettings: ablation.ablation_table_identity,
     }
 
 
