@@ -68,6 +68,22 @@ def test_a_grid_that_cannot_run_is_refused_naming_the_setting(setting: str, valu
         with_overrides(load_config(DEMO), {setting: value})
 
 
+def test_the_ablate_command_names_a_grid_it_cannot_run_and_writes_nothing(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from ragdistill.cli import app
+
+    root = tmp_path / "run"
+    for flags, setting in (
+        (["--retriever", "tfidf"], "ablation.retrievers"),
+        (["--k", "2", "--k", "2"], "ablation.k"),
+    ):
+        result = CliRunner().invoke(app, ["ablate", "-c", str(DEMO), "--run-root", str(root), *flags])
+        assert result.exit_code == 2, result.output
+        assert setting in result.output
+    assert not root.exists(), "nothing is written"
+
+
 def test_the_table_settings_read_each_points_own_folders() -> None:
     config = with_overrides(
         load_config(DEMO),

