@@ -156,8 +156,19 @@ def test_one_deployment_per_flow_on_the_pool_its_work_needs_with_the_nightly_sch
     assert len(set(names)) == len(DEPLOYMENTS) and names[0] == f"pipeline/{DEPLOYMENT_NAME}"
     assert {f"{flow}/{DEPLOYMENT_NAME}" for flow in ("rollout", "mine", "index", "report")} <= set(names)
     pools = {deployment.full_name.split("/")[0]: deployment.work_pool_name for deployment in deployments}
-    on_gpu = {"pipeline", "warm-start", "rollout", "mine", "teach", "expert", "train", "evaluate"}
-    on_gpu |= {"collect", "retrain"}
+    on_gpu = {
+        "pipeline",
+        "warm-start",
+        "rollout",
+        "mine",
+        "teach",
+        "expert",
+        "train",
+        "evaluate",
+        "collect",
+        "retrain",
+        "ablation",
+    }
     assert {flow for flow, pool in pools.items() if pool == GPU_WORK_POOL} == on_gpu
     assert {flow for flow, pool in pools.items() if pool == WORK_POOL} == {
         "index",

@@ -52,6 +52,7 @@ def _every_stage(pipeline: PipelineSettings) -> dict[str, Any]:
         "report": pipeline.report("demo"),
         "promotion": pipeline.promotion(),
         "retrain": pipeline.retrain,
+        "ablation-table": pipeline.ablation_table(),
     }
     for name in ("sft", "distill"):
         stages[f"dataset-{name}"] = pipeline.dataset(name)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ragdistill.config import ConfigError, ExperimentConfig, RoleConfig
-from ragdistill.environments.registry import get_profile, registered_envs
+from ragdistill.environments.registry import get_profile, lister_takes, registered_envs
 from ragdistill.models import CHAT_MODELS, EMBEDDING_MODELS
 from ragdistill.training.accelerate_configs import AccelerateConfigError, accelerate_config_path
 
@@ -37,6 +37,9 @@ def runnable_problems(config: ExperimentConfig) -> list[str]:
         if role.backend.kind == "openai":
             continue  # the server's own model names
         problem = _model_problem(f"models.{role_name}.model.name", role.model.name, sorted(CHAT_MODELS))
+        if problem:
+            problems.append(problem)
+        problem = _quantization_problem(f"models.{role_name}", role)
         if problem:
             problems.append(problem)
     problem = _model_problem(
@@ -73,11 +76,41 @@ def _model_problem(key: str, name: str, short_names: list[str]) -> str | None:
     )
 
 
+def _quantization_problem(key: str, role: RoleConfig) -> str | None:
+    """Why the installed vLLM cannot load ``role``'s quantization, or None. (The hf backend checks for
+    CUDA and bitsandbytes when it starts: a machine with the ``gpu`` extra has both.)"""
+    if role.backend.kind != "vllm" or role.model.quantization is None:
+        return None
+    offered = vllm_quantizations()
+    if role.model.quantization in offered:
+        return None
+    installed = "vLLM is not installed" if not offered else "the installed vLLM does not offer it"
+    return (
+        f"{key}.model.quantization: {role.model.quantization!r} cannot be loaded by vllm here ({installed}; "
+        f"vLLM 0.32 dropped bitsandbytes); set {key}.backend.kind: hf, which loads it with bitsandbytes on "
+        "a CUDA GPU, or serve a 4-bit model elsewhere and point backend.kind: openai at it"
+    )
+
+
+def vllm_quantizations() -> frozenset[str]:
+    """The quantization methods the installed vLLM offers (empty when vLLM is not installed)."""
+    try:
+        from vllm.model_executor.layers.quantization import QUANTIZATION_METHODS
+    except ImportError:
+        return frozenset()
+    return frozenset(QUANTIZATION_METHODS)
+
+
 def _environment_problems(config: ExperimentConfig) -> list[str]:
     if config.env.name not in registered_envs():
         return []
     profile = get_profile(config.env.name)
     problems: list[str] = []
+    if config.env.shuffle_seed is not None and not lister_takes(profile.name, "shuffle_seed"):
+        problems.append(
+            f"env.shuffle_seed: environment {profile.name!r} cannot order its tasks by a seed (its task "
+            "lister takes no shuffle_seed); remove it"
+        )
     source = config.agent.fewshot_source
     if source != "none" and source not in profile.fewshot_sources:
         offered = ", ".join([*profile.fewshot_sources, "none"])

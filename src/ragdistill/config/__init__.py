@@ -36,7 +36,7 @@ from ragdistill.config.models import (
     SamplingConfig,
     engine_key,
 )
-from ragdistill.config.retrieval import HintRules, MiningConfig, RetrievalConfig
+from ragdistill.config.retrieval import AblationConfig, HintRules, MiningConfig, RetrievalConfig
 from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
 from ragdistill.config.training import DistillConfig, TrainingConfig, TrainingLaunch, TrainingRecipe
 from ragdistill.config.warm_start import WarmStartConfig
@@ -45,6 +45,7 @@ __all__ = [
     "CONFIGS_DIR",
     "DEFAULT_CONFIG",
     "DEFAULT_GPU_SHARE",
+    "AblationConfig",
     "AgentConfig",
     "BackendConfig",
     "CollectConfig",

@@ -16,7 +16,7 @@ from ragdistill.config.evaluation import (
     RunConfig,
 )
 from ragdistill.config.models import VLLM_LORA_RANKS, ModelsConfig, RoleConfig, engine_key
-from ragdistill.config.retrieval import MiningConfig, RetrievalConfig
+from ragdistill.config.retrieval import AblationConfig, MiningConfig, RetrievalConfig
 from ragdistill.config.rollouts import AgentConfig, EnvConfig, OrchestrationConfig, RolloutConfig
 from ragdistill.config.training import DistillConfig, TrainingConfig
 from ragdistill.config.warm_start import TaskRange, WarmStartConfig, describe_positions
@@ -38,6 +38,7 @@ class ExperimentConfig(StrictModel):
     collect: CollectConfig = Field(default_factory=CollectConfig)
     retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig)
+    ablation: AblationConfig = Field(default_factory=AblationConfig)
 
     def engine_roles(self) -> dict[str, RoleConfig]:
         """The model roles a pipeline run loads (the re-ranker only for the ``llm-rerank`` retriever)."""

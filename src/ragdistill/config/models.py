@@ -23,6 +23,14 @@ class ModelSpec(StrictModel):
     adapter: str | None = Field(None, description="A LoRA adapter folder (or run-root URL) applied on top.")
     dtype: Literal["bfloat16", "float16", "float32", "auto"] = "bfloat16"
     max_model_len: int = Field(8192, gt=0, description="Context window in tokens.")
+    quantization: Literal["bitsandbytes"] | None = Field(
+        None,
+        description="bitsandbytes: the weights loaded in 4 bits (NF4, double quantization, computed in "
+        "`dtype`; the recipe of training.load_in_4bit), as the paper's re-ranker was. The hf backend loads "
+        "them so (CUDA only); vllm passes it to its engine, where the installed vLLM must offer it (the "
+        "pinned 0.32/0.33 do not: preflight says so); openai: what the server is stated to serve (its "
+        "own setting, recorded with the role). None: the weights as stored.",
+    )
     trust_remote_code: bool = Field(
         False,
         description="Run Python code shipped in the model's folder (custom architectures on the hub). "

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ragdistill.config.base import StrictModel
+
+Retriever = Literal["faiss", "bm25", "llm-rerank"]
+AblatedMethod = Literal["rag", "distill"]
 
 
 class HintRules(StrictModel):
@@ -38,7 +41,7 @@ class MiningConfig(HintRules):
 
 
 class RetrievalConfig(StrictModel):
-    retriever: Literal["faiss", "bm25", "llm-rerank"] = "faiss"
+    retriever: Retriever = "faiss"
     k: int = Field(3, gt=0, description="Hints per episode (paper: 3; ablation 1, 3, 6, 9).")
     embedding_model: str = Field("all-minilm-l6-v2", description="Short name or sentence-transformers id.")
     exact_index_max: int = Field(50_000, gt=0, description="Above this many hints, an approximate index.")
@@ -53,3 +56,40 @@ class RetrievalConfig(StrictModel):
     group_examples: int = Field(
         500, gt=0, description="Labelled training tasks the embedding group classifier learns from."
     )
+
+
+class AblationConfig(StrictModel):
+    """The retrieval ablation (``ragdistill ablate``; the paper's k ablation and its BM25 one): the RAG
+    teacher, and what learns from it, at each grid point of hints per episode (k) and retriever. Every
+    stage before the teacher is the pipeline's own, shared by all points."""
+
+    k: list[Annotated[int, Field(gt=0)]] = Field(
+        default_factory=lambda: [1, 3, 6, 9],
+        min_length=1,
+        description="Hints per episode to try (the paper: 1, 3, 6, 9).",
+    )
+    retrievers: list[Retriever] = Field(
+        default_factory=lambda: ["faiss", "bm25", "llm-rerank"],
+        min_length=1,
+        description="Retrievers to try: FAISS over embeddings, BM25 over the hint texts, the LLM re-ranker.",
+    )
+    design: Literal["axes", "cross"] = Field(
+        "axes",
+        description="axes: each k with the config's retriever, and each retriever with the config's k (one "
+        "setting varied at a time, as the paper's ablations); cross: every k with every retriever.",
+    )
+    methods: list[AblatedMethod] = Field(
+        default_factory=lambda: ["rag", "distill"],
+        min_length=1,
+        description="What each point evaluates: rag, the RAG teacher on the evaluation tasks; distill, a "
+        "student distilled from the point's teacher (a teacher rollout on the training tasks and a LoRA "
+        "training per point), then evaluated.",
+    )
+
+    @field_validator("k", "retrievers", "methods")
+    @classmethod
+    def _each_value_once(cls, values: list[Any]) -> list[Any]:
+        repeated = sorted({str(value) for value in values if values.count(value) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once; name each value once")
+        return values

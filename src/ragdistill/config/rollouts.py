@@ -29,6 +29,15 @@ class EnvConfig(StrictModel):
         "order, whose first 100 test goals the paper evaluates); None: the environment's default (ALFWorld "
         "balances, WebShop does not).",
     )
+    shuffle_seed: int | None = Field(
+        None,
+        ge=0,
+        lt=2**32,
+        description="Order the tasks (each task type's, when balanced) by a hash of their id under this seed "
+        "before `limit` applies: a fixed random sample of the split that a larger limit only extends. None: "
+        "the environment's own order (ALFWorld: by game path, so a limit takes each type's games of the "
+        "alphabetically first objects). Only for environments whose task lister takes it (ALFWorld).",
+    )
     task_types: list[str] | None = Field(None, description="Keep only these task types (None: all).")
     data_dir: Path = Field(Path("data"), description="Where `ragdistill data setup` installed the data.")
     workers: int = Field(2, gt=0, description="Environment worker processes.")

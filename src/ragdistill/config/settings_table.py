@@ -3,6 +3,7 @@ by ``config.stages``; ``tests/test_stage_settings.py`` keeps the README's copy c
 
 from __future__ import annotations
 
+from ragdistill.config.ablation import AblationTableSettings
 from ragdistill.config.run_context import RunContext
 from ragdistill.config.stage_models import (
     CollectSettings,
@@ -35,6 +36,7 @@ STAGE_MODELS: tuple[tuple[str, type[StageSettings] | type[RetrainSettings]], ...
     ("E report", ReportSettings),
     ("loop collect", CollectSettings),
     ("loop retrain", RetrainSettings),
+    ("ablation table", AblationTableSettings),
 )
 """Every stage's settings model, in pipeline order (the README's table is generated from it)."""
 

@@ -100,6 +100,7 @@ class TaskSelection(Frozen):
     limit: int | None = None
     start: int = 0
     balanced: bool | None = None
+    shuffle_seed: int | None = None
     task_types: list[str] | None = None
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ragdistill.config.ablation import AblationPoint, AblationTableSettings, ablation_points
 from ragdistill.config.experiment import ExperimentConfig
 from ragdistill.config.models import RoleConfig
 from ragdistill.config.retrieval import HintRules, RetrievalConfig
@@ -67,6 +68,8 @@ from ragdistill.layout import (
 
 __all__ = [
     "STAGE_MODELS",
+    "AblationPoint",
+    "AblationTableSettings",
     "CollectSettings",
     "DatasetSettings",
     "EnvSettings",
@@ -91,6 +94,7 @@ __all__ = [
     "TeacherSettings",
     "TrainingSettings",
     "WarmStartSettings",
+    "ablation_points",
     "experiment_record",
     "pipeline_stage_settings",
     "retrieval_settings",
@@ -200,7 +204,11 @@ class PipelineSettings:
     def _tasks(self, env: EnvConfig | None = None, **update: Any) -> TaskSelection:
         env = env or self.config.env
         selection = TaskSelection(
-            split=env.split, limit=env.limit, balanced=env.balanced, task_types=env.task_types
+            split=env.split,
+            limit=env.limit,
+            balanced=env.balanced,
+            shuffle_seed=env.shuffle_seed,
+            task_types=env.task_types,
         )
         return selection.model_copy(update=update)
 
@@ -427,3 +435,14 @@ class PipelineSettings:
     @property
     def retrain(self) -> RetrainSettings:
         return RetrainSettings(min_failures=self.config.retrain.min_failures)
+
+    def ablation_table(self) -> AblationTableSettings:
+        """The retrieval ablation's table over the grid ``ablation.*`` asks for."""
+        config = self.config
+        return AblationTableSettings(
+            env=config.env.name,
+            eval_split=config.evaluation.split,
+            grid=config.ablation,
+            teacher_stages=self.teacher_stages(),
+            points=ablation_points(config),
+        )

@@ -123,6 +123,7 @@ DEPLOYMENTS: tuple[FlowDeployment, ...] = (
     FlowDeployment("ragdistill.flows.standalone.train_flow", TRAINING),
     FlowDeployment("ragdistill.flows.standalone.evaluate_flow", INFERENCE),
     FlowDeployment("ragdistill.flows.standalone.report_flow"),
+    FlowDeployment("ragdistill.flows.ablation.ablation_flow", INFERENCE | TRAINING),
     FlowDeployment("ragdistill.flows.retrain.collect_flow", INFERENCE, schedule=COLLECT_SCHEDULE, loop=True),
     FlowDeployment(
         "ragdistill.flows.retrain.retrain_flow",
@@ -166,19 +167,25 @@ def deployment_parameters(
 
 def gpu_work(config: ExperimentConfig) -> frozenset[GpuWork]:
     """What ``config`` runs on GPUs: training when its accelerate config trains on CUDA; inference when
-    rollout shards ask Ray for GPUs or an in-use vLLM engine has a GPU-only setting (a GPU memory share,
-    or tensor parallelism). A vLLM engine with neither runs on whichever vLLM build the worker has
-    installed, so the config does not say; such configs deploy to the CPU pool (name the same pool
-    twice to send everything to one worker)."""
+    rollout shards ask Ray for GPUs, an in-use vLLM engine has a GPU-only setting (a GPU memory share,
+    or tensor parallelism) or an in-use hf engine loads bitsandbytes weights (CUDA only). A vLLM engine
+    with neither runs on whichever vLLM build the worker has installed, so the config does not say;
+    such configs deploy to the CPU pool (name the same pool twice to send everything to one worker)."""
     work: set[GpuWork] = set()
     if read_accelerate_config(config.training.accelerate_config).uses_gpus:
         work.add("training")
+    roles = list(config.engine_roles().values())
+    if config.retrieval.group == "llm":
+        roles.append(config.models.reranker)
     vllm_on_gpu = any(
         role.backend.kind == "vllm"
         and (role.backend.gpu_memory_utilization is not None or role.backend.tensor_parallel_size > 1)
-        for role in config.engine_roles().values()
+        for role in roles
     )
-    if vllm_on_gpu or config.orchestration.gpus_per_shard > 0:
+    quantized_in_process = any(
+        role.backend.kind == "hf" and role.model.quantization is not None for role in roles
+    )
+    if vllm_on_gpu or quantized_in_process or config.orchestration.gpus_per_shard > 0:
         work.add("inference")
     return frozenset(work)
 

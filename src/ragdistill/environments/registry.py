@@ -3,13 +3,14 @@ the :class:`EnvProfile` that tells agents, mining and training everything else a
 
 Users add their own with :func:`register_env`. Conventions the pool, the checker and the rollout
 stage rely on: the factory accepts a ``data_dir`` keyword; the lister accepts ``data_dir``, ``split``,
-``limit`` and ``task_types`` keywords (``balanced`` optionally). The factory must be importable by
-reference (a module-level class or function): the pool sends it to spawned worker processes, which do
-not see registrations made at run time.
+``limit`` and ``task_types`` keywords (``balanced`` and ``shuffle_seed`` optionally). The factory must
+be importable by reference (a module-level class or function): the pool sends it to spawned worker
+processes, which do not see registrations made at run time.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,11 @@ def make_env(name: str, **kwargs: Any) -> Env:
 def list_tasks(env_name: str, **kwargs: Any) -> list[TaskInfo]:
     """The tasks of ``env_name`` (keyword arguments go to its lister: data_dir, split, limit, …)."""
     return get_env(env_name).task_lister(**kwargs)
+
+
+def lister_takes(env_name: str, keyword: str) -> bool:
+    """Whether ``env_name``'s task lister takes the optional ``keyword`` (``balanced``, ``shuffle_seed``)."""
+    return keyword in inspect.signature(get_env(env_name).task_lister).parameters
 
 
 def _register_builtin() -> None:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import hashlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import islice
 from typing import TypeVar
 
@@ -44,3 +45,10 @@ def round_robin(streams: Iterable[Iterator[T]], limit: int | None) -> list[T]:
 
 def first(items: Iterable[T], limit: int | None) -> list[T]:
     return list(islice(items, limit))
+
+
+def seeded_order(items: Iterable[T], seed: int, key: Callable[[T], str]) -> list[T]:
+    """``items`` ordered by the sha256 of ``"<seed>:<key(item)>"``: a fixed pseudo-random permutation
+    that depends on each item's own key only, so the order of two items never changes when others are
+    added or left out, and the first N of a larger list are the first N of a smaller one."""
+    return sorted(items, key=lambda item: hashlib.sha256(f"{seed}:{key(item)}".encode()).hexdigest())

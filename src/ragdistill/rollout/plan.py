@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from ragdistill.config import AgentConfig, ModelSpec, RoleConfig
 from ragdistill.config.stages import EnvSettings, RolloutSettings, RunContext, TaskSelection
-from ragdistill.environments.base import TaskInfo
+from ragdistill.environments.base import EnvError, TaskInfo
 from ragdistill.episodes import EpisodeSource
 from ragdistill.identity import code_fingerprint, digest
 from ragdistill.rollout.engine import HintSource
@@ -72,10 +72,18 @@ def plan_rollout(
 
 def select_tasks(ctx: RunContext, env: EnvSettings, selection: TaskSelection) -> list[TaskInfo]:
     """The tasks at positions ``selection.start`` up to ``selection.limit`` of the split's task list (in
-    the environment's default order unless ``selection.balanced`` says otherwise)."""
-    from ragdistill.environments.registry import list_tasks
+    the environment's default order unless ``selection.balanced`` or ``selection.shuffle_seed`` say
+    otherwise)."""
+    from ragdistill.environments.registry import list_tasks, lister_takes
 
-    order = {} if selection.balanced is None else {"balanced": selection.balanced}
+    order: dict[str, bool | int] = {} if selection.balanced is None else {"balanced": selection.balanced}
+    if selection.shuffle_seed is not None:
+        if not lister_takes(env.name, "shuffle_seed"):
+            raise EnvError(
+                f"environment {env.name!r} cannot order its tasks by a seed (its task lister takes no "
+                "shuffle_seed); remove env.shuffle_seed from the config"
+            )
+        order["shuffle_seed"] = selection.shuffle_seed
     tasks = list_tasks(
         env.name,
         data_dir=ctx.data_dir,

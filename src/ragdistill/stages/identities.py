@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ragdistill.config.stages import (
+    AblationTableSettings,
     CollectSettings,
     DatasetSettings,
     EvaluationSettings,
@@ -30,6 +31,7 @@ IdentityFunction = Callable[[RunContext, Any, Inputs], StageIdentity]
 
 def _identities() -> dict[type[StageSettings], IdentityFunction]:
     from ragdistill.stages import (
+        ablation,
         collect,
         datasets,
         evaluation,
@@ -57,6 +59,7 @@ def _identities() -> dict[type[StageSettings], IdentityFunction]:
         ReportSettings: report.report_identity,
         PromotionSettings: promotion.promotion_identity,
         WarmStartSettings: warm_start.warm_start_identity,
+        AblationTableSettings: ablation.ablation_table_identity,
     }
 
 
