@@ -39,6 +39,7 @@ from ragdistill.config.stages import PipelineSettings
 from ragdistill.inference import make_backend
 from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
 from ragdistill.inference.streaming import Done, GenerationStream, open_stream
+from ragdistill.preload import describe_preload, find_libraries, started_with_preload
 from ragdistill.stages.rollout import run_rollout
 from rollout_simulation import workload
 from rollout_simulation.gpu import GPUShape
@@ -168,9 +169,11 @@ def real_engine(args: argparse.Namespace) -> dict[str, Any]:
     def over_sequential(name: str) -> float:
         return runs[name]["episodes_per_min"] / runs["sequential"]["episodes_per_min"]
 
+    complete, preload = describe_preload(find_libraries(), started_with_preload())
     return {
         "episodes": args.episodes,
         "max_calls": args.max_calls,
+        "preload": {"complete": complete, "summary": preload},
         **runs,
         "raw_backend": raw,
         "raw_backend_continuous_requests": raw_continuous,
@@ -188,6 +191,7 @@ def real_engine(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def print_real(result: dict[str, Any]) -> None:
+    print(f"vLLM on CPU: {result['preload']['summary']}")
     print(f"{'run':<24}{'episodes/min':>14}{'gen tok/s':>12}{'seconds':>10}")
     for name, key in (
         ("lock-step", "lockstep"),
@@ -245,6 +249,7 @@ def simulation(args: argparse.Namespace) -> dict[str, Any]:
         "continuous": continuous,
         "lockstep_over_capacity": lockstep["over_capacity"],
         "continuous_over_capacity": continuous["over_capacity"],
+        "continuous_steady_over_capacity": continuous["steady_over_capacity"],
         "continuous_over_lockstep": continuous["gen_tokens_per_s"] / lockstep["gen_tokens_per_s"],
     }
 
@@ -309,7 +314,12 @@ def main() -> None:
         print_real(result["real"])
     result["simulation"] = simulation(args)
     print_simulation(result["simulation"])
-    for key in ("continuous_over_capacity", "continuous_over_lockstep", "lockstep_over_capacity"):
+    for key in (
+        "continuous_over_capacity",
+        "continuous_steady_over_capacity",
+        "continuous_over_lockstep",
+        "lockstep_over_capacity",
+    ):
         result[key] = result["simulation"][key]
     sys.stdout.flush()
     print(json.dumps(result, sort_keys=True))
