@@ -263,6 +263,7 @@ def test_the_run_name_changes_only_the_report() -> None:
         ("rollout.batch_size", 3),
         ("rollout.shard_size", 7),
         ("rollout.shards", 4),
+        ("rollout.schedule", "lockstep"),
         ("mining.chunk_size", 5),
         ("orchestration.task_runner", "ray"),
         ("models.agent.backend.kv_cache_gib", 3.0),

@@ -73,7 +73,20 @@ class AgentConfig(StrictModel):
 
 
 class RolloutConfig(StrictModel):
-    batch_size: int = Field(16, gt=0, description="Episodes stepped in lock-step per generate call.")
+    batch_size: int = Field(
+        16,
+        gt=0,
+        description="Episodes in flight at once: under `schedule: lockstep`, the episodes of one generate "
+        "call per turn.",
+    )
+    schedule: Literal["continuous", "lockstep"] = Field(
+        "continuous",
+        description="continuous: each episode sends its next request as soon as its environment step "
+        "returns and the backend batches whatever is pending, while environment steps run beside "
+        "generation; lockstep: one generate call per turn for every episode in flight, then every "
+        "environment step. The same records either way (only their order in the files differs), so not "
+        "part of any identity.",
+    )
     shard_size: int = Field(50, gt=0, description="Episode records per JSONL shard.")
     max_error_share: float = Field(
         0.1,

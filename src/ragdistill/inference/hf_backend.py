@@ -99,6 +99,10 @@ class HFBackend:
             torch.set_num_threads(role.backend.torch_threads)
         self.model_path = model_path or resolve_model(role.model)
         self._tokenizer = load_tokenizer(self.model_path, role.model.trust_remote_code)
+        # count_tokens runs in the rollout engine's thread while generate runs in a stream's thread
+        # (inference.streaming); generate switches padding on and off, which a fast tokenizer shared
+        # between threads does not survive ("Already borrowed"): counting has a tokenizer of its own.
+        self._counting_tokenizer = load_tokenizer(self.model_path, role.model.trust_remote_code)
         self._tokenizer.padding_side = "left"
         if self._tokenizer.pad_token_id is None:
             self._tokenizer.pad_token = self._tokenizer.eos_token
@@ -256,7 +260,7 @@ class HFBackend:
         return strip_trailing_special(self._tokenizer, ids), False
 
     def count_tokens(self, messages: list[ChatMessage], completion: str = "") -> tuple[int, int]:
-        return count_chat_tokens(self._tokenizer, messages, completion)
+        return count_chat_tokens(self._counting_tokenizer, messages, completion)
 
     def close(self) -> None:
         self._model = None

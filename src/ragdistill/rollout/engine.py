@@ -1,4 +1,6 @@
-"""The batched lock-step rollout engine (stage A, and the teacher of stage C).
+"""The batched lock-step rollout engine (stage A, and the teacher of stage C), and what every engine
+shares: an episode's prompt, context budget, parsing, stop rules, faults and record
+(``rollout.continuous`` builds the continuous engine on it; ``rollout.schedule`` picks one).
 
 Every turn, each active episode contributes its next prompt to ONE batched generate call; outputs are
 parsed; the environment pool steps all the resulting actions in parallel; finished episodes are written
@@ -89,13 +91,26 @@ class RolloutStats:
 
 
 @dataclass
-class _Active:
+class ActiveEpisode:
+    """An episode being played: its pool slot, its record so far, its prompt and history."""
+
     slot: int
     record: EpisodeRecord
     prompt: list[Segment]
     history: list[Segment]
     rules: StopRules
     started: float
+
+
+@dataclass
+class AnsweredTurn:
+    """One answered model call, before the environment has taken its action (``env_action``; None when
+    the format answered it: a think, an output without an action)."""
+
+    episode: ActiveEpisode
+    step: Step
+    stop_reason: StopReason | None
+    env_action: str | None
 
 
 ProgressCallback = Callable[[EpisodeRecord, int, int], None]
@@ -155,7 +170,7 @@ class RolloutEngine:
         start = time.perf_counter()
         self._total = len(tasks)
         queue = deque(tasks)
-        active: list[_Active] = []
+        active: list[ActiveEpisode] = []
         batch_size = self.settings.batch_size
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="env-reset") as loader:
             while queue or active:
@@ -176,7 +191,7 @@ class RolloutEngine:
 
     def _start(
         self, tasks: list[TaskInfo], outcomes: list[tuple[int, ResetResult] | EnvError]
-    ) -> list[_Active]:
+    ) -> list[ActiveEpisode]:
         self.stats.started_task_ids.extend(task.task_id for task in tasks)
         started: list[tuple[int, ResetResult]] = []
         for task, outcome in zip(tasks, outcomes, strict=True):
@@ -191,7 +206,7 @@ class RolloutEngine:
             )
         return [self._episode(slot, reset, hint) for (slot, reset), hint in zip(started, hints, strict=True)]
 
-    def _episode(self, slot: int, reset: ResetResult, hints: RetrievedHints | None) -> _Active:
+    def _episode(self, slot: int, reset: ResetResult, hints: RetrievedHints | None) -> ActiveEpisode:
         task = reset.task
         prompt = self.fmt.prompt(
             task,
@@ -207,25 +222,25 @@ class RolloutEngine:
             retrieval_note=hints.reason if hints else None,
         )
         rules = StopRules(self.settings.agent.max_calls, self.settings.agent.repeat_stop)
-        return _Active(slot, record, prompt, [], rules, time.perf_counter())
+        return ActiveEpisode(slot, record, prompt, [], rules, time.perf_counter())
 
     def _count_prompt_tokens(self, segments: list[Segment]) -> int:
         return self.backend.count_tokens(render_messages(segments))[0]
 
-    def _fit(self, episode: _Active) -> tuple[list[Segment], int]:
+    def _fit(self, episode: ActiveEpisode) -> tuple[list[Segment], int]:
         """The prompt with the fewest oldest turns dropped so that it counts at most ``budget`` tokens,
         counted with the model's tokenizer and chat template (a true bound, not an estimate)."""
         return fit_to_budget([*episode.prompt, *episode.history], self._count_prompt_tokens, self.budget)
 
     def _generate(
-        self, active: list[_Active]
-    ) -> tuple[list[tuple[_Active, int]], list[Generation], list[tuple[_Active, str]]]:
+        self, active: list[ActiveEpisode]
+    ) -> tuple[list[tuple[ActiveEpisode, int]], list[Generation], list[tuple[ActiveEpisode, str]]]:
         """One batched call for every active episode; touches the backend only, never the pool.
 
         Returns the episodes that were asked (with the history turns dropped to fit), their generations,
         and the episodes whose fixed prompt no longer fits the context (finished by the caller)."""
-        runnable: list[tuple[_Active, int]] = []
-        overflowed: list[tuple[_Active, str]] = []
+        runnable: list[tuple[ActiveEpisode, int]] = []
+        overflowed: list[tuple[ActiveEpisode, str]] = []
         requests: list[GenerationRequest] = []
         for episode in active:
             try:
@@ -245,79 +260,93 @@ class RolloutEngine:
         generations = self.backend.generate(requests) if requests else []
         return runnable, generations, overflowed
 
-    def _apply(self, runnable: list[tuple[_Active, int]], generations: list[Generation]) -> list[_Active]:
+    def _apply(
+        self, runnable: list[tuple[ActiveEpisode, int]], generations: list[Generation]
+    ) -> list[ActiveEpisode]:
         """Parse every output, step the environment for all actions at once, record and finish episodes."""
-        pending: list[tuple[_Active, Step, str | None]] = []
-        env_actions: list[tuple[int, str]] = []
         if len(generations) != len(runnable):
             raise RuntimeError(
                 f"backend {self.backend.name!r} returned {len(generations)} answers for {len(runnable)} requests"
             )
-        for (episode, dropped), generation in zip(runnable, generations, strict=True):
-            if generation.error is not None:
+        turns = [
+            turn
+            for (episode, dropped), generation in zip(runnable, generations, strict=True)
+            if (turn := self._answered(episode, dropped, generation)) is not None
+        ]
+        env_actions = [(turn.episode.slot, turn.env_action) for turn in turns if turn.env_action is not None]
+        results = iter(self.pool.step_many(env_actions)) if env_actions else iter(())
+        return [
+            turn.episode
+            for turn in turns
+            if self._settle(turn, next(results) if turn.env_action is not None else None)
+        ]
+
+    def _answered(self, episode: ActiveEpisode, dropped: int, generation: Generation) -> AnsweredTurn | None:
+        """The step a generation makes, with the action the environment must take; None when the
+        request failed (the episode is then finished with its error)."""
+        if generation.error is not None:
+            self._finish(
+                episode,
+                "error",
+                won=False,
+                reward=0.0,
+                error=generation.error,
+                error_kind=generation.error_kind or "transient",
+            )
+            return None
+        parsed = self.fmt.parse(generation.text)
+        local_observation = self.fmt.observation_without_env(parsed)
+        step = Step(
+            output=generation.text,
+            action=parsed.action,
+            is_think=parsed.is_think,
+            observation=local_observation or "",
+            reward=0.0,
+            done=False,
+            prompt_tokens=generation.prompt_tokens,
+            completion_tokens=generation.completion_tokens,
+            finish_reason=generation.finish_reason,
+            parse_error=parsed.error,
+            dropped_turns=dropped,
+            history_text=parsed.text,
+        )
+        stop_reason = episode.rules.update(generation.text)
+        env_action = parsed.action if local_observation is None and parsed.action is not None else None
+        return AnsweredTurn(episode, step, stop_reason, env_action)
+
+    def _settle(self, turn: AnsweredTurn, outcome: StepResult | EnvError | None) -> bool:
+        """Record a turn with what the environment answered (``None``: it took no action); whether the
+        episode goes on (else it is finished and written)."""
+        episode, step = turn.episode, turn.step
+        if turn.env_action is not None:
+            if isinstance(outcome, EnvError):
+                self._record_step(episode, step)
                 self._finish(
                     episode,
                     "error",
                     won=False,
                     reward=0.0,
-                    error=generation.error,
-                    error_kind=generation.error_kind or "transient",
+                    error=str(outcome),
+                    error_kind=error_kind(outcome),
                 )
-                continue
-            parsed = self.fmt.parse(generation.text)
-            local_observation = self.fmt.observation_without_env(parsed)
-            step = Step(
-                output=generation.text,
-                action=parsed.action,
-                is_think=parsed.is_think,
-                observation=local_observation or "",
-                reward=0.0,
-                done=False,
-                prompt_tokens=generation.prompt_tokens,
-                completion_tokens=generation.completion_tokens,
-                finish_reason=generation.finish_reason,
-                parse_error=parsed.error,
-                dropped_turns=dropped,
-                history_text=parsed.text,
-            )
-            stop_reason = episode.rules.update(generation.text)
-            pending.append((episode, step, stop_reason))
-            if local_observation is None and parsed.action is not None:
-                env_actions.append((episode.slot, parsed.action))
-        results = iter(self.pool.step_many(env_actions)) if env_actions else iter(())
+                return False
+            if outcome is None:
+                raise RuntimeError(f"no environment answer for {episode.record.task_id}'s action")
+            step.observation, step.reward, step.done = outcome.observation, outcome.reward, outcome.done
+            step.info = dict(outcome.info)
+            episode.record.env_steps += 1
+            self._record_step(episode, step)
+            if outcome.done:
+                self._finish(episode, "done", won=outcome.won, reward=outcome.reward)
+                return False
+        else:
+            self._record_step(episode, step)
+        if turn.stop_reason is not None:
+            self._finish(episode, turn.stop_reason, won=False, reward=0.0)
+            return False
+        return True
 
-        still_active: list[_Active] = []
-        for episode, step, stop_reason in pending:
-            record = episode.record
-            if step.action is not None and not step.is_think:
-                outcome = next(results)
-                if isinstance(outcome, EnvError):
-                    self._record_step(episode, step)
-                    self._finish(
-                        episode,
-                        "error",
-                        won=False,
-                        reward=0.0,
-                        error=str(outcome),
-                        error_kind=error_kind(outcome),
-                    )
-                    continue
-                step.observation, step.reward, step.done = outcome.observation, outcome.reward, outcome.done
-                step.info = dict(outcome.info)
-                record.env_steps += 1
-                self._record_step(episode, step)
-                if outcome.done:
-                    self._finish(episode, "done", won=outcome.won, reward=outcome.reward)
-                    continue
-            else:
-                self._record_step(episode, step)
-            if stop_reason is not None:
-                self._finish(episode, stop_reason, won=False, reward=0.0)
-            else:
-                still_active.append(episode)
-        return still_active
-
-    def _record_step(self, episode: _Active, step: Step) -> None:
+    def _record_step(self, episode: ActiveEpisode, step: Step) -> None:
         record = episode.record
         record.steps.append(step)
         record.model_calls += 1
@@ -330,7 +359,7 @@ class RolloutEngine:
 
     def _finish(
         self,
-        episode: _Active,
+        episode: ActiveEpisode,
         reason: StopReason,
         *,
         won: bool,
@@ -345,8 +374,11 @@ class RolloutEngine:
         record.error = error
         record.error_kind = error_kind
         record.seconds = time.perf_counter() - episode.started
-        self.pool.release(episode.slot)
+        self._release(episode.slot)
         self._emit(record)
+
+    def _release(self, slot: int) -> None:
+        self.pool.release(slot)
 
     def _emit(self, record: EpisodeRecord) -> None:
         """Write a finished episode at once: from here on a restart will not play it again."""

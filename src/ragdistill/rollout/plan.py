@@ -11,7 +11,9 @@ code's version, the environment pool).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -183,3 +185,31 @@ def open_pool(ctx: RunContext, env: EnvSettings, tasks: int) -> EnvPool:
         data_dir=ctx.data_dir,
         recycle_after=ctx.max_games_per_worker,
     )
+
+
+@contextmanager
+def open_pools(ctx: RunContext, env: EnvSettings, tasks: int) -> Iterator[list[EnvPool]]:
+    """One single-process pool per environment worker (never more than tasks), started side by side:
+    the continuous engine drives each from its own thread, so a game loading in one process holds up
+    only the episodes that live in it."""
+    from ragdistill.environments.pool import EnvPool
+
+    def start() -> EnvPool:
+        return EnvPool(
+            env.name, env.options, workers=1, data_dir=ctx.data_dir, recycle_after=ctx.max_games_per_worker
+        )
+
+    count = max(1, min(ctx.env_workers, tasks))
+    with ExitStack() as stack:
+        with ThreadPoolExecutor(max_workers=count, thread_name_prefix="env-pool-start") as starter:
+            futures = [starter.submit(start) for _ in range(count)]
+        pools: list[EnvPool] = []
+        failure: BaseException | None = None
+        for future in futures:
+            try:
+                pools.append(stack.enter_context(future.result()))
+            except BaseException as error:  # every pool that started is closed before this is raised
+                failure = failure or error
+        if failure is not None:
+            raise failure
+        yield pools

@@ -11,11 +11,12 @@ holds the folder, checks the error share and writes the manifest.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from ragdistill.agents.formats import AgentFormat
 from ragdistill.config.stages import RunContext
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
@@ -23,12 +24,20 @@ from ragdistill.inference.base import Backend
 from ragdistill.inference.shared import shared_backend
 from ragdistill.layout import rollout_prefix
 from ragdistill.leases import StageLease
-from ragdistill.rollout.engine import EngineSettings, ProgressCallback, RolloutEngine, RolloutStats
+from ragdistill.rollout.continuous import ContinuousRolloutEngine
+from ragdistill.rollout.engine import (
+    EngineSettings,
+    HintSource,
+    ProgressCallback,
+    RolloutEngine,
+    RolloutStats,
+)
 from ragdistill.rollout.plan import (
     ResolvedAdapter,
     RolloutPlan,
     examples_provider,
     open_pool,
+    open_pools,
     prompt_version,
     resolve_adapter,
 )
@@ -172,18 +181,38 @@ def play(
         if hint_source is None and plan.hint_source is not None:
             hint_source = plan.hint_source()
         backend = backend or shared_backend(plan.role)
-        with open_pool(ctx, plan.env, len(pending)) as pool:
-            engine = RolloutEngine(
-                settings, backend, pool, fmt, examples_for, records,
-                source=plan.source, hint_source=hint_source, progress=progress,
-            )  # fmt: skip
-            stats = engine.run(pending)
+        stats = play_tasks(
+            ctx, plan, pending, settings, backend, fmt, examples_for, records, hint_source, progress
+        )
         total.finished += stats.finished
         total.model_calls += stats.model_calls
         total.started_task_ids.extend(stats.started_task_ids)
         if not stats.transient_errors:
             break
     return total
+
+
+def play_tasks(
+    ctx: RunContext,
+    plan: RolloutPlan,
+    tasks: Sequence[TaskInfo],
+    settings: EngineSettings,
+    backend: Backend,
+    fmt: AgentFormat,
+    examples_for: Callable[[TaskInfo], list[str]],
+    records: RecordLog,
+    hint_source: HintSource | None,
+    progress: ProgressCallback | None,
+) -> RolloutStats:
+    """One engine run over ``tasks``, on the engine ``ctx.rollout.schedule`` names."""
+    options: dict[str, Any] = {"source": plan.source, "hint_source": hint_source, "progress": progress}
+    if ctx.rollout.schedule == "lockstep":
+        with open_pool(ctx, plan.env, len(tasks)) as pool:
+            engine = RolloutEngine(settings, backend, pool, fmt, examples_for, records, **options)
+            return engine.run(tasks)
+    with open_pools(ctx, plan.env, len(tasks)) as pools:
+        continuous = ContinuousRolloutEngine(settings, backend, pools, fmt, examples_for, records, **options)
+        return continuous.run(tasks)
 
 
 def settle_records(

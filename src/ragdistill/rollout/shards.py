@@ -35,6 +35,7 @@ from ragdistill.config.stages import RunContext
 from ragdistill.environments.base import TaskInfo
 from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
 from ragdistill.inference.shared import shared_backend
+from ragdistill.inference.streaming import GenerationStream
 from ragdistill.layout import SHARDS_DIR
 from ragdistill.rollout.engine import ProgressCallback, RolloutStats
 from ragdistill.rollout.plan import RolloutPlan
@@ -81,19 +82,26 @@ ShardRunner = Callable[[list[ShardJob]], list[RolloutStats]]
 
 
 class SerializedBackend:
-    """A backend shared by threads: one call at a time reaches it."""
+    """A backend shared by threads: one ``generate`` call at a time reaches it, and one ``count_tokens``
+    call (a count never waits for a generation). A backend with a stream of its own (vLLM, openai) is
+    shared through it: the stream takes every thread's requests into one batch."""
 
     def __init__(self, backend: Backend) -> None:
         self.backend, self.name = backend, backend.name
         self._lock = threading.Lock()
+        self._counting = threading.Lock()
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
         with self._lock:
             return self.backend.generate(requests)
 
     def count_tokens(self, messages: list[ChatMessage], completion: str = "") -> tuple[int, int]:
-        with self._lock:
+        with self._counting:
             return self.backend.count_tokens(messages, completion)
+
+    def open_stream(self) -> GenerationStream | None:
+        opener = getattr(self.backend, "open_stream", None)
+        return opener() if opener is not None else None
 
     def close(self) -> None:
         self.backend.close()
