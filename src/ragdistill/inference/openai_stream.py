@@ -17,15 +17,33 @@ import threading
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import httpx
 
-from ragdistill.inference.base import BackendError, GenerationRequest
+from ragdistill.config.models import RoleConfig
+from ragdistill.inference.base import BackendError, Generation, GenerationRequest
 from ragdistill.inference.streaming import Done
 
-if TYPE_CHECKING:
-    from ragdistill.inference.openai_backend import OpenAIBackend
+
+class RequestSender(Protocol):
+    """What the stream needs of ``OpenAIBackend``: the role's limits, the request bodies, posting with
+    its retries, and turning a reply (or why there was none) into a Generation."""
+
+    @property
+    def role(self) -> RoleConfig: ...
+
+    def headers(self) -> dict[str, str]: ...
+
+    def tokenizer(self) -> Any: ...
+
+    def body_model(self, request: GenerationRequest) -> str: ...
+
+    def body(self, request: GenerationRequest) -> dict[str, Any]: ...
+
+    async def post(self, client: httpx.AsyncClient, body: dict[str, Any], index: int) -> Any: ...
+
+    def answer(self, request: GenerationRequest, outcome: Any, index: int) -> Generation: ...
 
 
 class ModelGate:
@@ -75,7 +93,7 @@ class ModelGate:
 class OpenAIStream:
     """Concurrent requests to one OpenAI-compatible server, answered as each completes."""
 
-    def __init__(self, backend: OpenAIBackend) -> None:
+    def __init__(self, backend: RequestSender) -> None:
         self._backend = backend
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
