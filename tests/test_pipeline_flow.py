@@ -59,6 +59,7 @@ def flow_config(tmp_path: Path) -> Path:
     data["agent"]["max_calls"] = 3
     data["distill"] = {"teacher": "rag"}  # the double wins nothing: both training sets are empty
     data["warm_start"] = {"enabled": False}  # the double plays no checkpoint (tests/test_warm_start.py)
+    data["agent"]["fewshot_count"] = 2  # without the warm start, the agent learns the format from examples
     data["evaluation"].update(limit=2, methods=["base", "rag", "distill"])
     path = tmp_path / "flow.yaml"
     path.write_text(yaml.safe_dump(data))
