@@ -103,7 +103,7 @@ def run_training(ctx: RunContext, settings: TrainingSettings, inputs: Inputs) ->
             return run.finish([], counts={"trained": 0}, extra={"skipped": reason})
         base = agent_model(ctx, settings.base_model, settings.warm_start, inputs)
         started = time.perf_counter()
-        result = train_adapter(
+        result, _ = train_adapter(
             store,
             folder,
             f"{dataset_dir(name)}/{DATA_FILE}",
