@@ -17,10 +17,10 @@ from ragdistill.episodes import EpisodeRecord, Step
 from ragdistill.evaluation.ablation import AblationRow, MethodCell, render_ablation_table
 from ragdistill.evaluation.metrics import compute_metrics
 from ragdistill.inference import shared
-from ragdistill.inference.base import ChatMessage, Generation, GenerationRequest
 from ragdistill.messages import Segment
 from ragdistill.stages.ablation import point_root, prepare_point
 from ragdistill.store import ArtifactError, ArtifactStore, read_manifest, read_records, write_manifest
+from test_pipeline_flow import AgentAndExtractorDouble
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "configs" / "demo-alfworld.yaml"
@@ -238,32 +238,9 @@ HINTS = [
 ]
 
 
-class AgentAndExtractorDouble:
-    """Policy calls get alternating actions; extraction calls (they carry a JSON schema) get four distinct
-    hints, so k decides how many an episode is given. Token counts are word counts."""
-
-    name = "ablation-agent-and-extractor-double"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def count_tokens(self, messages: list[ChatMessage], completion: str = "") -> tuple[int, int]:
-        return sum(len(m.content.split()) for m in messages), len(completion.split())
-
-    def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        self.calls += 1
-        out = []
-        for request in requests:
-            if request.json_schema is not None:
-                text = json.dumps({"hints": [{"text": hint} for hint in HINTS]})
-            else:
-                text = "look" if len(request.messages) % 4 < 2 else "inventory"
-            prompt, completion = self.count_tokens(request.messages, text)
-            out.append(Generation(text, "stop", prompt, completion))
-        return out
-
-    def close(self) -> None:
-        pass
+def agent_and_extractor_double() -> AgentAndExtractorDouble:
+    """test_pipeline_flow's double with four distinct hints, so k decides how many an episode is given."""
+    return AgentAndExtractorDouble(HINTS)
 
 
 @pytest.fixture
@@ -313,7 +290,7 @@ def run_ablation(config_path: Path, double: AgentAndExtractorDouble) -> tuple[di
 def test_the_ablation_flow_reruns_only_the_teacher_and_what_follows_per_point_and_writes_one_table(
     prefect_server: None, ablation_config: Path
 ) -> None:
-    double = AgentAndExtractorDouble()
+    double = agent_and_extractor_double()
     summary, states = run_ablation(ablation_config, double)
     assert {
         name: len(found) for name, found in states.items() if name in ("rollout-base", "mine", "index")

@@ -25,12 +25,14 @@ HINTS = {"hints": [{"text": "Open {container} before looking for {object} inside
 
 class AgentAndExtractorDouble:
     """Answers policy calls with alternating actions and extraction calls (they carry a JSON schema) with
-    one fixed hint. Token counts are word counts, the same in generate and count_tokens."""
+    ``hints`` (one fixed hint unless given). Token counts are word counts, the same in generate and
+    count_tokens."""
 
     name = "agent-and-extractor-double"
 
-    def __init__(self) -> None:
+    def __init__(self, hints: list[str] | None = None) -> None:
         self.calls = 0
+        self.hints = {"hints": [{"text": text} for text in hints]} if hints else HINTS
 
     def count_tokens(self, messages: list[ChatMessage], completion: str = "") -> tuple[int, int]:
         return sum(len(m.content.split()) for m in messages), len(completion.split())
@@ -40,7 +42,7 @@ class AgentAndExtractorDouble:
         out = []
         for request in requests:
             if request.json_schema is not None:
-                text = json.dumps(HINTS)
+                text = json.dumps(self.hints)
             else:
                 text = "look" if len(request.messages) % 4 < 2 else "inventory"
             prompt, completion = self.count_tokens(request.messages, text)
