@@ -140,10 +140,36 @@ def test_the_openai_stream_hands_a_fault_of_the_whole_backend_to_the_callback() 
     assert isinstance(answer, BackendError) and "401" in str(answer) and "api_key_env" in str(answer)
 
 
+def threads_of_a_new_thread() -> int:
+    import torch
+
+    seen: list[int] = []
+    thread = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    return seen[0]
+
+
+@pytest.fixture
+def engine_built_with_other_threads() -> Any:
+    """The test's thread runs torch on another thread count than a thread started later gets (as after a
+    ``torch.set_num_threads`` in the process, which the CLI and the retrievers call), restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch._C.set_num_threads(1 if threads_of_a_new_thread() > 1 else 2)
+    yield
+    torch._C.set_num_threads(before)
+
+
 @pytest.mark.slow
-def test_the_vllm_stream_serves_requests_as_they_come_beside_generate(smollm2: Path) -> None:  # noqa: F811
+def test_the_vllm_stream_serves_requests_as_they_come_beside_generate(
+    smollm2: Path,  # noqa: F811
+    engine_built_with_other_threads: None,
+) -> None:
     """The window cases through the stream (a prompt over the window and a schema the engine refuses fail
-    alone), submitted while the engine is already stepping others, and ``generate`` called meanwhile."""
+    alone), submitted while the engine is already stepping others, and ``generate`` called meanwhile; the
+    stream's thread steps the engine with the thread count it was built with."""
     backend = make_backend(smollm2_role(smollm2, 256, kind="vllm", kv_cache_gib=1))
     try:
         stream = open_stream(backend)

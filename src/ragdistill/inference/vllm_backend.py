@@ -36,7 +36,7 @@ from ragdistill.inference.base import (
 )
 from ragdistill.inference.chat import completion_token_count, count_chat_tokens, encode_chat, load_tokenizer
 from ragdistill.inference.streaming import GenerationStream
-from ragdistill.inference.vllm_stream import EngineLoop, Prepared
+from ragdistill.inference.vllm_stream import EngineLoop, Prepared, match_engine_threads, torch_threads
 from ragdistill.models import resolve_model
 from ragdistill.preload import describe_preload, find_libraries, started_with_preload
 
@@ -121,6 +121,7 @@ class VLLMBackend:
             self.lora_enabled,
         )
         self.llm: Any = LLM(**engine_args)
+        self.engine_threads = torch_threads()
         self._loop = EngineLoop(self)
 
     def _lora_request(self, adapter: str | None) -> Any:
@@ -171,6 +172,7 @@ class VLLMBackend:
             prompts[index], params[index], loras[index] = prepared.prompt, prepared.params, prepared.lora
             waves.setdefault(prepared.group, []).append(index)
         with self._loop.exclusive():
+            match_engine_threads(self.engine_threads)
             for indexes in waves.values():
                 results.update(self._generate_wave(indexes, prompts, params, loras))
         return [results[index] for index in range(len(requests))]

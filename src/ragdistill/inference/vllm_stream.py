@@ -46,10 +46,32 @@ class Prepared:
     group: int
 
 
+def torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def match_engine_threads(engine_threads: int) -> None:
+    """Give the calling thread the OpenMP team size the engine was built with.
+
+    vLLM's CPU attention records the thread count in its metadata and its kernel refuses a step run
+    with another ("Check failed: input->metadata->thread_num == thread_num"). The count is per thread:
+    a thread started later gets ``OMP_NUM_THREADS``, not what ``torch.set_num_threads`` set in the
+    thread that built the engine. vLLM replaces ``torch.set_num_threads`` by a no-op once its worker
+    is up, hence ``torch._C``.
+    """
+    import torch
+
+    if torch.get_num_threads() != engine_threads:
+        torch._C.set_num_threads(engine_threads)
+
+
 class VLLMOwner(Protocol):
     """What the loop needs of ``VLLMBackend``."""
 
     llm: Any
+    engine_threads: int
     engine_errors: tuple[type[Exception], ...]
 
     def prepare(self, number: int, request: GenerationRequest) -> Prepared | Generation: ...
@@ -170,6 +192,7 @@ class EngineLoop:
 
     def _serve(self) -> None:
         try:
+            match_engine_threads(self._owner.engine_threads)
             while self._serve_once():
                 pass
         except BaseException as error:  # a fault of the loop itself: fail every request, never hang them
