@@ -179,7 +179,11 @@ def test_the_stage_writes_the_same_records_on_either_schedule(tmp_path: Path) ->
         settings = PipelineSettings.from_experiment(config)
         manifest = run_rollout(settings.ctx, settings.rollout(), {}, backend=PolicyDouble("inc"))
         assert manifest.counts == {"episodes": 8, "won": 8, "errors": 0, "transient_errors": 0}
-        records = read_records(ArtifactStore(config.run.run_root), "rollouts/base")
+        store = ArtifactStore(config.run.run_root)
+        records = list(read_records(store, "rollouts/base"))
+        assert [record["task_id"] for record in records] == store.read_json("rollouts/base/tasks.json")[
+            "task_ids"
+        ]
         played[schedule] = {
             record["task_id"]: without_pids(
                 {k: v for k, v in record.items() if k not in {"seconds", "run_id"}}

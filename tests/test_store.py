@@ -104,6 +104,51 @@ def test_a_crash_in_the_middle_of_compaction_loses_no_record(tmp_path: Path) -> 
     assert sorted(r["i"] for r in read_records(store, "rollouts/base")) == list(range(9))
 
 
+def test_compaction_writes_the_given_order_whatever_order_records_arrived_in(tmp_path: Path) -> None:
+    store = ArtifactStore(f"file://{tmp_path}")
+    log = log_at(store, shard_size=2)
+    for i in (3, 0, 4):
+        log.append({"i": i})
+    shards = log.compact(order=lambda record: record["i"])
+    assert [Path(p).name for p in shards] == ["shard-00000.jsonl", "shard-00001.jsonl"], (
+        "only parts: in place"
+    )
+    for i in (2, 1):
+        log.append({"i": i})
+    shards = log.compact(order=lambda record: record["i"])
+    assert [r["i"] for r in read_records(store, "rollouts/base")] == [0, 1, 2, 3, 4]
+    assert store.list("rollouts/base") == shards and len(shards) == 3
+
+
+def test_a_crash_while_compaction_reorders_the_shards_loses_no_record(tmp_path: Path) -> None:
+    """Reordering moves records of shard 0 to later shards: writing in place would overwrite shard 0
+    before they are written again."""
+    store = ArtifactStore(f"file://{tmp_path}")
+    log = log_at(store, shard_size=2)
+    for i in (5, 4, 3, 2):
+        log.append({"i": i})
+    log.compact()
+    for i in (1, 0):
+        log.append({"i": i})
+    real_write = store.write_text
+    writes: list[str] = []
+
+    def crash_on_second_shard(relative: str, text: str) -> None:
+        writes.append(relative)
+        if len(writes) == 2:
+            raise KeyboardInterrupt("killed")
+        real_write(relative, text)
+
+    store.write_text = crash_on_second_shard  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        log.compact(order=lambda record: record["i"])
+    store.write_text = real_write  # type: ignore[method-assign]
+    assert sorted(r["i"] for r in log_at(store, shard_size=2).records()) == list(range(6))
+    shards = log_at(store, shard_size=2).compact(order=lambda record: record["i"])
+    assert [r["i"] for r in read_records(store, "rollouts/base")] == list(range(6))
+    assert store.list("rollouts/base") == shards
+
+
 def _append_forever(root: str, ready: "multiprocessing.synchronize.Event") -> None:
     log = log_at(ArtifactStore(root), "stage", shard_size=10_000)
     payload = "x" * 200_000

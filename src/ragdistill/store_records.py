@@ -66,8 +66,11 @@ class RecordLog:
     same on S3 as on a local disk and a crash loses nothing that was appended. :meth:`records` reads
     shards, then parts, in order; when several records share a key (a crashed compaction, or an episode
     played again after an infrastructure fault) the last one wins. :meth:`compact` rewrites them as
-    ``shard-NNNNN.jsonl`` files of ``shard_size`` records and removes the parts; records only ever move to
-    earlier positions, so a crash during compaction leaves every record readable.
+    ``shard-NNNNN.jsonl`` files of ``shard_size`` records and removes the parts, in the order its ``order``
+    key gives (the plan's order, whatever order the episodes finished in) or else the order read. A crash
+    during compaction leaves every record readable: records that only move to earlier positions are
+    rewritten in place; otherwise the new shards are numbered after the old ones, which are removed once
+    every new shard is written.
     """
 
     def __init__(
@@ -97,19 +100,25 @@ class RecordLog:
 
     def records(self) -> list[dict[str, Any]]:
         """Every record, the last one of each key, in the order of those last occurrences."""
-        latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        return [record for record, _ in self._latest()]
+
+    def _latest(self) -> list[tuple[dict[str, Any], int | None]]:
+        """The last record of each key in the order of those last occurrences, with the number of the
+        shard it was read from (None: a part)."""
+        latest: dict[str, tuple[int, dict[str, Any], int | None]] = {}
         position = 0
         shards, parts = shard_paths(self.store, self.prefix), self._part_paths()
         for relative in shards:
+            number = int(_SHARD_PATTERN.match(posixpath.basename(relative))[1])
             for record in _parse_lines(self.store, relative):
-                latest[self.key(record)] = (position, record)
+                latest[self.key(record)] = (position, record, number)
                 position += 1
         for relative in parts:
             record = self._part_record(relative)
             if record is not None:
-                latest[self.key(record)] = (position, record)
+                latest[self.key(record)] = (position, record, None)
                 position += 1
-        return [record for _, record in sorted(latest.values(), key=lambda item: item[0])]
+        return [(record, shard) for _, record, shard in sorted(latest.values(), key=lambda item: item[0])]
 
     def _part_record(self, relative: str) -> dict[str, Any] | None:
         """The one record a part holds, or None for a torn part: object stores that write in place
@@ -135,13 +144,27 @@ class RecordLog:
     def keys(self) -> set[str]:
         return {self.key(record) for record in self.records()}
 
-    def compact(self, keep: Callable[[dict[str, Any]], bool] = lambda _: True) -> list[str]:
-        """Rewrite the kept records as shards, remove the parts and surplus shards; the shard paths."""
-        kept = [record for record in self.records() if keep(record)]
+    def compact(
+        self,
+        keep: Callable[[dict[str, Any]], bool] = lambda _: True,
+        order: Callable[[dict[str, Any]], Any] | None = None,
+    ) -> list[str]:
+        """Rewrite the kept records as shards (sorted by ``order`` when given), remove the parts and surplus
+        shards; the shard paths."""
+        read = [(record, shard) for record, shard in self._latest() if keep(record)]
+        if order is not None:
+            read.sort(key=lambda item: order(item[0]))
+        kept = [record for record, _ in read]
         old_shards, parts = shard_paths(self.store, self.prefix), self._part_paths()
+        first = 0
+        if any(
+            shard is not None and shard < index // self.shard_size for index, (_, shard) in enumerate(read)
+        ):
+            # in place, a record would be overwritten in its old shard before its new one is written
+            first = int(_SHARD_PATTERN.match(posixpath.basename(old_shards[-1]))[1]) + 1
         written: list[str] = []
         for index in range(0, len(kept), self.shard_size):
-            name = f"{self.prefix}/shard-{index // self.shard_size:05d}.jsonl"
+            name = f"{self.prefix}/shard-{first + index // self.shard_size:05d}.jsonl"
             chunk = kept[index : index + self.shard_size]
             self.store.write_text(
                 name, "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in chunk)

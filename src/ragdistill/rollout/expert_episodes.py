@@ -325,7 +325,9 @@ def record_demonstrations(
                 prompt_version=prompt_version_of(env.name),
                 progress=progress,
             )
-    wanted = {task.task_id for task in tasks}
-    files = records.compact(keep=lambda record: record["task_id"] in wanted)
+    position = {task.task_id: index for index, task in enumerate(tasks)}
+    files = records.compact(
+        keep=lambda record: record["task_id"] in position, order=lambda r: position[r["task_id"]]
+    )
     files.append(write_task_list(store, prefix, how.env.name, split, tasks, ctx.data_dir))
     return files, len(pending)

@@ -218,10 +218,12 @@ def play_tasks(
 def settle_records(
     ctx: RunContext, store: ArtifactStore, prefix: str, plan: RolloutPlan, records: RecordLog
 ) -> tuple[list[str], list[EpisodeRecord]]:
-    """Compact the folder's records to the plan's tasks and write its task list; the files the
-    manifest lists and the episodes they hold."""
-    wanted = {task.task_id for task in plan.tasks}
-    files = records.compact(keep=lambda record: record["task_id"] in wanted)
+    """Compact the folder's records to the plan's tasks, in the plan's order (episodes finish in any
+    order), and write its task list; the files the manifest lists and the episodes they hold."""
+    position = {task.task_id: index for index, task in enumerate(plan.tasks)}
+    files = records.compact(
+        keep=lambda record: record["task_id"] in position, order=lambda r: position[r["task_id"]]
+    )
     files.append(write_task_list(store, prefix, plan.env.name, plan.split, plan.tasks, ctx.data_dir))
     played = [EpisodeRecord.from_dict(item) for item in read_records(store, prefix)]
     return files, played
