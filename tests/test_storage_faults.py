@@ -76,17 +76,17 @@ def own_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Restarta
 
 
 class ServerKillingPolicy(PolicyDouble):
-    """The counter game's winning policy (a test double) that kills the S3 server before answering
-    model call ``kill_at``, so the next write of the stage meets a dead server."""
+    """The counter game's winning policy (a test double) that kills the S3 server before answering the
+    batch holding request number ``kill_at`` (counted from 1), so the next write of the stage meets a dead
+    server. Requests, not calls: the continuous engine sends a request as soon as its episode is ready."""
 
     def __init__(self, server: RestartableS3, kill_at: int) -> None:
         super().__init__("inc")
-        self.server, self.kill_at, self.calls = server, kill_at, 0
+        self.server, self.kill_at = server, kill_at
         self.killed_at: float | None = None
 
     def generate(self, requests: list[GenerationRequest]) -> list[Generation]:
-        self.calls += 1
-        if self.calls == self.kill_at:
+        if len(self.requests) < self.kill_at <= len(self.requests) + len(requests):
             self.server.kill()
             self.killed_at = time.monotonic()
         return super().generate(requests)
@@ -108,7 +108,9 @@ def test_a_stage_whose_server_dies_fails_clearly_and_resumes_to_exactly_the_expe
     own_s3: RestartableS3, tmp_path: Path
 ) -> None:
     config = s3_config(tmp_path, f"s3://{S3_BUCKET}/run")
-    killer = ServerKillingPolicy(own_s3, kill_at=5)  # two episodes (three calls each) are recorded by then
+    # Episodes of three requests, two at a time: the first two are recorded before either of the next two
+    # sends its second request (the 9th), on either schedule.
+    killer = ServerKillingPolicy(own_s3, kill_at=9)
     with pytest.raises(StorageError) as raised:
         rollout(config, killer)
     assert killer.killed_at is not None and time.monotonic() - killer.killed_at < 30, "bounded retries"
