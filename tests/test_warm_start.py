@@ -19,9 +19,9 @@ from ragdistill.cli import app
 from ragdistill.config import ConfigError, ExperimentConfig, load_config, with_overrides
 from ragdistill.config.stages import PipelineSettings, TaskSelection
 from ragdistill.layout import WARM_START_DIR
-from ragdistill.stages.agent_model import agent_model, agent_role, warm_start_store
 from ragdistill.stages.identities import identify
 from ragdistill.stages.lifecycle import StageError
+from ragdistill.stages.rollout import agent_model, agent_role, warm_start_store
 from ragdistill.stages.warm_start import check_own_tasks, run_warm_start, warm_start_tasks
 from ragdistill.store import ArtifactError, ArtifactStore, write_manifest
 
@@ -328,7 +328,7 @@ def test_on_s3_the_checkpoint_is_fetched_once_per_content_digest(
     store = ArtifactStore(s3_root)
     digest = fake_warm_start(store)
     first = Path(agent_role(stages.ctx, stages.rollout().role, {WARM_START_DIR: digest}).model.name)
-    assert first.is_relative_to(tmp_path / "cache" / "warm-start")
+    assert first.is_relative_to(tmp_path / "cache" / "inputs")
     assert (first / "model.safetensors").read_bytes() == b"weights"
     assert {path.name for path in first.iterdir()} >= {"config.json", "model.safetensors"}
     os.utime(first / "model.safetensors", (1, 1))

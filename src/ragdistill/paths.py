@@ -8,9 +8,13 @@ resolve alike for each of them. A leaf: it imports nothing from ragdistill.
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 CACHE_ENV = "RAGDISTILL_CACHE"
+COMPLETE_MARK = ".complete"
+"""The file that marks a cache folder as whole; written last."""
 
 
 def project_root() -> Path:
@@ -28,3 +32,19 @@ def default_cache_root() -> Path:
     if configured:
         return Path(configured).expanduser()
     return project_root() / ".cache" / "ragdistill"
+
+
+def cached_folder(target: Path, fill: Callable[[Path], None], note: str) -> Path:
+    """``target``, filled once by ``fill`` and reused after. ``fill`` writes into a sibling folder of this
+    process that is renamed into place with :data:`COMPLETE_MARK` (holding ``note``: where the files came
+    from), so a crash or a concurrent filler never leaves a folder that counts as whole and is not."""
+    if (target / COMPLETE_MARK).is_file():
+        return target
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    fill(partial)
+    (partial / COMPLETE_MARK).write_text(note + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from ragdistill.inference.base import BackendError
-from ragdistill.paths import default_cache_root
+from ragdistill.paths import COMPLETE_MARK, cached_folder, default_cache_root
 
 
 def local_adapter_path(adapter: str) -> Path:
@@ -95,7 +95,6 @@ def check_adapter_base(adapter: Path, base_model: str) -> None:
 
 
 ADAPTER_CACHE_SUBDIR = "adapters"
-_COMPLETE = ".complete"
 
 
 def adapter_digest(folder: Path) -> str:
@@ -128,18 +127,14 @@ def materialize_adapter(reference: str, cache_root: Path | None = None) -> Path:
     ]
     key = hashlib.sha256(json.dumps([reference, listing], default=str).encode()).hexdigest()[:24]
     target = (cache_root or default_cache_root()) / ADAPTER_CACHE_SUBDIR / key
-    if (target / _COMPLETE).is_file():
-        return target
-    partial = target.with_name(f".{key}.{os.getpid()}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    for name in names:
-        destination = partial / name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        destination.write_bytes(store.read_bytes(name))
-    (partial / _COMPLETE).write_text(reference + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(partial, target)
-    return target
+
+    def download(folder: Path) -> None:
+        for name in names:
+            destination = folder / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(store.read_bytes(name))
+
+    return cached_folder(target, download, reference)
 
 
 MERGED_SUBDIR = "merged"
@@ -160,10 +155,10 @@ def merged_checkpoint(
     base_key = hashlib.sha256(base_model.encode()).hexdigest()[:8]
     key = digest.removeprefix("sha256:")[:24] + f"-{base_key}-{dtype}"
     target = (cache_root or default_cache_root()) / MERGED_SUBDIR / key
-    if (target / _COMPLETE).is_file():
+    if (target / COMPLETE_MARK).is_file():
         return target
     merge_adapter(base_model, adapter, target, dtype, trust_remote_code=trust_remote_code)
-    (target / _COMPLETE).write_text(f"{base_model} + {adapter} ({digest})\n")
+    (target / COMPLETE_MARK).write_text(f"{base_model} + {adapter} ({digest})\n")
     return target
 
 

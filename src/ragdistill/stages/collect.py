@@ -37,7 +37,7 @@ from ragdistill.layout import COLLECT_PREFIX, ROLLOUTS_DIR, collect_stage, rollo
 from ragdistill.rollout.engine import ProgressCallback
 from ragdistill.rollout.plan import resolve_adapter, select_tasks
 from ragdistill.stages.lifecycle import StageError, StageIdentity, recorded_inputs
-from ragdistill.stages.rollout import identity_for, play_settings
+from ragdistill.stages.rollout import agent_role, identity_for, play_settings, warm_start_store
 from ragdistill.store import ArtifactError, ArtifactStore, Manifest, read_manifest, read_records
 
 _BATCH_PATTERN = re.compile(rf"^{ROLLOUTS_DIR}/{COLLECT_PREFIX}(\d{{4,}})/")
@@ -132,8 +132,6 @@ def _inputs(ctx: RunContext, settings: CollectSettings, inputs: Inputs | None) -
     when the agent plays on its checkpoint)."""
     if inputs is not None:
         return inputs
-    from ragdistill.stages.agent_model import warm_start_store
-
     return recorded_inputs(warm_start_store(ctx), settings.input_dirs())
 
 
@@ -159,8 +157,6 @@ def run_collect(
     """Play collect batch ``settings.batch`` (resuming it when it was interrupted); the batch and its
     manifest. ``reserved``: the selections it must not overlap (:func:`check_fresh_tasks`), checked before
     anything is written."""
-    from ragdistill.stages.agent_model import agent_role
-
     store = ArtifactStore(ctx.run_root)
     if reserved:
         check_fresh_tasks(ctx, settings, reserved)

@@ -39,7 +39,7 @@ from ragdistill.retrieval.engines import RetrievalEngines
 from ragdistill.rollout.engine import HintSource, ProgressCallback
 from ragdistill.rollout.plan import ResolvedAdapter, resolve_adapter, select_tasks
 from ragdistill.stages.lifecycle import StageError, StageIdentity, handed, verified_input
-from ragdistill.stages.rollout import identity_for, play_settings, rollout_identity
+from ragdistill.stages.rollout import agent_role, identity_for, play_settings, rollout_identity
 from ragdistill.stages.teaching import teacher_hint_source
 from ragdistill.store import ArtifactError, ArtifactStore, Manifest, read_manifest
 
@@ -128,13 +128,12 @@ def student_role(
 ) -> tuple[RoleConfig, str | None]:
     """The agent role playing a student, and the adapter digest records name when the weights already
     hold the adapter (None: the role names the adapter itself). The base is the agent's model, the warm
-    start's checkpoint when it is on (``stages.agent_model``).
+    start's checkpoint when it is on (``stages.rollout.agent_role``).
 
     ``lora``: the base weights, the adapter named per request (LoRA on in the engine). ``merged``: a
     checkpoint with the adapter merged in, built once per adapter content and base into the local cache."""
     from ragdistill.inference.adapters import merged_checkpoint
     from ragdistill.models import resolve_model
-    from ragdistill.stages.agent_model import agent_role
 
     if settings.student_weights == "merged":
         role = agent_role(ctx, settings.role, inputs)

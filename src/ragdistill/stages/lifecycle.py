@@ -42,6 +42,7 @@ import logging
 import posixpath
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -50,6 +51,7 @@ from ragdistill.errors import UserFacingError
 from ragdistill.identity import code_fingerprint, digest, library_versions
 from ragdistill.layout import rerun_command
 from ragdistill.leases import StageLease
+from ragdistill.paths import cached_folder, default_cache_root
 from ragdistill.stages.experiment import claim_experiment
 from ragdistill.store import (
     MANIFEST_NAME,
@@ -59,6 +61,7 @@ from ragdistill.store import (
     Manifest,
     check_writable,
     manifest_problems,
+    read_listed,
     read_manifest,
     verify_manifest,
     write_manifest,
@@ -69,6 +72,7 @@ log = logging.getLogger("ragdistill.stages")
 
 IDENTITY_NAME = "identity.json"
 BOOKKEEPING = frozenset({MANIFEST_NAME, RUN_STATS_NAME, IDENTITY_NAME})
+INPUT_CACHE_SUBDIR = "inputs"
 
 
 class StageError(UserFacingError, RuntimeError):
@@ -211,6 +215,35 @@ def verified_input(store: ArtifactStore, stage_dir: str, expected: str | None = 
             f"({expected[:12]}, now {manifest.digest[:12]}): another run rebuilt it; run this stage again"
         )
     return manifest
+
+
+def local_input_folder(
+    store: ArtifactStore, stage_dir: str, expected: str, subfolder: str
+) -> tuple[Manifest, Path]:
+    """An upstream stage's manifest (of content digest ``expected``) and a local folder holding its
+    ``subfolder``, every file checked against the manifest: on a local run root the folder itself (after
+    :func:`verified_input`); on an object store a copy under ``<cache>/inputs/<digest>/``, downloaded
+    once per content digest, each file checked as it is read."""
+    if store.is_local:
+        manifest = verified_input(store, stage_dir, expected)
+        return manifest, Path(store.local_path(f"{stage_dir}/{subfolder}"))
+    manifest = read_manifest(store, stage_dir, rerun_remedy(stage_dir))
+    if manifest.digest != expected:
+        raise StageError(
+            f"{store.uri(stage_dir)} changed after this stage was given its content digest "
+            f"({expected[:12]}, now {manifest.digest[:12]}): another run rebuilt it; run this stage again"
+        )
+    prefix = f"{subfolder}/"
+
+    def download(folder: Path) -> None:
+        for name, entry in sorted(manifest.files.items()):
+            if name.startswith(prefix):
+                destination = folder / name.removeprefix(prefix)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                destination.write_bytes(read_listed(store, f"{stage_dir}/{name}", entry))
+
+    target = default_cache_root() / INPUT_CACHE_SUBDIR / manifest.digest[:32]
+    return manifest, cached_folder(target, download, store.uri(stage_dir))
 
 
 class StageRun:

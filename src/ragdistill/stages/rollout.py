@@ -25,20 +25,31 @@ With ``rollout.shards`` > 1 the pending tasks are split round-robin over the pin
 as parallel shards, each into ``<stage>/shards/<k>/`` under its own lease; every run merges the shard
 folders it finds into the stage's records first and last, so a killed run resumes per shard and the
 finished stage has the same files as an unsharded one (``rollout.shards``).
+
+The agent plays on its configured model, or with ``warm_start.enabled`` on the warm start's checkpoint:
+the agent role's settings then say ``warm_start: true`` (``config.stages``), every stage that plays or
+trains the agent lists ``warm-start/`` among the folders it reads and its identity holds that folder's
+content digest. :func:`agent_role` (and, for training, :func:`agent_model`) swaps the configured
+``model.name`` for a local folder holding ``warm-start/model`` of the digest the stage was handed
+(``stages.lifecycle.local_input_folder``: the run root's own folder, or a checked copy of an object
+store's). The warm start lives in ``ctx.warm_start_root`` when set (a retrain generation plays on its
+parent's), else in the run root. Every other field of the model spec stays as configured.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
-from ragdistill.config import RoleConfig
-from ragdistill.config.stages import Inputs, RolloutSettings, RunContext
+from ragdistill.config import ModelSpec, RoleConfig
+from ragdistill.config.stages import Inputs, RoleSettings, RolloutSettings, RunContext
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend
 from ragdistill.inference.factory import BACKEND_LIBRARIES
-from ragdistill.layout import ROLLOUT_OUTPUTS
+from ragdistill.layout import ROLLOUT_OUTPUTS, WARM_START_DIR, WARM_START_MODEL
 from ragdistill.rollout.engine import HintSource, ProgressCallback
 from ragdistill.rollout.plan import (
     ResolvedAdapter,
@@ -50,7 +61,14 @@ from ragdistill.rollout.plan import (
     task_list_facts,
 )
 from ragdistill.rollout.play import episode_counts, episode_log, play_pending, settle_records
-from ragdistill.stages.lifecycle import StageError, StageIdentity, StageRun, handed, stage_identity
+from ragdistill.stages.lifecycle import (
+    StageError,
+    StageIdentity,
+    StageRun,
+    handed,
+    local_input_folder,
+    stage_identity,
+)
 from ragdistill.store import ArtifactStore, Manifest
 
 
@@ -119,12 +137,10 @@ def play_settings(
     backend: Backend | None = None,
     progress: ProgressCallback | None = None,
 ) -> Manifest:
-    """The rollout stage of ``settings`` (``role``: instead of the agent role as ``stages.agent_model``
-    loads it, on the warm start's checkpoint when it is on; ``record_adapter``: the adapter digest of
+    """The rollout stage of ``settings`` (``role``: instead of the agent role as :func:`agent_role` loads
+    it, on the warm start's checkpoint when it is on; ``record_adapter``: the adapter digest of
     weights that already hold it). Its identity is :func:`identity_for` of the tasks and the adapter it
     plays."""
-    from ragdistill.stages.agent_model import agent_role
-
     store = ArtifactStore(ctx.run_root)
     plan = plan_rollout(
         ctx,
@@ -182,3 +198,45 @@ def check_error_share(where: str, records: list[EpisodeRecord], limit: float) ->
             f"rollout.max_error_share ({limit:.0%}). First causes:\n  {causes}\nThe records are kept there: "
             "fix the cause and run again (episodes ended by an infrastructure fault are played again)"
         )
+
+
+@dataclass(frozen=True)
+class AgentModel:
+    """The weights the agent plays or trains on, and where they come from (None: the configured model)."""
+
+    model: ModelSpec
+    lineage: dict[str, Any] | None = None
+
+
+def agent_role(ctx: RunContext, role: RoleSettings, inputs: Inputs, **backend_update: Any) -> RoleConfig:
+    """``ctx.role_config(role)`` with the warm start's checkpoint as its model when ``role.warm_start``."""
+    config = ctx.role_config(role, **backend_update)
+    if not role.warm_start:
+        return config
+    return config.model_copy(update={"model": agent_model(ctx, role.model, True, inputs).model})
+
+
+def agent_model(ctx: RunContext, model: ModelSpec, warm_start: bool, inputs: Inputs) -> AgentModel:
+    """``model``, or with ``warm_start`` the spec of the warm start's checkpoint of the digest handed in
+    ``inputs`` and its lineage (see the module docstring)."""
+    if not warm_start:
+        return AgentModel(model)
+    expected = handed(inputs, WARM_START_DIR)[WARM_START_DIR]
+    store = warm_start_store(ctx)
+    manifest, folder = local_input_folder(store, WARM_START_DIR, expected, WARM_START_MODEL)
+    lineage = {
+        "model": model.name,
+        "warm_start": {
+            "folder": WARM_START_DIR,
+            "run_root": store.root_url,
+            "digest": manifest.digest,
+            "games": manifest.counts.get("examples", 0),
+        },
+        "description": manifest.extra.get("description"),
+    }
+    return AgentModel(model.model_copy(update={"name": str(folder)}), lineage)
+
+
+def warm_start_store(ctx: RunContext) -> ArtifactStore:
+    """The run root holding the warm start: ``ctx.warm_start_root``, else the run root."""
+    return ArtifactStore(ctx.warm_start_root or ctx.run_root)

@@ -17,7 +17,7 @@ Identity (:class:`~ragdistill.config.stages.TrainingSettings`, whole): every ``t
 base model, the seed and whether the base is the warm start's checkpoint; plus the dataset's content
 digest (and the warm start's, when on), the library versions of torch / transformers / TRL / peft /
 accelerate, and the code. With the warm start on, the student is LoRA on its merged checkpoint
-(``stages.agent_model``), and the manifest names that base (``extra.base``) for the registry's lineage.
+(``stages.rollout.agent_model``), and the manifest names that base (``extra.base``) for the registry's lineage.
 
 Object-store run roots: training writes to a local working folder under the cache and uploads the
 results when it ends. Its checkpoints are copied to ``adapters/<name>/checkpoints/`` while it runs
@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING
 from ragdistill.config import ModelSpec, TrainingLaunch, TrainingRecipe
 from ragdistill.config.stages import Inputs, RunContext, TrainingSettings
 from ragdistill.layout import dataset_dir
-from ragdistill.stages.agent_model import agent_model
 from ragdistill.stages.datasets import DATA_FILE
 from ragdistill.stages.lifecycle import (
     StageError,
@@ -49,6 +48,7 @@ from ragdistill.stages.lifecycle import (
     stage_inputs,
     verified_input,
 )
+from ragdistill.stages.rollout import agent_model
 from ragdistill.stages.training_checkpoints import CHECKPOINTS_DIR, CheckpointSync
 from ragdistill.store import ArtifactStore, Manifest
 

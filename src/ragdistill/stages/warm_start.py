@@ -14,7 +14,7 @@ ETO and AgentTuning start such agents with behaviour cloning; so does this stage
   agent's configured model by the training stage's code (``stages.training.train_adapter``), for the
   warm start's own epochs and learning rate;
 - ``model/``: that model with the adapter merged in (safetensors, config and tokenizer): the agent role's
-  weights in every later stage (``stages.agent_model``).
+  weights in every later stage (``stages.rollout.agent_role``).
 
 Resumable like every stage: demonstrations already recorded are kept, a killed training resumes from its
 checkpoint, a finished one is not run again, and the manifest is written last. Its tasks must be its
