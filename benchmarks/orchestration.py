@@ -71,7 +71,8 @@ def run_direct(config_path: Path) -> None:
     from collections.abc import Callable
 
     from ragdistill.config import load_config
-    from ragdistill.config.stages import PipelineSettings, StageSettings
+    from ragdistill.config.stage_models import StageSettings
+    from ragdistill.config.stages import PipelineSettings
     from ragdistill.inference.shared import close_shared_backends
     from ragdistill.layout import STUDENTS
     from ragdistill.stages import run_indexing, run_mining, run_rollout, run_teacher

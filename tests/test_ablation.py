@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from ragdistill.config import ConfigError, load_config, with_overrides
-from ragdistill.config.stages import AblationPoint, PipelineSettings, RunContext, ablation_points
+from ragdistill.config.ablation import AblationPoint, ablation_points
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.episodes import EpisodeRecord, Step
 from ragdistill.evaluation.ablation import AblationRow, MethodCell, render_ablation_table
 from ragdistill.evaluation.metrics import compute_metrics

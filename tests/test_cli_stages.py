@@ -10,7 +10,9 @@ import pytest
 from ragdistill import cli_stages
 from ragdistill.cli_stages import run_stage
 from ragdistill.config import ExperimentConfig, with_overrides
-from ragdistill.config.stages import Inputs, PipelineSettings, RunContext, StageSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, StageSettings
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.layout import HINTS_DIR
 
 

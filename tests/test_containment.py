@@ -30,7 +30,8 @@ from hypothesis import strategies as st
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.adapter_registry import AdapterRegistry, current_adapter
 from ragdistill.adapter_registry.files import RegistryFileError
-from ragdistill.config.stages import PipelineSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.errors import UserFacingError
 from ragdistill.layout import ROLLOUT_OUTPUTS, rollout_prefix
 from ragdistill.stages.lifecycle import StageIdentity, StageRun, upstream_inputs, verified_input

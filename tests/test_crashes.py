@@ -36,7 +36,8 @@ import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.config import ExperimentConfig
-from ragdistill.config.stages import Inputs, PipelineSettings, StageSettings
+from ragdistill.config.stage_models import Inputs, StageSettings
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.stages import run_indexing, run_mining, run_rollout
 from ragdistill.stages.datasets import run_dataset
 from ragdistill.stages.evaluation import run_evaluation

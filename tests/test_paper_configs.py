@@ -15,7 +15,8 @@ from alfworld_data import alfworld_data_dir
 from conftest import installed
 from ragdistill import preflight
 from ragdistill.config import ConfigError, RoleConfig, load_config, with_overrides
-from ragdistill.config.stages import PipelineSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.deployments.specs import gpu_work
 from ragdistill.environments.alfworld.env import list_tasks
 from ragdistill.environments.base import EnvError

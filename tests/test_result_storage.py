@@ -20,7 +20,9 @@ from prefect import flow, task
 from prefect.filesystems import RemoteFileSystem
 
 from ragdistill.config import load_config
-from ragdistill.config.stages import Inputs, PipelineSettings, RunContext, StageSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, StageSettings
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.stages import identities
 from ragdistill.stages.lifecycle import StageIdentity, stage_identity
 from ragdistill.store import ArtifactStore, write_manifest

@@ -122,7 +122,7 @@ def test_changed_settings_clear_only_the_stages_own_outputs_and_a_users_file_sto
 def test_a_stage_that_clears_its_folder_keeps_its_identity_and_removes_only_its_outputs(
     tmp_path: Path,
 ) -> None:
-    from ragdistill.config.stages import RunContext
+    from ragdistill.config.run_context import RunContext
     from ragdistill.stages.lifecycle import StageIdentity, StageRun
 
     store = ArtifactStore(str(tmp_path / "run"))

@@ -18,7 +18,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from ragdistill.config import ExperimentConfig, with_overrides
-from ragdistill.config.stages import PipelineSettings, RetrainSettings, StageSettings
+from ragdistill.config.stage_models import RetrainSettings, StageSettings
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.stages.lifecycle import stage_identity
 
 REPO = Path(__file__).resolve().parents[1]
@@ -287,7 +288,7 @@ def test_where_and_how_settings_change_no_identity(path: str, value: Any) -> Non
 
 
 def test_readme_table_is_generated_from_the_settings_models() -> None:
-    from ragdistill.config.stages import settings_table
+    from ragdistill.config.settings_table import settings_table
 
     readme = (REPO / "README.md").read_text()
     start = readme.index("<!-- stage-settings:start")

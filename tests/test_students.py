@@ -17,7 +17,9 @@ import pytest
 
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.config import ExperimentConfig, with_overrides
-from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import StageSettings
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.rollout.plan import select_tasks
 from ragdistill.stages.datasets import run_dataset
 from ragdistill.stages.evaluation import SkippedMethod, run_evaluation

@@ -20,7 +20,8 @@ import pytest
 
 from conftest import free_port
 from ragdistill.config import ModelSpec, TrainingLaunch, TrainingRecipe
-from ragdistill.config.stages import RunContext, TrainingSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import TrainingSettings
 from ragdistill.paths import CACHE_ENV
 from ragdistill.stages.training import run_training, training_identity
 from ragdistill.stages.training_checkpoints import CheckpointSync

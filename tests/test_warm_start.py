@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 import env_doubles  # noqa: F401  (registers the counter-double environment)
 from ragdistill.cli import app
 from ragdistill.config import ConfigError, ExperimentConfig, load_config, with_overrides
-from ragdistill.config.stages import PipelineSettings, TaskSelection
+from ragdistill.config.stage_models import TaskSelection
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.layout import WARM_START_DIR
 from ragdistill.stages.identities import identify
 from ragdistill.stages.lifecycle import StageError
@@ -268,6 +269,12 @@ def test_a_changed_warm_start_changes_every_later_identity_and_an_unrelated_sett
     unrelated = PipelineSettings.from_experiment(with_overrides(config, {"mining.max_hints_per_failure": 1}))
     assert identify(ctx, unrelated.warm_start, {}).key == identify(ctx, stages.warm_start, {}).key
     assert identify(ctx, stages.warm_start, {}).stage == WARM_START_DIR
+    few_shot = {"agent.fewshot_source": "expert", "agent.fewshot_count": 3}
+    more_examples = PipelineSettings.from_experiment(with_overrides(config, few_shot))
+    key = identify(ctx, stages.warm_start, {}).key
+    assert identify(ctx, more_examples.warm_start, {}).key == key, "its demonstrations carry no few-shot"
+    kept = PipelineSettings.from_experiment(with_overrides(config, {**few_shot, "warm_start.fewshot": True}))
+    assert identify(ctx, kept.warm_start, {}).key != key
 
 
 def fake_warm_start(store: ArtifactStore, weights: bytes = b"weights") -> str:

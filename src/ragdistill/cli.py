@@ -175,11 +175,11 @@ def pipeline(
 ) -> None:
     """Every stage in order as one Prefect flow, reported to PREFECT_API_URL when set, else to the
     project's Prefect server (`ragdistill server start`), else to one started for this run."""
-    from ragdistill.config.stages import run_context
+    from ragdistill.config.stages import PipelineSettings
 
     one_run = switches(force, replace_experiment)
     loaded = load_or_exit(config, {"run.run_root": run_root, **one_run})
-    check_run_root(run_context(loaded, experiment_check=True))
+    check_run_root(PipelineSettings.from_experiment(loaded, experiment_check=True).ctx)
     from ragdistill.orchestration.server import prefect_api
 
     with prefect_api():
@@ -222,14 +222,14 @@ def ablate(
     """The retrieval ablation as one Prefect flow: the RAG teacher (and a distilled student) at each grid
     point of k and retriever, every earlier stage shared with the pipeline; prints the comparison table
     (ablation/table/ablation.md under the run root)."""
-    from ragdistill.config.stages import run_context
+    from ragdistill.config.stages import PipelineSettings
 
     grid = {"k": k, "retrievers": retriever, "design": design, "methods": method}
     grid = {key: value for key, value in grid.items() if value}
     one_run = switches(force, replace_experiment)
     dotted = {f"ablation.{key}": value for key, value in grid.items()}
     loaded = load_or_exit(config, {"run.run_root": run_root, **one_run, **dotted})
-    check_run_root(run_context(loaded, experiment_check=True))
+    check_run_root(PipelineSettings.from_experiment(loaded, experiment_check=True).ctx)
     from ragdistill.orchestration.server import prefect_api
 
     with prefect_api():

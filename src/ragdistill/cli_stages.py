@@ -18,7 +18,9 @@ from ragdistill.cli_common import fail, load_or_exit, print_json_line
 from ragdistill.layout import METHODS, STUDENTS, name_problem
 
 if TYPE_CHECKING:
-    from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
+    from ragdistill.config.run_context import RunContext
+    from ragdistill.config.stage_models import StageSettings
+    from ragdistill.config.stages import PipelineSettings
 
 stages_app = typer.Typer(no_args_is_help=True)
 

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field
 
 from ragdistill.config.base import Frozen
+from ragdistill.config.experiment import ExperimentConfig
 from ragdistill.config.models import BackendConfig, RoleConfig
 from ragdistill.config.rollouts import OrchestrationConfig, RolloutConfig
 from ragdistill.config.stage_models import RoleSettings
@@ -52,6 +53,34 @@ class RunContext(Frozen):
     warm_start_root: str | None = None
     """The run root whose ``warm-start/`` holds the agent's warm-started checkpoint, when not this one (a
     retrain generation plays on its parent's)."""
+
+    @classmethod
+    def of_experiment(
+        cls, config: ExperimentConfig, experiment: ExperimentRecord | None, warm_start_root: str | None = None
+    ) -> RunContext:
+        """Where and how ``config``'s stages run; ``experiment``: the experiment each of them checks (and
+        records) in the run root first (``stages.experiment``), as every run the CLI or a flow starts
+        does; ``warm_start_root``: the run root holding the warm start, when not ``run.run_root``."""
+        return cls(
+            run_root=config.run.run_root,
+            run_name=config.run.name,
+            env_name=config.env.name,
+            lease_wait_s=config.run.lease_wait_s,
+            data_dir=config.env.data_dir,
+            env_workers=config.env.workers,
+            max_games_per_worker=config.env.max_games_per_worker,
+            rollout=config.rollout,
+            mining_chunk_size=config.mining.chunk_size,
+            backends={
+                name: getattr(config.models, name).backend for name in ("agent", "extractor", "reranker")
+            },
+            orchestration=config.orchestration,
+            training_launch=config.training.launch,
+            allow_unknown_files=config.run.allow_unknown_files,
+            experiment=experiment,
+            replace_experiment=config.run.replace_experiment,
+            warm_start_root=warm_start_root,
+        )
 
     def role_config(self, role: RoleSettings, **backend_update: Any) -> RoleConfig:
         """The role as the inference layer loads it: its settings plus this context's engine settings."""

@@ -21,13 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ragdistill.config.ablation import AblationPoint, AblationTableSettings, ablation_points
+from ragdistill.config.ablation import AblationTableSettings, ablation_points
 from ragdistill.config.experiment import ExperimentConfig
 from ragdistill.config.models import RoleConfig
 from ragdistill.config.retrieval import HintRules, RetrievalConfig
-from ragdistill.config.rollouts import EnvConfig
+from ragdistill.config.rollouts import AgentConfig, EnvConfig
 from ragdistill.config.run_context import ExperimentRecord, RunContext
-from ragdistill.config.settings_table import STAGE_MODELS, settings_table
 from ragdistill.config.stage_models import (
     CollectSettings,
     DatasetSettings,
@@ -36,7 +35,6 @@ from ragdistill.config.stage_models import (
     EvaluationSettings,
     ExpertSettings,
     IndexingSettings,
-    Inputs,
     MiningSettings,
     PromotionSettings,
     ReportSettings,
@@ -45,7 +43,6 @@ from ragdistill.config.stage_models import (
     RoleName,
     RoleSettings,
     RolloutSettings,
-    StageSettings,
     TaskSelection,
     TeacherSettings,
     TrainingSettings,
@@ -66,43 +63,6 @@ from ragdistill.layout import (
     rollout_prefix,
 )
 
-__all__ = [
-    "STAGE_MODELS",
-    "AblationPoint",
-    "AblationTableSettings",
-    "CollectSettings",
-    "DatasetSettings",
-    "EnvSettings",
-    "EvaluationSeeds",
-    "EvaluationSettings",
-    "ExperimentRecord",
-    "ExpertSettings",
-    "IndexingSettings",
-    "Inputs",
-    "MiningSettings",
-    "PipelineSettings",
-    "PromotionSettings",
-    "ReportSettings",
-    "RetrainSettings",
-    "RetrievalSettings",
-    "RoleName",
-    "RoleSettings",
-    "RolloutSettings",
-    "RunContext",
-    "StageSettings",
-    "TaskSelection",
-    "TeacherSettings",
-    "TrainingSettings",
-    "WarmStartSettings",
-    "ablation_points",
-    "experiment_record",
-    "pipeline_stage_settings",
-    "retrieval_settings",
-    "role_settings",
-    "run_context",
-    "settings_table",
-]
-
 
 def role_settings(config: ExperimentConfig, name: RoleName) -> RoleSettings:
     """The role's settings; the agent plays on the warm start's checkpoint when ``warm_start`` is on (the
@@ -116,6 +76,11 @@ def role_settings(config: ExperimentConfig, name: RoleName) -> RoleSettings:
         served_model_name=role.backend.served_model_name if role.backend.kind == "openai" else None,
         warm_start=name == "agent" and config.warm_start.enabled,
     )
+
+
+def without_fewshot(agent: AgentConfig) -> AgentConfig:
+    """``agent`` playing without few-shot examples: its few-shot settings can change nothing then."""
+    return agent.model_copy(update={"fewshot_source": "none", "fewshot_count": 0})
 
 
 def retrieval_settings(retrieval: RetrievalConfig) -> RetrievalSettings:
@@ -150,37 +115,11 @@ def experiment_record(config: ExperimentConfig) -> ExperimentRecord:
     return ExperimentRecord(run_name=config.run.name, env=config.env.name, settings=digest(dumped))
 
 
-def run_context(
-    config: ExperimentConfig, *, experiment_check: bool = False, warm_start_root: str | None = None
-) -> RunContext:
-    """Where and how ``config``'s stages run; ``experiment_check``: each of them checks (and records) the
-    run root's experiment first (``stages.experiment``), as every run the CLI or a flow starts does;
-    ``warm_start_root``: the run root holding the warm start, when not ``run.run_root``."""
-    return RunContext(
-        run_root=config.run.run_root,
-        run_name=config.run.name,
-        env_name=config.env.name,
-        lease_wait_s=config.run.lease_wait_s,
-        data_dir=config.env.data_dir,
-        env_workers=config.env.workers,
-        max_games_per_worker=config.env.max_games_per_worker,
-        rollout=config.rollout,
-        mining_chunk_size=config.mining.chunk_size,
-        backends={name: getattr(config.models, name).backend for name in ("agent", "extractor", "reranker")},
-        orchestration=config.orchestration,
-        training_launch=config.training.launch,
-        allow_unknown_files=config.run.allow_unknown_files,
-        experiment=experiment_record(config) if experiment_check else None,
-        replace_experiment=config.run.replace_experiment,
-        warm_start_root=warm_start_root,
-    )
-
-
 @dataclass(frozen=True)
 class PipelineSettings:
     """Every stage's settings and the run context, built from one experiment config. ``experiment_check``:
     its stages check and record the run root's experiment; ``warm_start_root``: the run root holding the
-    warm start when not this one (see :func:`run_context`)."""
+    warm start when not this one (see :meth:`RunContext.of_experiment`)."""
 
     config: ExperimentConfig
     experiment_check: bool = False
@@ -194,9 +133,8 @@ class PipelineSettings:
 
     @property
     def ctx(self) -> RunContext:
-        return run_context(
-            self.config, experiment_check=self.experiment_check, warm_start_root=self.warm_start_root
-        )
+        experiment = experiment_record(self.config) if self.experiment_check else None
+        return RunContext.of_experiment(self.config, experiment, self.warm_start_root)
 
     def _env(self) -> EnvSettings:
         return EnvSettings(name=self.config.env.name, options=self.config.env.options)
@@ -233,7 +171,7 @@ class PipelineSettings:
         return WarmStartSettings(
             env=self._env(),
             tasks=self._tasks(split=warm_start.split, start=first, limit=first + warm_start.limit),
-            agent=self.config.agent,
+            agent=self.config.agent if warm_start.fewshot else without_fewshot(self.config.agent),
             base_model=agent.model,
             max_tokens=agent.sampling.max_tokens,
             removed=[] if warm_start.fewshot else ["fewshot"],
@@ -371,7 +309,7 @@ class PipelineSettings:
         )
         agent = self.config.agent
         if method in STUDENTS and not evaluation.student_fewshot:
-            agent = agent.model_copy(update={"fewshot_source": "none", "fewshot_count": 0})
+            agent = without_fewshot(agent)
         if method == "rag":
             retrieval, reranker = self._retrieval()
             base["source"] = "teacher"

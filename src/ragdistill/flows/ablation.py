@@ -18,7 +18,8 @@ from typing import Any
 from prefect import flow
 
 from ragdistill.config import ConfigError, ExperimentConfig, with_overrides
-from ragdistill.config.stages import AblationPoint, PipelineSettings
+from ragdistill.config.ablation import AblationPoint
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.flows.naming import flow_run_namer
 from ragdistill.flows.parameters import (
     ConfigName,

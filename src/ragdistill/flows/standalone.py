@@ -15,8 +15,9 @@ from typing import Any, Literal
 from prefect import flow
 
 from ragdistill.config import ConfigError
-from ragdistill.config.stage_models import StageName
-from ragdistill.config.stages import PipelineSettings, RunContext, StageSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import StageName, StageSettings
+from ragdistill.config.stages import PipelineSettings
 from ragdistill.flows.naming import flow_run_namer
 from ragdistill.flows.parameters import (
     ConfigName,

@@ -25,7 +25,8 @@ from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budg
 from ragdistill.agents.demonstrations import render_expert_turns
 from ragdistill.agents.formats import AgentFormat
 from ragdistill.config import AgentConfig, ModelSpec
-from ragdistill.config.stages import EnvSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import EnvSettings
 from ragdistill.environments.base import EnvError, TaskInfo
 from ragdistill.episodes import EpisodeRecord, Step, StopReason, turn_segments
 from ragdistill.messages import ChatMessage, Segment, render_messages

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragdistill.config import AgentConfig, ModelSpec, RoleConfig
-from ragdistill.config.stages import EnvSettings, RolloutSettings, RunContext, TaskSelection
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import EnvSettings, RolloutSettings, TaskSelection
 from ragdistill.environments.base import EnvError, TaskInfo
 from ragdistill.episodes import EpisodeSource
 from ragdistill.identity import code_fingerprint, digest

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ragdistill.agents.formats import AgentFormat
-from ragdistill.config.stages import RunContext
+from ragdistill.config.run_context import RunContext
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend

@@ -31,7 +31,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 
-from ragdistill.config.stages import RunContext
+from ragdistill.config.run_context import RunContext
 from ragdistill.environments.base import TaskInfo
 from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
 from ragdistill.inference.shared import shared_backend

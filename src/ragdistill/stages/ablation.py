@@ -16,7 +16,9 @@ finished is shown as not run, with the reason when its student was skipped.
 
 from __future__ import annotations
 
-from ragdistill.config.stages import AblationPoint, AblationTableSettings, Inputs, RunContext
+from ragdistill.config.ablation import AblationPoint, AblationTableSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.evaluation.ablation import AblationRow, MethodCell, render_ablation_table
 from ragdistill.evaluation.metrics import compute_metrics

@@ -29,7 +29,8 @@ import re
 from dataclasses import dataclass
 
 from ragdistill.adapter_registry import current_adapter
-from ragdistill.config.stages import CollectSettings, Inputs, RunContext, TaskSelection
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import CollectSettings, Inputs, TaskSelection
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import yaml
 
 from ragdistill.config import ModelSpec
-from ragdistill.config.stages import DatasetSettings, Inputs, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import DatasetSettings, Inputs
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.layout import HINTS_DIR
 from ragdistill.stages.lifecycle import StageIdentity, StageRun, stage_identity, stage_inputs, verified_input

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ragdistill.config.stages import RoleSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import RoleSettings
 from ragdistill.inference.base import Backend
 from ragdistill.inference.shared import shared_backend
 from ragdistill.retrieval import embed

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ragdistill.config import RoleConfig
-from ragdistill.config.stages import EvaluationSettings, Inputs, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import EvaluationSettings, Inputs
 from ragdistill.inference.base import Backend
 from ragdistill.layout import ADAPTERS_DIR, STUDENTS, adapter_dir, adapter_folder, eval_stage
 from ragdistill.retrieval.engines import RetrievalEngines

@@ -18,7 +18,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
-from ragdistill.config.stages import ExperimentRecord
+from ragdistill.config.run_context import ExperimentRecord
 from ragdistill.errors import UserFacingError
 from ragdistill.layout import RUN_FILE
 from ragdistill.store import ArtifactError, ArtifactStore

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 
-from ragdistill.config.stages import ExpertSettings, Inputs, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import ExpertSettings, Inputs
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.factory import BACKEND_LIBRARIES

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ragdistill.config.stages import (
-    AblationTableSettings,
+from ragdistill.config.ablation import AblationTableSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import (
     CollectSettings,
     DatasetSettings,
     EvaluationSettings,
@@ -18,7 +19,6 @@ from ragdistill.config.stages import (
     PromotionSettings,
     ReportSettings,
     RolloutSettings,
-    RunContext,
     StageSettings,
     TeacherSettings,
     TrainingSettings,

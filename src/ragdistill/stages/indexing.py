@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from ragdistill.config.stages import IndexingSettings, Inputs, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import IndexingSettings, Inputs
 from ragdistill.layout import HINTS_DIR, INDEX_DIR
 from ragdistill.stages.lifecycle import StageIdentity, StageRun, stage_identity, stage_inputs, verified_input
 from ragdistill.store import ArtifactStore, Manifest

@@ -46,7 +46,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from ragdistill.config.stages import Inputs, RunContext, StageSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, StageSettings
 from ragdistill.errors import UserFacingError
 from ragdistill.identity import code_fingerprint, digest, library_versions
 from ragdistill.layout import rerun_command

@@ -19,7 +19,8 @@ import json
 import time
 from typing import Any
 
-from ragdistill.config.stages import Inputs, MiningSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, MiningSettings
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend
 from ragdistill.inference.factory import BACKEND_LIBRARIES

@@ -34,7 +34,8 @@ from typing import Any
 
 from ragdistill.adapter_registry import AdapterRegistry, EvalSummary, RegistryEntry, RegistryError
 from ragdistill.adapter_registry.entries import Actor
-from ragdistill.config.stages import Inputs, PromotionSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, PromotionSettings
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.evaluation.metrics import MethodMetrics
 from ragdistill.identity import digest

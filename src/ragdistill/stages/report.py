@@ -19,7 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragdistill.config.stages import EvaluationSeeds, Inputs, ReportSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import EvaluationSeeds, Inputs, ReportSettings
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.layout import (
     ADAPTERS_DIR,

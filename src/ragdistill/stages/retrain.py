@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ragdistill.config.stages import RetrainSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import RetrainSettings
 from ragdistill.identity import code_fingerprint
 from ragdistill.layout import BASE_STAGE, HINTS_DIR, ROLLOUT_OUTPUTS, ROLLOUTS_DIR, rollout_prefix
 from ragdistill.leases import LeaseHeldError, StageLease

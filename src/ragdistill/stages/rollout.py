@@ -44,7 +44,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ragdistill.config import ModelSpec, RoleConfig
-from ragdistill.config.stages import Inputs, RoleSettings, RolloutSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, RoleSettings, RolloutSettings
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend

@@ -9,7 +9,8 @@ classifier) and the re-ranker role when the retriever is ``llm-rerank`` or the g
 
 from __future__ import annotations
 
-from ragdistill.config.stages import Inputs, RetrievalSettings, RoleSettings, RunContext, TeacherSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, RetrievalSettings, RoleSettings, TeacherSettings
 from ragdistill.environments.base import TaskInfo
 from ragdistill.environments.registry import get_profile, list_tasks
 from ragdistill.inference.base import Backend

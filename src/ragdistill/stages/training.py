@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ragdistill.config import ModelSpec, TrainingLaunch, TrainingRecipe
-from ragdistill.config.stages import Inputs, RunContext, TrainingSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, TrainingSettings
 from ragdistill.layout import dataset_dir
 from ragdistill.stages.datasets import DATA_FILE
 from ragdistill.stages.lifecycle import (

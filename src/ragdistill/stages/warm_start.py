@@ -39,7 +39,8 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ragdistill.config.stages import Inputs, RunContext, TaskSelection, WarmStartSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, TaskSelection, WarmStartSettings
 from ragdistill.config.warm_start import describe_positions
 from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord

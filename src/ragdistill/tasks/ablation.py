@@ -8,7 +8,9 @@ from typing import Any
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
-from ragdistill.config.stages import AblationPoint, AblationTableSettings, Inputs, RunContext
+from ragdistill.config.ablation import AblationPoint, AblationTableSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs
 from ragdistill.stages.ablation import TABLE_FILE, prepare_point, run_ablation_table
 from ragdistill.store import ArtifactStore
 from ragdistill.tasks.common import STAGE_CACHE, TASK_RUN_SUFFIX, publish_manifest

@@ -11,7 +11,8 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 
 from ragdistill.adapter_registry import AdapterRegistry
-from ragdistill.config.stages import CollectSettings, RetrainSettings, RunContext, TaskSelection
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import CollectSettings, RetrainSettings, TaskSelection
 from ragdistill.events import emit_failures_recorded, emit_retrain_due
 from ragdistill.stages.collect import recorded_failures, run_collect
 from ragdistill.stages.loop_status import LoopStatus, loop_status

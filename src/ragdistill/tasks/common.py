@@ -36,7 +36,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import CachePolicy
 from prefect.filesystems import RemoteFileSystem
 
-from ragdistill.config.stages import RunContext
+from ragdistill.config.run_context import RunContext
 from ragdistill.errors import UserFacingError
 from ragdistill.identity import code_fingerprint, digest
 from ragdistill.stages.identities import identify

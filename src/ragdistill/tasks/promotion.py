@@ -6,7 +6,8 @@ from typing import Any
 
 from prefect import task
 
-from ragdistill.config.stages import Inputs, PromotionSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, PromotionSettings
 from ragdistill.stages.promotion import run_promotion
 from ragdistill.tasks.common import STAGE_CACHE, TASK_RUN_SUFFIX, publish_manifest
 

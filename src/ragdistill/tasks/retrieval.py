@@ -10,7 +10,8 @@ from typing import Any
 
 from prefect import task
 
-from ragdistill.config.stages import IndexingSettings, Inputs, MiningSettings, RunContext, TeacherSettings
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import IndexingSettings, Inputs, MiningSettings, TeacherSettings
 from ragdistill.stages.indexing import run_indexing
 from ragdistill.stages.mining import run_mining
 from ragdistill.stages.teaching import run_teacher

@@ -10,7 +10,8 @@ from typing import Any
 
 from prefect import task
 
-from ragdistill.config.stages import Inputs, RolloutSettings, RunContext
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import Inputs, RolloutSettings
 from ragdistill.stages.rollout import run_rollout
 from ragdistill.tasks.common import STAGE_CACHE, TASK_RUN_SUFFIX, publish_manifest
 from ragdistill.tasks.progress import progress_reporter

@@ -13,7 +13,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from ragdistill.config import OrchestrationConfig
-from ragdistill.config.stages import RunContext
+from ragdistill.config.run_context import RunContext
 from ragdistill.rollout.engine import RolloutStats
 from ragdistill.rollout.play import play_shard
 from ragdistill.rollout.shards import ShardJob, ShardRunner, for_threads, use_shard_runner

@@ -13,13 +13,13 @@ from uuid import UUID
 from prefect import task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from ragdistill.config.stages import (
+from ragdistill.config.run_context import RunContext
+from ragdistill.config.stage_models import (
     DatasetSettings,
     EvaluationSettings,
     ExpertSettings,
     Inputs,
     ReportSettings,
-    RunContext,
     TaskSelection,
     TrainingSettings,
     WarmStartSettings,
