@@ -102,7 +102,9 @@ def test_a_failed_shard_resumes_alone_and_a_dead_drivers_shard_is_merged(tmp_pat
     # Shard 0 (t0, t2, t4) finished; shard 1 (t1, t3, t5) played one lock-step batch that crashed.
     # A driver that died after its shard 1 played t1 leaves that shard's folder behind:
     settings = PipelineSettings.from_experiment(config)
-    plan = plan_rollout(settings.ctx, settings.rollout())
+    plan = plan_rollout(
+        settings.ctx, settings.rollout(), role=settings.ctx.role_config(settings.rollout().role)
+    )
     left_behind = InstructedPolicyDouble()
     play_shard(ShardJob(settings.ctx, plan, 1, 2, [plan.tasks[1]], backend=left_behind))
     assert ArtifactStore(config.run.run_root).list("rollouts/base/shards/001")

@@ -53,18 +53,19 @@ def plan_rollout(
     ctx: RunContext,
     settings: RolloutSettings,
     *,
-    role: RoleConfig | None = None,
+    role: RoleConfig,
     tasks: list[TaskInfo] | None = None,
     hint_source: Callable[[], HintSource] | None = None,
     record_adapter: str | None = None,
 ) -> RolloutPlan:
-    """The plan of ``settings``: its role as ``ctx`` loads it (unless ``role`` is given) and the tasks
-    of its selection (unless ``tasks`` is given)."""
+    """The plan of ``settings`` played by ``role`` (the agent role as the stage loads it: on the warm
+    start's checkpoint when it is on, ``stages.rollout.agent_role``) on the tasks of its selection
+    (unless ``tasks`` is given)."""
     return RolloutPlan(
         stage=settings.stage,
         env=settings.env,
         split=settings.tasks.split,
-        role=role or ctx.role_config(settings.role),
+        role=role,
         agent=settings.agent,
         tasks=select_tasks(ctx, settings.env, settings.tasks) if tasks is None else tasks,
         source=settings.source,
