@@ -294,7 +294,7 @@ def test_readme_table_is_generated_from_the_settings_models() -> None:
     start = readme.index("<!-- stage-settings:start")
     body = readme[readme.index("\n", start) + 1 : readme.index("<!-- stage-settings:end -->")]
     assert body.strip() == settings_table().strip(), (
-        "README's stage table is out of date: paste ragdistill.config.stages.settings_table()'s output"
+        "README's stage table is out of date: paste ragdistill.config.settings_table.settings_table()'s output"
     )
 
 

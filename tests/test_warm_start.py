@@ -19,11 +19,18 @@ from ragdistill.cli import app
 from ragdistill.config import ConfigError, ExperimentConfig, load_config, with_overrides
 from ragdistill.config.stage_models import TaskSelection
 from ragdistill.config.stages import PipelineSettings
+from ragdistill.environments.base import TaskInfo
 from ragdistill.layout import WARM_START_DIR
 from ragdistill.stages.identities import identify
 from ragdistill.stages.lifecycle import StageError
 from ragdistill.stages.rollout import agent_model, agent_role, warm_start_store
-from ragdistill.stages.warm_start import check_own_tasks, run_warm_start, warm_start_tasks
+from ragdistill.stages.warm_start import (
+    ExampleHints,
+    check_own_tasks,
+    example_hints,
+    run_warm_start,
+    warm_start_tasks,
+)
 from ragdistill.store import ArtifactError, ArtifactStore, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -277,6 +284,34 @@ def test_a_changed_warm_start_changes_every_later_identity_and_an_unrelated_sett
     assert identify(ctx, kept.warm_start, {}).key != key
 
 
+def test_example_hints_go_to_the_share_of_tasks_the_seed_picks_the_same_on_every_run() -> None:
+    tasks = [(TaskInfo(env="e", split="train", task_id=f"t{i}", task_type="x"), "obs") for i in range(400)]
+    examples = ["Check {a}.", "Verify {b}.", "Open {c}."]
+    source = ExampleHints(examples, share=0.25, count=2, seed=7)
+    first = source.hints_for(tasks)
+    assert [hints.texts for hints in first] == [
+        hints.texts for hints in ExampleHints(examples, 0.25, 2, 7).hints_for(tasks)
+    ]
+    with_block = [hints for hints in first if hints.texts]
+    assert 70 <= len(with_block) <= 130, "about a quarter"
+    assert all(len(hints.texts) == 2 and set(hints.texts) <= set(examples) for hints in with_block)
+    assert len({tuple(hints.texts) for hints in with_block}) > 1, "the hints vary by task"
+    other_seed = [bool(hints.texts) for hints in ExampleHints(examples, 0.25, 2, 8).hints_for(tasks)]
+    assert other_seed != [bool(hints.texts) for hints in first]
+
+
+def test_the_hint_share_is_off_by_default_on_in_both_demos_and_sized_by_retrieval_k() -> None:
+    assert ExperimentConfig().warm_start.hint_share == 0
+    for name in ("demo-alfworld", "demo-webshop"):
+        config = demo(name)
+        warm = PipelineSettings.from_experiment(config).warm_start
+        assert warm.hint_share == config.warm_start.hint_share > 0
+        assert warm.hints_per_episode == config.retrieval.k
+        assert example_hints(warm) is not None
+    off = PipelineSettings.from_experiment(demo(**{"warm_start.hint_share": 0})).warm_start
+    assert (off.hints_per_episode, example_hints(off)) == (0, None)
+
+
 def fake_warm_start(store: ArtifactStore, weights: bytes = b"weights") -> str:
     """A finished ``warm-start/`` with a stand-in checkpoint; its content digest."""
     store.write_text(f"{WARM_START_DIR}/model/config.json", json.dumps({"model_type": "llama"}))
@@ -388,6 +423,7 @@ def test_a_real_warm_start_writes_a_safetensors_checkpoint_the_agent_then_plays_
             "warm_start.limit": 3,
             "warm_start.start": 8,
             "warm_start.epochs": 1,
+            "warm_start.hint_share": 1.0,
             "models.agent.backend.kind": "hf",
             "models.agent.backend.torch_threads": 1,
             "models.agent.sampling.max_tokens": 12,
@@ -415,6 +451,14 @@ def test_a_real_warm_start_writes_a_safetensors_checkpoint_the_agent_then_plays_
         "webshop-train-1510",
     ]
     assert set(warm.extra["disjoint_from"]) == {"rollouts/base", "rollouts/collect-*", "rollouts/eval-*"}
+    import pandas
+
+    prompts = pandas.read_parquet(root / "data.parquet")["messages"].map(
+        lambda m: m[0]["content"] + m[1]["content"]
+    )
+    assert all("- Check that the price is below {price}" in prompt for prompt in prompts), (
+        "with hint_share 1 every training prompt keeps its hint block"
+    )
     base_weights = Path(resolve_model(config.models.agent.model)) / "model.safetensors"
     name = "model.layers.0.self_attn.q_proj.weight"
     with (

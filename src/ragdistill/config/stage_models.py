@@ -288,6 +288,11 @@ class WarmStartSettings(StageSettings):
     """Prompt segments dropped from the training examples."""
     training: TrainingRecipe
     seed: int
+    hint_share: float = 0.0
+    """Share of the demonstrations whose prompt carries a hint block of the environment's example hints
+    (``warm_start.hint_share``; the hints are the environment's code, in the stage's code fingerprint)."""
+    hints_per_episode: int = 0
+    """Hints in such a block (``retrieval.k``; at most the environment's example count)."""
 
     def stage_dir(self) -> str:
         return WARM_START_DIR

@@ -177,6 +177,8 @@ class PipelineSettings:
             removed=[] if warm_start.fewshot else ["fewshot"],
             training=training.recipe().model_copy(update=length),
             seed=agent.sampling.seed,
+            hint_share=warm_start.hint_share,
+            hints_per_episode=self.config.retrieval.k if warm_start.hint_share else 0,
         )
 
     def warm_start_reserved(self) -> dict[str, TaskSelection]:

@@ -46,6 +46,15 @@ class WarmStartConfig(StrictModel):
         description="Keep the few-shot examples in the training prompts; false: drop them, as both students' "
         "training sets do (shorter examples, faster training).",
     )
+    hint_share: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="Share of the demonstrations whose prompt carries a hint block (retrieval.k of the "
+        "environment's example hints, the ones shown to the hint extractor), chosen per task by the agent's "
+        "seed. The hint block stays in their training prompts, so the warm-started agent has seen one "
+        "before the RAG teacher's prompt carries mined hints; 0: no hint blocks.",
+    )
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,11 @@ wins nothing, so there are no successes to train the SFT student on and no teach
 ETO and AgentTuning start such agents with behaviour cloning; so does this stage. ``warm-start/`` holds:
 
 - ``episodes/``: the expert's demonstrations of the warm start's training tasks as episodes of the
-  agent's own format, recorded by the expert teacher's code (``rollout.expert_episodes``) without hints
-  (nothing has been mined yet), and ``episodes/tasks.json``;
+  agent's own format, recorded by the expert teacher's code (``rollout.expert_episodes``), and
+  ``episodes/tasks.json``. Nothing has been mined yet: with ``warm_start.hint_share`` a share of them
+  carries a hint block of the environment's example hints (:class:`ExampleHints`), kept in their
+  training prompts, so the warm-started agent has seen a hint block before the RAG teacher's prompt
+  carries one;
 - ``data.parquet`` + ``README.md``: the training set of the won demonstrations, built by the datasets
   stage's code (``stages.datasets.write_training_set``), without the few-shot examples unless
   ``warm_start.fewshot``;
@@ -33,9 +36,11 @@ accelerate and datasets, and the code.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +51,7 @@ from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.identity import digest
 from ragdistill.layout import RECORD_LOG_FILES, TASKS_FILE, WARM_START_DIR, WARM_START_MODEL
-from ragdistill.rollout.engine import ProgressCallback
+from ragdistill.rollout.engine import ProgressCallback, RetrievedHints
 from ragdistill.rollout.expert_episodes import Demonstrations, record_demonstrations
 from ragdistill.rollout.plan import environment_digest, select_tasks
 from ragdistill.rollout.play import episode_counts
@@ -72,6 +77,35 @@ OUTPUTS = (
 )
 LIBRARIES = ("torch", "transformers", "tokenizers", "trl", "peft", "accelerate", "datasets")
 MAX_LISTED_TASKS = 5
+
+
+class ExampleHints:
+    """A hint source for the warm start's demonstrations: for a ``share`` of the tasks (chosen by a hash of
+    the seed and the task id, so a resumed or repeated run picks the same ones), ``count`` of the
+    environment's example hints in an order of that hash; no hints for the others."""
+
+    def __init__(self, examples: Sequence[str], share: float, count: int, seed: int) -> None:
+        self.examples, self.share, self.count, self.seed = list(examples), share, count, seed
+
+    def hints_for(self, starts: Sequence[tuple[TaskInfo, str]]) -> list[RetrievedHints]:
+        return [self._hints(task.task_id) for task, _ in starts]
+
+    def _hints(self, task_id: str) -> RetrievedHints:
+        draw = random.Random(f"{self.seed}:{task_id}")
+        if draw.random() >= self.share:
+            return RetrievedHints([], [])
+        chosen = draw.sample(range(len(self.examples)), min(self.count, len(self.examples)))
+        return RetrievedHints([self.examples[i] for i in chosen], [f"example-{i}" for i in chosen])
+
+
+def example_hints(settings: WarmStartSettings) -> ExampleHints | None:
+    """The warm start's hint source (None without ``hint_share``)."""
+    if not settings.hint_share or not settings.hints_per_episode:
+        return None
+    from ragdistill.environments.registry import get_profile
+
+    examples = get_profile(settings.env.name).hints.examples
+    return ExampleHints(examples, settings.hint_share, settings.hints_per_episode, settings.seed)
 
 
 def _identity(ctx: RunContext, settings: WarmStartSettings, tasks: list[TaskInfo]) -> StageIdentity:
@@ -160,7 +194,7 @@ def run_warm_start(
         prefix = f"{WARM_START_DIR}/{EPISODES_DIR}"
         how = Demonstrations(settings.env, settings.agent, settings.base_model, settings.max_tokens)
         episode_files, played_now = record_demonstrations(
-            ctx, store, prefix, how, tasks, settings.tasks.split, lambda: None, progress
+            ctx, store, prefix, how, tasks, settings.tasks.split, lambda: example_hints(settings), progress
         )
         episodes = [EpisodeRecord.from_dict(item) for item in read_records(store, prefix)]
         counts, card = _training_set(store, settings, identity, episodes)
