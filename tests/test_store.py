@@ -4,6 +4,8 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,6 +78,26 @@ def test_the_last_record_of_a_key_wins_and_compaction_keeps_what_is_asked(tmp_pa
     assert store.list("rollouts/base") == shards and len(shards) == 2
 
 
+@contextmanager
+def killed_at_second_write(store: ArtifactStore) -> Iterator[None]:
+    """The process is killed as ``store`` starts its second write (the first lands); the block must end
+    there."""
+    real_write, writes = store.write_text, []
+
+    def crash_on_second(relative: str, text: str) -> None:
+        writes.append(relative)
+        if len(writes) == 2:
+            raise KeyboardInterrupt("killed")
+        real_write(relative, text)
+
+    store.write_text = crash_on_second  # type: ignore[method-assign]
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        store.write_text = real_write  # type: ignore[method-assign]
+
+
 def test_a_crash_in_the_middle_of_compaction_loses_no_record(tmp_path: Path) -> None:
     store = ArtifactStore(f"file://{tmp_path}")
     log = log_at(store, shard_size=2)
@@ -85,19 +107,8 @@ def test_a_crash_in_the_middle_of_compaction_loses_no_record(tmp_path: Path) -> 
     for i in range(6, 9):
         log.append({"i": i})
     log.append({"i": 0, "again": True})
-    real_write = store.write_text
-    writes = []
-
-    def crash_on_second_shard(relative: str, text: str) -> None:
-        writes.append(relative)
-        if len(writes) == 2:
-            raise KeyboardInterrupt("killed")
-        real_write(relative, text)
-
-    store.write_text = crash_on_second_shard  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_second_write(store):
         log.compact()
-    store.write_text = real_write  # type: ignore[method-assign]
     survivors = log_at(store, shard_size=2).records()
     assert sorted(r["i"] for r in survivors) == list(range(9)) and [r for r in survivors if r.get("again")]
     log_at(store, shard_size=2).compact()
@@ -130,19 +141,8 @@ def test_a_crash_while_compaction_reorders_the_shards_loses_no_record(tmp_path: 
     log.compact()
     for i in (1, 0):
         log.append({"i": i})
-    real_write = store.write_text
-    writes: list[str] = []
-
-    def crash_on_second_shard(relative: str, text: str) -> None:
-        writes.append(relative)
-        if len(writes) == 2:
-            raise KeyboardInterrupt("killed")
-        real_write(relative, text)
-
-    store.write_text = crash_on_second_shard  # type: ignore[method-assign]
-    with pytest.raises(KeyboardInterrupt):
+    with killed_at_second_write(store):
         log.compact(order=lambda record: record["i"])
-    store.write_text = real_write  # type: ignore[method-assign]
     assert sorted(r["i"] for r in log_at(store, shard_size=2).records()) == list(range(6))
     shards = log_at(store, shard_size=2).compact(order=lambda record: record["i"])
     assert [r["i"] for r in read_records(store, "rollouts/base")] == list(range(6))
