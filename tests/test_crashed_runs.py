@@ -306,7 +306,7 @@ def test_a_retrain_killed_with_its_worker_is_marked_crashed_by_its_heartbeats_an
     from prefect.deployments.runner import RunnerDeployment
 
     from ragdistill.deployments.register import register_deployments
-    from ragdistill.deployments.specs import RETRAIN_CONCURRENCY_LIMIT
+    from ragdistill.deployments.specs import RETRAIN_CONCURRENCY_LIMIT, DeploymentPlan
     from ragdistill.orchestration.server import prefect_api
     from ragdistill.orchestration.worker import WORK_POOL, start_worker, stop_worker
 
@@ -328,7 +328,7 @@ def test_a_retrain_killed_with_its_worker_is_marked_crashed_by_its_heartbeats_an
     (retrain_spec,) = [spec for spec in DEPLOYMENTS if spec.retry_crashed]
 
     with prefect_api(timeout_s=600) as api_url:
-        register_deployments(str(config_path), working_dir=REPO)
+        register_deployments(DeploymentPlan(str(config_path)), working_dir=REPO)
         deployment = RunnerDeployment.from_flow(
             retrain_with_gated_doubles,
             name="killed-worker",

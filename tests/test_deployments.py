@@ -33,6 +33,8 @@ from ragdistill.deployments.specs import (
     NIGHTLY_CRON,
     NIGHTLY_ENV,
     RETRAIN_CHECK_CRON,
+    ActiveSchedules,
+    DeploymentPlan,
     gpu_work,
     nightly_requested,
     work_pools,
@@ -151,7 +153,7 @@ def test_every_deployed_flow_takes_a_config_name_and_typed_overrides_all_describ
 def test_one_deployment_per_flow_on_the_pool_its_work_needs_with_the_nightly_schedule_off_unless_asked(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    deployments = runner_deployments("paper-alfworld-react")
+    deployments = runner_deployments(DeploymentPlan("paper-alfworld-react"))
     names = [deployment.full_name for deployment in deployments]
     assert len(set(names)) == len(DEPLOYMENTS) and names[0] == f"pipeline/{DEPLOYMENT_NAME}"
     assert {f"{flow}/{DEPLOYMENT_NAME}" for flow in ("rollout", "mine", "index", "report")} <= set(names)
@@ -192,7 +194,7 @@ def test_one_deployment_per_flow_on_the_pool_its_work_needs_with_the_nightly_sch
         "retrain": [("retrain-check", RETRAIN_CHECK_CRON, False)],
         "collect": [("collect", COLLECT_CRON, False)],
     }, "every schedule is off unless asked for"
-    demo = runner_deployments(nightly=True, retrain_check=True)
+    demo = runner_deployments(DeploymentPlan(schedules=ActiveSchedules(nightly=True, retrain_check=True)))
     active = {d.full_name.split("/")[0]: [s.active for s in d.schedules or []] for d in demo if d.schedules}
     assert active == {"pipeline": [True], "retrain": [True], "collect": [False]}
     assert {d.work_pool_name for d in demo} == {WORK_POOL}, "the CPU demo needs no GPU worker"
@@ -309,9 +311,11 @@ def test_a_deployment_run_by_a_process_worker_completes_and_a_rerun_is_cached(
     config, config_path, parameters = mined_config_to_deploy(tmp_path)
     worker_log = tmp_path / "worker.log"
     with prefect_api(timeout_s=600) as api_url:
-        names = register_deployments(str(config_path), nightly=True, working_dir=REPO)
+        names = register_deployments(
+            DeploymentPlan(str(config_path), ActiveSchedules(nightly=True)), working_dir=REPO
+        )
         assert nightly_schedules() == [(NIGHTLY_CRON, True)]
-        assert register_deployments(str(config_path), nightly=False, working_dir=REPO) == names
+        assert register_deployments(DeploymentPlan(str(config_path)), working_dir=REPO) == names
         assert nightly_schedules() == [(NIGHTLY_CRON, False)], "registering again applies the flag"
 
         with get_client(sync_client=True) as client:
@@ -391,7 +395,7 @@ def test_serve_starts_a_server_registers_runs_a_worker_and_stops_both_on_ctrl_c(
 def test_a_deploy_time_run_root_becomes_every_deployments_default() -> None:
     """The loop deployments default to the run root alone: their runs use the config stored there."""
     root = "s3://ragdistill/runs/demo-alfworld"
-    deployments = runner_deployments("demo-alfworld", run_root=root)
+    deployments = runner_deployments(DeploymentPlan("demo-alfworld", run_root=root))
     loop = {f"{flow}/{DEPLOYMENT_NAME}" for flow in ("collect", "retrain")}
     assert {d.full_name: d.parameters for d in deployments} == {
         d.full_name: {"run_root": root}
@@ -426,14 +430,16 @@ def test_prefects_own_loader_reads_every_deployment_as_the_code_builds_it(tmp_pa
 
     from ragdistill.deployments.prefect_yaml import PROJECT_FOLDER, write_prefect_yaml
 
-    configs, actions = read_prefect_yaml_configs(write_prefect_yaml(tmp_path, "paper-alfworld-react"))
+    configs, actions = read_prefect_yaml_configs(
+        write_prefect_yaml(tmp_path, DeploymentPlan("paper-alfworld-react"))
+    )
     assert len(configs) == len(DEPLOYMENTS), "every deployment passes Prefect's validation"
     ((build_step,),) = [list(step) for step in actions["build"]]
     assert build_step == "prefect.deployments.steps.run_shell_script"
     assert actions["pull"] == [
         {"prefect.deployments.steps.set_working_directory": {"directory": PROJECT_FOLDER}}
     ]
-    in_code = {d.full_name: d for d in runner_deployments("paper-alfworld-react")}
+    in_code = {d.full_name: d for d in runner_deployments(DeploymentPlan("paper-alfworld-react"))}
     in_yaml: dict[str, dict[str, Any]] = {}
     for config in configs:
         flow = load_flow_from_entrypoint(config["entrypoint"], use_placeholder_flow=False)

@@ -89,7 +89,7 @@ def a_collect_triggers_one_retrain(tmp_path: Path) -> None:
 
     from ragdistill.config import with_overrides
     from ragdistill.deployments.register import register_deployments
-    from ragdistill.deployments.specs import DEPLOYMENT_NAME
+    from ragdistill.deployments.specs import DEPLOYMENT_NAME, DeploymentPlan
     from ragdistill.flows.retrain import collect_flow
     from ragdistill.orchestration.server import prefect_api, stop_server
     from ragdistill.orchestration.worker import start_worker, stop_worker
@@ -104,7 +104,7 @@ def a_collect_triggers_one_retrain(tmp_path: Path) -> None:
     worker_log = tmp_path / "worker.log"
     try:
         with prefect_api(timeout_s=600) as api_url, temporary_settings(updates={PREFECT_API_URL: api_url}):
-            register_deployments(str(deployed_path), working_dir=REPO)
+            register_deployments(DeploymentPlan(str(deployed_path)), working_dir=REPO)
             with worker_log.open("wb") as log:
                 worker = start_worker(api_url, output=log, environment={"PREFECT_WORKER_QUERY_SECONDS": "1"})
                 try:

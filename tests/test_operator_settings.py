@@ -240,6 +240,7 @@ def test_operator_settings_config_paths_and_job_variables_are_refused_when_a_run
     from prefect.workers.process import ProcessJobConfiguration, ProcessWorker
 
     from ragdistill.deployments.register import ensure_work_pool, runner_deployments
+    from ragdistill.deployments.specs import DeploymentPlan
     from ragdistill.orchestration.worker import project_job_template
 
     pool = project_pool(REPO)
@@ -247,7 +248,7 @@ def test_operator_settings_config_paths_and_job_variables_are_refused_when_a_run
     own_config.write_text((REPO / "configs" / "demo-alfworld.yaml").read_text())
     ids = {}
     for config_name in ("demo-alfworld", str(own_config)):
-        deployments = runner_deployments(config_name, work_pool=pool, gpu_work_pool=pool)
+        deployments = runner_deployments(DeploymentPlan(config_name, work_pool=pool, gpu_work_pool=pool))
         (index,) = [d for d in deployments if d.full_name.startswith("index/")]
         index.name = f"operator-{uuid.uuid4().hex[:8]}"
         ids[config_name] = index.apply()

@@ -44,7 +44,7 @@ def test_a_deployment_run_by_a_process_worker_completes_on_a_postgresql_server(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from ragdistill.deployments.register import register_deployments
-    from ragdistill.deployments.specs import DEPLOYMENT_NAME
+    from ragdistill.deployments.specs import DEPLOYMENT_NAME, DeploymentPlan
     from ragdistill.orchestration.server import prefect_api
     from ragdistill.store import ArtifactStore, read_manifest
 
@@ -52,7 +52,7 @@ def test_a_deployment_run_by_a_process_worker_completes_on_a_postgresql_server(
     config, config_path, parameters = mined_config_to_deploy(tmp_path)
     worker_log = tmp_path / "worker.log"
     with prefect_api(timeout_s=600) as api_url:
-        register_deployments(str(config_path), working_dir=REPO)
+        register_deployments(DeploymentPlan(str(config_path)), working_dir=REPO)
         (run,) = index_runs_by_a_worker(api_url, parameters, worker_log, count=1)
         states = task_states(run.id)
     log_tail = worker_log.read_text(errors="replace")[-4000:]

@@ -19,6 +19,7 @@ from ragdistill.deployments.specs import (
     NIGHTLY_TIMEZONE,
     RETRAIN_CHECK_CRON,
     ActiveSchedules,
+    DeploymentPlan,
 )
 from ragdistill.orchestration.server import DEFAULT_START_TIMEOUT_S
 from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL
@@ -102,22 +103,12 @@ def _print_json_line(payload: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _register(
-    config: str, schedules: ActiveSchedules, pool: str, gpu_pool: str, run_root: str | None = None
-) -> list[str]:
+def _register(plan: DeploymentPlan) -> list[str]:
     from ragdistill.config import config_file
     from ragdistill.deployments.register import register_deployments
 
-    config_file(config)  # an unknown config fails here, not in every run
-    return register_deployments(
-        config,
-        schedules.nightly,
-        pool,
-        run_root=run_root,
-        gpu_work_pool=gpu_pool,
-        retrain_check=schedules.retrain_check,
-        collect_schedule=schedules.collect,
-    )
+    config_file(plan.config_name)  # an unknown config fails here, not in every run
+    return register_deployments(plan)
 
 
 def _schedules(nightly: bool | None, retrain_check: bool, collect: bool) -> ActiveSchedules:
@@ -130,25 +121,16 @@ def _schedule_states(schedules: ActiveSchedules) -> dict[str, bool]:
     return {spec.schedule.slug: schedules.active(spec.schedule) for spec in DEPLOYMENTS if spec.schedule}
 
 
-def _write_prefect_yaml(
-    path: Path, config: str, schedules: ActiveSchedules, pool: str, gpu_pool: str, run_root: str | None
-) -> None:
+def _write_prefect_yaml(path: Path, plan: DeploymentPlan) -> None:
     from ragdistill.config import config_file
     from ragdistill.deployments.prefect_yaml import write_prefect_yaml
 
-    config_file(config)
-    written = write_prefect_yaml(
-        path,
-        config,
-        schedules.nightly,
-        pool,
-        run_root,
-        gpu_pool,
-        retrain_check=schedules.retrain_check,
-        collect_schedule=schedules.collect,
-    )
+    config_file(plan.config_name)
+    written = write_prefect_yaml(path, plan)
     typer.echo(f"wrote {written}: register it with `prefect --no-prompt deploy --all` from its folder")
-    _print_json_line({"prefect_yaml": str(written), "work_pool": pool, "gpu_work_pool": gpu_pool})
+    _print_json_line(
+        {"prefect_yaml": str(written), "work_pool": plan.work_pool, "gpu_work_pool": plan.gpu_work_pool}
+    )
 
 
 def _echo_deployments(names: list[str], schedules: ActiveSchedules) -> None:
@@ -178,11 +160,12 @@ def deploy(
     from ragdistill.orchestration.server import prefect_api
 
     schedules = _schedules(nightly, bool(retrain_check), collect_schedule)
+    plan = DeploymentPlan(config, schedules, pool, gpu_pool, run_root)
     if write_prefect_yaml is not None:
-        _write_prefect_yaml(write_prefect_yaml, config, schedules, pool, gpu_pool, run_root)
+        _write_prefect_yaml(write_prefect_yaml, plan)
         return
     with prefect_api() as api_url:
-        names = _register(config, schedules, pool, gpu_pool, run_root)
+        names = _register(plan)
     _echo_deployments(names, schedules)
     typer.echo(f"registered on {api_url} in work pools {pool!r} (CPU) and {gpu_pool!r} (GPU)")
     _print_json_line(

@@ -21,21 +21,22 @@ from typing import Any
 
 import yaml
 
-from ragdistill.config import DEFAULT_CONFIG, ConfigError
+from ragdistill.config import ConfigError
 from ragdistill.config.files import CONFIG_NAME_PATTERN
 from ragdistill.deployments.specs import (
+    DEFAULT_PLAN,
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
     RETRAIN_CONCURRENCY_LIMIT,
     SCHEDULE_TIMEZONE,
-    ActiveSchedules,
+    DeploymentPlan,
     deployment_parameters,
     deployment_tags,
     flow_summary,
     work_pools,
 )
 from ragdistill.deployments.triggers import retrain_trigger
-from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL, WORK_POOL_TYPE
+from ragdistill.orchestration.worker import WORK_POOL_TYPE
 
 PREFECT_YAML = "prefect.yaml"
 PROJECT_NAME = "ragdistill"
@@ -73,28 +74,19 @@ def _trigger_spec() -> dict[str, Any]:
     return {"type": trigger.type, **trigger.model_dump(mode="json", exclude_unset=True)}
 
 
-def prefect_yaml(
-    config_name: str = DEFAULT_CONFIG,
-    nightly: bool = False,
-    work_pool: str = WORK_POOL,
-    run_root: str | None = None,
-    gpu_work_pool: str = GPU_WORK_POOL,
-    *,
-    retrain_check: bool = False,
-    collect_schedule: bool = False,
-) -> dict[str, Any]:
+def prefect_yaml(plan: DeploymentPlan = DEFAULT_PLAN) -> dict[str, Any]:
     """The prefect.yaml content: one deployment per entry of :data:`DEPLOYMENTS`, as
-    :func:`~.register.runner_deployments` builds them for the same arguments. The config is a name under
+    :func:`~.register.runner_deployments` builds them for the same plan. The config is a name under
     ``configs/``: ``prefect deploy`` takes each flow's parameter schema as it is, which accepts no path, so
     a path would make the server refuse every run."""
+    config_name = plan.config_name
     if not re.fullmatch(CONFIG_NAME_PATTERN, config_name):
         raise ConfigError(
             f"prefect.yaml names its config by name under configs/, not {config_name!r}: put the file in "
             "configs/ and pass its name, or register with `ragdistill deploy --config PATH`, whose "
             "deployments accept that one file"
         )
-    pools = work_pools(config_name, work_pool, gpu_work_pool)
-    active = ActiveSchedules(nightly=nightly, retrain_check=retrain_check, collect=collect_schedule)
+    pools = work_pools(config_name, plan.work_pool, plan.gpu_work_pool)
     deployments = []
     for spec in DEPLOYMENTS:
         flow = spec.load()
@@ -103,7 +95,7 @@ def prefect_yaml(
             "entrypoint": spec.flow,
             "description": flow_summary(flow),
             "tags": deployment_tags(spec),
-            "parameters": deployment_parameters(spec, config_name, run_root),
+            "parameters": deployment_parameters(spec, config_name, plan.run_root),
             "work_pool": {"name": pools[spec.flow]},
         }
         if spec.schedule is not None:
@@ -111,7 +103,7 @@ def prefect_yaml(
                 {
                     "cron": spec.schedule.cron,
                     "timezone": SCHEDULE_TIMEZONE,
-                    "active": active.active(spec.schedule),
+                    "active": plan.schedules.active(spec.schedule),
                     "slug": spec.schedule.slug,
                 }
             ]
@@ -131,53 +123,17 @@ def prefect_yaml(
     }
 
 
-def prefect_yaml_text(
-    config_name: str = DEFAULT_CONFIG,
-    nightly: bool = False,
-    work_pool: str = WORK_POOL,
-    run_root: str | None = None,
-    gpu_work_pool: str = GPU_WORK_POOL,
-    *,
-    retrain_check: bool = False,
-    collect_schedule: bool = False,
-) -> str:
+def prefect_yaml_text(plan: DeploymentPlan = DEFAULT_PLAN) -> str:
     """:func:`prefect_yaml` as the file's text, with a header that says how to regenerate it and which
     work pools to create."""
-    content = prefect_yaml(
-        config_name,
-        nightly,
-        work_pool,
-        run_root,
-        gpu_work_pool,
-        retrain_check=retrain_check,
-        collect_schedule=collect_schedule,
-    )
+    content = prefect_yaml(plan)
     pools = list(dict.fromkeys(entry["work_pool"]["name"] for entry in content["deployments"]))
     body = yaml.safe_dump(content, sort_keys=False, width=110, allow_unicode=True)
     return _header(pools) + "\n" + body
 
 
-def write_prefect_yaml(
-    path: Path,
-    config_name: str = DEFAULT_CONFIG,
-    nightly: bool = False,
-    work_pool: str = WORK_POOL,
-    run_root: str | None = None,
-    gpu_work_pool: str = GPU_WORK_POOL,
-    *,
-    retrain_check: bool = False,
-    collect_schedule: bool = False,
-) -> Path:
+def write_prefect_yaml(path: Path, plan: DeploymentPlan = DEFAULT_PLAN) -> Path:
     """Write :func:`prefect_yaml_text` to ``path`` (a folder gets a ``prefect.yaml`` in it); the file."""
     target = path / PREFECT_YAML if path.is_dir() else path
-    text = prefect_yaml_text(
-        config_name,
-        nightly,
-        work_pool,
-        run_root,
-        gpu_work_pool,
-        retrain_check=retrain_check,
-        collect_schedule=collect_schedule,
-    )
-    target.write_text(text)
+    target.write_text(prefect_yaml_text(plan))
     return target

@@ -18,15 +18,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ragdistill.config import DEFAULT_CONFIG
 from ragdistill.config.files import CONFIG_NAME_PATTERN
 from ragdistill.deployments.crashes import register_crash_automations
 from ragdistill.deployments.specs import (
+    DEFAULT_PLAN,
     DEPLOYMENT_NAME,
     DEPLOYMENTS,
     RETRAIN_CONCURRENCY_LIMIT,
     SCHEDULE_TIMEZONE,
-    ActiveSchedules,
+    DeploymentPlan,
     FlowDeployment,
     deployment_parameters,
     deployment_tags,
@@ -36,7 +36,7 @@ from ragdistill.deployments.specs import (
 from ragdistill.deployments.triggers import retrain_trigger
 from ragdistill.orchestration.heartbeats import HeartbeatSettings
 from ragdistill.orchestration.server import PrefectServerError
-from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL, WORK_POOL_TYPE, project_job_template
+from ragdistill.orchestration.worker import WORK_POOL, WORK_POOL_TYPE, project_job_template
 from ragdistill.paths import project_root
 
 if TYPE_CHECKING:
@@ -44,28 +44,17 @@ if TYPE_CHECKING:
 
 
 def runner_deployments(
-    config_name: str = DEFAULT_CONFIG,
-    nightly: bool = False,
-    work_pool: str = WORK_POOL,
-    run_root: str | None = None,
-    gpu_work_pool: str = GPU_WORK_POOL,
-    *,
-    retrain_check: bool = False,
-    collect_schedule: bool = False,
-    deployments: Sequence[FlowDeployment] = DEPLOYMENTS,
+    plan: DeploymentPlan = DEFAULT_PLAN, deployments: Sequence[FlowDeployment] = DEPLOYMENTS
 ) -> list[RunnerDeployment]:
-    """One deployment per entry of ``deployments`` (default :data:`DEPLOYMENTS`), whose runs default to ``config_name`` (and to
-    ``run_root`` instead of the config's run root, when given; the loop flows to the run root alone), on
-    ``gpu_work_pool`` when the flow does work the config runs on GPUs, else on ``work_pool`` (whose
-    template sets the working folder); each schedule is active only when its flag is set (``nightly``,
-    ``retrain_check``, ``collect_schedule``)."""
+    """One deployment per entry of ``deployments`` (default :data:`DEPLOYMENTS`) as ``plan`` says: its
+    runs' defaults (:func:`~.specs.deployment_parameters`), its work pool (the pools' template sets the
+    working folder) and its schedule, active only when ``plan.schedules`` turns it on."""
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.deployments.runner import EntrypointType, RunnerDeployment
 
-    pools = work_pools(config_name, work_pool, gpu_work_pool, deployments)
-    active = ActiveSchedules(nightly=nightly, retrain_check=retrain_check, collect=collect_schedule)
+    pools = work_pools(plan.config_name, plan.work_pool, plan.gpu_work_pool, deployments)
     built = []
     for spec in deployments:
         flow = spec.load()
@@ -73,7 +62,7 @@ def runner_deployments(
             [
                 DeploymentScheduleCreate(
                     schedule=CronSchedule(cron=spec.schedule.cron, timezone=SCHEDULE_TIMEZONE),
-                    active=active.active(spec.schedule),
+                    active=plan.schedules.active(spec.schedule),
                     slug=spec.schedule.slug,
                 )
             ]
@@ -94,7 +83,7 @@ def runner_deployments(
             flow,
             name=DEPLOYMENT_NAME,
             schedules=schedules,
-            parameters=deployment_parameters(spec, config_name, run_root),
+            parameters=deployment_parameters(spec, plan.config_name, plan.run_root),
             description=flow_summary(flow),
             tags=deployment_tags(spec),
             work_pool_name=pools[spec.flow],
@@ -102,7 +91,7 @@ def runner_deployments(
             **triggered,
         )
         if not spec.loop:
-            _accept_own_config(deployment, config_name)
+            _accept_own_config(deployment, plan.config_name)
         built.append(deployment)
     return built
 
@@ -155,38 +144,21 @@ def ensure_work_pool(name: str = WORK_POOL, working_dir: Path | None = None) -> 
 
 
 def register_deployments(
-    config_name: str = DEFAULT_CONFIG,
-    nightly: bool = False,
-    work_pool: str = WORK_POOL,
+    plan: DeploymentPlan = DEFAULT_PLAN,
     working_dir: Path | None = None,
-    run_root: str | None = None,
-    gpu_work_pool: str = GPU_WORK_POOL,
-    *,
-    retrain_check: bool = False,
-    collect_schedule: bool = False,
     deployments: Sequence[FlowDeployment] = DEPLOYMENTS,
 ) -> list[str]:
     """Create both work pools if missing (a GPU worker started before a GPU config is deployed finds its
     pool), each with the project's template whose runs start in ``working_dir`` (default: the project
-    folder), create or update each of ``deployments`` (:func:`runner_deployments`; default: the project's
-    flows, :data:`DEPLOYMENTS`, while a test may deploy its own flows under the same names) and the crash
-    automations,
-    sized by the heartbeat settings in the environment; the deployments' full names
-    (``<flow>/<deployment>``), pipeline first."""
+    folder), create or update each of ``deployments`` as ``plan`` says (:func:`runner_deployments`;
+    default: the project's flows, :data:`DEPLOYMENTS`, while a test may deploy its own flows under the
+    same names) and the crash automations, sized by the heartbeat settings in the environment; the
+    deployments' full names (``<flow>/<deployment>``), pipeline first."""
     heartbeats = HeartbeatSettings.from_environment()
-    for pool in dict.fromkeys((work_pool, gpu_work_pool)):
+    for pool in dict.fromkeys((plan.work_pool, plan.gpu_work_pool)):
         ensure_work_pool(pool, working_dir)
     names = []
-    for deployment in runner_deployments(
-        config_name,
-        nightly,
-        work_pool,
-        run_root,
-        gpu_work_pool,
-        retrain_check=retrain_check,
-        collect_schedule=collect_schedule,
-        deployments=deployments,
-    ):
+    for deployment in runner_deployments(plan, deployments):
         deployment.apply()
         names.append(deployment.full_name)
     register_crash_automations(heartbeats)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import IO
 
 from ragdistill.deployments.register import register_deployments
-from ragdistill.deployments.specs import DEPLOYMENTS, ActiveSchedules, FlowDeployment
+from ragdistill.deployments.specs import DEPLOYMENTS, ActiveSchedules, DeploymentPlan, FlowDeployment
 from ragdistill.orchestration.server import DEFAULT_START_TIMEOUT_S, prefect_api
 from ragdistill.orchestration.worker import WORK_POOL, start_worker, stop_worker
 
@@ -61,17 +61,8 @@ def served_deployments(
 
     config_file(config_name)  # an unknown config fails here, before a server starts
     with prefect_api(timeout_s=timeout_s) as api_url:
-        names = register_deployments(
-            config_name,
-            schedules.nightly,
-            work_pool,
-            working_dir=working_dir,
-            run_root=run_root,
-            gpu_work_pool=work_pool,
-            retrain_check=schedules.retrain_check,
-            collect_schedule=schedules.collect,
-            deployments=deployments,
-        )
+        plan = DeploymentPlan(config_name, schedules, work_pool, gpu_work_pool=work_pool, run_root=run_root)
+        names = register_deployments(plan, working_dir, deployments)
         worker = start_worker(
             api_url, work_pool, limit=limit, output=worker_output, environment=worker_environment
         )

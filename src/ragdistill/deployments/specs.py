@@ -34,7 +34,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ragdistill.config import ExperimentConfig, config_file, load_config
+from ragdistill.config import DEFAULT_CONFIG, ExperimentConfig, config_file, load_config
+from ragdistill.orchestration.worker import GPU_WORK_POOL, WORK_POOL
 from ragdistill.training.accelerate_configs import read_accelerate_config
 
 if TYPE_CHECKING:
@@ -89,6 +90,24 @@ class ActiveSchedules:
             RETRAIN_CHECK_SLUG: self.retrain_check,
             COLLECT_SLUG: self.collect,
         }[schedule.slug]
+
+
+@dataclass(frozen=True)
+class DeploymentPlan:
+    """What one registration makes of the deployments: their runs' default config (a name under
+    ``configs/`` or, registered through the API, a file) and run root (None: the config's; a loop flow
+    defaults to the run root alone), the schedules it turns on, and the CPU and GPU work pools (a flow
+    doing work the config runs on GPUs goes to the GPU pool)."""
+
+    config_name: str = DEFAULT_CONFIG
+    schedules: ActiveSchedules = ActiveSchedules()
+    work_pool: str = WORK_POOL
+    gpu_work_pool: str = GPU_WORK_POOL
+    run_root: str | None = None
+
+
+DEFAULT_PLAN = DeploymentPlan()
+"""The demo config on the project's pools, every schedule off (the committed prefect.yaml's plan)."""
 
 
 @dataclass(frozen=True)
