@@ -18,24 +18,17 @@ from __future__ import annotations
 import queue
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ragdistill.agents.control import ContextBudgetError
-from ragdistill.agents.formats import AgentFormat
 from ragdistill.environments.base import TaskInfo
-from ragdistill.episodes import EpisodeSource
-from ragdistill.inference.base import Backend, GenerationRequest
+from ragdistill.inference.base import GenerationRequest
 from ragdistill.inference.streaming import Answer, GenerationStream, open_stream
 from ragdistill.messages import render_messages
 from ragdistill.rollout.engine import (
     ActiveEpisode,
     AnsweredTurn,
-    EngineSettings,
-    EpisodePool,
-    HintSource,
-    ProgressCallback,
-    RecordSink,
     RolloutEngine,
     RolloutStats,
 )
@@ -60,38 +53,16 @@ class ContinuousRolloutEngine(RolloutEngine):
     thread, so a game loading in one holds up only the episodes that live in it.
     """
 
-    def __init__(
-        self,
-        settings: EngineSettings,
-        backend: Backend,
-        pool: EpisodePool | Sequence[EpisodePool],
-        fmt: AgentFormat,
-        examples_for: Callable[[TaskInfo], list[str]],
-        sink: RecordSink,
-        *,
-        source: EpisodeSource = "agent",
-        hint_source: HintSource | None = None,
-        run_id: str | None = None,
-        progress: ProgressCallback | None = None,
-    ) -> None:
-        pools = list(pool) if isinstance(pool, Sequence) else [pool]
-        if not pools:
-            raise ValueError("the continuous engine needs at least one environment pool")
-        super().__init__(
-            settings, backend, pools[0], fmt, examples_for, sink,
-            source=source, hint_source=hint_source, run_id=run_id, progress=progress,
-        )  # fmt: skip
-        self.pools = pools
-        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
-        self._active: dict[int, ActiveEpisode] = {}
-        self._waiting_for_env: dict[int, AnsweredTurn] = {}
-        self._env: EnvDriver | None = None
-        self._stream: GenerationStream | None = None
+    takes_many_pools = True
 
     def run(self, tasks: Sequence[TaskInfo]) -> RolloutStats:
         """Play every task; returns when each has a record."""
         start = time.perf_counter()
         self._total = len(tasks)
+        self._events: queue.SimpleQueue[_Event] = queue.SimpleQueue()
+        self._active: dict[int, ActiveEpisode] = {}
+        self._waiting_for_env: dict[int, AnsweredTurn] = {}
+        self._stream: GenerationStream | None = None
         pending = deque(tasks)
         starting = 0
         self._env = EnvDriver(self.pools, self._events.put)

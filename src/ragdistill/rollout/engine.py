@@ -133,11 +133,14 @@ class EngineSettings:
 class RolloutEngine:
     """Plays tasks in lock-step batches; one generate call per turn for all active episodes."""
 
+    takes_many_pools = False
+    """Whether the engine drives several environment pools (one pool otherwise)."""
+
     def __init__(
         self,
         settings: EngineSettings,
         backend: Backend,
-        pool: EpisodePool,
+        pool: EpisodePool | Sequence[EpisodePool],
         fmt: AgentFormat,
         examples_for: Callable[[TaskInfo], list[str]],
         sink: RecordSink,
@@ -147,7 +150,10 @@ class RolloutEngine:
         run_id: str | None = None,
         progress: ProgressCallback | None = None,
     ) -> None:
-        self.settings, self.backend, self.pool, self.fmt = settings, backend, pool, fmt
+        self.pools = list(pool) if isinstance(pool, Sequence) else [pool]
+        if not self.pools or (len(self.pools) > 1 and not self.takes_many_pools):
+            raise ValueError(f"{type(self).__name__} drives one environment pool, not {len(self.pools)}")
+        self.settings, self.backend, self.pool, self.fmt = settings, backend, self.pools[0], fmt
         self.examples_for, self.sink, self.source = examples_for, sink, source
         self.hint_source, self.progress = hint_source, progress
         self.run_id = run_id or uuid.uuid4().hex[:12]
