@@ -145,6 +145,22 @@ def test_parse_hints_reports_junk_without_raising(junk: str) -> None:
         ("Tried opening {container} without success.", "alfworld", None, "not_imperative"),
         ("Looking inside {container} did not help.", "alfworld", None, "not_imperative"),
         ("{object} must be heated first.", "alfworld", None, "not_imperative"),
+        ("Search the product with color navy, and size iz iz iz.", "webshop", None, "degenerate"),
+        ("Buy now, please, please, please, please.", "webshop", None, "degenerate"),
+        ("Search the product, find the product, and find the product,.", "webshop", None, "degenerate"),
+        ("Search the product's description, its price, and its .", "webshop", None, "degenerate"),
+        (
+            "Check the size and the color of the item before the purchase.",
+            "webshop",
+            "Check the size and the color of the item before the purchase.",
+            None,
+        ),
+        (
+            "Open {container} and look in {container} again.",
+            "alfworld",
+            "Open {container} and look in {container} again.",
+            None,
+        ),
     ],
 )
 def test_validate_hint(raw: object, env: str, expected: str | None, reason: str | None) -> None:

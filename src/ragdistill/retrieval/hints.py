@@ -21,6 +21,10 @@ Validation rules (each rejection is counted under its reason code):
   a first word ending in "-ed" or "-ing" (a report such as "Tried ..." or "Looking ...") is rejected
   unless it is a verb that merely ends that way ("Proceed", "Bring"). Conditional and adverbial openers
   ("If", "When", "Before", "Always", "Never", "Only") pass: they introduce an instruction.
+- ``degenerate``: text a small extractor writes when it loses the thread, which reads as a rule to
+  nobody: a word said twice in a row ("size iz iz"), a word of four letters or more said three times
+  ("please, please, please"; "find the product, find ..., find"), or a last word before the full stop
+  that cannot end a sentence ("and its .", the length limit cut the clause).
 - ``duplicate`` / ``over_limit``: the same normalised text twice in one answer, or more hints than the
   environment allows per failure (extras are dropped in order).
 
@@ -35,6 +39,7 @@ characters) and the render-time guard :func:`unsafe_for_prompt` live in
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -137,6 +142,10 @@ _NOT_IMPERATIVE = _words(
     "am has have had should must can could would will shall may might agent agents assistant model "
     "player user robot task hint rule failure error mistake"
 )
+_CANNOT_END = _words(
+    "a an the and or but nor of to in on at by for with from into onto than its your their our his her "
+    "my this that these those is are be if when while before after as"
+)
 _ED_ING_VERBS = _words(
     "proceed heed embed feed need succeed exceed speed shed seed bring ring string swing fling sling "
     "wring cling sting sing spring"
@@ -151,6 +160,17 @@ def _clean(raw: str) -> str:
         text = _LIST_MARKER.sub("", text).strip()
         text = text.strip("\"'`“”‘’").strip()
     return text
+
+
+def _is_degenerate(text: str) -> bool:
+    tokens = re.findall(r"\{[a-z_]+\}|[a-z']+", text.lower())
+    words = [token for token in tokens if not token.startswith("{")]
+    if any(first == second for first, second in itertools.pairwise(words)):
+        return True
+    long_words = [word for word in words if len(word) >= 4]
+    if any(long_words.count(word) >= 3 for word in set(long_words)):
+        return True
+    return bool(tokens) and text.rstrip().endswith(".") and tokens[-1] in _CANNOT_END
 
 
 def _is_imperative(text: str) -> bool:
@@ -190,6 +210,8 @@ def validate_hint(raw: Any, style: HintStyle, max_chars: int = 120) -> tuple[str
         return None, "too_long"
     if not _is_imperative(text):
         return None, "not_imperative"
+    if _is_degenerate(text):
+        return None, "degenerate"
     return text, None
 
 
