@@ -215,15 +215,15 @@ def test_the_stage_checks_its_task_ids_against_every_reserved_selection(tmp_path
     stages = PipelineSettings.from_experiment(config)
     ctx, warm = stages.ctx, stages.warm_start
     tasks = warm_start_tasks(ctx, warm)
-    assert [task.task_id for task in tasks][:2] == ["webshop-train-1508", "webshop-train-1509"]
+    assert [task.task_id for task in tasks][:2] == ["webshop-train-1524", "webshop-train-1525"]
     check_own_tasks(ctx, warm, tasks, stages.warm_start_reserved())  # the shipped config's are disjoint
 
-    sharing = {"rollouts/base": TaskSelection(split="train", start=0, limit=10)}
+    sharing = {"rollouts/base": TaskSelection(split="train", start=0, limit=26)}
     with pytest.raises(StageError) as raised:
         check_own_tasks(ctx, warm, tasks, sharing)
     message = " ".join(str(raised.value).split())
-    assert "would learn from 2 task(s) that rollouts/base plays (positions 0–9 of split 'train')" in message
-    assert "webshop-train-1508, webshop-train-1509" in message and "set warm_start.start past them" in message
+    assert "would learn from 2 task(s) that rollouts/base plays (positions 0–25 of split 'train')" in message
+    assert "webshop-train-1524, webshop-train-1525" in message and "set warm_start.start past them" in message
 
     beyond = warm.model_copy(update={"tasks": warm.tasks.model_copy(update={"start": 9000, "limit": 9040})})
     with pytest.raises(StageError, match=r"positions 9000–9039 of split 'train', which holds no task"):
