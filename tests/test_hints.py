@@ -149,6 +149,8 @@ def test_parse_hints_reports_junk_without_raising(junk: str) -> None:
         ("Buy now, please, please, please, please.", "webshop", None, "degenerate"),
         ("Search the product, find the product, and find the product,.", "webshop", None, "degenerate"),
         ("Search the product's description, its price, and its .", "webshop", None, "degenerate"),
+        ("Buy now, ensure it matches the size, and ensure it matches.", "webshop", None, "degenerate"),
+        ("Include the product in your order, and the price and size, .", "webshop", None, "degenerate"),
         (
             "Check the size and the color of the item before the purchase.",
             "webshop",

@@ -23,8 +23,9 @@ Validation rules (each rejection is counted under its reason code):
   ("If", "When", "Before", "Always", "Never", "Only") pass: they introduce an instruction.
 - ``degenerate``: text a small extractor writes when it loses the thread, which reads as a rule to
   nobody: a word said twice in a row ("size iz iz"), a word of four letters or more said three times
-  ("please, please, please"; "find the product, find ..., find"), or a last word before the full stop
-  that cannot end a sentence ("and its .", the length limit cut the clause).
+  ("please, please, please"; "find the product, find ..., find"), the same three words twice ("ensure it
+  matches ..., and ensure it matches"), or an end the length limit cut: a last word before the full stop
+  that cannot end a sentence ("and its .") or a comma right before it ("price and size, .").
 - ``duplicate`` / ``over_limit``: the same normalised text twice in one answer, or more hints than the
   environment allows per failure (extras are dropped in order).
 
@@ -169,6 +170,11 @@ def _is_degenerate(text: str) -> bool:
         return True
     long_words = [word for word in words if len(word) >= 4]
     if any(long_words.count(word) >= 3 for word in set(long_words)):
+        return True
+    trigrams = list(zip(tokens, tokens[1:], tokens[2:], strict=False))
+    if len(set(trigrams)) < len(trigrams):
+        return True
+    if re.search(r"[,;:]\s*\.$", text.rstrip()):
         return True
     return bool(tokens) and text.rstrip().endswith(".") and tokens[-1] in _CANNOT_END
 
