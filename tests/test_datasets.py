@@ -201,7 +201,7 @@ def test_selection_keeps_successes_with_few_invalid_actions(tokenizer) -> None:
 def test_parquet_rows_load_with_the_datasets_library(tokenizer, tmp_path: Path) -> None:
     import datasets
 
-    from ragdistill.stages.datasets import _parquet
+    from ragdistill.stages.training_sets import parquet_bytes as _parquet
 
     example = build_example(teacher_record(tokenizer), tokenizer, DISTILL_REMOVED, max_seq_len=4096)
     assert example is not None

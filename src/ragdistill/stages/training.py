@@ -38,7 +38,6 @@ from ragdistill.config import ModelSpec, TrainingLaunch, TrainingRecipe
 from ragdistill.config.run_context import RunContext
 from ragdistill.config.stage_models import Inputs, TrainingSettings
 from ragdistill.layout import dataset_dir
-from ragdistill.stages.datasets import DATA_FILE
 from ragdistill.stages.lifecycle import (
     StageError,
     StageIdentity,
@@ -51,6 +50,7 @@ from ragdistill.stages.lifecycle import (
 )
 from ragdistill.stages.rollout import agent_model
 from ragdistill.stages.training_checkpoints import CHECKPOINTS_DIR, CheckpointSync
+from ragdistill.stages.training_sets import DATA_FILE
 from ragdistill.store import ArtifactStore, Manifest
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ ETO and AgentTuning start such agents with behaviour cloning; so does this stage
   carries a hint block of the environment's example hints (:class:`ExampleHints`), kept in their
   training prompts, so the warm-started agent has seen a hint block before the RAG teacher's prompt
   carries one;
-- ``data.parquet`` + ``README.md``: the training set of the won demonstrations, built by the datasets
-  stage's code (``stages.datasets.write_training_set``), without the few-shot examples unless
+- ``data.parquet`` + ``README.md``: the training set of the won demonstrations, built by the students'
+  training-set code (``stages.training_sets.write_training_set``), without the few-shot examples unless
   ``warm_start.fewshot``;
 - ``adapter/``, ``loss.csv``, ``loss.png``, ``tensorboard/``, ``train.log``, ``result.json``: LoRA on the
   agent's configured model by the training stage's code (``stages.training.train_adapter``), for the
@@ -55,10 +55,16 @@ from ragdistill.rollout.engine import ProgressCallback, RetrievedHints
 from ragdistill.rollout.expert_episodes import Demonstrations, record_demonstrations
 from ragdistill.rollout.plan import environment_digest, select_tasks
 from ragdistill.rollout.play import episode_counts
-from ragdistill.stages.datasets import CARD_FILE, DATA_FILE, ExampleRecipe, selection_for, write_training_set
 from ragdistill.stages.lifecycle import StageError, StageIdentity, StageRun, stage_identity
 from ragdistill.stages.training import OUTPUTS as TRAINING_OUTPUTS
 from ragdistill.stages.training import STUDENT_OUTPUTS, train_adapter, upload_outputs
+from ragdistill.stages.training_sets import (
+    CARD_FILE,
+    DATA_FILE,
+    ExampleRecipe,
+    selection_for,
+    write_training_set,
+)
 from ragdistill.store import ArtifactStore, Manifest, read_records
 
 if TYPE_CHECKING:
