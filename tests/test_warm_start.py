@@ -453,10 +453,8 @@ def test_a_real_warm_start_writes_a_safetensors_checkpoint_the_agent_then_plays_
     assert set(warm.extra["disjoint_from"]) == {"rollouts/base", "rollouts/collect-*", "rollouts/eval-*"}
     import pandas
 
-    prompts = pandas.read_parquet(root / "data.parquet")["messages"].map(
-        lambda m: m[0]["content"] + m[1]["content"]
-    )
-    assert all("- Check that the price is below {price}" in prompt for prompt in prompts), (
+    texts = pandas.read_parquet(root / "data.parquet")["text"]
+    assert len(texts) and all("- Check that the price is below {price}" in text for text in texts), (
         "with hint_share 1 every training prompt keeps its hint block"
     )
     base_weights = Path(resolve_model(config.models.agent.model)) / "model.safetensors"
