@@ -342,6 +342,12 @@ def test_a_deployment_run_by_a_process_worker_completes_and_a_rerun_is_cached(
 
 
 @pytest.mark.slow
+def interruptible() -> None:
+    """Ctrl-C as a terminal delivers it: a test run started in the background by a script (as `make test
+    &` is) ignores SIGINT, and a child inherits that, so its Ctrl-C would never arrive."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_serve_starts_a_server_registers_runs_a_worker_and_stops_both_on_ctrl_c(
     fresh_prefect_home: Path,  # noqa: F811
 ) -> None:
@@ -358,6 +364,7 @@ def test_serve_starts_a_server_registers_runs_a_worker_and_stops_both_on_ctrl_c(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        preexec_fn=interruptible,
     )
     try:
         lines: list[str] = []
