@@ -170,8 +170,10 @@ def test_a_training_killed_on_one_machine_resumes_on_another_from_the_checkpoint
 ) -> None:
     training = TrainingRecipe(
         lora_r=4, lora_alpha=8, lora_dropout=0.0, per_device_batch_size=2, max_steps=MAX_STEPS, save_steps=4,
-        save_total_limit=2, learning_rate=1e-3, torch_threads=1, tensorboard=False,
+        save_total_limit=MAX_STEPS // 4, learning_rate=1e-3, torch_threads=1, tensorboard=False,
     )  # fmt: skip
+    # every checkpoint is kept: with rotation, a quiet machine's training outpaced the 2-s pushes and removed
+    # each checkpoint before its upload was complete, so the first one the store held was the last
     ctx, settings, inputs, work = stage_on_s3(s3_root, tmp_path, training)
     store = ArtifactStore(s3_root)
 
