@@ -13,19 +13,16 @@ leases, never the stages, tasks or flows (and nothing here imports Prefect).
 - ``rollout.expert_episodes``: environment demonstrations recorded as the agent's episodes.
 """
 
-from ragdistill.rollout.continuous import ContinuousRolloutEngine
-from ragdistill.rollout.engine import (
-    EngineSettings,
+from ragdistill.rollout.collaborators import (
     EpisodePool,
     HintSource,
     ProgressCallback,
     RecordSink,
     RetrievedHints,
-    RolloutEngine,
     RolloutStats,
-    call_segments,
-    error_kind,
 )
+from ragdistill.rollout.continuous import ContinuousRolloutEngine
+from ragdistill.rollout.engine import EngineSettings, RolloutEngine, call_segments, error_kind
 from ragdistill.rollout.plan import (
     ResolvedAdapter,
     RolloutPlan,

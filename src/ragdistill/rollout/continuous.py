@@ -26,12 +26,8 @@ from ragdistill.environments.base import TaskInfo
 from ragdistill.inference.base import GenerationRequest
 from ragdistill.inference.streaming import Answer, GenerationStream, open_stream
 from ragdistill.messages import render_messages
-from ragdistill.rollout.engine import (
-    ActiveEpisode,
-    AnsweredTurn,
-    RolloutEngine,
-    RolloutStats,
-)
+from ragdistill.rollout.collaborators import RolloutStats
+from ragdistill.rollout.engine import ActiveEpisode, AnsweredTurn, RolloutEngine
 from ragdistill.rollout.env_driver import DriverFailure, EnvDriver, EnvEvent, ResetDone, StepDone
 
 

@@ -21,8 +21,8 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any
 
 from ragdistill.agents.control import ContextBudgetError, StopRules, fit_to_budget
 from ragdistill.agents.formats import AgentFormat
@@ -39,55 +39,16 @@ from ragdistill.episodes import (
 )
 from ragdistill.inference.base import Backend, Generation, GenerationRequest
 from ragdistill.messages import Segment, render_messages
+from ragdistill.rollout.collaborators import (
+    EpisodePool,
+    HintSource,
+    ProgressCallback,
+    RecordSink,
+    RetrievedHints,
+    RolloutStats,
+)
 
 __all__ = ["EpisodeRecord", "RolloutEngine", "call_segments"]
-
-
-@dataclass(frozen=True)
-class RetrievedHints:
-    """What a hint source gives one episode at its start."""
-
-    texts: list[str]
-    ids: list[str]
-    tokens: int = 0
-    reason: str | None = None  # why fewer than k hints came back, when they did
-
-
-class HintSource(Protocol):
-    """Retrieves hints once per episode, for a whole batch of starting episodes at a time."""
-
-    def hints_for(self, starts: Sequence[tuple[TaskInfo, str]]) -> list[RetrievedHints]: ...
-
-
-class RecordSink(Protocol):
-    """Where finished episodes go (``store.RecordLog``): one call per episode, durable on return."""
-
-    def append(self, record: dict[str, Any]) -> None: ...
-
-
-class EpisodePool(Protocol):
-    """The part of the environment pool the engine uses (see ``environments.pool.EnvPool``)."""
-
-    @property
-    def workers(self) -> int: ...
-
-    def reset_many(self, tasks: Sequence[TaskInfo]) -> list[tuple[int, ResetResult] | EnvError]: ...
-
-    def step_many(self, actions: Sequence[tuple[int, str]]) -> list[StepResult | EnvError]: ...
-
-    def release(self, slot: int) -> None: ...
-
-
-@dataclass
-class RolloutStats:
-    finished: int = 0
-    won: int = 0
-    errors: int = 0
-    transient_errors: int = 0
-    model_calls: int = 0
-    completion_tokens: int = 0
-    seconds: float = 0.0
-    started_task_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -111,10 +72,6 @@ class AnsweredTurn:
     step: Step
     stop_reason: StopReason | None
     env_action: str | None
-
-
-ProgressCallback = Callable[[EpisodeRecord, int, int], None]
-"""Called after each finished episode with (record, finished so far, episodes in this run)."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ragdistill.environments.base import EnvError, ResetResult, StepResult, TaskInfo
-from ragdistill.rollout.engine import EpisodePool
+from ragdistill.rollout.collaborators import EpisodePool
 
 
 @dataclass(frozen=True)

@@ -30,14 +30,14 @@ from ragdistill.config.stage_models import EnvSettings
 from ragdistill.environments.base import EnvError, TaskInfo
 from ragdistill.episodes import EpisodeRecord, Step, StopReason, turn_segments
 from ragdistill.messages import ChatMessage, Segment, render_messages
-from ragdistill.rollout.engine import (
+from ragdistill.rollout.collaborators import (
     EpisodePool,
     HintSource,
     ProgressCallback,
     RecordSink,
     RetrievedHints,
-    error_kind,
 )
+from ragdistill.rollout.engine import error_kind
 from ragdistill.rollout.plan import examples_provider, open_pool
 from ragdistill.rollout.plan import prompt_version as prompt_version_of
 from ragdistill.rollout.play import episode_log, write_task_list

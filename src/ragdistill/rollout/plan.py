@@ -24,7 +24,7 @@ from ragdistill.config.stage_models import EnvSettings, RolloutSettings, TaskSel
 from ragdistill.environments.base import EnvError, TaskInfo
 from ragdistill.episodes import EpisodeSource
 from ragdistill.identity import code_fingerprint, digest
-from ragdistill.rollout.engine import HintSource
+from ragdistill.rollout.collaborators import HintSource
 from ragdistill.store import ArtifactStore
 
 if TYPE_CHECKING:

@@ -24,14 +24,9 @@ from ragdistill.inference.base import Backend
 from ragdistill.inference.shared import shared_backend
 from ragdistill.layout import rollout_prefix
 from ragdistill.leases import StageLease
+from ragdistill.rollout.collaborators import HintSource, ProgressCallback, RolloutStats
 from ragdistill.rollout.continuous import ContinuousRolloutEngine
-from ragdistill.rollout.engine import (
-    EngineSettings,
-    HintSource,
-    ProgressCallback,
-    RolloutEngine,
-    RolloutStats,
-)
+from ragdistill.rollout.engine import EngineSettings, RolloutEngine
 from ragdistill.rollout.plan import (
     ResolvedAdapter,
     RolloutPlan,

@@ -37,7 +37,7 @@ from ragdistill.inference.base import Backend, ChatMessage, Generation, Generati
 from ragdistill.inference.shared import shared_backend
 from ragdistill.inference.streaming import GenerationStream
 from ragdistill.layout import SHARDS_DIR
-from ragdistill.rollout.engine import ProgressCallback, RolloutStats
+from ragdistill.rollout.collaborators import ProgressCallback, RolloutStats
 from ragdistill.rollout.plan import RolloutPlan
 from ragdistill.store import ArtifactStore, RecordLog
 

@@ -35,7 +35,7 @@ from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend
 from ragdistill.layout import COLLECT_PREFIX, ROLLOUTS_DIR, collect_stage, rollout_prefix
-from ragdistill.rollout.engine import ProgressCallback
+from ragdistill.rollout.collaborators import ProgressCallback
 from ragdistill.rollout.plan import resolve_adapter, select_tasks
 from ragdistill.stages.lifecycle import StageError, StageIdentity, recorded_inputs
 from ragdistill.stages.rollout import agent_role, identity_for, play_settings, warm_start_store

@@ -37,7 +37,7 @@ from ragdistill.config.stage_models import EvaluationSettings, Inputs
 from ragdistill.inference.base import Backend
 from ragdistill.layout import ADAPTERS_DIR, STUDENTS, adapter_dir, adapter_folder, eval_stage
 from ragdistill.retrieval.engines import RetrievalEngines
-from ragdistill.rollout.engine import HintSource, ProgressCallback
+from ragdistill.rollout.collaborators import HintSource, ProgressCallback
 from ragdistill.rollout.plan import ResolvedAdapter, resolve_adapter, select_tasks
 from ragdistill.stages.lifecycle import StageError, StageIdentity, handed, verified_input
 from ragdistill.stages.rollout import agent_role, identity_for, play_settings, rollout_identity

@@ -21,7 +21,7 @@ from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.factory import BACKEND_LIBRARIES
 from ragdistill.layout import ROLLOUT_OUTPUTS
 from ragdistill.retrieval.engines import RetrievalEngines
-from ragdistill.rollout.engine import HintSource, ProgressCallback
+from ragdistill.rollout.collaborators import HintSource, ProgressCallback
 from ragdistill.rollout.expert_episodes import Demonstrations, record_demonstrations
 from ragdistill.rollout.plan import environment_digest, select_tasks, task_list_facts
 from ragdistill.rollout.play import episode_counts

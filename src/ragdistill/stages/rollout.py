@@ -51,7 +51,7 @@ from ragdistill.episodes import EpisodeRecord
 from ragdistill.inference.base import Backend
 from ragdistill.inference.factory import BACKEND_LIBRARIES
 from ragdistill.layout import ROLLOUT_OUTPUTS, WARM_START_DIR, WARM_START_MODEL
-from ragdistill.rollout.engine import HintSource, ProgressCallback
+from ragdistill.rollout.collaborators import HintSource, ProgressCallback
 from ragdistill.rollout.plan import (
     ResolvedAdapter,
     RolloutPlan,

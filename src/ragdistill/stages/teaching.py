@@ -19,7 +19,7 @@ from ragdistill.retrieval.bank import load_nonempty_bank
 from ragdistill.retrieval.engines import RetrievalEngines
 from ragdistill.retrieval.index import HintIndex
 from ragdistill.retrieval.teacher import build_hint_source
-from ragdistill.rollout.engine import HintSource, ProgressCallback
+from ragdistill.rollout.collaborators import HintSource, ProgressCallback
 from ragdistill.stages.engines import SharedEngines
 from ragdistill.stages.lifecycle import StageError, StageIdentity, handed, rerun_remedy, verified_input
 from ragdistill.stages.rollout import play_settings, rollout_identity

@@ -51,7 +51,7 @@ from ragdistill.environments.base import TaskInfo
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.identity import digest
 from ragdistill.layout import RECORD_LOG_FILES, TASKS_FILE, WARM_START_DIR, WARM_START_MODEL
-from ragdistill.rollout.engine import ProgressCallback, RetrievedHints
+from ragdistill.rollout.collaborators import ProgressCallback, RetrievedHints
 from ragdistill.rollout.expert_episodes import Demonstrations, record_demonstrations
 from ragdistill.rollout.plan import environment_digest, select_tasks
 from ragdistill.rollout.play import episode_counts

@@ -7,7 +7,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from ragdistill.episodes import EpisodeRecord
 from ragdistill.layout import rollout_prefix
-from ragdistill.rollout.engine import ProgressCallback
+from ragdistill.rollout.collaborators import ProgressCallback
 from ragdistill.tasks.common import send_progress
 
 

@@ -14,7 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ragdistill.config import OrchestrationConfig
 from ragdistill.config.run_context import RunContext
-from ragdistill.rollout.engine import RolloutStats
+from ragdistill.rollout.collaborators import RolloutStats
 from ragdistill.rollout.play import play_shard
 from ragdistill.rollout.shards import ShardJob, ShardRunner, for_threads, use_shard_runner
 from ragdistill.tasks.progress import progress_reporter
