@@ -20,7 +20,7 @@ from ragdistill.config import ExperimentConfig
 from ragdistill.config.stages import PipelineSettings
 from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
 from ragdistill.rollout import ShardJob, plan_rollout, play_shard, split_round_robin, use_shard_runner
-from ragdistill.stages.rollout import run_rollout
+from ragdistill.stages.rollout import role_config, run_rollout
 from ragdistill.store import ArtifactStore, Manifest, read_manifest, read_records
 from test_stages import counter_config as stage_config
 
@@ -103,7 +103,7 @@ def test_a_failed_shard_resumes_alone_and_a_dead_drivers_shard_is_merged(tmp_pat
     # A driver that died after its shard 1 played t1 leaves that shard's folder behind:
     settings = PipelineSettings.from_experiment(config)
     plan = plan_rollout(
-        settings.ctx, settings.rollout(), role=settings.ctx.role_config(settings.rollout().role)
+        settings.ctx, settings.rollout(), role=role_config(settings.ctx, settings.rollout().role)
     )
     left_behind = InstructedPolicyDouble()
     play_shard(ShardJob(settings.ctx, plan, 1, 2, [plan.tasks[1]], backend=left_behind))

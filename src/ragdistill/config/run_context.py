@@ -4,15 +4,13 @@ root belongs to (:class:`ExperimentRecord`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from pydantic import Field
 
 from ragdistill.config.base import Frozen
 from ragdistill.config.experiment import ExperimentConfig
-from ragdistill.config.models import BackendConfig, RoleConfig
+from ragdistill.config.models import BackendConfig
 from ragdistill.config.rollouts import OrchestrationConfig, RolloutConfig
-from ragdistill.config.stage_models import RoleSettings
 from ragdistill.config.training import TrainingLaunch
 
 
@@ -81,10 +79,3 @@ class RunContext(Frozen):
             replace_experiment=config.run.replace_experiment,
             warm_start_root=warm_start_root,
         )
-
-    def role_config(self, role: RoleSettings, **backend_update: Any) -> RoleConfig:
-        """The role as the inference layer loads it: its settings plus this context's engine settings."""
-        backend = self.backends.get(role.name) or BackendConfig(kind=role.backend)
-        if backend_update:
-            backend = backend.model_copy(update=backend_update)
-        return RoleConfig(model=role.model, backend=backend, sampling=role.sampling)

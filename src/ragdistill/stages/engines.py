@@ -1,7 +1,7 @@
 """The engines a stage's retrieval runs on in this process (a ``retrieval.engines.RetrievalEngines``).
 
 A role's settings say what it generates; the run context says how its engine loads
-(``RunContext.role_config``). Backends and embedders are loaded once per process and shared with the
+(``stages.rollout.role_config``). Backends and embedders are loaded once per process and shared with the
 other stages that name the same model (``inference.shared``, ``retrieval.embed``).
 """
 
@@ -15,6 +15,7 @@ from ragdistill.inference.base import Backend
 from ragdistill.inference.shared import shared_backend
 from ragdistill.retrieval import embed
 from ragdistill.retrieval.bank import TextEmbedder
+from ragdistill.stages.rollout import role_config
 
 
 @dataclass(frozen=True)
@@ -27,4 +28,4 @@ class SharedEngines:
         return embed.get_embedder(model_name)
 
     def backend(self, role: RoleSettings) -> Backend:
-        return shared_backend(self.ctx.role_config(role))
+        return shared_backend(role_config(self.ctx, role))

@@ -27,6 +27,7 @@ from ragdistill.inference.factory import BACKEND_LIBRARIES
 from ragdistill.inference.shared import shared_backend
 from ragdistill.layout import HINTS_DIR, REJECTED_HINTS
 from ragdistill.stages.lifecycle import StageIdentity, StageRun, handed, stage_identity, verified_input
+from ragdistill.stages.rollout import role_config
 from ragdistill.store import ArtifactStore, Manifest, read_records
 
 CHUNKS_DIR = f"{HINTS_DIR}/chunks"
@@ -69,7 +70,7 @@ def run_mining(
         failures, counts = select_failures(records, rules.max_failures)
         ledger = _load_ledger(store)
         new = [record for record in failures if episode_id(record) not in ledger]
-        extractor = ctx.role_config(settings.extractor)
+        extractor = role_config(ctx, settings.extractor)
         options = extraction_options(rules, extractor.sampling)
         chunk_size = ctx.mining_chunk_size
         sent = 0
