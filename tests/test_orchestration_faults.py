@@ -66,65 +66,59 @@ def collect(config: ExperimentConfig, backend: Backend) -> tuple[CollectBatch, M
 
 class LeaseBarrierStore(ArtifactStore):
     """An artifact store that lines ``parties`` threads up on their first lease candidate: each waits
-    before writing it until all have listed the empty folder, after writing it until all have written, and
-    before withdrawing it until all are withdrawing, so every contender lists every other candidate: the
-    tie the lease must resolve. Without the first wait, a thread started late (a loaded machine) lists the
-    early one's candidate, is refused at once, and the early one waits for a write that never comes."""
+    before writing it until all have listed the empty folder, and after writing it until all have
+    written, so every contender lists every other candidate: the tie the lease must resolve. Without the
+    first wait, a thread started late (a loaded machine) lists the early one's candidate and is refused
+    at once, and the early one waits for a write that never comes."""
 
     def __init__(self, root: str, parties: int) -> None:
         super().__init__(root)
-        self.listed, self.written, self.withdrawing = (
-            threading.Barrier(parties, timeout=30) for _ in range(3)
-        )
-        self.waited: dict[str, set[int]] = {"write": set(), "delete": set()}
-
-    def _first(self, operation: str, relative: str) -> bool:
-        if "/.lease-" not in relative or threading.get_ident() in self.waited[operation]:
-            return False
-        self.waited[operation].add(threading.get_ident())
-        return True
+        self.listed, self.written = (threading.Barrier(parties, timeout=30) for _ in range(2))
+        self.waited: set[int] = set()
 
     def write_json(self, relative: str, payload: Any) -> None:
-        first = self._first("write", relative)
+        first = "/.lease-" in relative and threading.get_ident() not in self.waited
         if first:
+            self.waited.add(threading.get_ident())
             self.listed.wait()
         super().write_json(relative, payload)
         if first:
             self.written.wait()
 
-    def delete(self, relative: str) -> None:
-        if self._first("delete", relative):
-            self.withdrawing.wait()
-        super().delete(relative)
 
-
-def test_two_runs_that_write_their_lease_candidates_at_once_leave_exactly_one_holder(tmp_path: Path) -> None:
-    """Both see the other's candidate and withdraw; with ``wait_s`` 0 neither may give up on a contender
-    that withdrew, so one holds and the other is refused with the holder's name."""
-    store = LeaseBarrierStore(f"file://{tmp_path}", parties=2)
+@pytest.mark.parametrize("parties", [2, 3])
+def test_runs_that_write_their_lease_candidates_at_once_leave_exactly_one_holder(
+    tmp_path: Path, parties: int
+) -> None:
+    """Every run lists every other's candidate; with ``wait_s`` 0 none may give up on a contender that
+    withdraws: the smallest token holds (whatever the timing), the others are refused naming it."""
+    store = LeaseBarrierStore(f"file://{tmp_path}", parties=parties)
+    leases = [
+        StageLease(store, "retrain", label=f"retrain-{i}", wait_s=0.0, poll_s=0.2) for i in range(parties)
+    ]
     held: list[str] = []
     refused: list[str] = []
-    both_tried = threading.Barrier(2, timeout=30)
+    all_tried = threading.Barrier(parties, timeout=30)
 
-    def contender(name: str) -> None:
-        lease = StageLease(store, "retrain", label=name, wait_s=0.0, poll_s=0.2)
+    def contender(lease: StageLease) -> None:
         try:
             lease.acquire()
         except LeaseHeldError as error:
             refused.append(str(error))
-            both_tried.wait()
+            all_tried.wait()
             return
-        held.append(name)
-        both_tried.wait()
+        held.append(lease.label)
+        all_tried.wait()
         lease.release()
 
-    threads = [threading.Thread(target=contender, args=(f"retrain-{i}",)) for i in range(2)]
+    threads = [threading.Thread(target=contender, args=(lease,)) for lease in reversed(leases)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-    assert len(held) == 1 and len(refused) == 1, (held, refused)
-    assert f"'{held[0]}'" in refused[0], "the refused run names the holder"
+    first = min(leases, key=lambda lease: lease.token)
+    assert held == [first.label] and len(refused) == parties - 1, (held, refused)
+    assert all(f"'{first.label}'" in message for message in refused), "the refused runs name the holder"
     assert store.list("retrain", hidden=True) == []
 
 

@@ -12,10 +12,13 @@ The holder refreshes its candidate every ``heartbeat_s``. A candidate of a dead 
 or one not refreshed for ``stale_after_s``, is stale and removed by whoever sees it. A run that finds the
 folder held waits up to ``wait_s``, then stops with an error naming the holder.
 
-Two runs that write their candidates at the same moment both see the other and both withdraw. So that
-such a tie never makes both give up (with ``wait_s`` 0, as the retrain lease has), a run whose deadline
-has passed tries again, after a random pause, while the candidate it saw has been withdrawn since: a
-holder keeps its candidate, a withdrawn contender does not (at most :data:`CONTENTION_RETRIES` times).
+Two runs that write their candidates at the same moment see each other. The tie is broken by the
+candidates' tokens (creation time, then a random suffix), never by timing: the run whose token is the
+smallest of those it sees keeps its candidate and waits until the others are withdrawn, the others
+withdraw. A candidate says whether its run holds the folder (``held``, written once the run has
+decided), so a run never waits on a holder, and a holder is never displaced by an earlier token that
+arrives late: the late run sees ``held`` and withdraws. Exactly one run of a tie holds, also with
+``wait_s`` 0 (the retrain lease), and it is always the same one.
 """
 
 from __future__ import annotations
@@ -36,7 +39,6 @@ from ragdistill.processes import process_alive
 from ragdistill.store import ArtifactError, ArtifactStore, StorageError
 
 LEASE_PREFIX = ".lease-"
-CONTENTION_RETRIES = 8
 log = logging.getLogger("ragdistill.leases")
 _LIVE_TOKENS: set[str] = set()
 """Tokens of this process's leases that are being acquired or are held. A candidate of this process
@@ -55,6 +57,8 @@ class LeaseHolder:
     label: str
     acquired_at: float
     refreshed_at: float
+    held: bool = False
+    """False while the run is still deciding (it may withdraw), True once it holds the folder."""
 
     def describe(self) -> str:
         age = time.time() - self.acquired_at
@@ -115,31 +119,37 @@ class StageLease:
             return holder.token not in _LIVE_TOKENS
         return time.time() - holder.refreshed_at > self.stale_after_s
 
-    def _write(self, acquired_at: float) -> None:
+    def _write(self, acquired_at: float, *, held: bool) -> None:
         holder = LeaseHolder(
-            self.token, socket.gethostname(), os.getpid(), self.label, acquired_at, time.time()
+            self.token, socket.gethostname(), os.getpid(), self.label, acquired_at, time.time(), held
         )
         self.store.write_json(self.path, asdict(holder))
 
     def _try_acquire(self) -> LeaseHolder | None:
-        """None when the lease is ours; else a holder to name."""
+        """None when the lease is ours; else the holder, or the contender ahead of this run, to name."""
         before = self._candidates()
         if before:
-            return before[0]
+            return _first_to_name(before)
         self._acquired_at = time.time()
-        self._write(self._acquired_at)
-        others = [holder for holder in self._candidates() if holder.token != self.token]
-        if not others:
-            return None
-        self.store.delete(self.path)
-        return min(others, key=lambda holder: holder.acquired_at)
+        self._write(self._acquired_at, held=False)
+        try:
+            while others := [holder for holder in self._candidates() if holder.token != self.token]:
+                ahead = [holder for holder in others if holder.held or holder.token < self.token]
+                if ahead:
+                    self.store.delete(self.path)
+                    return _first_to_name(ahead)
+                time.sleep(min(self.poll_s, 0.05))  # later contenders: each withdraws, or says it holds
+            self._write(self._acquired_at, held=True)
+        except BaseException:
+            self._withdraw_quietly()
+            raise
+        return None
 
-    def _withdrawn(self, holder: LeaseHolder) -> bool:
-        """After a random pause: whether ``holder``'s candidate is gone (a contender that withdrew, or a
-        holder that finished), so trying again is worth it."""
-        time.sleep(min(self.poll_s, 0.5) * random.random())
-        candidate = f"{self.stage_dir}/{LEASE_PREFIX}{holder.token}.json"
-        return candidate not in self.store.list(self.stage_dir, hidden=True)
+    def _withdraw_quietly(self) -> None:
+        try:
+            self.store.delete(self.path)
+        except Exception as error:  # the store failed first; its candidate goes stale
+            log.warning("could not withdraw the lease candidate %s: %s", self.store.uri(self.path), error)
 
     def acquire(self) -> StageLease:
         _LIVE_TOKENS.add(self.token)
@@ -157,12 +167,8 @@ class StageLease:
     def _wait_for_turn(self) -> None:
         """Return once this run holds the folder; LeaseHeldError when ``wait_s`` passes before that."""
         deadline = time.monotonic() + self.wait_s
-        contended = 0
         while (holder := self._try_acquire()) is not None:
             if time.monotonic() >= deadline:
-                if contended < CONTENTION_RETRIES and self._withdrawn(holder):
-                    contended += 1
-                    continue
                 raise LeaseHeldError(
                     f"{self.store.uri(self.stage_dir)} is being written by {holder.describe()}; wait for that "
                     "run to finish (or stop it), set run.lease_wait_s to wait for it, or give this run another "
@@ -174,7 +180,7 @@ class StageLease:
         """Keeps refreshing through a storage outage: the stage itself fails on its next write."""
         while not self._stop.wait(self.heartbeat_s):
             try:
-                self._write(self._acquired_at)
+                self._write(self._acquired_at, held=True)
             except StorageError as error:
                 log.warning("could not refresh the lease on %s: %s", self.store.uri(self.stage_dir), error)
 
@@ -197,3 +203,8 @@ class StageLease:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.release()
+
+
+def _first_to_name(candidates: list[LeaseHolder]) -> LeaseHolder:
+    """The holder among ``candidates``, else the contender that will hold (the smallest token)."""
+    return min(candidates, key=lambda holder: (not holder.held, holder.token))
