@@ -29,6 +29,7 @@ from ragdistill.environments.webshop.reward import (
     option_matches,
     product_can_match_every_option,
     score_purchase,
+    some_purchase_wins,
     upstream_process,
 )
 from ragdistill.environments.webshop.search import search_engine
@@ -501,6 +502,20 @@ def test_upstream_option_rule_leaves_some_goals_unwinnable(catalog: Catalog) -> 
     assert all(goal.options_as_pairs for goal in goals)
 
 
+def test_the_goals_their_own_product_cannot_win_no_other_product_wins(catalog: Catalog) -> None:
+    """``env check``'s ``goals_winnable`` tries every product: test goals 20, 28 and 73 are lost by every
+    purchase (so the expert's 97 of the first 100 test goals is every goal that can be won), while a
+    goal its product wins is found winnable, unless that product costs more than the goal allows."""
+    goals = goals_of(catalog)
+    for index in (20, 28, 73):
+        assert not some_purchase_wins(catalog.products, catalog.prices, goals[index]), index
+    winnable = goals[0]
+    assert some_purchase_wins(catalog.products, catalog.prices, winnable)
+    own = [catalog.by_asin[winnable.asin]]
+    assert some_purchase_wins(own, catalog.prices, winnable)
+    assert not some_purchase_wins(own, {winnable.asin: winnable.price_upper + 0.01}, winnable)
+
+
 def test_expert_wins_test_and_human_goals_in_the_top3_view(data_dir: Path, catalog: Catalog) -> None:
     """The expert wins every goal that can be won; on the two of the first 60 test goals that upstream's
     option rule makes unwinnable (20, 28) it gets what the goal's own product and options get."""
@@ -553,9 +568,12 @@ def test_registry_factory_and_version(data_dir: Path) -> None:
 
 
 def test_expert_and_random_through_the_pool(data_dir: Path) -> None:
-    expert = check_env("webshop", split="test", limit=8, policy="expert", workers=2, data_dir=data_dir)
-    assert (expert["success_rate"], expert["mean_reward"], expert["errors"]) == (1.0, 1.0, 0)
-    assert expert["report"]["score"] == 100.0 and expert["report"]["noun_tagger"]
+    """Test goal 20 is won by no purchase (upstream's option rule): the expert wins the 20 others."""
+    expert = check_env("webshop", split="test", limit=21, policy="expert", workers=2, data_dir=data_dir)
+    assert (expert["won"], expert["errors"]) == (20, 0)
+    report = expert["report"]
+    assert (report["goals_winnable_with_their_product"], report["goals_winnable"]) == (20, 20)
+    assert report["success_over_winnable"] == 1.0 and 95.0 < report["score"] < 100.0 and report["noun_tagger"]
     assert (
         0.0
         <= expert["report"]["instruction_query_top3"]

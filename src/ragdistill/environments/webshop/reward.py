@@ -152,6 +152,21 @@ def product_can_match_every_option(product: Product, goal: Goal) -> bool:
     return any(option_matches(combo, wanted) == len(wanted) for combo in itertools.product(*choices))
 
 
+def some_purchase_wins(products: Iterable[Product], prices: Mapping[str, float], goal: Goal) -> bool:
+    """Whether buying some product of ``products`` at its price in ``prices``, with some choice of its
+    options, wins ``goal`` (reward 1). Tried exhaustively, so a goal this says no to is lost by every
+    policy: under upstream's option rule, for instance, the 20 of the first 500 test goals that their own
+    product cannot win are won by no other product of the catalogue either."""
+    for product in products:
+        if prices[product.asin] > goal.price_upper or type_parts(product, goal)[0] < 1.0:
+            continue
+        if attribute_matches(product, goal.attributes) < len(goal.attributes):
+            continue
+        if product_can_match_every_option(product, goal):
+            return True
+    return False
+
+
 def score_purchase(product: Product, goal: Goal, price: float, chosen: Mapping[str, str]) -> RewardParts:
     """The reward for buying ``product`` at ``price`` with options ``chosen`` (name -> value) for ``goal``."""
     r_type, query_match, category_match, title_score = type_parts(product, goal)
