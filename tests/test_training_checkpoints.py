@@ -78,6 +78,32 @@ def test_push_copies_complete_checkpoints_trainer_state_last_and_follows_the_rot
     assert sync.push() == [], "nothing is copied twice"
 
 
+def test_push_copies_the_newest_complete_checkpoint_and_an_older_one_only_when_the_newest_is_rotated_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training that saves faster than the uploads go: each push copies the newest checkpoint (a resume
+    needs no other); when the Trainer removes that one mid-upload, the next newest is copied instead."""
+    store, local = ArtifactStore(str(tmp_path / "root")), tmp_path / "work" / "checkpoints"
+    sync = CheckpointSync(store, STAGE, local)
+    for step in (2, 4):
+        make_checkpoint(local, step)
+    assert sync.push() == ["checkpoint-4"] and sorted(sync.stored_checkpoints()) == ["checkpoint-4"]
+    for step in (6, 8):
+        make_checkpoint(local, step)
+    original = store.upload_file
+
+    def rotated_while_uploading(relative: str, source: Path) -> None:
+        if "/checkpoint-8/" in relative:
+            shutil.rmtree(local / "checkpoint-8")
+            raise FileNotFoundError(source)
+        original(relative, source)
+
+    monkeypatch.setattr(store, "upload_file", rotated_while_uploading)
+    assert sync.push() == ["checkpoint-6"]
+    complete = [name for name, files in sync.stored_checkpoints().items() if "trainer_state.json" in files]
+    assert sorted(complete) == ["checkpoint-4", "checkpoint-6"]
+
+
 def test_pull_copies_the_newest_complete_checkpoint_only_where_none_is_as_new(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -3,8 +3,8 @@ on another.
 
 On an ``s3://`` run root a training runs in a local working folder (a cache), whose checkpoints a new
 machine lacks. :class:`CheckpointSync` mirrors that folder's ``checkpoints/`` to
-``adapters/<name>/checkpoints/`` in the store while the training runs (machine 0 pushes, every few
-seconds and once more at the end), and before a training starts :meth:`CheckpointSync.pull` copies the
+``adapters/<name>/checkpoints/`` in the store while the training runs (machine 0 pushes its newest
+complete checkpoint every few seconds, and once more at the end), and before a training starts :meth:`CheckpointSync.pull` copies the
 store's newest complete checkpoint into a working folder that has none as new, where the training's own
 resume finds it.
 
@@ -79,13 +79,20 @@ class CheckpointSync:
         return newest
 
     def push(self) -> list[str]:
-        """Upload what the store lacks of the working folder's complete checkpoints (each file once, the
-        trainer state last), then remove from the store the checkpoints no longer in the folder; the
-        names of the checkpoints uploaded to."""
+        """Upload what the store lacks of the working folder's newest complete checkpoint (each file once,
+        the trainer state last; an older one when the Trainer rotates the newest out meanwhile), then
+        remove from the store the checkpoints no longer in the folder; the names of the checkpoints
+        uploaded to. Newest first, because a resume needs only the newest, and a training that saves
+        faster than the uploads go rotates older ones away before they would be complete in the store."""
         with self._lock:
             stored = self._stored if self._stored is not None else self.stored_checkpoints()
             self._stored = stored
-            uploaded = [name for name in self._local_complete() if self._upload(stored, name)]
+            uploaded = []
+            for name in reversed(self._local_complete()):
+                if self._upload(stored, name):
+                    uploaded.append(name)
+                if CHECKPOINT_COMPLETE_FILE in stored.get(name, ()):
+                    break
             local = {path.name for path in self.local.glob(f"{CHECKPOINT_PREFIX}*") if path.is_dir()}
             for name in sorted(set(stored) - local):
                 self.store.delete(f"{self.prefix}/{name}")
