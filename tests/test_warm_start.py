@@ -79,7 +79,7 @@ def test_the_warm_start_is_off_by_default_and_in_the_paper_configs_and_on_in_bot
         "paper-webshop-stateact",
     ):
         assert not demo(name).warm_start.enabled, name
-    for name, games in (("demo-alfworld", 60), ("demo-webshop", 40)):
+    for name, games in (("demo-alfworld", 42), ("demo-webshop", 40)):
         config = demo(name)
         warm = PipelineSettings.from_experiment(config).warm_start
         assert config.warm_start.enabled and config.distill.teacher == "rag"
@@ -97,7 +97,7 @@ def test_unset_length_and_start_follow_the_training_section_and_the_rollout() ->
     )
     assert warm.training.max_steps is None, "training.max_steps is the students' length, not the warm start's"
     assert warm.tasks.start == config.env.limit == config.warm_start_first()
-    elsewhere = with_overrides(config, {"warm_start.split": "valid_seen"})
+    elsewhere = with_overrides(config, {"warm_start.split": "valid_unseen"})
     assert elsewhere.warm_start_first() == 0
 
 
@@ -106,7 +106,7 @@ def test_unset_length_and_start_follow_the_training_section_and_the_rollout() ->
     [
         (
             {"warm_start.start": 4},
-            r"the warm start demonstrates positions 4–63 of split 'train'.*It overlaps the base rollout \(and "
+            r"the warm start demonstrates positions 4–45 of split 'train'.*It overlaps the base rollout \(and "
             r"the RAG teacher\) \(positions 0–7 of split 'train'\) at positions 4–7: set warm_start\.start "
             r"to 8 or more",
         ),
@@ -118,11 +118,11 @@ def test_unset_length_and_start_follow_the_training_section_and_the_rollout() ->
         (
             {"collect.start": 20},
             r"It overlaps the collect batches \(positions 20 to the end of split 'train'\) at positions "
-            r"20–67: set collect\.start to 68 or more \(or leave it empty",
+            r"20–49: set collect\.start to 50 or more \(or leave it empty",
         ),
         (
-            {"warm_start.split": "valid_unseen", "warm_start.start": 0},
-            r"the evaluation \(positions 0–11 of split 'valid_unseen'\) at positions 0–11: set "
+            {"warm_start.split": "valid_seen", "warm_start.start": 0},
+            r"the evaluation \(positions 0–5 of split 'valid_seen'\) at positions 0–5: set "
             r"warm_start\.split to a training split",
         ),
         (
@@ -155,7 +155,7 @@ def test_a_bad_warm_start_is_refused_when_the_config_loads_naming_the_overlap_an
 def test_collect_batches_start_after_the_warm_start_and_never_play_its_tasks(tmp_path: Path) -> None:
     config = demo(**{"run.run_root": f"file://{tmp_path}/run"})
     stages = PipelineSettings.from_experiment(config)
-    assert config.collect_first() == 68 and stages.collect(0).tasks.start == 68
+    assert config.collect_first() == 50 and stages.collect(0).tasks.start == 50
     assert stages.reserved_tasks()[WARM_START_DIR] == stages.warm_start.tasks
     off = with_overrides(config, {"warm_start.enabled": False})
     assert (
