@@ -79,13 +79,12 @@ def test_the_warm_start_is_off_by_default_and_in_the_paper_configs_and_on_in_bot
         "paper-webshop-stateact",
     ):
         assert not demo(name).warm_start.enabled, name
-    for name, games, epochs, learning_rate in (("demo-alfworld", 42, 2, 1e-3), ("demo-webshop", 40, 1, 2e-3)):
+    for name, games in (("demo-alfworld", 42), ("demo-webshop", 40)):
         config = demo(name)
         warm = PipelineSettings.from_experiment(config).warm_start
         assert config.warm_start.enabled and config.distill.teacher == "rag"
         assert (warm.tasks.start, warm.tasks.limit - warm.tasks.start) == (config.env.limit, games)
-        training = warm.training
-        assert (training.epochs, training.learning_rate, training.max_steps) == (epochs, learning_rate, None)
+        assert (warm.training.epochs, warm.training.learning_rate, warm.training.max_steps) == (2, 1e-3, None)
         assert warm.removed == ["fewshot"] and warm.base_model == config.models.agent.model
 
 
