@@ -19,6 +19,7 @@ from ragdistill.preload import (
     find_libraries,
     preload_environment,
     preload_value,
+    without_openmp_preload,
 )
 
 TCMALLOC = Path("/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
@@ -158,3 +159,58 @@ def test_a_real_process_restarts_itself_once_with_the_libraries() -> None:
     for library in (libraries.tcmalloc, libraries.iomp):
         if library is not None:
             assert library.name in child.stdout
+
+
+@pytest.mark.parametrize(
+    ("current", "expected"),
+    [
+        (f"{TCMALLOC}:{IOMP}", str(TCMALLOC)),
+        (f"{IOMP} /x/libfoo.so", "/x/libfoo.so"),
+        (str(IOMP), None),
+        ("", None),
+    ],
+)
+def test_a_process_without_an_engine_starts_without_intel_openmp(current: str, expected: str | None) -> None:
+    environment = without_openmp_preload(
+        {"LD_PRELOAD": current, "OTHER": "kept"} if current else {"OTHER": "kept"}
+    )
+    assert environment.get("LD_PRELOAD") == expected and environment["OTHER"] == "kept"
+
+
+AFFINITY_CHILD = """
+import os, torch
+torch.ones(4096, 4096) @ torch.ones(4096, 64)  # starts the OpenMP threads
+print(len(os.sched_getaffinity(0)))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is a Linux loader feature")
+def test_a_training_process_keeps_every_core_under_accelerates_affinity_setting() -> None:
+    """accelerate's CPU launcher sets ``KMP_AFFINITY=granularity=fine,compact,1,0`` in the processes it
+    starts; with Intel OpenMP preloaded, as the ``ragdistill`` command does for vLLM, that pins a training
+    to one core. The training's environment (``without_openmp_preload``) keeps every core."""
+    libraries = find_libraries()
+    cores = len(os.sched_getaffinity(0))
+    require(libraries.iomp is not None, "Intel OpenMP is not installed here (the project's `cpu` extra)")
+    require(cores >= 2, "one core: nothing to pin away")
+    engine = {
+        **os.environ,
+        "LD_PRELOAD": str(libraries.iomp),
+        "KMP_AFFINITY": "granularity=fine,compact,1,0",
+        "KMP_DUPLICATE_LIB_OK": "True",
+        "OMP_NUM_THREADS": str(cores),
+    }
+
+    def cores_of_a_child(environment: dict[str, str]) -> int:
+        child = subprocess.run(
+            [sys.executable, "-c", AFFINITY_CHILD],
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=120,
+        )
+        assert child.returncode == 0, child.stderr[-2000:]
+        return int(child.stdout.split()[-1])
+
+    assert cores_of_a_child(engine) < cores, "Intel OpenMP under accelerate's setting pins the process"
+    assert cores_of_a_child(without_openmp_preload(engine)) == cores

@@ -6,7 +6,8 @@ it inside a running Python changes nothing for that process. Two ways in:
 
 - the ``ragdistill`` command re-executes itself once with the libraries added
   (:func:`reexec_with_preload`, called first thing by ``ragdistill.cli.main``); the Prefect server,
-  worker, flow runs and training subprocesses it starts inherit the variable;
+  worker and flow runs it starts inherit the variable, training subprocesses all but Intel OpenMP
+  (:func:`without_openmp_preload`);
 - any other command goes through the launcher: ``python -m ragdistill.preload COMMAND [ARGS…]`` (e.g.
   ``python -m vllm.entrypoints.openai.api_server …``, ``prefect worker start …``, ``pytest …``); without
   a command it prints the ``LD_PRELOAD`` value it would use.
@@ -95,6 +96,21 @@ def preload_value(current: str, libraries: PreloadLibraries) -> str | None:
         if library is not None and not _names(entries, stem)
     ]
     return ":".join(additions + entries) if additions else None
+
+
+def without_openmp_preload(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for a process that runs no vLLM engine (a training), Intel OpenMP taken out of
+    ``LD_PRELOAD`` (tcmalloc stays). accelerate's CPU launcher sets ``KMP_AFFINITY=granularity=fine,
+    compact,1,0`` in every process it starts; Intel OpenMP obeys it and pins the process to one core
+    (measured: a LoRA training on 2 cores ran at half speed), torch's own OpenMP ignores it."""
+    entries = [entry for entry in preload_entries(environ.get("LD_PRELOAD", "")) if entry]
+    kept = [entry for entry in entries if not Path(entry).name.startswith("libiomp")]
+    environment = dict(environ)
+    if kept:
+        environment["LD_PRELOAD"] = ":".join(kept)
+    else:
+        environment.pop("LD_PRELOAD", None)
+    return environment
 
 
 def cpu_engine_installed() -> bool:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ragdistill.config import TrainingLaunch
+from ragdistill.preload import without_openmp_preload
 from ragdistill.training.accelerate_configs import read_accelerate_config
 from ragdistill.training.launch_plan import SCHEDULER_VARIABLES, LaunchPlan, plan_launch
 from ragdistill.training.lora import TrainingError, TrainResult
@@ -72,7 +73,7 @@ def machine_file(name: str, machine_rank: int) -> str:
 
 
 def _child_environment(plan: LaunchPlan, spec: TrainSpec, process: dict[str, str]) -> dict[str, str]:
-    environment = dict(os.environ)
+    environment = without_openmp_preload(os.environ)
     if plan.shipped:
         for variable in SCHEDULER_VARIABLES:
             environment.pop(variable, None)
