@@ -104,17 +104,21 @@ def test_describe_preload_says_what_is_in_effect_and_how_to_get_the_rest() -> No
     assert not complete and f"found at {TCMALLOC} but not preloaded" in line
 
 
-def maps_of_a_child(command_prefix: list[str], environment: dict[str, str]) -> str:
-    script = "print(open('/proc/self/maps').read())"
+def python_child(script: str, environment: dict[str, str], command_prefix: tuple[str, ...] = ()) -> str:
+    """The output of ``python -c script`` started (after ``command_prefix``) with ``environment``."""
     child = subprocess.run(
         [*command_prefix, sys.executable, "-c", script],
         capture_output=True,
         text=True,
         env=environment,
-        timeout=60,
-        check=True,
+        timeout=120,
     )
+    assert child.returncode == 0, child.stderr[-2000:]
     return child.stdout
+
+
+def maps_of_a_child(command_prefix: list[str], environment: dict[str, str]) -> str:
+    return python_child("print(open('/proc/self/maps').read())", environment, tuple(command_prefix))
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD_PRELOAD is a Linux loader feature")
@@ -147,18 +151,11 @@ def test_a_real_process_restarts_itself_once_with_the_libraries() -> None:
         "print(open('/proc/self/maps').read())"
     )
     environment = {key: value for key, value in os.environ.items() if key not in ("LD_PRELOAD", APPLIED_ENV)}
-    child = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        env=environment,
-        timeout=60,
-        check=True,
-    )
-    assert child.stdout.count("started") == 2  # the first start and the one restart, no more
+    output = python_child(script, environment)
+    assert output.count("started") == 2  # the first start and the one restart, no more
     for library in (libraries.tcmalloc, libraries.iomp):
         if library is not None:
-            assert library.name in child.stdout
+            assert library.name in output
 
 
 @pytest.mark.parametrize(
@@ -202,15 +199,7 @@ def test_a_training_process_keeps_every_core_under_accelerates_affinity_setting(
     }
 
     def cores_of_a_child(environment: dict[str, str]) -> int:
-        child = subprocess.run(
-            [sys.executable, "-c", AFFINITY_CHILD],
-            capture_output=True,
-            text=True,
-            env=environment,
-            timeout=120,
-        )
-        assert child.returncode == 0, child.stderr[-2000:]
-        return int(child.stdout.split()[-1])
+        return int(python_child(AFFINITY_CHILD, environment).split()[-1])
 
     assert cores_of_a_child(engine) < cores, "Intel OpenMP under accelerate's setting pins the process"
     assert cores_of_a_child(without_openmp_preload(engine)) == cores
