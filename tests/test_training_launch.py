@@ -130,6 +130,19 @@ def test_multi_cpu_gives_every_process_its_rank_over_all_machines() -> None:
     assert one_machine.num_processes == 2 and one_machine.main_process_ip == "127.0.0.1"
 
 
+def test_the_training_processes_start_without_intel_openmp_preloaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``ragdistill`` command preloads Intel OpenMP for vLLM; under accelerate's ``KMP_AFFINITY`` it
+    would pin a training to one core (tests/test_preload.py), so the launcher's processes start without
+    it and keep the rest of ``LD_PRELOAD``."""
+    from ragdistill.training.launch import _child_environment
+
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/libtcmalloc_minimal.so.4:/venv/lib/libiomp5.so")
+    plan = plan_launch(read_accelerate_config("cpu"), environ={})
+    spec = TrainSpec(dataset="data.parquet", base_model="model", output_dir="out")
+    for process in plan.process_environments:
+        assert _child_environment(plan, spec, process)["LD_PRELOAD"] == "/usr/lib/libtcmalloc_minimal.so.4"
+
+
 @pytest.mark.parametrize(
     ("config", "launch", "environment", "message"),
     [

@@ -260,8 +260,8 @@ def check_report(
 ) -> dict[str, Any]:
     """What ``ragdistill env check webshop`` prints beyond success: the score (100 × mean reward), how many
     goals some purchase of their own product wins under upstream's option rule, how many some purchase of
-    any product wins (tried exhaustively) and success over those (the expert's 100%), how often the target is in the top 3 / top 10 when the instruction itself is the
-    query, the noun tagger."""
+    any product wins (tried exhaustively) and success over those (the expert's 100%), how often the
+    target is in the top 3 / top 10 when the instruction itself is the query, the noun tagger."""
     from ragdistill.environments.webshop.nouns import FALLBACK_AGREEMENT, tagger_name, using_fallback
 
     catalog = load_catalog(data_dir)
