@@ -20,7 +20,8 @@ from ragdistill.config import ExperimentConfig
 from ragdistill.config.stages import PipelineSettings
 from ragdistill.inference.base import Backend, ChatMessage, Generation, GenerationRequest
 from ragdistill.rollout import ShardJob, plan_rollout, play_shard, split_round_robin, use_shard_runner
-from ragdistill.stages.rollout import role_config, run_rollout
+from ragdistill.stages.lifecycle import role_config
+from ragdistill.stages.rollout import run_rollout
 from ragdistill.store import ArtifactStore, Manifest, read_manifest, read_records
 from test_stages import counter_config as stage_config
 

@@ -305,3 +305,14 @@ def test_readme_names_every_module_the_code_fingerprint_leaves_out() -> None:
     section = readme[readme.index("a fingerprint of its own code") : readme.index("- never the `RunContext`")]
     named = set(re.findall(r"`(ragdistill[\w.]*)`", section))
     assert named == set(NOT_OUTPUT_CODE)
+
+
+def test_mining_and_indexing_fingerprint_no_rollout_code() -> None:
+    """A stage re-runs when code it runs changes; mining and indexing play no episodes, so an edit of the
+    rollout engine must not re-run them (their model loading lives with what every stage shares)."""
+    from ragdistill.identity import module_closure
+
+    for stage in ("ragdistill.stages.mining", "ragdistill.stages.indexing"):
+        played = [name for name in module_closure([stage]) if name.startswith("ragdistill.rollout")]
+        assert played == [], (stage, played)
+    assert "ragdistill.rollout.engine" in module_closure(["ragdistill.stages.teaching"])

@@ -1,7 +1,7 @@
 """What a rollout plays: a :class:`RolloutPlan`, built from a stage's settings and the run context.
 
 A plan names the rollout stage, the environment, the role the agent plays with (as the inference layer
-loads it: ``stages.rollout.role_config``), the agent section, the pinned task list, who the records say
+loads it: ``stages.lifecycle.role_config``), the agent section, the pinned task list, who the records say
 played (``source``), the hint source (built only when episodes are played: a retriever loads an
 embedder) and, for weights that already hold an adapter (a merged student), the adapter digest the
 records name. The helpers here list a selection's tasks, resolve an adapter reference to a local folder

@@ -1,7 +1,7 @@
 """The engines a stage's retrieval runs on in this process (a ``retrieval.engines.RetrievalEngines``).
 
 A role's settings say what it generates; the run context says how its engine loads
-(``stages.rollout.role_config``). Backends and embedders are loaded once per process and shared with the
+(``stages.lifecycle.role_config``). Backends and embedders are loaded once per process and shared with the
 other stages that name the same model (``inference.shared``, ``retrieval.embed``).
 """
 
@@ -15,7 +15,7 @@ from ragdistill.inference.base import Backend
 from ragdistill.inference.shared import shared_backend
 from ragdistill.retrieval import embed
 from ragdistill.retrieval.bank import TextEmbedder
-from ragdistill.stages.rollout import role_config
+from ragdistill.stages.lifecycle import role_config
 
 
 @dataclass(frozen=True)

@@ -46,8 +46,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from ragdistill.config.models import BackendConfig, RoleConfig
 from ragdistill.config.run_context import RunContext
-from ragdistill.config.stage_models import Inputs, StageSettings
+from ragdistill.config.stage_models import Inputs, RoleSettings, StageSettings
 from ragdistill.errors import UserFacingError
 from ragdistill.identity import code_fingerprint, digest, library_versions
 from ragdistill.layout import rerun_command
@@ -142,6 +143,17 @@ def stage_identity(
         growable={**{key: dumped[key] for key in sorted(settings.GROWABLE)}, **(growable or {})},
         libraries=library_versions(*libraries),
     )
+
+
+def role_config(ctx: RunContext, role: RoleSettings, **backend_update: Any) -> RoleConfig:
+    """The role as the inference layer loads it: its settings (what it generates, part of the stage's
+    identity) and the engine ``ctx`` loads it on (how, never hashed), updated with ``backend_update``.
+    Here, with what every stage shares, so that a stage loading a model imports no rollout code (whose
+    edits would then re-run it)."""
+    backend = ctx.backends.get(role.name) or BackendConfig(kind=role.backend)
+    if backend_update:
+        backend = backend.model_copy(update=backend_update)
+    return RoleConfig(model=role.model, backend=backend, sampling=role.sampling)
 
 
 def current_manifest(store: ArtifactStore, stage_dir: str, identity: StageIdentity) -> Manifest | None:

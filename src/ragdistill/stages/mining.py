@@ -26,8 +26,14 @@ from ragdistill.inference.base import Backend
 from ragdistill.inference.factory import BACKEND_LIBRARIES
 from ragdistill.inference.shared import shared_backend
 from ragdistill.layout import HINTS_DIR, REJECTED_HINTS
-from ragdistill.stages.lifecycle import StageIdentity, StageRun, handed, stage_identity, verified_input
-from ragdistill.stages.rollout import role_config
+from ragdistill.stages.lifecycle import (
+    StageIdentity,
+    StageRun,
+    handed,
+    role_config,
+    stage_identity,
+    verified_input,
+)
 from ragdistill.store import ArtifactStore, Manifest, read_records
 
 CHUNKS_DIR = f"{HINTS_DIR}/chunks"

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ragdistill.config import BackendConfig, ModelSpec, RoleConfig
+from ragdistill.config import ModelSpec, RoleConfig
 from ragdistill.config.run_context import RunContext
 from ragdistill.config.stage_models import Inputs, RoleSettings, RolloutSettings
 from ragdistill.environments.base import TaskInfo
@@ -68,6 +68,7 @@ from ragdistill.stages.lifecycle import (
     StageRun,
     handed,
     local_input_folder,
+    role_config,
     stage_identity,
 )
 from ragdistill.store import ArtifactStore, Manifest
@@ -207,15 +208,6 @@ class AgentModel:
 
     model: ModelSpec
     lineage: dict[str, Any] | None = None
-
-
-def role_config(ctx: RunContext, role: RoleSettings, **backend_update: Any) -> RoleConfig:
-    """The role as the inference layer loads it: its settings (what it generates, part of the stage's
-    identity) and the engine ``ctx`` loads it on (how, never hashed), updated with ``backend_update``."""
-    backend = ctx.backends.get(role.name) or BackendConfig(kind=role.backend)
-    if backend_update:
-        backend = backend.model_copy(update=backend_update)
-    return RoleConfig(model=role.model, backend=backend, sampling=role.sampling)
 
 
 def agent_role(ctx: RunContext, role: RoleSettings, inputs: Inputs, **backend_update: Any) -> RoleConfig:
