@@ -33,6 +33,9 @@ MINIMUM_HEARTBEAT_FREQUENCY_S = 30
 CRASH_AFTER_ENV = "RAGDISTILL_CRASH_AFTER_S"
 MISSED_HEARTBEATS = 3
 """The default silence before a run is marked Crashed, in heartbeat periods."""
+MINIMUM_MISSED_HEARTBEATS = 2
+"""The shortest silence allowed, in periods. A heartbeat can come late on a loaded machine: with one and a
+half periods a live retrain was once marked Crashed and scheduled again while its process still ran."""
 
 
 class HeartbeatSettingError(UserFacingError, ValueError):
@@ -65,12 +68,12 @@ class HeartbeatSettings:
                 f"{HEARTBEAT_FREQUENCY_ENV} is {self.frequency_s} s, but Prefect sends heartbeats at most every "
                 f"{MINIMUM_HEARTBEAT_FREQUENCY_S} s: set it to {MINIMUM_HEARTBEAT_FREQUENCY_S} or more"
             )
-        if self.crash_after_s <= self.frequency_s:
+        if self.crash_after_s < MINIMUM_MISSED_HEARTBEATS * self.frequency_s:
             raise HeartbeatSettingError(
-                f"{CRASH_AFTER_ENV} ({self.crash_after_s} s) must be longer than the heartbeat period "
-                f"{HEARTBEAT_FREQUENCY_ENV} ({self.frequency_s} s), or a live run is marked Crashed between "
-                f"two heartbeats: raise it (default {MISSED_HEARTBEATS} periods, "
-                f"{MISSED_HEARTBEATS * self.frequency_s} s) or unset it"
+                f"{CRASH_AFTER_ENV} ({self.crash_after_s} s) must be at least {MINIMUM_MISSED_HEARTBEATS} "
+                f"heartbeat periods of {HEARTBEAT_FREQUENCY_ENV} ({self.frequency_s} s), or a live run whose "
+                f"heartbeat comes late is marked Crashed and retried while it still runs: raise it (default "
+                f"{MISSED_HEARTBEATS} periods, {MISSED_HEARTBEATS * self.frequency_s} s) or unset it"
             )
 
     @classmethod
