@@ -46,27 +46,18 @@ def base_model() -> str:
     return resolve_model(ModelSpec(name=MODEL_NAME, dtype="float32"))
 
 
-def write_dataset(folder: Path, count: int, model: str) -> Path:
-    """``count`` short ALFWorld-like conversations, tokenised as the datasets stage does."""
+def write_conversations(folder: Path, conversations: list[list[Any]], model: str) -> Path:
+    """``conversations`` (lists of ChatMessage) tokenised as the datasets stage does, as
+    ``folder/data.parquet``."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from transformers import AutoTokenizer
 
-    from ragdistill.messages import ChatMessage
     from ragdistill.training.examples import tokenize_conversation
 
     tokenizer = AutoTokenizer.from_pretrained(model)
-    rng = random.Random(0)
     rows = []
-    for index in range(count):
-        thing, place = rng.choice(OBJECTS), rng.choice(PLACES)
-        messages = [
-            ChatMessage("system", "You are an agent in a household. Reply with one action."),
-            ChatMessage("user", f"Your task is to: put a clean {thing} in {place}."),
-            ChatMessage("assistant", f"think: I need to find a {thing} first."),
-            ChatMessage("user", "OK."),
-            ChatMessage("assistant", f"go to {rng.choice(PLACES)}"),
-        ]
+    for index, messages in enumerate(conversations):
         ids, mask = tokenize_conversation(tokenizer, messages)
         rows.append(
             {"input_ids": ids, "assistant_masks": mask, "episode_id": str(index), "num_tokens": len(ids)}
@@ -74,6 +65,26 @@ def write_dataset(folder: Path, count: int, model: str) -> Path:
     path = folder / "data.parquet"
     pq.write_table(pa.Table.from_pylist(rows), path)
     return path
+
+
+def write_dataset(folder: Path, count: int, model: str) -> Path:
+    """``count`` short ALFWorld-like conversations."""
+    from ragdistill.messages import ChatMessage
+
+    rng = random.Random(0)
+    conversations = []
+    for _ in range(count):
+        thing, place = rng.choice(OBJECTS), rng.choice(PLACES)
+        conversations.append(
+            [
+                ChatMessage("system", "You are an agent in a household. Reply with one action."),
+                ChatMessage("user", f"Your task is to: put a clean {thing} in {place}."),
+                ChatMessage("assistant", f"think: I need to find a {thing} first."),
+                ChatMessage("user", "OK."),
+                ChatMessage("assistant", f"go to {rng.choice(PLACES)}"),
+            ]
+        )
+    return write_conversations(folder, conversations, model)
 
 
 def _clock_rate(clock: Any, warmup: int) -> dict[str, float]:
