@@ -71,7 +71,7 @@ def write_dataset(folder: Path, count: int, model: str) -> Path:
 
 
 def train(
-    dataset: Path, recipe: dict[str, Any], arrangement: dict[str, int], steps: int, output: Path
+    dataset: Path, model: str, recipe: dict[str, Any], arrangement: dict[str, int], steps: int, output: Path
 ) -> dict:
     from ragdistill.config import TrainingConfig
     from ragdistill.training.launch import launch_training
@@ -81,7 +81,7 @@ def train(
     spec = TrainSpec.from_config(
         TrainingConfig.model_validate(training),
         dataset=str(dataset),
-        base_model=base_model(),
+        base_model=model,
         output_dir=str(output),
     )
     launch_training(spec, "cpu")
@@ -132,12 +132,12 @@ def main() -> None:
     if args.dataset is not None and not args.dataset.is_file():
         sys.exit(f"--dataset {args.dataset} is not a file: pass a warm-start folder's data.parquet")
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
-    recipe = demo_recipe()
+    recipe, model = demo_recipe(), base_model()
     results = {}
     with tempfile.TemporaryDirectory(prefix="train-batching-") as scratch:
-        dataset = args.dataset or write_dataset(Path(scratch), args.examples, base_model())
+        dataset = args.dataset or write_dataset(Path(scratch), args.examples, model)
         for index, (name, arrangement) in enumerate(ARRANGEMENTS.items()):
-            results[name] = train(dataset, recipe, arrangement, args.steps, Path(scratch) / str(index))
+            results[name] = train(dataset, model, recipe, arrangement, args.steps, Path(scratch) / str(index))
             result = results[name]
             print(
                 f"{name}: {result['tokens']} tokens in {result['seconds']:.1f} s, {result['tokens_per_s']:.1f} "

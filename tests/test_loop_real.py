@@ -72,7 +72,7 @@ def test_collect_triggers_a_retrain_that_trains_generation_2_on_real_episodes_an
     config = str(loop_config(tmp_path))
     ragdistill("pipeline", "-c", config)
     store = ArtifactStore(f"file://{tmp_path}/run")
-    base = [record for record in read_records(store, "rollouts/base")]
+    base = list(read_records(store, "rollouts/base"))
     assert len(base) == 2 and all(record["steps"] for record in base)
     assert all(step["prompt_tokens"] > 0 for record in base for step in record["steps"]), "the real model"
 
